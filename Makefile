@@ -1,0 +1,35 @@
+# Two set-up commands for a fresh machine: `make run` and `make test` (see README.md).
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: run test ingest-examples lint bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): $(BIN)/python requirements.txt requirements-dev.txt pyproject.toml
+	$(BIN)/pip install --quiet --upgrade pip==25.3
+	$(BIN)/pip install --quiet -r requirements-dev.txt
+	$(BIN)/pip install --quiet --no-deps -e .
+	touch $(STAMP)
+
+## make run: create .venv, ingest every example export into the embedded SQLite store, print the summary
+run: $(STAMP)
+	$(BIN)/adapter init-db
+	$(BIN)/adapter ingest examples/hito/hito_seguimiento_blinatumomab.xlsx --site hito --mapping seguimiento
+	$(BIN)/adapter ingest examples/hito/hito_erm_citometria.csv --site hito --mapping erm_citometria
+	$(BIN)/adapter ingest examples/huanl/huanl_blinatumomab_curso_corto.xlsx --site huanl --mapping curso_corto
+	$(BIN)/adapter summary
+
+## make test: the whole suite (lint, then tests on SQLite and PostgreSQL)
+test: $(STAMP)
+	$(BIN)/ruff check adapter tests bench
+	$(BIN)/python -m pytest -n 2 --dist loadfile
+
+bench: $(STAMP)
+	$(BIN)/python bench/ingest.py
+
+clean:
+	rm -rf $(VENV) .adapter-data .pytest_cache .hypothesis

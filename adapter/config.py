@@ -1,0 +1,57 @@
+"""Typed settings, read from the environment (prefix ``ADAPTER_``) or a ``.env`` file.
+
+One :class:`Settings` object, as in fastapi/full-stack-fastapi-template's ``core/config.py``: unsafe
+development defaults are refused when ``ADAPTER_ENV=production``.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ROOT = Path(__file__).resolve().parent.parent
+
+#: Canonical base of every project artefact (profiles, CodeSystems, identifier systems).
+CANONICAL = "https://w3id.org/pedall-fhir"
+
+DEV_ID_KEY = "development-only-id-key-change-me"
+
+
+class Settings(BaseSettings):
+    """Adapter settings.
+
+    Attributes:
+        env: ``development`` or ``production``. Production refuses the development id key.
+        database_url: SQLAlchemy URL. Default: an embedded SQLite file under ``.adapter-data/``.
+        id_key: secret for the keyed hash (HMAC-SHA256) that derives resource ids from site + source
+            keys, so that ids cannot be reversed to record numbers by enumeration.
+        mappings_dir: folder with ``<site>/site.yaml`` and ``<site>/<export>.yaml`` mapping files.
+        profiles_dir: folder with our StructureDefinitions, CodeSystems and ValueSets.
+        batch_size: resources written per database round trip during ingestion.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="ADAPTER_", env_file=".env", extra="ignore")
+
+    env: Literal["development", "production"] = "development"
+    database_url: str = f"sqlite:///{ROOT / '.adapter-data' / 'adapter.sqlite3'}"
+    id_key: str = DEV_ID_KEY
+    mappings_dir: Path = ROOT / "mappings"
+    profiles_dir: Path = ROOT / "profiles"
+    fhir_schema_path: Path = ROOT / "profiles" / "fhir.r4.schema.json"
+    batch_size: int = 2000
+
+    @model_validator(mode="after")
+    def _refuse_unsafe_defaults(self) -> Settings:
+        if self.env == "production" and self.id_key == DEV_ID_KEY:
+            raise ValueError("ADAPTER_ID_KEY must be set to a secret in production")
+        return self
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """Return the process-wide settings (cached)."""
+    return Settings()

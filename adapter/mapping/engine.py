@@ -1,0 +1,140 @@
+"""Apply a compiled mapping to one row: raw cells -> typed concept inputs -> FHIR resources. Pure.
+
+A row is all-or-nothing: if any field or builder of any of its resource blocks fails, the row yields
+no resources and one :class:`RowIssue` per problem, each naming file, sheet, row, column and value.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from typing import Any
+
+from pydantic import ValidationError
+
+from adapter.errors import RowIssue, TransformError
+from adapter.mapping.base import SiteContext
+from adapter.mapping.transforms import TransformContext
+from adapter.readers.base import Row, is_blank
+from adapter.spec.loader import CompiledBlock, CompiledField, CompiledSheet
+from adapter.spec.models import When
+
+
+@dataclass
+class RowResult:
+    """What one row produced: resources (if it was mapped) or issues (if it was rejected)."""
+
+    row: Row
+    resources: list[dict[str, Any]] = field(default_factory=list)
+    issues: list[RowIssue] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.issues
+
+
+def _raw_text(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    return str(value).strip()
+
+
+def _when(block: CompiledBlock, row: Row) -> bool:
+    return all(_holds(w, row) for w in block.when)
+
+
+def _holds(w: When, row: Row) -> bool:
+    text = _raw_text(row.cells.get(w.column))
+    if w.present is not None and (text != "") != w.present:
+        return False
+    if w.matches is not None and re.search(w.matches, text, re.IGNORECASE) is None:
+        return False
+    if w.not_matches is not None and re.search(w.not_matches, text, re.IGNORECASE) is not None:
+        return False
+    if w.in_ is not None and text not in w.in_:
+        return False
+    return not (w.not_in is not None and text in w.not_in)
+
+
+def _field_value(f: CompiledField, row: Row, ctx: TransformContext) -> Any:
+    value = row.cells.get(f.column) if f.column is not None else f.value
+    if is_blank(value):
+        return None
+    for step in f.steps:
+        kwargs = dict(step.args)
+        for aname, col in step.column_args.items():
+            ref = row.cells.get(col)
+            kwargs[aname] = None if is_blank(ref) else ref
+        value = step.fn(value, ctx=ctx, **kwargs)
+        if value is None:
+            return None
+    return value
+
+
+def _issue(row: Row, column: str | None, value: Any, reason: str, code: str = "value",
+           expression: str | None = None) -> RowIssue:
+    return RowIssue(row.file, row.sheet, row.row, column, _raw_text(value) if value is not None else None,
+                    reason, code=code, expression=[expression] if expression else [])
+
+
+def map_row(row: Row, sheet: CompiledSheet, ctx: TransformContext, site: SiteContext) -> RowResult:
+    """Map one row through every resource block of its sheet.
+
+    Output: :class:`RowResult` with FHIR R4 resource dicts, or the row's issues. Never raises for bad
+    data: transform errors, missing required values, type errors and builder rule violations all
+    become issues.
+    """
+    result = RowResult(row)
+    if row.problem:
+        result.issues.append(_issue(row, None, None, row.problem, code="structure"))
+        return result
+    applied = 0
+    for block in sheet.blocks:
+        if not _when(block, row):
+            continue
+        applied += 1
+        values: dict[str, Any] = {}
+        columns = {f.name: f.column for f in block.fields}
+        failed = False
+        for f in block.fields:
+            try:
+                v = _field_value(f, row, ctx)
+            except TransformError as exc:
+                result.issues.append(_issue(row, f.column, exc.value if f.column is None else row.cells.get(f.column),
+                                            f"{f.name}: {exc.reason}", expression=block.concept.name + "." + f.name))
+                failed = True
+                continue
+            if v is not None:
+                values[f.name] = v
+        if failed:
+            continue
+        try:
+            inp = block.concept.input_model.model_validate(values)
+        except ValidationError as exc:
+            for err in exc.errors():
+                fname = str(err["loc"][0]) if err["loc"] else ""
+                col = columns.get(fname)
+                if err["type"] == "missing":
+                    reason = f"{fname}: required value is missing"
+                    code = "required"
+                else:
+                    reason = f"{fname}: {err['msg']}"
+                    code = "value"
+                result.issues.append(_issue(row, col, row.cells.get(col) if col else None, reason, code,
+                                            block.concept.name + "." + fname))
+            continue
+        try:
+            result.resources.extend(block.concept.build(inp, site))
+        except ValueError as exc:
+            result.issues.append(_issue(row, None, None, f"{block.concept.name}: {exc}", code="invariant"))
+    if applied == 0:
+        result.issues.append(_issue(row, None, None, "no resource block of the mapping applies to this row",
+                                    code="not-supported"))
+    if result.issues:
+        result.resources = []
+    return result

@@ -1,0 +1,363 @@
+"""Named, pure transforms that mapping files call by name.
+
+Each transform takes the raw cell value (``str``, number, ``datetime`` or an earlier step's output),
+keyword arguments from the mapping file, and the :class:`TransformContext` (the reader's declared
+conventions and the code tables). It returns a Python value and raises :class:`TransformError` naming
+the value when it cannot. Transforms do no I/O. ``mappings/README.md`` documents every one of them
+(a test enforces it).
+
+A blank input never reaches a transform: the engine turns it into ``None`` first.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+import unicodedata
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from adapter.errors import TransformError
+
+# ---------------------------------------------------------------------------------------------- values
+
+
+@dataclass(frozen=True, slots=True)
+class MRDValue:
+    """An MRD (or any percent) result: ``value`` in percent of nucleated cells, with an optional
+    FHIR ``Quantity.comparator`` (``<``, ``<=``, ``>=``, ``>``; FHIR R4 §2.24.0.11, required binding)."""
+
+    value: Decimal
+    comparator: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Age:
+    """An age as the source wrote it: ``value`` in ``unit`` (UCUM ``mo`` months or ``a`` years)."""
+
+    value: int
+    unit: str
+
+
+@dataclass(frozen=True)
+class Concept:
+    """A code-table result: a FHIR Coding (``system``, ``code``, ``display``) plus any extra
+    attributes the table entry declares (e.g. ``relapse_number``)."""
+
+    system: str | None
+    code: str | None
+    display: str | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def coding(self) -> dict[str, str]:
+        """The FHIR ``Coding`` JSON for this concept."""
+        out = {"system": self.system, "code": self.code, "display": self.display}
+        return {k: v for k, v in out.items() if v is not None}
+
+
+class CodeTable:
+    """A code table loaded from a data file (see ``adapter.spec``): source value -> :class:`Concept`.
+
+    ``normalize`` is ``exact`` or ``casefold`` (case-, accent- and whitespace-insensitive).
+    """
+
+    def __init__(self, name: str, entries: Mapping[str, Concept | None], normalize: str = "casefold",
+                 source: str = "") -> None:
+        self.name, self.normalize, self.source = name, normalize, source
+        self._entries = {self._key(k): v for k, v in entries.items()}
+
+    def _key(self, value: str) -> str:
+        if self.normalize == "exact":
+            return value
+        folded = unicodedata.normalize("NFKD", value.casefold())
+        return " ".join("".join(c for c in folded if not unicodedata.combining(c)).split())
+
+    def get(self, value: Any) -> Concept | None:
+        """Look up a value. Raises :class:`TransformError` when the value is not in the table.
+
+        An entry mapped to ``null`` in the data file means "known value, deliberately no code" and
+        returns ``None``.
+        """
+        key = self._key(str(value))
+        if key not in self._entries:
+            raise TransformError(value, f"no entry in code table '{self.name}'")
+        return self._entries[key]
+
+
+@dataclass(frozen=True)
+class TransformContext:
+    """What a transform may know besides its input: the reader's declared conventions and the code
+    tables visible to the mapping file."""
+
+    decimal: str = "."
+    date_formats: tuple[str, ...] = ("%d/%m/%Y",)
+    tables: Mapping[str, CodeTable] = field(default_factory=dict)
+
+
+Transform = Callable[..., Any]
+_REGISTRY: dict[str, Transform] = {}
+
+
+def transform(name: str) -> Callable[[Transform], Transform]:
+    """Register a function as the transform called ``name`` in mapping files."""
+
+    def deco(fn: Transform) -> Transform:
+        _REGISTRY[name] = fn
+        return fn
+
+    return deco
+
+
+def get_transform(name: str) -> Transform:
+    """Return a registered transform. Raises ``KeyError`` if there is none of that name."""
+    return _REGISTRY[name]
+
+
+def transform_names() -> list[str]:
+    """All registered transform names, sorted."""
+    return sorted(_REGISTRY)
+
+
+def check_arguments(name: str, args: Mapping[str, Any]) -> None:
+    """Check at load time that ``args`` fit the transform's keyword parameters.
+
+    Raises:
+        KeyError: unknown transform; TypeError: an argument is unknown or a required one is missing.
+    """
+    fn = _REGISTRY[name]
+    inspect.signature(fn).bind(None, **args, ctx=TransformContext())
+
+
+# ------------------------------------------------------------------------------------------- strings
+
+
+@transform("text")
+def text(value: Any, *, ctx: TransformContext) -> str:
+    """Any value as trimmed text; inner whitespace runs collapse to one space. Integers written by
+    Excel as ``7.0`` become ``"7"``."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    out = " ".join(str(value).split())
+    if not out:
+        raise TransformError(value, "empty text")
+    return out
+
+
+@transform("regex")
+def regex(value: Any, *, ctx: TransformContext, pattern: str, group: int | str = 1,
+          optional: bool = False, ignorecase: bool = True) -> str | None:
+    """Capture ``group`` of the first match of ``pattern`` (Python ``re`` syntax) in the text.
+
+    No match raises, unless ``optional: true``, which yields ``None`` (the field is then absent).
+    """
+    flags = re.IGNORECASE if ignorecase else 0
+    m = re.search(pattern, str(value), flags)
+    if m is None:
+        if optional:
+            return None
+        raise TransformError(value, f"does not match /{pattern}/")
+    captured = m.group(group)
+    return captured.strip() if captured is not None else None
+
+
+@transform("split")
+def split(value: Any, *, ctx: TransformContext, sep: str, index: int) -> str:
+    """Piece ``index`` (0-based; negative counts from the end) of the text split on ``sep``."""
+    parts = [p.strip() for p in str(value).split(sep)]
+    try:
+        piece = parts[index]
+    except IndexError:
+        raise TransformError(value, f"has no piece {index} when split on {sep!r}") from None
+    if not piece:
+        raise TransformError(value, f"piece {index} is empty")
+    return piece
+
+
+@transform("matches")
+def matches(value: Any, *, ctx: TransformContext, pattern: str, ignorecase: bool = True) -> bool:
+    """``True`` when ``pattern`` occurs in the text, else ``False`` (never raises)."""
+    return re.search(pattern, str(value), re.IGNORECASE if ignorecase else 0) is not None
+
+
+@transform("boolean")
+def boolean(value: Any, *, ctx: TransformContext, true_values: list[str], false_values: list[str]) -> bool:
+    """Map the listed spellings (case- and accent-insensitive) to ``True``/``False``; any other
+    value raises (it is never defaulted)."""
+    key = _fold(str(value))
+    if key in {_fold(t) for t in true_values}:
+        return True
+    if key in {_fold(f) for f in false_values}:
+        return False
+    raise TransformError(value, f"is neither one of {true_values} nor one of {false_values}")
+
+
+@transform("constant")
+def constant(value: Any, *, ctx: TransformContext, to: Any) -> Any:
+    """Replace any present (non-blank) value by the constant ``to``; used when the presence of a
+    cell is the information (a relapse date column means "relapse")."""
+    return to
+
+
+@transform("lookup")
+def lookup(value: Any, *, ctx: TransformContext, table: str) -> Concept | None:
+    """Code-table lookup: the value's entry in the named code table (site table first, then the
+    shared ``mappings/codes/``). An unmapped value raises; it is never defaulted."""
+    try:
+        code_table = ctx.tables[table]
+    except KeyError:
+        raise TransformError(value, f"code table '{table}' is not loaded") from None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return code_table.get(value)
+
+
+# ------------------------------------------------------------------------------------------- numbers
+
+
+def _to_decimal(raw: str, decimal_sep: str) -> Decimal:
+    s = raw.strip().replace("\u00a0", "").replace(" ", "")
+    if decimal_sep == ",":
+        if "." in s and "," in s:
+            s = s.replace(".", "")
+        s = s.replace(",", ".")
+    elif "," in s and "." not in s and re.fullmatch(r"-?\d+,\d+", s):
+        s = s.replace(",", ".")  # a decimal comma in a dot-declared file: unambiguous when alone
+    try:
+        d = Decimal(s)
+    except InvalidOperation:
+        raise TransformError(raw, "is not a number") from None
+    if not d.is_finite():
+        raise TransformError(raw, "is not a finite number")
+    return d
+
+
+@transform("decimal")
+def decimal(value: Any, *, ctx: TransformContext, min: float | None = None,  # noqa: A002
+            max: float | None = None) -> Decimal:  # noqa: A002
+    """A number, using the reader's declared decimal separator (``,`` or ``.``). Optional ``min`` and
+    ``max`` bound it (inclusive)."""
+    if isinstance(value, bool):
+        raise TransformError(value, "is not a number")
+    d = Decimal(str(value)) if isinstance(value, int | float) else _to_decimal(str(value), ctx.decimal)
+    if min is not None and d < Decimal(str(min)):
+        raise TransformError(value, f"is below the minimum {min}")
+    if max is not None and d > Decimal(str(max)):
+        raise TransformError(value, f"is above the maximum {max}")
+    return d
+
+
+@transform("integer")
+def integer(value: Any, *, ctx: TransformContext, min: int | None = None,  # noqa: A002
+            max: int | None = None) -> int:  # noqa: A002
+    """A whole number (``"3"``, ``3``, ``3.0``). Optional inclusive ``min``/``max``."""
+    d = decimal(value, ctx=ctx)
+    if d != d.to_integral_value():
+        raise TransformError(value, "is not a whole number")
+    n = int(d)
+    if (min is not None and n < min) or (max is not None and n > max):
+        raise TransformError(value, f"is outside {min}..{max}")
+    return n
+
+
+_PERCENT = re.compile(r"^\s*(<=|>=|≤|≥|<|>)?\s*([0-9][0-9.,\s]*|[.,][0-9]+)\s*(%)?\s*$")
+_COMPARATORS = {"≤": "<=", "≥": ">="}
+
+
+@transform("mrd_percent")
+def mrd_percent(value: Any, *, ctx: TransformContext, scale: str = "percent") -> MRDValue:
+    """An MRD/percent result with its comparator: ``"<0,01"``, ``"0,01%"``, ``"<0.01"``,
+    ``"24.56%"``, ``"≤0.01 %"`` or an Excel number. Output: :class:`MRDValue` in percent of nucleated
+    cells (FHIR ``Quantity`` with UCUM ``%``).
+
+    ``scale: fraction`` reads plain numbers as fractions (``0.0001`` -> 0.01 %). Values outside
+    0-100 % raise. Convention: MRD negativity is < 0.01 % (10^-4), seed papers 000 and 002.
+    """
+    if isinstance(value, bool):
+        raise TransformError(value, "is not an MRD value")
+    if isinstance(value, int | float):
+        comparator, number = None, Decimal(str(value))
+    else:
+        m = _PERCENT.match(str(value))
+        if m is None:
+            raise TransformError(value, "is not a percent value such as '<0,01' or '24.56%'")
+        comparator = _COMPARATORS.get(m.group(1) or "", m.group(1))
+        number = _to_decimal(m.group(2), ctx.decimal)
+    if scale == "fraction":
+        number = number * 100
+    if number < 0 or number > 100:
+        raise TransformError(value, "is outside 0-100 %")
+    return MRDValue(number, comparator or None)
+
+
+# --------------------------------------------------------------------------------------------- dates
+
+
+def _as_date(value: Any, formats: tuple[str, ...]) -> date:
+    if isinstance(value, datetime):
+        return value.date()
+    if isinstance(value, date):
+        return value
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        raise TransformError(value, "is a number, not a date (is the column formatted as a date in Excel?)")
+    s = str(value).strip()
+    for fmt in formats:
+        try:
+            return datetime.strptime(s, fmt).date()  # noqa: DTZ007 (calendar dates, no time zone)
+        except ValueError:
+            continue
+    raise TransformError(value, f"is not a date in format {' or '.join(formats)}")
+
+
+@transform("date")
+def date_(value: Any, *, ctx: TransformContext, format: str | list[str] | None = None) -> date:  # noqa: A002
+    """A calendar date. Excel date cells pass through; text is parsed with ``format`` (``strptime``
+    codes, one or a list) or else the reader's declared ``date_format`` — day first (``%d/%m/%Y``)
+    by default, as Mexican and UK exports write it. ``03/05/2009`` is 3 May 2009, never 5 March."""
+    formats = ctx.date_formats if format is None else ((format,) if isinstance(format, str) else tuple(format))
+    return _as_date(value, formats)
+
+
+_OFFSET = re.compile(r"([+-])\s*(\d{1,5})")
+
+
+@transform("day_offset")
+def day_offset(value: Any, *, ctx: TransformContext, reference: Any) -> date:
+    """The date ``N`` days after (``+N``) or before (``-N``) a reference date, from text such as
+    ``"+380"`` or ``"Dead because of pneumonia on day +116 of HSCT"``. ``reference`` is usually
+    ``{column: <date column>}``; day 0 is the reference day itself (HSCT day-numbering convention).
+    A missing reference raises."""
+    if reference is None or (isinstance(reference, str) and not reference.strip()):
+        raise TransformError(value, "has a day offset but the reference date is empty")
+    m = _OFFSET.search(str(value))
+    if m is None:
+        raise TransformError(value, "has no day offset such as '+380'")
+    days = int(m.group(2)) * (1 if m.group(1) == "+" else -1)
+    return _as_date(reference, ctx.date_formats) + timedelta(days=days)
+
+
+_AGE = re.compile(
+    r"^\s*(\d{1,3})\s*(years?|yrs?|y|a|años?|anos?|months?|mos?|m|meses?|mes|weeks?|w|semanas?|days?|d|días?|dias?)\.?\s*$",
+    re.IGNORECASE,
+)
+_AGE_UNITS = {"y": "a", "a": "a", "m": "mo", "w": "wk", "d": "d", "s": "wk"}
+
+
+@transform("age")
+def age(value: Any, *, ctx: TransformContext) -> Age:
+    """An age string: ``"7 months"``, ``"12 years"``, ``"3a"`` (años), ``"11 meses"``, ``"2 y"``.
+    Output :class:`Age` with UCUM unit ``a``, ``mo``, ``wk`` or ``d``. A bare number raises (its unit
+    is unknown)."""
+    m = _AGE.match(str(value))
+    if m is None:
+        raise TransformError(value, "is not an age such as '7 months' or '3a'")
+    word = _fold(m.group(2))
+    unit = "mo" if word.startswith(("mo", "me")) or word == "m" else _AGE_UNITS[word[0]]
+    return Age(int(m.group(1)), unit)
+
+
+def _fold(s: str) -> str:
+    folded = unicodedata.normalize("NFKD", s.casefold())
+    return " ".join("".join(c for c in folded if not unicodedata.combining(c)).split())

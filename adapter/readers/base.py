@@ -1,0 +1,104 @@
+"""Reader base class, the :class:`Row` it yields, and the registry of reader formats.
+
+A reader streams one file into rows. It never interprets values (dates, decimals): that is the job of
+named transforms, which receive the reader's declared conventions through the transform context.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from adapter.errors import ConfigError
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    """One source row.
+
+    Attributes:
+        file: the file's name (no directory), as the site knows it.
+        sheet: the worksheet name for XLSX, ``None`` for CSV.
+        row: 1-based row number as a spreadsheet shows it (the header is row 1 when it is the first line).
+        cells: column header -> raw cell value (``str`` for CSV; ``str``, ``int``, ``float``,
+            ``datetime`` or ``None`` for XLSX).
+        problem: set when the row is structurally malformed (e.g. more cells than headers).
+    """
+
+    file: str
+    sheet: str | None
+    row: int
+    cells: dict[str, Any]
+    problem: str | None = field(default=None)
+
+
+@dataclass
+class ReadStats:
+    """Counts a reader keeps while streaming: data rows yielded and fully blank rows skipped."""
+
+    rows: int = 0
+    blank: int = 0
+
+
+class Reader(abc.ABC):
+    """A file format. Subclasses register themselves under ``format_name``.
+
+    ``options`` are the mapping file's ``reader`` block (already validated by the spec model).
+    """
+
+    format_name: ClassVar[str]
+
+    def __init__(self, path: Path, options: Any, display_name: str | None = None) -> None:
+        self.path = Path(path)
+        self.options = options
+        self.display_name = display_name or self.path.name
+        self.stats = ReadStats()
+
+    @abc.abstractmethod
+    def sheets(self) -> list[str | None]:
+        """The sheet names present (``[None]`` for single-table formats)."""
+
+    @abc.abstractmethod
+    def rows(self, sheet: str | None, required_columns: set[str]) -> Iterator[Row]:
+        """Stream the data rows of one sheet.
+
+        Raises:
+            ReaderError: the file cannot be decoded or parsed, the sheet is missing, or a
+                ``required_columns`` header is absent (the message lists the headers found).
+        """
+
+
+_REGISTRY: dict[str, type[Reader]] = {}
+
+
+def register(cls: type[Reader]) -> type[Reader]:
+    """Class decorator: make a reader available under its ``format_name``."""
+    _REGISTRY[cls.format_name] = cls
+    return cls
+
+
+def reader_for(format_name: str) -> type[Reader]:
+    """Return the reader class for a format name.
+
+    Raises:
+        ConfigError: no reader has that name.
+    """
+    try:
+        return _REGISTRY[format_name]
+    except KeyError:
+        raise ConfigError(
+            f"Unknown reader format '{format_name}'; known: {', '.join(sorted(_REGISTRY))}"
+        ) from None
+
+
+def reader_formats() -> list[str]:
+    """Names of all registered reader formats."""
+    return sorted(_REGISTRY)
+
+
+def is_blank(value: Any) -> bool:
+    """True for ``None`` and strings that are empty after stripping whitespace."""
+    return value is None or (isinstance(value, str) and not value.strip())

@@ -1,0 +1,252 @@
+"""Load and check mapping files, site files and code tables (YAML) into compiled, typed objects.
+
+Everything that can be checked without data is checked here, so that a typo fails at load time with
+the file and key: unknown keys (pydantic ``extra=forbid``), unknown concepts, fields the concept does
+not have or required ones left out, unknown transforms, arguments a transform does not take, and code
+tables that do not exist.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+import adapter.mapping  # noqa: F401  (registers concepts)
+from adapter.errors import ConfigError, MappingSpecError
+from adapter.mapping.base import Concept as ConceptDef
+from adapter.mapping.base import SiteContext, get_concept
+from adapter.mapping.transforms import CodeTable, Concept, TransformContext, check_arguments, get_transform
+from adapter.spec.models import CodeTableSpec, FieldSpec, MappingSpec, SiteSpec, When
+
+# ------------------------------------------------------------------------------------- compiled form
+
+
+@dataclass(frozen=True)
+class CompiledStep:
+    name: str
+    fn: Any
+    args: dict[str, Any]
+    column_args: dict[str, str]  # argument name -> column whose raw value is passed
+
+
+@dataclass(frozen=True)
+class CompiledField:
+    name: str
+    column: str | None
+    value: Any
+    steps: tuple[CompiledStep, ...]
+
+
+@dataclass(frozen=True)
+class CompiledBlock:
+    concept: ConceptDef
+    when: tuple[When, ...]
+    fields: tuple[CompiledField, ...]
+    key: str  # "sheets[i].resources[j]" for messages
+
+
+@dataclass(frozen=True)
+class CompiledSheet:
+    sheet: str | None
+    blocks: tuple[CompiledBlock, ...]
+    columns: frozenset[str]
+
+
+@dataclass(frozen=True)
+class LoadedMapping:
+    """A checked mapping file with its site and code tables, ready for the engine."""
+
+    path: Path
+    spec: MappingSpec
+    site: SiteSpec
+    sheets: tuple[CompiledSheet, ...]
+    ctx: TransformContext
+    tables: Mapping[str, CodeTable] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.spec.export
+
+    def site_context(self, id_key: str) -> SiteContext:
+        """The :class:`SiteContext` builders receive, with the deployment's id key."""
+        return SiteContext(
+            site=self.site.site, name=self.site.name, country=self.site.country,
+            mrd_threshold=self.site.mrd.negative_below_percent,
+            mrd_equal_is_negative=self.site.mrd.at_threshold == "negative", id_key=id_key,
+        )
+
+
+# --------------------------------------------------------------------------------------------- YAML
+
+
+def _read_yaml(path: Path) -> Any:
+    try:
+        with path.open(encoding="utf-8") as fh:
+            return yaml.safe_load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "<yaml>"
+        raise MappingSpecError(str(path), where, f"not valid YAML ({getattr(exc, 'problem', exc)})") from None
+
+
+def _loc(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "<root>"
+
+
+def _model(model: type[BaseModel], data: Any, path: Path) -> Any:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        errs = exc.errors()
+        first = errs[0]
+        more = f" (and {len(errs) - 1} more problem(s))" if len(errs) > 1 else ""
+        msg = first["msg"]
+        if first["type"] == "extra_forbidden":
+            msg = "unknown key (typo?)"
+        raise MappingSpecError(str(path), _loc(tuple(first["loc"])), msg + more) from None
+
+
+# ----------------------------------------------------------------------------------------- loaders
+
+
+def load_site(site: str, mappings_dir: Path) -> SiteSpec:
+    """Load ``<mappings_dir>/<site>/site.yaml``. Raises ConfigError / MappingSpecError."""
+    path = mappings_dir / site / "site.yaml"
+    if not path.is_file():
+        known = sorted(p.parent.name for p in mappings_dir.glob("*/site.yaml"))
+        raise ConfigError(f"Unknown site '{site}'; known sites: {', '.join(known) or 'none'}")
+    spec: SiteSpec = _model(SiteSpec, _read_yaml(path), path)
+    if spec.site != site:
+        raise MappingSpecError(str(path), "site", f"is {spec.site!r} but the folder is {site!r}")
+    return spec
+
+
+def load_code_table(path: Path) -> CodeTable:
+    """Load one code table data file. Raises MappingSpecError naming the file and key."""
+    spec: CodeTableSpec = _model(CodeTableSpec, _read_yaml(path), path)
+    if spec.name != path.stem:
+        raise MappingSpecError(str(path), "name", f"is {spec.name!r} but the file is {path.stem!r}")
+    entries: dict[str, Concept | None] = {}
+    for key, target in spec.entries.items():
+        if target is None:
+            entries[key] = None
+            continue
+        system = target.system or spec.system
+        if target.code is not None and system is None:
+            raise MappingSpecError(str(path), f"entries.{key}.system", "a code needs a system")
+        entries[key] = Concept(system, target.code, target.display, dict(target.extra))
+    return CodeTable(spec.name, entries, spec.normalize, spec.source)
+
+
+def load_code_tables(site: str, mappings_dir: Path) -> dict[str, CodeTable]:
+    """Shared tables (``mappings/codes/*.yaml``), then the site's (``mappings/<site>/tables/``),
+    which override shared ones of the same name."""
+    tables: dict[str, CodeTable] = {}
+    for folder in (mappings_dir / "codes", mappings_dir / site / "tables"):
+        for path in sorted(folder.glob("*.yaml")):
+            tables[path.stem] = load_code_table(path)
+    return tables
+
+
+def mapping_names(site: str, mappings_dir: Path) -> list[str]:
+    """The export names a site has mapping files for."""
+    return sorted(p.stem for p in (mappings_dir / site).glob("*.yaml") if p.stem != "site")
+
+
+def load_mapping(site: str, name: str, mappings_dir: Path) -> LoadedMapping:
+    """Load, check and compile ``<mappings_dir>/<site>/<name>.yaml``.
+
+    Raises:
+        ConfigError: unknown site or mapping name (the message lists the known ones).
+        MappingSpecError: any problem in the file, naming the file and the key path.
+    """
+    site_spec = load_site(site, mappings_dir)
+    path = mappings_dir / site / f"{name}.yaml"
+    if name == "site" or not path.is_file():
+        raise ConfigError(f"No mapping '{name}' for site '{site}'; known: {', '.join(mapping_names(site, mappings_dir))}")
+    spec: MappingSpec = _model(MappingSpec, _read_yaml(path), path)
+    if spec.site != site:
+        raise MappingSpecError(str(path), "site", f"is {spec.site!r} but the file is under {site!r}")
+    if spec.export != name:
+        raise MappingSpecError(str(path), "export", f"is {spec.export!r} but the file is {name}.yaml")
+    tables = load_code_tables(site, mappings_dir)
+    formats = (spec.reader.date_format,) if isinstance(spec.reader.date_format, str) else tuple(spec.reader.date_format)
+    ctx = TransformContext(decimal=spec.reader.decimal, date_formats=formats, tables=tables)
+    sheets = tuple(_compile_sheet(path, i, s, tables) for i, s in enumerate(spec.sheets))
+    if spec.reader.format == "csv" and any(s.sheet is not None for s in sheets):
+        raise MappingSpecError(str(path), "sheets", "a CSV file has no sheets; leave 'sheet' out")
+    return LoadedMapping(path, spec, site_spec, sheets, ctx, tables)
+
+
+def _compile_sheet(path: Path, i: int, sheet: Any, tables: Mapping[str, CodeTable]) -> CompiledSheet:
+    blocks = []
+    columns: set[str] = set()
+    for j, block in enumerate(sheet.resources):
+        key = f"sheets[{i}].resources[{j}]"
+        try:
+            concept = get_concept(block.concept)
+        except KeyError:
+            from adapter.mapping.base import concepts
+
+            raise MappingSpecError(str(path), f"{key}.concept",
+                                   f"unknown concept {block.concept!r}; known: {', '.join(sorted(concepts()))}") from None
+        model_fields = concept.input_model.model_fields
+        for fname in block.fields:
+            if fname not in model_fields:
+                raise MappingSpecError(str(path), f"{key}.fields.{fname}",
+                                       f"concept '{concept.name}' has no input {fname!r}; inputs: {', '.join(model_fields)}")
+        for fname, finfo in model_fields.items():
+            if finfo.is_required() and fname not in block.fields:
+                raise MappingSpecError(str(path), f"{key}.fields", f"required input {fname!r} of concept '{concept.name}' is not mapped")
+        fields = []
+        for fname, fspec in block.fields.items():
+            compiled = _compile_field(path, f"{key}.fields.{fname}", fname, fspec, tables)
+            fields.append(compiled)
+            if compiled.column:
+                columns.add(compiled.column)
+            for step in compiled.steps:
+                columns.update(step.column_args.values())
+        columns.update(w.column for w in block.conditions)
+        blocks.append(CompiledBlock(concept, tuple(block.conditions), tuple(fields), key))
+    return CompiledSheet(sheet.sheet, tuple(blocks), frozenset(columns))
+
+
+def _compile_field(path: Path, key: str, name: str, fspec: FieldSpec, tables: Mapping[str, CodeTable]) -> CompiledField:
+    steps = []
+    for k, step in enumerate(fspec.pipe):
+        skey = f"{key}.pipe[{k}]"
+        sname, raw_args = (step, {}) if isinstance(step, str) else next(iter(step.items()))
+        try:
+            fn = get_transform(sname)
+        except KeyError:
+            from adapter.mapping.transforms import transform_names
+
+            raise MappingSpecError(str(path), skey, f"unknown transform {sname!r}; known: {', '.join(transform_names())}") from None
+        args, column_args = {}, {}
+        for aname, aval in (raw_args or {}).items():
+            if isinstance(aval, dict) and set(aval) == {"column"}:
+                column_args[aname] = str(aval["column"])
+                args[aname] = None
+            else:
+                args[aname] = aval
+        try:
+            check_arguments(sname, args)
+        except TypeError as exc:
+            raise MappingSpecError(str(path), skey, f"bad arguments for transform {sname!r}: {exc}") from None
+        if sname == "lookup" and args.get("table") not in tables:
+            raise MappingSpecError(str(path), f"{skey}.lookup.table",
+                                   f"no code table {args.get('table')!r}; tables: {', '.join(sorted(tables))}")
+        for aname in column_args:
+            args.pop(aname)
+        steps.append(CompiledStep(sname, fn, args, column_args))
+    return CompiledField(name, fspec.column, fspec.value, tuple(steps))

@@ -1,0 +1,145 @@
+"""Pydantic models of the declarative files under ``mappings/``: site files, mapping files and code
+tables. ``mappings/schema/*.schema.json`` is generated from these models (``adapter schema``), and a
+test keeps it in step. Every model forbids unknown keys, so a typo fails at load time.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# ------------------------------------------------------------------------------------------- site
+
+
+class MRDPolicy(_Strict):
+    """How a site reads MRD results against the negativity threshold.
+
+    ``negative_below_percent`` is the threshold in percent of nucleated cells (0.01 %, i.e. 10^-4, in
+    every seed paper). ``at_threshold`` says whether a result exactly equal to it is ``negative`` or
+    ``positive``: the papers differ (seed 000 counts 0.01 % as negative; laboratory convention
+    ``<0,01`` counts it positive), so each site declares it.
+    """
+
+    negative_below_percent: float = 0.01
+    at_threshold: Literal["negative", "positive"]
+
+
+class SiteSpec(_Strict):
+    """A participating hospital (``mappings/<site>/site.yaml``)."""
+
+    site: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,30}$", description="site code, used in ids and URLs")
+    name: str
+    country: str = Field(pattern=r"^[A-Z]{2}$", description="ISO 3166-1 alpha-2")
+    source: str = Field(description="where the site's conventions come from (paper, data dictionary)")
+    mrd: MRDPolicy
+
+
+# ---------------------------------------------------------------------------------------- mapping
+
+Step = str | dict[str, Any]
+
+
+class FieldSpec(_Strict):
+    """Where one input of a concept comes from: a ``column`` (or a constant ``value``), then a
+    ``pipe`` of named transforms applied in order. A blank cell yields no value (the pipe is not run).
+    """
+
+    column: str | None = None
+    value: Any = None
+    pipe: list[Step] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> FieldSpec:
+        if (self.column is None) == (self.value is None):
+            raise ValueError("give exactly one of 'column' or 'value'")
+        return self
+
+    @field_validator("pipe")
+    @classmethod
+    def _steps(cls, pipe: list[Step]) -> list[Step]:
+        for i, step in enumerate(pipe):
+            if isinstance(step, dict) and (len(step) != 1 or not isinstance(next(iter(step.values())), dict)):
+                raise ValueError(f"step {i}: write a step as a name or as {{name: {{arg: value}}}}")
+        return pipe
+
+
+class When(_Strict):
+    """Emit the resource block only for rows whose raw ``column`` value passes every given test."""
+
+    column: str
+    present: bool | None = None
+    matches: str | None = None
+    not_matches: str | None = None
+    in_: list[str] | None = Field(default=None, alias="in")
+    not_in: list[str] | None = None
+
+
+class ResourceBlock(_Strict):
+    """One concept (mapping module) fed from the row: ``fields`` name the concept's inputs."""
+
+    concept: str
+    when: When | list[When] | None = Field(default=None, description="one condition, or a list that must all hold")
+    fields: dict[str, FieldSpec]
+
+    @property
+    def conditions(self) -> list[When]:
+        return [] if self.when is None else ([self.when] if isinstance(self.when, When) else list(self.when))
+
+
+class SheetSpec(_Strict):
+    """One table of the file: a worksheet by name (XLSX) or the whole file (CSV: leave ``sheet`` out)."""
+
+    sheet: str | None = None
+    resources: list[ResourceBlock] = Field(min_length=1)
+
+
+class ReaderSpec(_Strict):
+    """The file's conventions, declared; detection is only a fallback when a key is left out."""
+
+    format: Literal["csv", "xlsx"]
+    encoding: str | None = None
+    delimiter: str | None = Field(default=None, min_length=1, max_length=1)
+    quotechar: str | None = Field(default=None, min_length=1, max_length=1)
+    decimal: Literal[".", ","] = "."
+    date_format: str | list[str] = "%d/%m/%Y"
+    header_row: int = Field(default=1, ge=1)
+
+
+class MappingSpec(_Strict):
+    """A mapping file, ``mappings/<site>/<export>.yaml``: one kind of export a site sends."""
+
+    site: str
+    export: str = Field(pattern=r"^[a-z0-9_]+$")
+    description: str
+    reader: ReaderSpec
+    sheets: list[SheetSpec] = Field(min_length=1)
+
+
+# ------------------------------------------------------------------------------------- code table
+
+
+class CodeTarget(_Strict):
+    """What a source value means: a Coding, plus extra attributes a mapping module may use."""
+
+    system: str | None = None
+    code: str | None = None
+    display: str | None = None
+    extra: dict[str, Any] = Field(default_factory=dict)
+
+
+class CodeTableSpec(_Strict):
+    """A code table data file. ``source`` cites where the codes come from (a code system, a paper, a
+    data dictionary). An entry mapped to ``null`` means "known value, deliberately no code"."""
+
+    name: str
+    description: str
+    source: str
+    normalize: Literal["exact", "casefold"] = "casefold"
+    system: str | None = Field(default=None, description="default Coding.system for entries without one")
+    entries: dict[str, CodeTarget | None]
