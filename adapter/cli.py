@@ -1,0 +1,208 @@
+"""The ``adapter`` command line (typer + rich).
+
+Exit codes (also in README.md; ``adapter.errors`` draws the hierarchy):
+
+    0  success                       4  --strict and rows were rejected (nothing stored)
+    1  unexpected adapter error      5  a resource or file failed validation
+    2  configuration / mapping file  6  database error (nothing stored)
+    3  the input file is unreadable  64 command-line usage error
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from adapter.config import get_settings
+from adapter.errors import AdapterError, IngestRejected, ValidationFailed
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="FHIR R4 adapter for multicenter pediatric leukemia outcome studies.")
+console = Console()
+err_console = Console(stderr=True)
+
+
+def _store() -> Any:
+    from adapter.store import Store
+
+    store = Store(get_settings().database_url)
+    store.migrate()
+    return store
+
+
+def _fail(exc: AdapterError) -> None:
+    err_console.print(f"[bold red]error[/] ({exc.__class__.__name__}, exit {exc.exit_code}): {exc}", markup=True,
+                      highlight=False)
+    raise typer.Exit(exc.exit_code)
+
+
+@app.command("init-db")
+def init_db() -> None:
+    """Create or upgrade the database schema (Alembic migrations)."""
+    try:
+        store = _store()
+    except AdapterError as exc:
+        _fail(exc)
+    console.print(f"database ready at revision {store.schema_revision()}")
+
+
+def _print_report(report: Any) -> None:
+    t = Table(title=f"{report.site}/{report.mapping}: {report.file}", show_lines=False)
+    t.add_column("resource")
+    for col in ("created", "updated", "unchanged"):
+        t.add_column(col, justify="right")
+    for rtype, c in report.counts().items():
+        t.add_row(rtype, *(str(c.get(k, 0)) for k in ("created", "updated", "unchanged")))
+    console.print(t)
+    state = "stored" if report.stored else ("dry run, nothing stored" if report.dry_run else "nothing stored")
+    console.print(f"rows read {report.rows_read} = mapped {report.rows_mapped} + rejected {report.rows_rejected}"
+                  f" (blank rows skipped: {report.blank_rows}); {state}", highlight=False)
+    for issue in report.issues:
+        d = issue.to_operation_outcome_issue()
+        console.print(f"  [red]{d['severity']}[/] {d['diagnostics']}", highlight=False)
+
+
+@app.command()
+def ingest(
+    file: Annotated[Path, typer.Argument(help="the export file (CSV or XLSX)")],
+    site: Annotated[str, typer.Option(help="site code, a folder under mappings/")],
+    mapping: Annotated[str, typer.Option(help="mapping name: mappings/<site>/<name>.yaml")],
+    strict: Annotated[bool, typer.Option(help="reject the whole file if any row is rejected")] = False,
+    dry_run: Annotated[bool, typer.Option(help="map and validate, store nothing")] = False,
+    full_validation: Annotated[bool, typer.Option(help="run all three validators on every resource")] = False,
+    report_json: Annotated[Path | None, typer.Option(help="also write the report as JSON here")] = None,
+) -> None:
+    """Map an export to FHIR R4, validate it and store it (idempotent)."""
+    from adapter.ingest import ingest_file
+
+    try:
+        store = _store()
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      console=err_console, transient=True, disable=not err_console.is_terminal) as bar:
+            task = bar.add_task(f"ingest {file.name}", total=None)
+            report = ingest_file(file, site, mapping, store, strict=strict, dry_run=dry_run,
+                                 full_validation=full_validation,
+                                 progress=lambda n: bar.update(task, completed=n))
+    except IngestRejected as exc:
+        _print_report(exc.report)  # type: ignore[attr-defined]
+        _fail(exc)
+    except AdapterError as exc:
+        _fail(exc)
+    _print_report(report)
+    if report_json:
+        report_json.write_text(json.dumps(report.to_json(), indent=2, ensure_ascii=False), encoding="utf-8")
+
+
+@app.command("export-bundle")
+def export_bundle(
+    out: Annotated[Path, typer.Option("-o", "--out", help="output file (a FHIR collection Bundle, JSON)")],
+    site: Annotated[str | None, typer.Option(help="only this site; every site when left out")] = None,
+) -> None:
+    """Write the stored resources as a FHIR collection Bundle (streamed to the file)."""
+    import orjson
+
+    try:
+        store = _store()
+        n = 0
+        with out.open("wb") as fh:
+            fh.write(b'{"resourceType":"Bundle","type":"collection","timestamp":')
+            from adapter.store.db import now_instant
+
+            fh.write(orjson.dumps(now_instant()) + b',"entry":[')
+            for res in store.iter_resources(site=site):
+                if n:
+                    fh.write(b",")
+                fh.write(orjson.dumps({"fullUrl": f"{res['resourceType']}/{res['id']}", "resource": res}))
+                n += 1
+            fh.write(b"]}")
+    except AdapterError as exc:
+        _fail(exc)
+    console.print(f"wrote {n} resource(s) to {out}")
+
+
+@app.command()
+def validate(file: Annotated[Path, typer.Argument(help="a FHIR resource or Bundle (JSON), or NDJSON")]) -> None:
+    """Validate resources with all three validators (R4 schema, R4B models, our profiles)."""
+    from adapter.validation import get_validator
+
+    try:
+        text = file.read_text(encoding="utf-8")
+        docs = ([json.loads(line) for line in text.splitlines() if line.strip()]
+                if file.suffix == ".ndjson" else [json.loads(text)])
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        from adapter.errors import ReaderError
+
+        _fail(ReaderError(f"{file.name}: not readable JSON ({exc.__class__.__name__})"))
+    resources = []
+    for d in docs:
+        if d.get("resourceType") == "Bundle":
+            resources += [e["resource"] for e in d.get("entry", []) if "resource" in e]
+        else:
+            resources.append(d)
+    validator = get_validator()
+    bad = 0
+    for r in resources:
+        issues = validator.validate(r, full=True)
+        if issues:
+            bad += 1
+            for i in issues:
+                console.print(f"[red]{r.get('resourceType')}/{r.get('id')}[/] {i.expression}: [{i.validator}] {i.message}",
+                              highlight=False)
+    console.print(f"{len(resources)} resource(s), {len(resources) - bad} valid, {bad} invalid")
+    if bad:
+        _fail(ValidationFailed(f"{bad} resource(s) failed validation"))
+
+
+@app.command()
+def summary() -> None:
+    """Print what the store holds, per site and resource type (counts only, no patient data)."""
+    try:
+        store = _store()
+    except AdapterError as exc:
+        _fail(exc)
+    t = Table(title="stored resources")
+    t.add_column("site")
+    types = sorted(store.counts())
+    for ty in types:
+        t.add_column(ty, justify="right")
+    for site in store.sites():
+        c = store.counts(site)
+        t.add_row(site, *(str(c.get(ty, 0)) for ty in types))
+    console.print(t)
+    for rep in store.ingestion_reports()[-10:]:
+        console.print(f"{rep['started'][:19]} {rep['site']}/{rep['mapping']} {rep['file']}: read {rep['rowsRead']}, "
+                      f"mapped {rep['rowsMapped']}, rejected {rep['rowsRejected']}", highlight=False)
+
+
+@app.command()
+def schema(out: Annotated[Path, typer.Option(help="folder for the JSON Schemas")] = Path("mappings/schema")) -> None:
+    """Write the JSON Schemas of mapping files, site files and code tables (from the pydantic models)."""
+    from adapter.spec.json_schema import write_schemas
+
+    for p in write_schemas(out):
+        console.print(f"wrote {p}")
+
+
+def main() -> None:
+    """Entry point that maps click's usage error (2) to 64, so that 2 always means configuration."""
+    try:
+        app(standalone_mode=False)
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
+    except Exception as e:  # click usage errors
+        import click
+
+        if isinstance(e, click.exceptions.UsageError):
+            e.show()
+            sys.exit(64)
+        if isinstance(e, click.exceptions.Abort):
+            sys.exit(130)
+        raise
+    sys.exit(0)

@@ -1,0 +1,232 @@
+"""The resource store: versioned FHIR resources as JSON in SQLite (embedded default) or PostgreSQL.
+
+Only this module (with the readers and the API) does database I/O. Writes happen in one transaction
+per ingestion (:meth:`Store.transaction`), so a failure midway leaves the store as it was.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Connection, Engine, bindparam, create_engine, event, func, select, tuple_
+from sqlalchemy.exc import SQLAlchemyError
+
+from adapter.errors import StoreError
+from adapter.store.schema import ingestions, resource_history, resources
+
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+
+
+def now_instant() -> str:
+    """Current time as a FHIR ``instant`` in UTC with microseconds (sortable as text)."""
+    return datetime.now(UTC).isoformat(timespec="microseconds")
+
+
+def content_hash(resource: dict[str, Any]) -> str:
+    """SHA-256 of the resource's canonical JSON without ``meta.versionId``/``meta.lastUpdated``."""
+    meta = resource.get("meta")
+    body = resource
+    if meta and ("versionId" in meta or "lastUpdated" in meta):
+        body = {**resource, "meta": {k: v for k, v in meta.items() if k not in ("versionId", "lastUpdated")}}
+    return hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+def _search_columns(r: dict[str, Any]) -> dict[str, Any]:
+    subject = r.get("subject") or r.get("patient") or {}
+    ref = subject.get("reference", "") if isinstance(subject, dict) else ""
+    patient = ref.split("/", 1)[1] if ref.startswith("Patient/") else (r["id"] if r["resourceType"] == "Patient" else None)
+    code = r.get("code") or r.get("event") or r.get("medicationCodeableConcept") or {}
+    coding = (code.get("coding") or [{}])[0] if isinstance(code, dict) else {}
+    effective = (r.get("effectiveDateTime") or (r.get("effectivePeriod") or {}).get("start") or r.get("date")
+                 or r.get("performedDateTime") or (r.get("period") or {}).get("start") or r.get("recorded"))
+    status = r.get("status")
+    return {"patient_id": patient, "code_system": coding.get("system"), "code": coding.get("code"),
+            "effective": effective, "status": status if isinstance(status, str) else None}
+
+
+@dataclass(frozen=True)
+class WriteOutcome:
+    """What happened to one resource: ``created``, ``updated`` or ``unchanged``, and its version."""
+
+    type: str
+    id: str
+    version_id: int
+    outcome: str
+
+
+class Transaction:
+    """Writes inside one database transaction (see :meth:`Store.transaction`)."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+
+    def upsert(self, batch: list[tuple[dict[str, Any], str]]) -> list[WriteOutcome]:
+        """Store resources, each with its site code. Unchanged content (same :func:`content_hash`)
+        keeps its version; changed content gets version n+1 and a history row. Sets
+        ``meta.versionId``/``meta.lastUpdated`` on the dicts passed in. Resource ids must be unique
+        within the batch."""
+        if not batch:
+            return []
+        existing: dict[tuple[str, str], tuple[int, str]] = {}
+        keys = [(r["resourceType"], r["id"]) for r, _ in batch]
+        for i in range(0, len(keys), 500):
+            chunk = keys[i:i + 500]
+            rows = self.conn.execute(
+                select(resources.c.type, resources.c.id, resources.c.version_id, resources.c.content_hash)
+                .where(tuple_(resources.c.type, resources.c.id).in_(chunk)))
+            for t, rid, v, h in rows:
+                existing[(t, rid)] = (v, h)
+        stamp = now_instant()
+        inserts, updates, history, out = [], [], [], []
+        for r, site in batch:
+            key = (r["resourceType"], r["id"])
+            h = content_hash(r)
+            prev = existing.get(key)
+            if prev is not None and prev[1] == h:
+                out.append(WriteOutcome(key[0], key[1], prev[0], "unchanged"))
+                continue
+            version = 1 if prev is None else prev[0] + 1
+            meta = dict(r.get("meta") or {})
+            meta["versionId"] = str(version)
+            meta["lastUpdated"] = stamp
+            r["meta"] = {"versionId": meta.pop("versionId"), "lastUpdated": meta.pop("lastUpdated"), **meta}
+            text = orjson.dumps(r).decode()
+            row = {"type": key[0], "id": key[1], "version_id": version, "last_updated": stamp, "site": site,
+                   "content_hash": h, "deleted": False, "resource": text, **_search_columns(r)}
+            (inserts if prev is None else updates).append(row)
+            history.append({"type": key[0], "id": key[1], "version_id": version, "last_updated": stamp,
+                            "method": "POST" if prev is None else "PUT", "resource": text})
+            out.append(WriteOutcome(key[0], key[1], version, "created" if prev is None else "updated"))
+        if inserts:
+            self.conn.execute(resources.insert(), inserts)
+        if updates:
+            cols = [c for c in updates[0] if c not in ("type", "id")]
+            stmt = (resources.update()
+                    .where(resources.c.type == bindparam("b_type"), resources.c.id == bindparam("b_id"))
+                    .values({c: bindparam(c) for c in cols}))
+            self.conn.execute(stmt, [{**{c: u[c] for c in cols}, "b_type": u["type"], "b_id": u["id"]} for u in updates])
+        if history:
+            self.conn.execute(resource_history.insert(), history)
+        return out
+
+    def record_ingestion(self, row: dict[str, Any]) -> None:
+        """Keep an ingestion's report (see :class:`adapter.ingest.IngestReport`)."""
+        self.conn.execute(ingestions.insert(), [row])
+
+
+class Rollback(Exception):  # noqa: N818  (control flow, not an error)
+    """Raise inside :meth:`Store.transaction` to discard everything written (dry runs, --strict)."""
+
+
+class Store:
+    """A database of versioned resources. ``url`` is an SQLAlchemy URL (``sqlite:///path`` or
+    ``postgresql+psycopg://...``)."""
+
+    def __init__(self, url: str, engine: Engine | None = None) -> None:
+        if url.startswith("postgresql://"):
+            url = "postgresql+psycopg://" + url[len("postgresql://"):]
+        self.url = url
+        if url.startswith("sqlite:///"):
+            Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+        self.engine = engine or create_engine(url, future=True)
+        if self.engine.dialect.name == "sqlite":
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+
+    def migrate(self) -> None:
+        """Create or upgrade the schema to the newest Alembic revision."""
+        cfg = Config()
+        cfg.set_main_option("script_location", str(MIGRATIONS))
+        try:
+            with self.engine.begin() as conn:
+                cfg.attributes["connection"] = conn
+                command.upgrade(cfg, "head")
+        except SQLAlchemyError as exc:
+            raise StoreError(f"cannot migrate the database: {exc.__class__.__name__}: {str(exc)[:200]}") from None
+
+    def schema_revision(self) -> str | None:
+        """The Alembic revision the database is at (``None`` when not migrated)."""
+        from alembic.runtime.migration import MigrationContext
+
+        with self.engine.connect() as conn:
+            return MigrationContext.configure(conn).get_current_revision()
+
+    @contextmanager
+    def transaction(self) -> Iterator[Transaction]:
+        """One database transaction. Commits on success; rolls back on any exception (re-raised,
+        except :class:`Rollback`). Database errors become :class:`StoreError`."""
+        try:
+            with self.engine.begin() as conn:
+                yield Transaction(conn)
+        except Rollback:
+            return
+        except SQLAlchemyError as exc:
+            raise StoreError(f"the database refused the write: {exc.__class__.__name__}: {str(exc)[:200]}") from None
+
+    # -------------------------------------------------------------------------------------- reads
+
+    def read(self, rtype: str, rid: str) -> dict[str, Any] | None:
+        """The current version of a resource, or ``None``."""
+        with self.engine.connect() as conn:
+            text = conn.execute(select(resources.c.resource).where(
+                resources.c.type == rtype, resources.c.id == rid, resources.c.deleted.is_(False))).scalar()
+        return None if text is None else orjson.loads(text)
+
+    def history(self, rtype: str, rid: str) -> list[dict[str, Any]]:
+        """Every version of a resource, oldest first."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(resource_history.c.resource).where(
+                resource_history.c.type == rtype, resource_history.c.id == rid).order_by(resource_history.c.version_id))
+            return [orjson.loads(t) for (t,) in rows]
+
+    def iter_resources(self, rtype: str | None = None, site: str | None = None) -> Iterator[dict[str, Any]]:
+        """Stream current resources, optionally of one type and/or site, in (type, id) order."""
+        q = select(resources.c.resource).where(resources.c.deleted.is_(False))
+        if rtype:
+            q = q.where(resources.c.type == rtype)
+        if site:
+            q = q.where(resources.c.site == site)
+        with self.engine.connect() as conn:
+            for (text,) in conn.execution_options(stream_results=True, yield_per=1000).execute(
+                    q.order_by(resources.c.type, resources.c.id)):
+                yield orjson.loads(text)
+
+    def counts(self, site: str | None = None) -> dict[str, int]:
+        """Number of current resources per type."""
+        q = select(resources.c.type, func.count()).where(resources.c.deleted.is_(False)).group_by(resources.c.type)
+        if site:
+            q = q.where(resources.c.site == site)
+        with self.engine.connect() as conn:
+            return {t: n for t, n in conn.execute(q)}
+
+    def version_total(self) -> int:
+        """Number of rows in the history table (every version of every resource)."""
+        with self.engine.connect() as conn:
+            return int(conn.execute(select(func.count()).select_from(resource_history)).scalar() or 0)
+
+    def sites(self) -> list[str]:
+        with self.engine.connect() as conn:
+            return [s for (s,) in conn.execute(select(resources.c.site).distinct().order_by(resources.c.site))]
+
+    def ingestion_reports(self, site: str | None = None) -> list[dict[str, Any]]:
+        q = select(ingestions.c.report).order_by(ingestions.c.started)
+        if site:
+            q = q.where(ingestions.c.site == site)
+        with self.engine.connect() as conn:
+            return [orjson.loads(t) for (t,) in conn.execute(q)]
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.close()

@@ -1,0 +1,54 @@
+"""Table definitions (SQLAlchemy Core). The schema itself is created by Alembic migrations."""
+
+from sqlalchemy import Boolean, Column, Index, Integer, MetaData, String, Table, Text
+
+metadata = MetaData()
+
+#: Current version of every resource, as JSON, with the columns that search needs.
+resources = Table(
+    "resources", metadata,
+    Column("type", String(64), primary_key=True),
+    Column("id", String(64), primary_key=True),
+    Column("version_id", Integer, nullable=False),
+    Column("last_updated", String(40), nullable=False),  # ISO 8601 UTC instant, sortable as text
+    Column("site", String(32), nullable=False),
+    Column("patient_id", String(64)),  # compartment: the Patient this resource is about
+    Column("code_system", String(255)),
+    Column("code", String(128)),
+    Column("effective", String(40)),  # effective[x] / date / performed[x] / period start
+    Column("status", String(32)),
+    Column("content_hash", String(64), nullable=False),  # SHA-256 of the resource without meta
+    Column("deleted", Boolean, nullable=False, default=False),
+    Column("resource", Text, nullable=False),
+    Index("ix_resources_site_type", "site", "type"),
+    Index("ix_resources_patient", "patient_id"),
+    Index("ix_resources_code", "type", "code"),
+    Index("ix_resources_last_updated", "last_updated"),
+)
+
+#: Every version ever stored (including the current one).
+resource_history = Table(
+    "resource_history", metadata,
+    Column("type", String(64), primary_key=True),
+    Column("id", String(64), primary_key=True),
+    Column("version_id", Integer, primary_key=True),
+    Column("last_updated", String(40), nullable=False),
+    Column("method", String(8), nullable=False),  # POST (create) | PUT (update)
+    Column("resource", Text, nullable=False),
+)
+
+#: One row per ingestion that was committed: the report as JSON.
+ingestions = Table(
+    "ingestions", metadata,
+    Column("id", String(36), primary_key=True),
+    Column("site", String(32), nullable=False),
+    Column("mapping", String(64), nullable=False),
+    Column("file_name", String(255), nullable=False),
+    Column("sha256", String(64), nullable=False),
+    Column("started", String(40), nullable=False),
+    Column("rows_read", Integer, nullable=False),
+    Column("rows_mapped", Integer, nullable=False),
+    Column("rows_rejected", Integer, nullable=False),
+    Column("report", Text, nullable=False),
+    Index("ix_ingestions_site", "site", "started"),
+)

@@ -1,0 +1,140 @@
+"""The validators, and :class:`Validator` that runs them.
+
+Speed (bench/ingest.py measures it): the pure-Python ``jsonschema`` package checks about 450
+resources/s against the R4 schema and ``fhir.resources`` about 2,000/s, too slow for the ingest
+target of 10,000 rows/s. So ingestion runs, on *every* resource, the R4 schema through
+``jsonschema-rs`` (the same official schema, compiled; ~160,000/s) and our profile checks; and it
+runs the ``fhir.resources`` model once per distinct resource *shape* (the set of element paths),
+because the model's checks beyond the schema are structural. ``full=True`` runs all three, with the
+pure-Python ``jsonschema`` as the schema engine, on every resource: ``adapter validate``, the test
+suite and ``--full-validation`` use it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import jsonschema_rs
+from fhir.resources.R4B import get_fhir_model_class
+from pydantic import ValidationError
+
+from adapter.config import get_settings
+from adapter.validation.profiles import ProfileSet
+
+
+@dataclass(frozen=True)
+class ValidationIssue:
+    """One finding: which validator (``r4-schema``, ``r4b-model``, ``profile``), a FHIRPath-like
+    ``expression`` and a message."""
+
+    validator: str
+    expression: str
+    message: str
+
+    def to_operation_outcome_issue(self) -> dict[str, Any]:
+        return {"severity": "error", "code": "invariant" if self.validator == "profile" else "structure",
+                "diagnostics": f"[{self.validator}] {self.message}", "expression": [self.expression]}
+
+
+class R4Schema:
+    """The official R4 JSON Schema, one compiled validator per resource type (compiled lazily)."""
+
+    def __init__(self, path: Path) -> None:
+        with path.open(encoding="utf-8") as fh:
+            schema = json.load(fh)
+        self._definitions = schema["definitions"]
+        self._meta = schema.get("$schema", "http://json-schema.org/draft-06/schema#")
+        self._fast: dict[str, Any] = {}
+        self._ref: dict[str, Any] = {}
+
+    def _sub(self, rtype: str) -> dict[str, Any]:
+        if rtype not in self._definitions:
+            raise KeyError(rtype)
+        return {"$schema": self._meta, "definitions": self._definitions, "$ref": f"#/definitions/{rtype}"}
+
+    def errors(self, resource: dict[str, Any], reference: bool = False) -> list[ValidationIssue]:
+        """Schema errors of one resource. ``reference=True`` uses the pure-Python ``jsonschema``."""
+        rtype = resource.get("resourceType")
+        if not isinstance(rtype, str) or rtype not in self._definitions:
+            return [ValidationIssue("r4-schema", "resourceType", f"unknown resourceType {rtype!r}")]
+        if reference:
+            v = self._ref.get(rtype)
+            if v is None:
+                v = self._ref[rtype] = jsonschema.Draft6Validator(self._sub(rtype))
+            errs = sorted(v.iter_errors(resource), key=lambda e: list(e.absolute_path))
+            return [ValidationIssue("r4-schema", _path(rtype, e.absolute_path), e.message[:300]) for e in errs]
+        fv = self._fast.get(rtype)
+        if fv is None:
+            fv = self._fast[rtype] = jsonschema_rs.Draft6Validator(self._sub(rtype))
+        if fv.is_valid(resource):
+            return []
+        return [ValidationIssue("r4-schema", _path(rtype, e.instance_path), e.message[:300])
+                for e in fv.iter_errors(resource)]
+
+
+def _path(rtype: str, parts: Any) -> str:
+    out = rtype
+    for p in parts:
+        out += f"[{p}]" if isinstance(p, int) else f".{p}"
+    return out
+
+
+def model_errors(resource: dict[str, Any]) -> list[ValidationIssue]:
+    """Errors from the ``fhir.resources`` R4B model of the resource's type (never the R5 default)."""
+    rtype = str(resource.get("resourceType"))
+    try:
+        model = get_fhir_model_class(rtype)
+    except (KeyError, ValueError):
+        return [ValidationIssue("r4b-model", rtype, f"no R4B model for {rtype!r}")]
+    try:
+        model.model_validate(resource)
+    except ValidationError as exc:
+        return [ValidationIssue("r4b-model", _path(rtype, e["loc"]), e["msg"]) for e in exc.errors()]
+    except (TypeError, ValueError) as exc:
+        return [ValidationIssue("r4b-model", rtype, str(exc)[:300])]
+    return []
+
+
+def shape(value: Any, prefix: str = "") -> str:
+    """The element paths of a resource, as one string: resources of one shape differ only in values."""
+    if isinstance(value, dict):
+        return "{" + ",".join(k + ":" + shape(v) for k, v in value.items()) + "}"
+    if isinstance(value, list):
+        return "[" + ",".join(sorted({shape(v) for v in value})) + "]"
+    return type(value).__name__[0]
+
+
+class Validator:
+    """Runs the three validators. Thread-safe for reads; shapes seen are remembered per process."""
+
+    def __init__(self, schema_path: Path, profiles_dir: Path) -> None:
+        self.schema = R4Schema(schema_path)
+        self.profiles = ProfileSet.load(profiles_dir)
+        self._shapes_ok: set[str] = set()
+
+    def validate(self, resource: dict[str, Any], full: bool = False) -> list[ValidationIssue]:
+        """All findings for one resource (empty list = valid). Never raises for bad input."""
+        issues = self.schema.errors(resource, reference=full)
+        issues += self.profiles.errors(resource)
+        if full:
+            issues += model_errors(resource)
+        else:
+            key = shape(resource)
+            if key not in self._shapes_ok:
+                model_issues = model_errors(resource)
+                if not model_issues:
+                    self._shapes_ok.add(key)
+                issues += model_issues
+        return issues
+
+
+@lru_cache
+def get_validator() -> Validator:
+    """The process-wide validator for the configured schema and profiles."""
+    s = get_settings()
+    return Validator(s.fhir_schema_path, s.profiles_dir)

@@ -1,0 +1,307 @@
+"""Write the project's conformance resources as JSON: StructureDefinitions (differentials), extension
+definitions, CodeSystems, ValueSets, and one example per profile.
+
+This file is the source; the JSON beside it is what tools and the validator read. Run it after
+editing (``.venv/bin/python profiles/build.py``); ``tests/test_profiles.py`` fails when the JSON is
+out of date. Examples are produced by the mapping modules themselves from made-up inputs.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import date
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+from adapter.config import CANONICAL  # noqa: E402
+from adapter.mapping import adverse_event, disease, hsct, infusion, mrd, patient  # noqa: E402
+from adapter.mapping.base import SiteContext  # noqa: E402
+from adapter.mapping.fhir import CS, SD  # noqa: E402
+from adapter.mapping.transforms import Concept, MRDValue  # noqa: E402
+
+VS = f"{CANONICAL}/ValueSet/"
+V3_INTERP = "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation"
+MAC = "http://terminology.hl7.org/CodeSystem/medication-admin-category"
+
+CODESYSTEMS: dict[str, tuple[str, list[tuple[str, str, str]]]] = {
+    "observation-code": ("Observation codes of the project (no standard code is confirmed for these)", [
+        ("mrd", "Measurable residual disease, % of nucleated cells in bone marrow",
+         "MRD as a percentage of nucleated cells; negative below 0.01 % (10^-4). REFERENCE.md §1: no LOINC code confirmed."),
+        ("blinatumomab-response", "Response to blinatumomab", "Response assessment after a blinatumomab cycle (seed 002 definitions)."),
+        ("vital-status", "Vital status at last follow-up", "Alive or dead at the last follow-up date."),
+        ("prior-therapy-lines", "Number of previous treatment lines", "Lines of therapy before blinatumomab.")]),
+    "assessment-timepoint": ("When an assessment was made relative to blinatumomab", [
+        ("pre-treatment", "Before blinatumomab", "Assessment before the first blinatumomab cycle (relapse/refractoriness)."),
+        ("post-cycle", "After a blinatumomab cycle", "Assessment at the end of a cycle."),
+        ("follow-up", "Follow-up", "Assessment during follow-up after blinatumomab."),
+        ("diagnosis", "At diagnosis", "Event between diagnosis and blinatumomab (e.g. an earlier relapse).")]),
+    "mrd-method": ("MRD methods (after the Danish KIP IG's flow/ngs/pcr list)", [
+        ("flow-cytometry", "Multiparameter flow cytometry", "EuroFlow-type multiparameter flow cytometry (LLOQ to 10^-6)."),
+        ("rq-pcr", "Real-time quantitative PCR of Ig/TCR or fusion transcripts", "RQ-PCR; may report 'positive, not quantifiable'."),
+        ("ngs", "Next-generation sequencing", "NGS of Ig/TCR rearrangements.")]),
+    "specimen-type": ("Specimen types for MRD", [
+        ("bone-marrow", "Bone marrow", "Bone marrow aspirate."),
+        ("peripheral-blood", "Peripheral blood", "Peripheral blood.")]),
+    "adverse-event-term": ("Adverse event terms and causes of death (MedDRA added where confirmed)", [
+        ("crs", "Cytokine release syndrome", "CRS (MedDRA 10052015)."),
+        ("icans", "Immune effector cell-associated neurotoxicity syndrome", "ICANS, graded by ASTCT consensus."),
+        ("neutropenia", "Neutropenia", "Neutropenia."),
+        ("febrile-neutropenia", "Febrile neutropenia", "Febrile neutropenia (MedDRA 10016288)."),
+        ("infection", "Infection", "Infection, organism not specified."),
+        ("sepsis", "Sepsis", "Sepsis (MedDRA 10040047)."),
+        ("septic-shock", "Septic shock", "Septic shock."),
+        ("pneumonia", "Pneumonia", "Pneumonia, organism not specified."),
+        ("pjp-pneumonia", "Pneumocystis jirovecii pneumonia", "Pneumonia with Pneumocystis jirovecii isolated."),
+        ("hemorrhagic-syndrome", "Hemorrhagic syndrome", "Hemorrhagic syndrome."),
+        ("thrombosis", "Thrombosis", "Thrombosis or thromboembolic complication."),
+        ("relapse", "Relapse of leukemia", "Relapse of leukemia (as a cause of death)."),
+        ("acute-gvhd", "Acute graft-versus-host disease", "Acute GVHD (SNOMED 402355000)."),
+        ("chronic-gvhd", "Chronic graft-versus-host disease", "Chronic GVHD (SNOMED 402356004)."),
+        ("death", "Death", "Death of the patient.")]),
+    "grading-system": ("Toxicity grading systems", [
+        ("ctcae-v5", "CTCAE version 5.0", "Common Terminology Criteria for Adverse Events v5.0."),
+        ("astct-2019", "ASTCT consensus grading (Lee 2019)", "ASTCT consensus grading for CRS and ICANS."),
+        ("lee-2014", "Lee 2014 CRS grading", "Lee et al. 2014 CRS grading."),
+        ("not-stated", "Grading system not stated by the source", "The source gives a grade but not the system.")]),
+    "encounter-type": ("Hospital stays of interest", [
+        ("picu-admission", "Admission to pediatric intensive care unit", "PICU admission.")]),
+    "vital-status": ("Vital status", [("alive", "Alive", "Alive."), ("dead", "Dead", "Dead.")]),
+    "disease-status": ("Disease status of B-ALL (seed papers 000, 002)", [
+        ("refractory", "Refractory disease", "Primary refractory or refractory to the last line."),
+        ("relapse", "Relapse (number not recorded)", "Relapse; the source does not give which."),
+        ("relapse-1", "First relapse", "First relapse."),
+        ("relapse-2", "Second relapse", "Second relapse."),
+        ("relapse-3", "Third relapse", "Third relapse."),
+        ("progression", "Progressive disease", "Rising MRD, >= 5 % marrow blasts, > 25 % circulating blasts or new extramedullary disease (seed 002).")]),
+    "blinatumomab-response": ("Response to blinatumomab (seed 002 definitions)", [
+        ("cr-mrd-negative", "Complete remission with MRD negativity", "MRD < 0.01 % by flow with hematologic recovery."),
+        ("mrd-clearance", "MRD clearance", "From detectable MRD (>= 0.01 %) to undetectable."),
+        ("pr", "Partial response", ">= 1-log MRD reduction, still detectable."),
+        ("pd", "Progressive disease", "Rising MRD, >= 5 % marrow blasts, > 25 % circulating blasts or new extramedullary disease.")]),
+    "hla-match": ("Donor HLA match", [
+        ("identical", "HLA-identical", "HLA-identical (matched) donor."),
+        ("haploidentical", "Haploidentical", "Haploidentical related donor."),
+        ("mismatched", "HLA-mismatched", "HLA-mismatched donor.")]),
+    "hsct-donor-type": ("Transplant type", [("allogeneic", "Allogeneic", "Allogeneic."), ("autologous", "Autologous", "Autologous.")]),
+    "stem-cell-source": ("Stem-cell source", [
+        ("pbsc", "Mobilized peripheral blood stem cells", "Mobilized peripheral blood."),
+        ("bone-marrow", "Bone marrow", "Bone marrow."),
+        ("cord-blood", "Umbilical cord blood", "Umbilical cord blood.")]),
+}
+
+# ValueSets: whole project CodeSystems, plus two enumerations of external codes.
+VALUESETS: dict[str, list[dict[str, Any]]] = {name: [{"system": CS + name}] for name in CODESYSTEMS}
+VALUESETS["mrd-interpretation"] = [{"system": V3_INTERP, "concept": [
+    {"code": "POS", "display": "Positive"}, {"code": "NEG", "display": "Negative"},
+    {"code": "IND", "display": "Indeterminate"}]}]
+VALUESETS["infusion-setting"] = [{"system": MAC, "concept": [
+    {"code": "inpatient", "display": "Inpatient"}, {"code": "outpatient", "display": "Outpatient"},
+    {"code": "community", "display": "Community"}]}]
+
+EXTENSIONS = {  # id: (title, value type, context, value set or None)
+    "treatment-cycle": ("Blinatumomab cycle number", "integer",
+                        ["MedicationAdministration", "Observation", "AdverseEvent"], None),
+    "ae-grade": ("Adverse event grade (0-5)", "integer", ["AdverseEvent"], None),
+    "ae-grading-system": ("Grading system of the grade", "CodeableConcept", ["AdverseEvent"], "grading-system"),
+    "cause-of-death": ("Cause of death", "CodeableConcept", ["AdverseEvent"], "adverse-event-term"),
+    "hsct-donor-relationship": ("Donor's relationship to the patient (v3-RoleCode)", "CodeableConcept", ["Procedure"], None),
+    "hsct-hla-match": ("Donor HLA match", "CodeableConcept", ["Procedure"], "hla-match"),
+    "hsct-donor-type": ("Allogeneic or autologous", "CodeableConcept", ["Procedure"], "hsct-donor-type"),
+    "source-row": ("Source file row a resource came from", "string", ["Reference"], None),
+}
+
+
+def el(path: str, **kw: Any) -> dict[str, Any]:
+    return {"id": path, "path": path, **kw}
+
+
+def pattern(path: str, system: str, code: str) -> dict[str, Any]:
+    return el(path, min=1, patternCodeableConcept={"coding": [{"system": system, "code": code}]})
+
+
+def required(path: str, vs: str, min_: int = 0) -> dict[str, Any]:
+    return el(path, min=min_, binding={"strength": "required", "valueSet": VS + vs})
+
+
+def ext_slice(base: str, name: str, min_: int = 0, max_: str = "1") -> dict[str, Any]:
+    return {"id": f"{base}.extension:{name}", "path": f"{base}.extension", "sliceName": name,
+            "min": min_, "max": max_, "type": [{"code": "Extension", "profile": [SD + name]}]}
+
+
+def ext_slicing(base: str) -> dict[str, Any]:
+    return el(f"{base}.extension", slicing={"discriminator": [{"type": "value", "path": "url"}], "rules": "open"})
+
+
+PROFILES: dict[str, tuple[str, str, list[dict[str, Any]]]] = {
+    "pedall-patient": ("Patient", "Patient of a participating site; names and contact details are never stored", [
+        el("Patient.identifier", min=1), el("Patient.identifier.system", min=1), el("Patient.identifier.value", min=1),
+        el("Patient.name", max="0"), el("Patient.telecom", max="0"), el("Patient.address", max="0"),
+        el("Patient.photo", max="0"), el("Patient.contact", max="0"), el("Patient.managingOrganization", min=1)]),
+    "pedall-organization": ("Organization", "A participating site", [
+        el("Organization.identifier", min=1), el("Organization.name", min=1)]),
+    "pedall-mrd": ("Observation", "Measurable residual disease (MRD) in bone marrow, % of nucleated cells", [
+        ext_slicing("Observation"), ext_slice("Observation", "treatment-cycle"),
+        el("Observation.status", min=1), el("Observation.category", min=2),
+        pattern("Observation.code", CS + "observation-code", "mrd"),
+        el("Observation.subject", min=1), el("Observation.effective[x]", min=1, type=[{"code": "dateTime"}]),
+        el("Observation.value[x]", min=1, type=[{"code": "Quantity"}]),
+        el("Observation.valueQuantity.value", min=1),
+        el("Observation.valueQuantity.system", min=1, fixedUri="http://unitsofmeasure.org"),
+        el("Observation.valueQuantity.code", min=1, fixedCode="%"),
+        required("Observation.interpretation", "mrd-interpretation", 1) | {"max": "1"},
+        required("Observation.method", "mrd-method", 1), el("Observation.specimen", min=1)]),
+    "pedall-disease-status": ("Observation", "Cancer disease status of B-ALL (modelled on mCODE 4.0.0 cancer disease status)", [
+        el("Observation.status", min=1), required("Observation.category", "assessment-timepoint", 1),
+        pattern("Observation.code", "http://loinc.org", "97509-4"), el("Observation.subject", min=1),
+        el("Observation.focus", min=1), el("Observation.value[x]", min=1, type=[{"code": "CodeableConcept"}]),
+        required("Observation.valueCodeableConcept", "disease-status", 1)]),
+    "pedall-response": ("Observation", "Response to blinatumomab (seed 002 definitions)", [
+        el("Observation.status", min=1), pattern("Observation.code", CS + "observation-code", "blinatumomab-response"),
+        el("Observation.subject", min=1), el("Observation.value[x]", min=1, type=[{"code": "CodeableConcept"}]),
+        required("Observation.valueCodeableConcept", "blinatumomab-response", 1)]),
+    "pedall-vital-status": ("Observation", "Vital status at the last follow-up", [
+        el("Observation.status", min=1), pattern("Observation.code", CS + "observation-code", "vital-status"),
+        el("Observation.subject", min=1), el("Observation.effective[x]", min=1, type=[{"code": "dateTime"}]),
+        el("Observation.value[x]", min=1, type=[{"code": "CodeableConcept"}]),
+        required("Observation.valueCodeableConcept", "vital-status", 1)]),
+    "pedall-blinatumomab-infusion": ("MedicationAdministration", "A blinatumomab continuous infusion (one dose step of a cycle)", [
+        ext_slicing("MedicationAdministration"), ext_slice("MedicationAdministration", "treatment-cycle", 1),
+        required("MedicationAdministration.category", "infusion-setting"),
+        el("MedicationAdministration.medication[x]", min=1, type=[{"code": "CodeableConcept"}]),
+        pattern("MedicationAdministration.medicationCodeableConcept", "http://www.nlm.nih.gov/research/umls/rxnorm", "1597258"),
+        el("MedicationAdministration.subject", min=1),
+        el("MedicationAdministration.effective[x]", min=1, type=[{"code": "Period"}]),
+        el("MedicationAdministration.effectivePeriod.start", min=1), el("MedicationAdministration.dosage", min=1),
+        el("MedicationAdministration.dosage.rateQuantity.system", fixedUri="http://unitsofmeasure.org"),
+        el("MedicationAdministration.dosage.rateQuantity.code", fixedCode="ug/m2/d")]),
+    "pedall-adverse-event": ("AdverseEvent", "An adverse event (CRS, ICANS, infection, death...) with its grade", [
+        ext_slicing("AdverseEvent"), ext_slice("AdverseEvent", "ae-grade"), ext_slice("AdverseEvent", "ae-grading-system"),
+        ext_slice("AdverseEvent", "treatment-cycle"), ext_slice("AdverseEvent", "cause-of-death"),
+        el("AdverseEvent.event", min=1), el("AdverseEvent.subject", min=1), el("AdverseEvent.date", min=1)]),
+    "pedall-encounter": ("Encounter", "An inpatient stay of interest (e.g. PICU admission)", [
+        el("Encounter.type", min=1), required("Encounter.type", "encounter-type", 1), el("Encounter.subject", min=1),
+        el("Encounter.period", min=1), el("Encounter.period.start", min=1)]),
+    "pedall-hsct": ("Procedure", "Hematopoietic stem-cell transplant", [
+        ext_slicing("Procedure"), ext_slice("Procedure", "hsct-donor-relationship"),
+        ext_slice("Procedure", "hsct-hla-match"), ext_slice("Procedure", "hsct-donor-type"),
+        pattern("Procedure.code", "http://snomed.info/sct", "234336002"), el("Procedure.subject", min=1),
+        el("Procedure.performed[x]", min=1, type=[{"code": "dateTime"}]),
+        required("Procedure.usedCode", "stem-cell-source")]),
+    "pedall-diagnosis": ("Condition", "The leukemia diagnosis", [
+        el("Condition.code", min=1), el("Condition.subject", min=1)]),
+    "pedall-provenance": ("Provenance", "What an ingestion changed, from which file (SHA-256) and rows", [
+        el("Provenance.agent", min=1), el("Provenance.agent.who", min=1), el("Provenance.entity", min=1),
+        el("Provenance.entity.what.identifier", min=1)]),
+}
+
+
+def structure_definition(pid: str, rtype: str, title: str, elements: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"resourceType": "StructureDefinition", "id": pid, "url": SD + pid, "version": "0.1.0",
+            "name": "".join(p.capitalize() for p in pid.split("-")), "title": title, "status": "draft",
+            "fhirVersion": "4.0.1", "kind": "resource", "abstract": False, "type": rtype,
+            "baseDefinition": f"http://hl7.org/fhir/StructureDefinition/{rtype}", "derivation": "constraint",
+            "differential": {"element": elements}}
+
+
+def extension_definition(eid: str, title: str, vtype: str, contexts: list[str], vs: str | None) -> dict[str, Any]:
+    value = {"id": f"Extension.value[x]", "path": "Extension.value[x]", "min": 1, "type": [{"code": vtype}]}
+    if vs:
+        value["binding"] = {"strength": "required", "valueSet": VS + vs}
+    return {"resourceType": "StructureDefinition", "id": eid, "url": SD + eid, "version": "0.1.0",
+            "name": "".join(p.capitalize() for p in eid.split("-")), "title": title, "status": "draft",
+            "fhirVersion": "4.0.1", "kind": "complex-type", "abstract": False,
+            "context": [{"type": "element", "expression": c} for c in contexts], "type": "Extension",
+            "baseDefinition": "http://hl7.org/fhir/StructureDefinition/Extension", "derivation": "constraint",
+            "differential": {"element": [
+                {"id": "Extension", "path": "Extension", "short": title, "max": "1"},
+                {"id": "Extension.url", "path": "Extension.url", "fixedUri": SD + eid}, value]}}
+
+
+def codesystem(name: str, title: str, concepts: list[tuple[str, str, str]]) -> dict[str, Any]:
+    return {"resourceType": "CodeSystem", "id": name, "url": CS + name, "version": "0.1.0",
+            "name": "".join(p.capitalize() for p in name.split("-")), "title": title, "status": "draft",
+            "caseSensitive": True, "content": "complete", "count": len(concepts),
+            "concept": [{"code": c, "display": d, "definition": df} for c, d, df in concepts]}
+
+
+def valueset(name: str, include: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"resourceType": "ValueSet", "id": name, "url": VS + name, "version": "0.1.0",
+            "name": "".join(p.capitalize() for p in name.split("-")), "status": "draft",
+            "compose": {"include": include}}
+
+
+def examples() -> dict[str, list[dict[str, Any]]]:
+    """One or more examples per profile, produced by the mapping modules from made-up inputs."""
+    site = SiteContext("example", "Example Children's Hospital", "MX", 0.01, True, "example-key")
+    c = lambda s, code, d=None: Concept(CS + s if not s.startswith("http") else s, code, d)  # noqa: E731
+    pat = patient.PatientInput(patient="X0001", gender=Concept("http://hl7.org/fhir/administrative-gender", "female"),
+                               birthDate=date(2012, 1, 15))
+    out: dict[str, list[dict[str, Any]]] = {
+        "pedall-organization": [patient.organization(site)],
+        "pedall-patient": patient.to_patient(pat, site),
+        "pedall-mrd": mrd.to_mrd_observation(mrd.MRDInput(
+            patient="X0001", identifier="LAB-1", effectiveDateTime=date(2020, 3, 1),
+            valueQuantity=MRDValue(Decimal("0.01"), "<"), method=c("mrd-method", "flow-cytometry"),
+            specimen=c("specimen-type", "bone-marrow"), timepoint=c("assessment-timepoint", "post-cycle"), cycle=1), site),
+        "pedall-blinatumomab-infusion": infusion.to_medication_administrations(infusion.InfusionInput(
+            patient="X0001", cycle=1, start=date(2020, 2, 1), end=date(2020, 2, 28), dose_rate=Decimal(5),
+            escalated_dose_rate=Decimal(15), escalation_day=8,
+            setting=Concept("http://terminology.hl7.org/CodeSystem/medication-admin-category", "outpatient")), site),
+        "pedall-adverse-event": adverse_event.to_adverse_event(adverse_event.AdverseEventInput(
+            patient="X0001", date=date(2020, 2, 2), event=c("adverse-event-term", "crs", "Cytokine release syndrome"),
+            grade=2, grading_system=c("grading-system", "astct-2019"), related=True, cycle=1,
+            outcome=Concept("http://terminology.hl7.org/CodeSystem/adverse-event-outcome", "resolved")), site)
+        + adverse_event.to_death(adverse_event.DeathInput(
+            patient="X0001", date=date(2021, 1, 5), cause=c("adverse-event-term", "sepsis", "Sepsis")), site),
+        "pedall-encounter": adverse_event.to_encounter(adverse_event.EncounterInput(
+            patient="X0001", start=date(2020, 2, 2), end=date(2020, 2, 5), type=c("encounter-type", "picu-admission")), site),
+        "pedall-hsct": hsct.to_hsct_procedure(hsct.HSCTInput(
+            patient="X0001", performedDateTime=date(2020, 4, 1),
+            donor_relationship=Concept("http://terminology.hl7.org/CodeSystem/v3-RoleCode", "MTH", "mother"),
+            hla_match=c("hla-match", "haploidentical"), stem_cell_source=c("stem-cell-source", "pbsc"),
+            donor_type=c("hsct-donor-type", "allogeneic")), site),
+        "pedall-diagnosis": disease.to_diagnosis(disease.DiagnosisInput(
+            patient="X0001", code=Concept("http://snomed.info/sct", "277571004", "B-cell acute lymphoblastic leukemia"),
+            onsetDateTime=date(2018, 5, 2)), site),
+        "pedall-disease-status": disease.to_disease_status(disease.DiseaseStatusInput(
+            patient="X0001", status=c("disease-status", "relapse-1"), timepoint=c("assessment-timepoint", "pre-treatment"),
+            effectiveDateTime=date(2020, 2, 1), prior_lines=2), site),
+        "pedall-response": disease.to_response(disease.ResponseInput(
+            patient="X0001", response=c("blinatumomab-response", "cr-mrd-negative"), effectiveDateTime=date(2020, 2, 28),
+            cycle=1), site),
+        "pedall-vital-status": disease.to_follow_up(disease.FollowUpInput(
+            patient="X0001", last_contact=date(2023, 6, 1), vital_status=c("vital-status", "alive")), site),
+    }
+    from adapter.ingest import provenance_for  # the same builder ingestion uses
+
+    out["pedall-provenance"] = [provenance_for(site, "example.csv", "0" * 64, [
+        ("Patient", out["pedall-patient"][0]["id"], 1, "example.csv!2")], "2020-01-01T00:00:00+00:00")]
+    return out
+
+
+def build() -> dict[Path, str]:
+    files: dict[Path, Any] = {}
+    for pid, (rtype, title, elements) in PROFILES.items():
+        files[HERE / f"StructureDefinition-{pid}.json"] = structure_definition(pid, rtype, title, elements)
+    for eid, (title, vtype, ctxs, vs) in EXTENSIONS.items():
+        files[HERE / f"StructureDefinition-{eid}.json"] = extension_definition(eid, title, vtype, ctxs, vs)
+    for name, (title, concepts) in CODESYSTEMS.items():
+        files[HERE / f"CodeSystem-{name}.json"] = codesystem(name, title, concepts)
+    for name, include in VALUESETS.items():
+        files[HERE / f"ValueSet-{name}.json"] = valueset(name, include)
+    for pid, resources in examples().items():
+        for n, res in enumerate(resources, start=1):
+            files[HERE / "examples" / f"{pid}-{n}.json"] = res
+    return {p: json.dumps(v, indent=2, ensure_ascii=False) + "\n" for p, v in files.items()}
+
+
+if __name__ == "__main__":
+    for path, text in build().items():
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+    print(f"wrote {len(build())} files")  # noqa: T201
