@@ -1,0 +1,85 @@
+"""Fixtures: a fresh store on each backend (SQLite file; a PostgreSQL database created and dropped
+per test module), and the example exports ingested into it.
+
+PostgreSQL is required: a missing server fails the tests, it never skips them.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from adapter.config import Settings
+from adapter.ingest import ingest_file
+from adapter.store import Store
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
+PG_URL = os.environ.get("ADAPTER_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+EXAMPLE_FILES = [
+    ("hito", "seguimiento", EXAMPLES / "hito" / "hito_seguimiento_blinatumomab.xlsx"),
+    ("hito", "erm_citometria", EXAMPLES / "hito" / "hito_erm_citometria.csv"),
+    ("huanl", "curso_corto", EXAMPLES / "huanl" / "huanl_blinatumomab_curso_corto.xlsx"),
+]
+
+
+@pytest.fixture(scope="session")
+def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    return Settings(database_url=f"sqlite:///{tmp_path_factory.mktemp('db') / 'unused.sqlite3'}",
+                    id_key="test-id-key")
+
+
+def _pg_store() -> Iterator[Store]:
+    name = f"adapter_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(PG_URL.rsplit("/", 1)[0] + "/postgres", isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as c:
+            c.execute(text(f'CREATE DATABASE "{name}"'))
+    except Exception as exc:  # noqa: BLE001
+        pytest.fail(f"PostgreSQL is required for the test suite and is not reachable at {PG_URL}: {exc}")
+    store = Store(PG_URL.rsplit("/", 1)[0] + "/" + name)
+    try:
+        store.migrate()
+        yield store
+    finally:
+        store.engine.dispose()
+        with admin.connect() as c:
+            c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    """An empty, migrated store on each backend."""
+    if request.param == "sqlite":
+        s = Store(f"sqlite:///{tmp_path / 'store.sqlite3'}")
+        s.migrate()
+        yield s
+        s.engine.dispose()
+    else:
+        yield from _pg_store()
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def loaded_store(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
+                 settings: Settings) -> Iterator[Store]:
+    """A store (each backend) holding every example export, ingested once per test module."""
+    if request.param == "sqlite":
+        s = Store(f"sqlite:///{tmp_path_factory.mktemp('loaded') / 'store.sqlite3'}")
+        s.migrate()
+        gen: Iterator[Store] = iter([s])
+    else:
+        gen = _pg_store()
+    s = next(gen)
+    for site, mapping, path in EXAMPLE_FILES:
+        report = ingest_file(path, site, mapping, s, settings=settings)
+        assert report.rows_rejected == 0, report.operation_outcome()
+    yield s
+    for _ in gen:
+        pass
