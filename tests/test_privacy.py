@@ -57,7 +57,7 @@ def test_no_name_in_stored_resources_or_history(loaded_store: Store) -> None:
         assert not _leaks(orjson.dumps(rep).decode())
 
 
-def test_no_name_in_logs_or_cli_output(tmp_path: "os.PathLike[str]", caplog: pytest.LogCaptureFixture) -> None:
+def test_no_name_in_logs_or_cli_output(tmp_path: os.PathLike[str], caplog: pytest.LogCaptureFixture) -> None:
     env = {**os.environ, "ADAPTER_DATABASE_URL": f"sqlite:///{tmp_path}/cli.sqlite3", "COLUMNS": "200"}
     out = ""
     with caplog.at_level(logging.DEBUG):

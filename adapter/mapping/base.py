@@ -50,7 +50,7 @@ class SiteContext:
 
 
 Builder = Callable[[Any, SiteContext], list[dict[str, Any]]]
-I = TypeVar("I", bound=ConceptInput)
+InputT = TypeVar("InputT", bound=ConceptInput)
 
 
 @dataclass(frozen=True)
@@ -65,7 +65,7 @@ class Concept:
 _REGISTRY: dict[str, Concept] = {}
 
 
-def concept(name: str, input_model: type[I], resource_types: tuple[str, ...]) -> Callable[[Builder], Builder]:
+def concept(name: str, input_model: type[InputT], resource_types: tuple[str, ...]) -> Callable[[Builder], Builder]:
     """Register ``fn(inp, site) -> [resource, ...]`` as the builder of concept ``name``."""
 
     def deco(fn: Builder) -> Builder:

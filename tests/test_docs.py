@@ -1,0 +1,70 @@
+"""Docs honesty: every transform, concept and CLI command is documented; the mapping JSON Schemas
+match the models; every mapping file validates against them; a typo fails at load time naming the
+file and key."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+
+from adapter.cli import app
+from adapter.config import ROOT
+from adapter.errors import MappingSpecError
+from adapter.mapping import concepts
+from adapter.mapping.transforms import get_transform, transform_names
+from adapter.spec import load_mapping
+from adapter.spec.json_schema import schema_texts
+
+MAPPING_DOC = (ROOT / "mappings" / "README.md").read_text(encoding="utf-8")
+README = (ROOT / "README.md").read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("name", transform_names())
+def test_transform_is_documented(name: str) -> None:
+    assert f"| `{name}` |" in MAPPING_DOC
+    assert (get_transform(name).__doc__ or "").strip()
+
+
+@pytest.mark.parametrize("name", sorted(concepts()))
+def test_concept_is_documented(name: str) -> None:
+    assert f"| `{name}` |" in MAPPING_DOC
+    for field in concepts()[name].input_model.model_fields:
+        assert field in MAPPING_DOC
+
+
+@pytest.mark.parametrize("command", [c.name or c.callback.__name__ for c in app.registered_commands])
+def test_cli_command_is_documented(command: str) -> None:
+    assert f"adapter {command}" in README
+
+
+def test_json_schemas_are_current_and_mappings_conform() -> None:
+    for name, text in schema_texts().items():
+        assert (ROOT / "mappings" / "schema" / f"{name}.schema.json").read_text(encoding="utf-8") == text
+    mapping_schema = json.loads(schema_texts()["mapping"])
+    for path in (ROOT / "mappings").glob("*/*.yaml"):
+        if path.parent.name not in ("codes", "schema") and path.stem != "site":
+            jsonschema.Draft202012Validator(mapping_schema).validate(yaml.safe_load(path.read_text(encoding="utf-8")))
+
+
+@pytest.mark.parametrize(("old", "new", "key"), [
+    ("valueQuantity: {column: Resultado, pipe: [mrd_percent]}", "valueQuantity: {column: Resultado, pipe: [mrd_percnt]}",
+     "sheets[0].resources[0].fields.valueQuantity.pipe[0]"),
+    ("  delimiter: \";\"", "  delimter: \";\"", "reader.delimter"),
+    ("effectiveDateTime: {column", "effectiveDate: {column", "sheets[0].resources[0].fields.effectiveDate"),
+    ("{lookup: {table: specimen}}", "{lookup: {table: specimens}}", "lookup.table"),
+    ("- integer: {min: 1, max: 12}", "- integer: {minimum: 1}", "pipe[1]"),
+])
+def test_typo_fails_at_load_naming_file_and_key(tmp_path: Path, old: str, new: str, key: str) -> None:
+    shutil.copytree(ROOT / "mappings", tmp_path / "mappings")
+    f = tmp_path / "mappings" / "hito" / "erm_citometria.yaml"
+    text = f.read_text(encoding="utf-8")
+    assert old in text
+    f.write_text(text.replace(old, new), encoding="utf-8")
+    with pytest.raises(MappingSpecError) as exc:
+        load_mapping("hito", "erm_citometria", tmp_path / "mappings")
+    assert str(f) in str(exc.value) and key in str(exc.value)
