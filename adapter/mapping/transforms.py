@@ -242,6 +242,8 @@ def decimal(value: Any, *, ctx: TransformContext, min: float | None = None,  # n
     if isinstance(value, bool):
         raise TransformError(value, "is not a number")
     d = Decimal(str(value)) if isinstance(value, int | float) else _to_decimal(str(value), ctx.decimal)
+    if not d.is_finite():
+        raise TransformError(value, "is not a finite number")
     if min is not None and d < Decimal(str(min)):
         raise TransformError(value, f"is below the minimum {min}")
     if max is not None and d > Decimal(str(max)):
@@ -279,6 +281,8 @@ def mrd_percent(value: Any, *, ctx: TransformContext, scale: str = "percent") ->
         raise TransformError(value, "is not an MRD value")
     if isinstance(value, int | float):
         comparator, number = None, Decimal(str(value))
+        if not number.is_finite():
+            raise TransformError(value, "is not a finite number")
     else:
         m = _PERCENT.match(str(value))
         if m is None:
