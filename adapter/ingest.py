@@ -30,7 +30,7 @@ from adapter.mapping.patient import organization
 from adapter.readers import reader_for
 from adapter.spec import load_mapping
 from adapter.store import Rollback, Store, WriteOutcome
-from adapter.store.db import now_instant
+from adapter.store.db import content_hash, now_instant
 from adapter.validation import Validator, get_validator
 
 
@@ -53,7 +53,7 @@ class IngestReport:
     stored: bool = False
     outcomes: list[WriteOutcome] = field(default_factory=list)
     issues: list[RowIssue] = field(default_factory=list)
-    provenance_id: str | None = None
+    provenance_ids: list[str] = field(default_factory=list)
 
     def counts(self) -> dict[str, dict[str, int]]:
         """``{resourceType: {created|updated|unchanged: n}}``."""
@@ -74,14 +74,19 @@ class IngestReport:
                 "sha256": self.sha256, "started": self.started, "strict": self.strict, "dryRun": self.dry_run,
                 "rowsRead": self.rows_read, "rowsMapped": self.rows_mapped, "rowsRejected": self.rows_rejected,
                 "blankRows": self.blank_rows, "stored": self.stored, "resources": self.counts(),
-                "provenance": self.provenance_id, "operationOutcome": self.operation_outcome()}
+                "provenance": self.provenance_ids, "operationOutcome": self.operation_outcome()}
+
+
+#: Targets per Provenance resource. A large file's ingestion is recorded by several Provenance
+#: resources with the same agent, entity and time, so that none grows with the file.
+PROVENANCE_TARGETS = 1000
 
 
 def provenance_for(site: SiteContext, file_name: str, sha256: str,
-                   targets: list[tuple[str, str, int, str]], recorded: str) -> dict[str, Any]:
-    """Provenance of one ingestion (FHIR R4 §6.3 Provenance). ``targets`` are (type, id, version,
-    source row locator); references are versioned (``Type/id/_history/n``)."""
-    prov = fhir.profiled("Provenance", site.id("provenance", sha256, recorded), "pedall-provenance")
+                   targets: list[tuple[str, str, int, str]], recorded: str, part: int = 0) -> dict[str, Any]:
+    """Provenance of one ingestion, or of part ``part`` of it (FHIR R4 §6.3 Provenance). ``targets``
+    are (type, id, version, source row locator); references are versioned (``Type/id/_history/n``)."""
+    prov = fhir.profiled("Provenance", site.id("provenance", sha256, recorded, part), "pedall-provenance")
     prov["target"] = [{
         "reference": f"{t}/{i}/_history/{v}",
         "extension": [{"url": fhir.SD + "source-row", "valueString": loc}],
@@ -131,17 +136,18 @@ def ingest_file(path: Path, site: str, mapping: str, store: Store, *, strict: bo
     report = IngestReport(str(uuid.uuid4()), site, mapping, name, file_sha256(path) if path.is_file() else "",
                           now_instant(), strict=strict, dry_run=dry_run)
     reader = reader_for(loaded.spec.reader.format)(path, loaded.spec.reader, display_name=name)
-    seen: dict[tuple[str, str], tuple[bytes, str]] = {}  # id -> (content, locator) within this file
-    batch: list[tuple[dict[str, Any], str]] = []
-    locators: dict[tuple[str, str], str] = {}
+    # (type, id) -> (SHA-256 of the canonical JSON, source row locator), for every resource of this file
+    seen: dict[tuple[str, str], tuple[str, str]] = {}
+    batch: list[tuple[dict[str, Any], str, str]] = []
 
     with store.transaction() as tx:
         def flush() -> None:
             report.outcomes.extend(tx.upsert(batch))
             batch.clear()
 
-        batch.append((organization(sc), site))
-        locators[("Organization", site)] = f"{name}!site"
+        org = organization(sc)
+        seen[("Organization", site)] = (content_hash(org), f"{name}!site")
+        batch.append((org, site, seen[("Organization", site)][0]))
         for sheet in loaded.sheets:
             for row in reader.rows(sheet.sheet, set(sheet.columns)):
                 report.rows_read += 1
@@ -156,20 +162,19 @@ def ingest_file(path: Path, site: str, mapping: str, store: Store, *, strict: bo
                     fresh = []
                     for res in result.resources:
                         key = (res["resourceType"], res["id"])
-                        body = orjson.dumps(res, option=orjson.OPT_SORT_KEYS)
+                        digest = content_hash(res)
                         if key in seen:
-                            if seen[key][0] != body:
+                            if seen[key][0] != digest:
                                 result.issues.append(RowIssue(
                                     row.file, row.sheet, row.row, None, None,
                                     f"{key[0]} conflicts with the one from {seen[key][1]} (same source keys, "
                                     "different content)", code="duplicate"))
                             continue
-                        fresh.append((key, body, res))
+                        fresh.append((key, digest, res))
                     if not result.issues:
-                        for key, body, res in fresh:
-                            seen[key] = (body, loc)
-                            locators[key] = loc
-                            batch.append((res, site))
+                        for key, digest, res in fresh:
+                            seen[key] = (digest, loc)
+                            batch.append((res, site, digest))
                 if result.issues:
                     report.rows_rejected += 1
                     report.issues.extend(result.issues)
@@ -181,15 +186,15 @@ def ingest_file(path: Path, site: str, mapping: str, store: Store, *, strict: bo
                     progress(report.rows_read)
         flush()
         report.blank_rows = reader.stats.blank
-        changed = [o for o in report.outcomes if o.outcome != "unchanged"]
-        if changed:
-            prov = provenance_for(sc, name, report.sha256,
-                                  [(o.type, o.id, o.version_id, locators.get((o.type, o.id), name)) for o in changed],
-                                  report.started)
+        changed = [(o.type, o.id, o.version_id, seen[(o.type, o.id)][1] if (o.type, o.id) in seen else name)
+                   for o in report.outcomes if o.outcome != "unchanged"]
+        for part, start in enumerate(range(0, len(changed), PROVENANCE_TARGETS)):
+            prov = provenance_for(sc, name, report.sha256, changed[start:start + PROVENANCE_TARGETS],
+                                  report.started, part)
             for vi in validator.validate(prov):
                 raise AssertionError(f"Provenance fails validation: {vi}")  # a bug, not bad input
-            tx.upsert([(prov, site)])
-            report.provenance_id = prov["id"]
+            tx.upsert([(prov, site, content_hash(prov))])
+            report.provenance_ids.append(prov["id"])
         if dry_run:
             raise Rollback
         if strict and report.rows_rejected:

@@ -35,7 +35,7 @@ def test_reingest_changes_nothing(store: Store, settings: Settings) -> None:
     for site, mapping, path in EXAMPLE_FILES:
         report = ingest_file(path, site, mapping, store, settings=settings)
         assert {o.outcome for o in report.outcomes} == {"unchanged"}
-        assert report.provenance_id is None
+        assert report.provenance_ids == []
     assert store.counts() == counts
     assert store.version_total() == versions
 
@@ -56,7 +56,8 @@ def test_corrected_value_makes_exactly_one_new_version(store: Store, settings: S
     assert [h["valueQuantity"]["value"] for h in history] == [0.21, 0.31]
     # one new Observation version + the Provenance of this ingestion
     assert store.version_total() == versions + 2
-    prov = store.read("Provenance", report.provenance_id)
+    assert len(report.provenance_ids) == 1
+    prov = store.read("Provenance", report.provenance_ids[0])
     assert prov["target"][0]["reference"] == f"Observation/{changed[0].id}/_history/2"
     assert prov["target"][0]["extension"][0]["valueString"] == "hito_erm_citometria.csv!8"  # header is row 1
     assert prov["agent"][0]["who"]["reference"] == "Organization/hito"
@@ -116,3 +117,15 @@ def test_unreadable_workbook_is_a_reader_error(store: Store, settings: Settings,
     shutil.copy(HITO_CSV, fake)
     with pytest.raises(ReaderError, match="not a readable XLSX"):
         ingest_file(fake, "hito", "seguimiento", store, settings=settings)
+
+
+def test_large_ingestions_split_provenance(store: Store, settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    import adapter.ingest
+
+    monkeypatch.setattr(adapter.ingest, "PROVENANCE_TARGETS", 10)
+    report = ingest_file(HITO_CSV, "hito", "erm_citometria", store, settings=settings)
+    assert len(report.provenance_ids) == 3  # 26 Observations + the Organization = 27 targets
+    targets = [t["reference"] for pid in report.provenance_ids for t in store.read("Provenance", pid)["target"]]
+    expected = {f"{o.type}/{o.id}/_history/{o.version_id}" for o in report.outcomes if o.type != "Provenance"}
+    assert len(targets) == 27 and set(targets) == expected
+    assert len({store.read("Provenance", pid)["recorded"] for pid in report.provenance_ids}) == 1

@@ -38,3 +38,22 @@ def test_any_cells_give_resources_or_issues(data: st.DataObject) -> None:
         assert result.resources == []
         for issue in result.issues:
             assert issue.row == 2 and issue.file == "fuzz.csv" and issue.reason
+
+
+_DATE_TEXT = st.text(alphabet="0123456789/-. ", max_size=12)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(text=_DATE_TEXT, fmt=st.sampled_from(["%d/%m/%Y", "%Y-%m-%d", "%d-%m-%Y", "%d.%m.%Y", "%m/%d/%Y"]))
+def test_fast_date_path_accepts_exactly_what_strptime_accepts(text: str, fmt: str) -> None:
+    from adapter.mapping.transforms import _parse_date
+
+    try:
+        expected = datetime.strptime(text, fmt).date()
+    except ValueError:
+        expected = None
+    try:
+        got = _parse_date(text, fmt)
+    except ValueError:
+        got = None
+    assert got == expected

@@ -100,3 +100,44 @@ def test_patient_name_is_refused_by_the_profile() -> None:
     p = copy.deepcopy(next(r for r in PRODUCED if r["resourceType"] == "Patient"))
     p["name"] = [{"family": "Example"}]
     assert any("Patient.name" in i.expression for i in get_validator().validate(p))
+
+
+@pytest.mark.parametrize(("mutate", "expression", "message"), [
+    (lambda r: r["extension"].append(dict(r["extension"][0])), "Observation.extension('treatment-cycle')",
+     "maximum cardinality 1"),
+    (lambda r: r["extension"].append({"url": "https://w3id.org/pedall-fhir/StructureDefinition/nope", "valueInteger": 1}),
+     "Observation.extension[1]", "unknown extension"),
+    (lambda r: r["extension"][0].update(valueString="1"), "Observation.extension[0]", "needs exactly valueInteger"),
+    (lambda r: r["method"]["coding"][0].update(code="flowx"), "Observation.method.coding[0]", "'flowx' is not defined in mrd-method"),
+    (lambda r: r["method"]["coding"][0].update(system="https://w3id.org/pedall-fhir/CodeSystem/nope"),
+     "Observation.method.coding[0]", "unknown project CodeSystem"),
+    (lambda r: r.pop("category"), "Observation.category", "minimum cardinality 2"),
+    (lambda r: r["valueQuantity"].update(code="mg"), "Observation.valueQuantity.code", "must be '%'"),
+    (lambda r: r["code"]["coding"][0].update(code="vital-status"), "Observation.code", "must include coding"),
+    (lambda r: r.update(valueString="x") or r.pop("valueQuantity"), "Observation.value[x]", "type must be one of ['Quantity']"),
+    (lambda r: r.update(interpretation=r["interpretation"] * 2), "Observation.interpretation", "maximum cardinality 1"),
+])
+def test_profile_findings_name_the_element_and_the_rule(mutate, expression: str, message: str) -> None:
+    r = next(copy.deepcopy(x) for x in PRODUCED
+             if x["meta"]["profile"][0].endswith("pedall-mrd") and x.get("extension"))
+    mutate(r)
+    findings = [(i.expression, i.message) for i in get_validator().validate(r) if i.validator == "profile"]
+    assert any(e == expression and message in m for e, m in findings), findings
+
+
+def test_a_remembered_shape_never_hides_a_model_error() -> None:
+    """Ingestion runs the R4B model once per shape; a resource of a shape not seen before is checked
+    by the model, and one the model rejects is never remembered."""
+    from adapter.validation.validator import Validator
+
+    v = Validator(ROOT / "profiles" / "fhir.r4.schema.json", PROFILES)
+    good = _mrd()
+    assert v.validate(good) == [] and v.shapes.known(good)
+    twice = _mrd()
+    twice["effectivePeriod"] = {"start": twice["effectiveDateTime"]}  # two effective[x]: only the model refuses it
+    assert not v.shapes.known(twice)
+    assert {i.validator for i in v.validate(twice)} >= {"r4b-model"}
+    assert {i.validator for i in v.validate(twice)} >= {"r4b-model"}  # still checked the second time
+    other = _mrd()
+    other["valueQuantity"]["value"] = 12.5  # same shape, other values: no model run needed
+    assert v.shapes.known(other) and v.validate(other) == []

@@ -66,10 +66,12 @@ def _field_value(f: CompiledField, row: Row, ctx: TransformContext) -> Any:
     if is_blank(value):
         return None
     for step in f.steps:
-        kwargs = dict(step.args)
-        for aname, col in step.column_args.items():
-            ref = row.cells.get(col)
-            kwargs[aname] = None if is_blank(ref) else ref
+        kwargs = step.args
+        if step.column_args:
+            kwargs = dict(kwargs)
+            for aname, col in step.column_args.items():
+                ref = row.cells.get(col)
+                kwargs[aname] = None if is_blank(ref) else ref
         value = step.fn(value, ctx=ctx, **kwargs)
         if value is None:
             return None

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 from datetime import date
 from decimal import Decimal
+from functools import lru_cache
 from typing import Any
 
 from adapter.config import CANONICAL
@@ -25,16 +25,24 @@ CONDITION_VER_STATUS = "http://terminology.hl7.org/CodeSystem/condition-ver-stat
 V3_ACT_CODE = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
 
 
+@lru_cache(maxsize=16)
+def _keyed(key: str) -> hmac.HMAC:
+    return hmac.new(key.encode(), digestmod="sha256")
+
+
+@lru_cache(maxsize=1 << 16)
 def resource_id(key: str, site: str, kind: str, *parts: object) -> str:
     """Deterministic resource id from site + concept kind + source keys.
 
     ``HMAC-SHA256(key, "site|kind|part|...")`` as 32 hex digits, prefixed with the site code. The
     same source keys always give the same id (so re-posting a file updates in place), and record
     numbers cannot be recovered from ids by enumeration without the key. Output matches the FHIR id
-    pattern ``[A-Za-z0-9\\-\\.]{1,64}`` (FHIR R4 §2.24.0.1 id).
+    pattern ``[A-Za-z0-9\\-\\.]{1,64}`` (FHIR R4 §2.24.0.1 id). Pure, so results are cached (a
+    patient's id is asked for by every row about that patient).
     """
-    msg = "|".join([site, kind, *(str(p) for p in parts)]).encode()
-    return f"{site}-{hmac.new(key.encode(), msg, hashlib.sha256).hexdigest()[:32]}"
+    mac = _keyed(key).copy()
+    mac.update("|".join([site, kind, *(str(p) for p in parts)]).encode())
+    return f"{site}-{mac.hexdigest()[:32]}"
 
 
 def ref(resource_type: str, rid: str) -> dict[str, str]:

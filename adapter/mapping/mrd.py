@@ -71,7 +71,8 @@ def to_mrd_observation(inp: MRDInput, site: SiteContext) -> list[dict[str, Any]]
         fhir.concept(inp.timepoint.coding()),
     ]
     obs["code"] = fhir.concept(codes.MRD, text="MRD")
-    obs["subject"] = fhir.ref("Patient", site.patient_id(inp.patient))
+    patient_id = site.patient_id(inp.patient)
+    obs["subject"] = fhir.ref("Patient", patient_id)
     obs["effectiveDateTime"] = fhir.fhir_date(inp.effectiveDateTime)
     q: dict[str, Any] = {"value": fhir.fhir_decimal(inp.valueQuantity.value)}
     if inp.valueQuantity.comparator:
@@ -86,7 +87,7 @@ def to_mrd_observation(inp: MRDInput, site: SiteContext) -> list[dict[str, Any]]
     obs["contained"] = [{
         "resourceType": "Specimen", "id": "specimen",
         "type": fhir.concept(inp.specimen.coding()),
-        "subject": fhir.ref("Patient", site.patient_id(inp.patient)),
+        "subject": fhir.ref("Patient", patient_id),
     }]
     obs["referenceRange"] = [{
         "high": {"value": site.mrd_threshold, "unit": "%", "system": fhir.UCUM, "code": "%"},

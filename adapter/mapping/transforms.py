@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from decimal import Decimal, InvalidOperation
+from functools import lru_cache
 from typing import Any
 
 from adapter.errors import TransformError
@@ -58,6 +59,9 @@ class Concept:
         return {k: v for k, v in out.items() if v is not None}
 
 
+_MEMO_LIMIT = 10_000
+
+
 class CodeTable:
     """A code table loaded from a data file (see ``adapter.spec``): source value -> :class:`Concept`.
 
@@ -68,6 +72,7 @@ class CodeTable:
                  source: str = "") -> None:
         self.name, self.normalize, self.source = name, normalize, source
         self._entries = {self._key(k): v for k, v in entries.items()}
+        self._memo: dict[str, Concept | None] = {}
 
     def _key(self, value: str) -> str:
         if self.normalize == "exact":
@@ -81,9 +86,16 @@ class CodeTable:
         An entry mapped to ``null`` in the data file means "known value, deliberately no code" and
         returns ``None``.
         """
-        key = self._key(str(value))
+        raw = str(value)
+        try:
+            return self._memo[raw]
+        except KeyError:
+            pass
+        key = self._key(raw)
         if key not in self._entries:
             raise TransformError(value, f"no entry in code table '{self.name}'")
+        if len(self._memo) < _MEMO_LIMIT:  # source spellings repeat; the table is small and immutable
+            self._memo[raw] = self._entries[key]
         return self._entries[key]
 
 
@@ -299,6 +311,46 @@ def mrd_percent(value: Any, *, ctx: TransformContext, scale: str = "percent") ->
 # --------------------------------------------------------------------------------------------- dates
 
 
+# The same sub-patterns CPython's _strptime uses for these directives, so the fast path accepts
+# exactly what datetime.strptime accepts for formats made only of them and literal separators.
+_DIRECTIVES = {"d": r"(3[01]|[12]\d|0[1-9]|[1-9]| [1-9])", "m": r"(1[0-2]|0[1-9]|[1-9])", "Y": r"(\d\d\d\d)"}
+
+
+@lru_cache(maxsize=64)
+def _fast_format(fmt: str) -> tuple[re.Pattern[str], tuple[str, ...]] | None:
+    """A compiled regex and the directive order for a day/month/year-only ``strptime`` format (such
+    as ``%d/%m/%Y``), or ``None`` when the format needs ``strptime`` itself."""
+    parts = re.split(r"(%.)", fmt)
+    pattern, order = "", []
+    for part in parts:
+        if part.startswith("%"):
+            d = part[1:]
+            if d not in _DIRECTIVES or d in order:
+                return None
+            pattern += _DIRECTIVES[d]
+            order.append(d)
+        elif part.strip() != part or "%" in part:
+            return None  # whitespace in a format has strptime's own matching rules
+        else:
+            pattern += re.escape(part)
+    if sorted(order) != ["Y", "d", "m"]:
+        return None
+    return re.compile(pattern), tuple(order)
+
+
+def _parse_date(s: str, fmt: str) -> date:
+    """``datetime.strptime(s, fmt).date()``, with a fast path for day/month/year formats.
+    Raises ``ValueError`` as strptime does."""
+    fast = _fast_format(fmt)
+    if fast is None:
+        return datetime.strptime(s, fmt).date()  # noqa: DTZ007 (calendar dates, no time zone)
+    m = fast[0].fullmatch(s)
+    if m is None:
+        raise ValueError(s)
+    parts = dict(zip(fast[1], m.groups(), strict=True))
+    return date(int(parts["Y"]), int(parts["m"]), int(parts["d"]))
+
+
 def _as_date(value: Any, formats: tuple[str, ...]) -> date:
     if isinstance(value, datetime):
         return value.date()
@@ -309,7 +361,7 @@ def _as_date(value: Any, formats: tuple[str, ...]) -> date:
     s = str(value).strip()
     for fmt in formats:
         try:
-            return datetime.strptime(s, fmt).date()  # noqa: DTZ007 (calendar dates, no time zone)
+            return _parse_date(s, fmt)
         except ValueError:
             continue
     raise TransformError(value, f"is not a date in format {' or '.join(formats)}")

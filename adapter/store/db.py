@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Connection, Engine, bindparam, create_engine, event, func, select, tuple_
+from sqlalchemy import Connection, Engine, bindparam, create_engine, event, func, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from adapter.errors import StoreError
@@ -53,6 +53,10 @@ def _search_columns(r: dict[str, Any]) -> dict[str, Any]:
             "effective": effective, "status": status if isinstance(status, str) else None}
 
 
+_EXISTING = (select(resources.c.id, resources.c.version_id, resources.c.content_hash)
+             .where(resources.c.type == bindparam("type"), resources.c.id.in_(bindparam("ids", expanding=True))))
+
+
 @dataclass(frozen=True)
 class WriteOutcome:
     """What happened to one resource: ``created``, ``updated`` or ``unchanged``, and its version."""
@@ -69,27 +73,27 @@ class Transaction:
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
 
-    def upsert(self, batch: list[tuple[dict[str, Any], str]]) -> list[WriteOutcome]:
-        """Store resources, each with its site code. Unchanged content (same :func:`content_hash`)
-        keeps its version; changed content gets version n+1 and a history row. Sets
-        ``meta.versionId``/``meta.lastUpdated`` on the dicts passed in. Resource ids must be unique
-        within the batch."""
+    def upsert(self, batch: list[tuple[dict[str, Any], str, str | None]]) -> list[WriteOutcome]:
+        """Store resources, each as ``(resource, site code, content hash or None)``; the hash is
+        :func:`content_hash` (computed when ``None``). Unchanged content keeps its version; changed
+        content gets version n+1 and a history row. Sets ``meta.versionId``/``meta.lastUpdated`` on
+        the dicts passed in. Resource ids must be unique within the batch."""
         if not batch:
             return []
         existing: dict[tuple[str, str], tuple[int, str]] = {}
-        keys = [(r["resourceType"], r["id"]) for r, _ in batch]
-        for i in range(0, len(keys), 500):
-            chunk = keys[i:i + 500]
-            rows = self.conn.execute(
-                select(resources.c.type, resources.c.id, resources.c.version_id, resources.c.content_hash)
-                .where(tuple_(resources.c.type, resources.c.id).in_(chunk)))
-            for t, rid, v, h in rows:
-                existing[(t, rid)] = (v, h)
+        ids_by_type: dict[str, list[str]] = {}
+        for r, _, _ in batch:
+            ids_by_type.setdefault(r["resourceType"], []).append(r["id"])
+        for rtype, ids in ids_by_type.items():
+            for i in range(0, len(ids), 500):  # type = ? AND id IN (...): a primary-key probe per id
+                rows = self.conn.execute(_EXISTING, {"type": rtype, "ids": ids[i:i + 500]})
+                for rid, v, h in rows:
+                    existing[(rtype, rid)] = (v, h)
         stamp = now_instant()
         inserts, updates, history, out = [], [], [], []
-        for r, site in batch:
+        for r, site, known_hash in batch:
             key = (r["resourceType"], r["id"])
-            h = content_hash(r)
+            h = known_hash or content_hash(r)
             prev = existing.get(key)
             if prev is not None and prev[1] == h:
                 out.append(WriteOutcome(key[0], key[1], prev[0], "unchanged"))

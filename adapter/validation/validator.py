@@ -100,36 +100,72 @@ def model_errors(resource: dict[str, Any]) -> list[ValidationIssue]:
     return []
 
 
-def shape(value: Any, prefix: str = "") -> str:
-    """The element paths of a resource, as one string: resources of one shape differ only in values."""
+def shape_schema(value: Any) -> dict[str, Any]:
+    """A closed JSON Schema matching exactly the resources of ``value``'s *shape*: the same element
+    paths, the same JSON types at the leaves, and lists whose items each have one of the shapes of
+    ``value``'s items. Resources of one shape differ only in leaf values."""
     if isinstance(value, dict):
-        return "{" + ",".join(k + ":" + shape(v) for k, v in value.items()) + "}"
+        return {"type": "object", "required": list(value), "additionalProperties": False,
+                "properties": {k: shape_schema(v) for k, v in value.items()}}
     if isinstance(value, list):
-        return "[" + ",".join(sorted({shape(v) for v in value})) + "]"
-    return type(value).__name__[0]
+        items: dict[str, dict[str, Any]] = {}
+        for v in value:
+            sub = shape_schema(v)
+            items.setdefault(json.dumps(sub, sort_keys=True), sub)
+        return {"type": "array", "minItems": 1, "items": {"anyOf": list(items.values())}}
+    if isinstance(value, bool):
+        return {"type": "boolean"}
+    if isinstance(value, int):
+        return {"type": "integer"}
+    if isinstance(value, float):
+        return {"type": "number"}
+    if isinstance(value, str):
+        return {"type": "string"}
+    return {"type": "null"}
+
+
+class ShapeMemory:
+    """The shapes (see :func:`shape_schema`) that passed the ``fhir.resources`` model, per resource
+    type, checked in one ``jsonschema-rs`` call. At most ``limit`` shapes per type are remembered;
+    a resource of any other shape is checked by the model itself."""
+
+    def __init__(self, limit: int = 256) -> None:
+        self.limit = limit
+        self._schemas: dict[str, list[dict[str, Any]]] = {}
+        self._validators: dict[str, Any] = {}
+
+    def known(self, resource: dict[str, Any]) -> bool:
+        v = self._validators.get(resource.get("resourceType"))  # type: ignore[arg-type]
+        return v is not None and v.is_valid(resource)
+
+    def remember(self, resource: dict[str, Any]) -> None:
+        rtype = str(resource.get("resourceType"))
+        schemas = self._schemas.setdefault(rtype, [])
+        if len(schemas) >= self.limit:
+            return
+        schemas.append(shape_schema(resource))
+        self._validators[rtype] = jsonschema_rs.Draft202012Validator({"anyOf": list(reversed(schemas))})
 
 
 class Validator:
-    """Runs the three validators. Thread-safe for reads; shapes seen are remembered per process."""
+    """Runs the three validators. Shapes that passed the model are remembered per process."""
 
     def __init__(self, schema_path: Path, profiles_dir: Path) -> None:
         self.schema = R4Schema(schema_path)
         self.profiles = ProfileSet.load(profiles_dir)
-        self._shapes_ok: set[str] = set()
+        self.shapes = ShapeMemory()
 
     def validate(self, resource: dict[str, Any], full: bool = False) -> list[ValidationIssue]:
         """All findings for one resource (empty list = valid). Never raises for bad input."""
         issues = self.schema.errors(resource, reference=full)
-        issues += self.profiles.errors(resource)
+        issues += [ValidationIssue("profile", f.expression, f.message) for f in self.profiles.errors(resource)]
         if full:
             issues += model_errors(resource)
-        else:
-            key = shape(resource)
-            if key not in self._shapes_ok:
-                model_issues = model_errors(resource)
-                if not model_issues:
-                    self._shapes_ok.add(key)
-                issues += model_issues
+        elif not self.shapes.known(resource):
+            model_issues = model_errors(resource)
+            if not model_issues and not issues:
+                self.shapes.remember(resource)
+            issues += model_issues
         return issues
 
 
