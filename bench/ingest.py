@@ -2,7 +2,8 @@
 
     .venv/bin/python bench/ingest.py [--rows 100000] [--baseline-rows 5000] [--postgres URL]
 
-Repeats the HITO MRD CSV (examples/hito) to N rows, each with a unique lab accession (Folio), then
+Repeats the HITO MRD CSV (examples/hito) to N rows (each repetition a new cohort: unique lab
+accessions, patient record numbers and shifted dates; see make_csv), then
 reports rows/s end to end (read + mapped + validated + stored) on SQLite and PostgreSQL. In the same
 run it measures a naive baseline on SQLite: per row, build a ``fhir.resources`` R4B model, dump JSON,
 then one INSERT (on the same mapped resources, so the difference is validation + storage strategy).
@@ -15,6 +16,7 @@ import sys
 import tempfile
 import time
 import uuid
+from datetime import datetime, timedelta
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -28,13 +30,25 @@ from adapter.store import Store  # noqa: E402
 
 
 def make_csv(rows: int, out: Path) -> Path:
+    """Repeat the example's data rows to ``rows``. Each repetition is a new cohort: unique lab
+    accessions (Folio), new patient record numbers (Expediente) and sample dates shifted by whole
+    days, so memoised lookups and ids hit only as often as in a real export (a patient has a few
+    results), never on a copied row."""
     src = (ROOT / "examples" / "hito" / "hito_erm_citometria.csv").read_bytes().decode("cp1252").splitlines()
     header, body = src[0], src[1:]
+    cols = header.split(";")
+    folio, record = cols.index("Folio"), cols.index("Expediente")
+    dates = [cols.index("Fecha de toma"), cols.index("Fecha de liberación")]
     with out.open("w", encoding="cp1252", newline="") as fh:
         fh.write(header + "\r\n")
         for i in range(rows):
+            cohort = i // len(body)
             line = body[i % len(body)].split(";")
-            line[0] = f"BX-{i:08d}"
+            line[folio] = f"BX-{i:08d}"
+            line[record] = f"{line[record]}-{cohort}"
+            for c in dates:
+                day = datetime.strptime(line[c], "%d/%m/%Y") + timedelta(days=cohort % 2000)  # noqa: DTZ007
+                line[c] = day.strftime("%d/%m/%Y")
             fh.write(";".join(line) + "\r\n")
     return out
 

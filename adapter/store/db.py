@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Connection, Engine, bindparam, create_engine, event, func, select
+from sqlalchemy import Connection, Engine, Table, bindparam, create_engine, event, func, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from adapter.errors import StoreError
@@ -111,7 +111,7 @@ class Transaction:
                             "method": "POST" if prev is None else "PUT", "resource": text})
             out.append(WriteOutcome(key[0], key[1], version, "created" if prev is None else "updated"))
         if inserts:
-            self.conn.execute(resources.insert(), inserts)
+            self._insert_many(resources, inserts)
         if updates:
             cols = [c for c in updates[0] if c not in ("type", "id")]
             stmt = (resources.update()
@@ -119,8 +119,17 @@ class Transaction:
                     .values({c: bindparam(c) for c in cols}))
             self.conn.execute(stmt, [{**{c: u[c] for c in cols}, "b_type": u["type"], "b_id": u["id"]} for u in updates])
         if history:
-            self.conn.execute(resource_history.insert(), history)
+            self._insert_many(resource_history, history)
         return out
+
+    def _insert_many(self, table: Table, rows: list[dict[str, Any]]) -> None:
+        """One ``executemany`` INSERT of plain parameter tuples (the hot path of ingestion: it skips
+        SQLAlchemy's per-row parameter processing, which the columns here do not need)."""
+        cols = [c.name for c in table.columns]
+        mark = "?" if self.conn.dialect.paramstyle == "qmark" else "%s"
+        # names come from our own table definitions, never from input; values are bound parameters
+        sql = f"INSERT INTO {table.name} ({', '.join(cols)}) VALUES ({', '.join([mark] * len(cols))})"  # noqa: S608
+        self.conn.exec_driver_sql(sql, [tuple(r.get(c) for c in cols) for r in rows])
 
     def record_ingestion(self, row: dict[str, Any]) -> None:
         """Keep an ingestion's report (see :class:`adapter.ingest.IngestReport`)."""
