@@ -72,6 +72,12 @@ class Transaction:
 
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
+        if conn.dialect.name == "postgresql":
+            # The rows this transaction writes are invisible to the planner's statistics, so a table
+            # that was small when the transaction began stays "small" and each existence probe
+            # becomes a sequential scan: O(n^2) over a large file. Every query here is a
+            # primary-key probe or an insert, so the index is always the right plan.
+            conn.exec_driver_sql("SET LOCAL enable_seqscan = off")
 
     def upsert(self, batch: list[tuple[dict[str, Any], str, str | None]]) -> list[WriteOutcome]:
         """Store resources, each as ``(resource, site code, content hash or None)``; the hash is
@@ -150,7 +156,11 @@ class Store:
         self.url = url
         if url.startswith("sqlite:///"):
             Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
-        self.engine = engine or create_engine(url, future=True)
+        # psycopg prepares a statement on the server after 5 executions and may keep a generic plan
+        # made while the table was small; inside one large ingestion transaction that plan decays
+        # (measured: 2,000-resource batches slowed from 1.0 s to 3.9 s). Plan each query afresh.
+        connect_args = {"prepare_threshold": None} if url.startswith("postgresql+psycopg") else {}
+        self.engine = engine or create_engine(url, future=True, connect_args=connect_args)
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
 
