@@ -21,7 +21,8 @@ from sqlalchemy import Connection, Engine, Table, bindparam, create_engine, even
 from sqlalchemy.exc import SQLAlchemyError
 
 from adapter.errors import StoreError
-from adapter.store.schema import ingestions, resource_history, resources
+from adapter.search.params import index_entries
+from adapter.store.schema import ingestions, resource_history, resources, search_index
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
@@ -53,7 +54,7 @@ def _search_columns(r: dict[str, Any]) -> dict[str, Any]:
             "effective": effective, "status": status if isinstance(status, str) else None}
 
 
-_EXISTING = (select(resources.c.id, resources.c.version_id, resources.c.content_hash)
+_EXISTING = (select(resources.c.id, resources.c.version_id, resources.c.content_hash, resources.c.deleted)
              .where(resources.c.type == bindparam("type"), resources.c.id.in_(bindparam("ids", expanding=True))))
 
 
@@ -86,22 +87,23 @@ class Transaction:
         the dicts passed in. Resource ids must be unique within the batch."""
         if not batch:
             return []
-        existing: dict[tuple[str, str], tuple[int, str]] = {}
+        existing: dict[tuple[str, str], tuple[int, str, bool]] = {}
         ids_by_type: dict[str, list[str]] = {}
         for r, _, _ in batch:
             ids_by_type.setdefault(r["resourceType"], []).append(r["id"])
         for rtype, ids in ids_by_type.items():
             for i in range(0, len(ids), 500):  # type = ? AND id IN (...): a primary-key probe per id
                 rows = self.conn.execute(_EXISTING, {"type": rtype, "ids": ids[i:i + 500]})
-                for rid, v, h in rows:
-                    existing[(rtype, rid)] = (v, h)
+                for rid, v, h, deleted in rows:
+                    existing[(rtype, rid)] = (v, h, bool(deleted))
         stamp = now_instant()
         inserts, updates, history, out = [], [], [], []
+        index: list[tuple[Any, ...]] = []
         for r, site, known_hash in batch:
             key = (r["resourceType"], r["id"])
             h = known_hash or content_hash(r)
             prev = existing.get(key)
-            if prev is not None and prev[1] == h:
+            if prev is not None and prev[1] == h and not prev[2]:
                 out.append(WriteOutcome(key[0], key[1], prev[0], "unchanged"))
                 continue
             version = 1 if prev is None else prev[0] + 1
@@ -111,35 +113,103 @@ class Transaction:
             r["meta"] = {"versionId": meta.pop("versionId"), "lastUpdated": meta.pop("lastUpdated"), **meta}
             text = orjson.dumps(r).decode()
             row = {"type": key[0], "id": key[1], "version_id": version, "last_updated": stamp, "site": site,
-                   "content_hash": h, "deleted": False, "resource": text, **_search_columns(r)}
+                   "content_hash": h, "deleted": False, "resource": text, "created": stamp, **_search_columns(r)}
             (inserts if prev is None else updates).append(row)
+            index.extend((key[0], key[1], *e) for e in index_entries(r))
             history.append({"type": key[0], "id": key[1], "version_id": version, "last_updated": stamp,
                             "method": "POST" if prev is None else "PUT", "resource": text})
             out.append(WriteOutcome(key[0], key[1], version, "created" if prev is None else "updated"))
         if inserts:
             self._insert_many(resources, inserts)
         if updates:
-            cols = [c for c in updates[0] if c not in ("type", "id")]
+            self._drop_index([(u["type"], u["id"]) for u in updates])
+            cols = [c for c in updates[0] if c not in ("type", "id", "created")]
             stmt = (resources.update()
                     .where(resources.c.type == bindparam("b_type"), resources.c.id == bindparam("b_id"))
                     .values({c: bindparam(c) for c in cols}))
             self.conn.execute(stmt, [{**{c: u[c] for c in cols}, "b_type": u["type"], "b_id": u["id"]} for u in updates])
         if history:
             self._insert_many(resource_history, history)
+        if index:
+            self._insert_tuples(search_index, index)
         return out
+
+    def _drop_index(self, keys: list[tuple[str, str]]) -> None:
+        self.conn.execute(search_index.delete().where(search_index.c.type == bindparam("t"), search_index.c.id == bindparam("i")),
+                          [{"t": t, "i": i} for t, i in keys])
 
     def _insert_many(self, table: Table, rows: list[dict[str, Any]]) -> None:
         """One ``executemany`` INSERT of plain parameter tuples (the hot path of ingestion: it skips
         SQLAlchemy's per-row parameter processing, which the columns here do not need)."""
         cols = [c.name for c in table.columns]
+        self._insert_tuples(table, [tuple(r.get(c) for c in cols) for r in rows])
+
+    def _insert_tuples(self, table: Table, rows: list[tuple[Any, ...]]) -> None:
+        """``executemany`` INSERT of tuples in the table's column order."""
+        cols = [c.name for c in table.columns]
         mark = "?" if self.conn.dialect.paramstyle == "qmark" else "%s"
         # names come from our own table definitions, never from input; values are bound parameters
         sql = f"INSERT INTO {table.name} ({', '.join(cols)}) VALUES ({', '.join([mark] * len(cols))})"  # noqa: S608
-        self.conn.exec_driver_sql(sql, [tuple(r.get(c) for c in cols) for r in rows])
+        self.conn.exec_driver_sql(sql, rows)
 
     def record_ingestion(self, row: dict[str, Any]) -> None:
         """Keep an ingestion's report (see :class:`adapter.ingest.IngestReport`)."""
         self.conn.execute(ingestions.insert(), [row])
+
+    # ------------------------------------------------------------- single-resource writes (REST API)
+
+    def current(self, rtype: str, rid: str) -> tuple[int, bool, str] | None:
+        """``(version, deleted, site)`` of a stored resource, or ``None`` when it never existed."""
+        row = self.conn.execute(select(resources.c.version_id, resources.c.deleted, resources.c.site).where(
+            resources.c.type == rtype, resources.c.id == rid)).first()
+        return None if row is None else (int(row[0]), bool(row[1]), row[2])
+
+    def put(self, resource: dict[str, Any], site: str, if_match: int | None = None) -> WriteOutcome:
+        """Create or update one resource (FHIR R4 §3.1.0.4 update; §3.1.0.5 "version-aware updates").
+        ``if_match`` is the version the client last saw; a different current version (or a missing
+        resource) raises :class:`VersionConflict`. Unchanged content keeps its version."""
+        cur = self.current(resource["resourceType"], resource["id"])
+        if if_match is not None and (cur is None or cur[1] or cur[0] != if_match):
+            found = "no current version" if cur is None or cur[1] else f"version {cur[0]}"
+            raise VersionConflict(f"If-Match asked for version {if_match}, but the resource has {found}")
+        if cur is not None and not cur[1]:
+            site = cur[2]  # a resource stays in the site (compartment) it was created in
+        return self.upsert([(resource, site, None)])[0]
+
+    def delete(self, rtype: str, rid: str, if_match: int | None = None) -> int | None:
+        """Delete a resource (FHIR R4 §3.1.0.7): it gets a new version marked deleted in the history,
+        and reads answer 410. Returns the deletion's version, or ``None`` when there was nothing to
+        delete. Raises :class:`VersionConflict` when ``if_match`` is not the current version."""
+        cur = self.current(rtype, rid)
+        if if_match is not None and (cur is None or cur[1] or cur[0] != if_match):
+            raise VersionConflict(f"If-Match asked for version {if_match}, but the resource is not at that version")
+        if cur is None or cur[1]:
+            return None
+        version, stamp = cur[0] + 1, now_instant()
+        body = self.conn.execute(select(resources.c.resource).where(resources.c.type == rtype, resources.c.id == rid)).scalar_one()
+        self.conn.execute(resources.update().where(resources.c.type == rtype, resources.c.id == rid).values(
+            version_id=version, last_updated=stamp, deleted=True))
+        self.conn.execute(resource_history.insert().values(type=rtype, id=rid, version_id=version, last_updated=stamp,
+                                                           method="DELETE", resource=body))
+        self._drop_index([(rtype, rid)])
+        return version
+
+    def lock(self, key: str) -> None:
+        """Serialise transactions that check-then-write the same conditional key (``ifNoneExist``,
+        conditional update) until this transaction ends. PostgreSQL: a transaction-level advisory
+        lock; SQLite: write transactions already run one at a time (``BEGIN IMMEDIATE``)."""
+        if self.conn.dialect.name == "postgresql":
+            self.conn.execute(select(func.pg_advisory_xact_lock(func.hashtextextended(key, 0))))
+
+    def search(self, query: Any, snapshot: str | None = None) -> Any:
+        """Run a search inside this transaction (for conditional operations)."""
+        from adapter.store.search import run_search
+
+        return run_search(self.conn, query, snapshot or now_instant())
+
+
+class VersionConflict(StoreError):
+    """A version-aware write (``If-Match``) found a different current version (HTTP 412)."""
 
 
 class Rollback(Exception):  # noqa: N818  (control flow, not an error)
@@ -163,6 +233,7 @@ class Store:
         self.engine = engine or create_engine(url, future=True, connect_args=connect_args)
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
+            event.listen(self.engine, "begin", _sqlite_begin)
 
     def migrate(self) -> None:
         """Create or upgrade the schema to the newest Alembic revision."""
@@ -187,8 +258,10 @@ class Store:
         """One database transaction. Commits on success; rolls back on any exception (re-raised,
         except :class:`Rollback`). Database errors become :class:`StoreError`."""
         try:
-            with self.engine.begin() as conn:
-                yield Transaction(conn)
+            with self.engine.connect() as conn:
+                conn.execution_options(adapter_write=True)
+                with conn.begin():
+                    yield Transaction(conn)
         except Rollback:
             return
         except SQLAlchemyError as exc:
@@ -202,6 +275,43 @@ class Store:
             text = conn.execute(select(resources.c.resource).where(
                 resources.c.type == rtype, resources.c.id == rid, resources.c.deleted.is_(False))).scalar()
         return None if text is None else orjson.loads(text)
+
+    def read_state(self, rtype: str, rid: str) -> tuple[str, dict[str, Any] | None]:
+        """``("ok", resource)``, ``("deleted", None)`` (FHIR: 410 Gone) or ``("missing", None)``."""
+        with self.engine.connect() as conn:
+            row = conn.execute(select(resources.c.resource, resources.c.deleted).where(
+                resources.c.type == rtype, resources.c.id == rid)).first()
+        if row is None:
+            return "missing", None
+        return ("deleted", None) if row[1] else ("ok", orjson.loads(row[0]))
+
+    def vread(self, rtype: str, rid: str, version: int) -> tuple[str, dict[str, Any] | None]:
+        """One version: ``("ok", resource)``, ``("deleted", None)`` when that version is a deletion,
+        or ``("missing", None)``."""
+        with self.engine.connect() as conn:
+            row = conn.execute(select(resource_history.c.resource, resource_history.c.method).where(
+                resource_history.c.type == rtype, resource_history.c.id == rid,
+                resource_history.c.version_id == version)).first()
+        if row is None:
+            return "missing", None
+        return ("deleted", None) if row[1] == "DELETE" else ("ok", orjson.loads(row[0]))
+
+    def history_entries(self, rtype: str, rid: str) -> list[tuple[int, str, str, dict[str, Any]]]:
+        """Every version, newest first (FHIR R4 §3.1.0.9 history order): ``(version, lastUpdated,
+        method, resource)``; for a deletion, ``resource`` is the body that was deleted."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(resource_history.c.version_id, resource_history.c.last_updated,
+                                       resource_history.c.method, resource_history.c.resource).where(
+                resource_history.c.type == rtype, resource_history.c.id == rid).order_by(resource_history.c.version_id.desc()))
+            return [(int(v), lu, m, orjson.loads(t)) for v, lu, m, t in rows]
+
+    def search(self, query: Any, snapshot: str | None = None) -> Any:
+        """Run a parsed search (:class:`adapter.search.query.Query`) as of ``snapshot`` (default: now);
+        returns :class:`adapter.store.search.SearchResult`."""
+        from adapter.store.search import run_search
+
+        with self.engine.connect() as conn:
+            return run_search(conn, query, snapshot or now_instant())
 
     def history(self, rtype: str, rid: str) -> list[dict[str, Any]]:
         """Every version of a resource, oldest first."""
@@ -247,7 +357,16 @@ class Store:
             return [orjson.loads(t) for (t,) in conn.execute(q)]
 
 
+def _sqlite_begin(conn: Connection) -> None:
+    """Write transactions take SQLite's write lock when they begin (``BEGIN IMMEDIATE``), so a
+    check-then-write (conditional create) cannot interleave with another writer; reads use a plain
+    deferred ``BEGIN``. (SQLAlchemy docs, "Serializable isolation / Savepoints / Transactional DDL"
+    for pysqlite: the driver's own transaction handling is turned off in ``_sqlite_pragmas``.)"""
+    conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("adapter_write") else "BEGIN")
+
+
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    dbapi_conn.isolation_level = None  # SQLAlchemy emits BEGIN itself (see _sqlite_begin)
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA synchronous=NORMAL")

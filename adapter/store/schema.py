@@ -1,6 +1,6 @@
 """Table definitions (SQLAlchemy Core). The schema itself is created by Alembic migrations."""
 
-from sqlalchemy import Boolean, Column, Index, Integer, MetaData, String, Table, Text
+from sqlalchemy import Boolean, Column, Float, Index, Integer, MetaData, String, Table, Text
 
 metadata = MetaData()
 
@@ -20,10 +20,28 @@ resources = Table(
     Column("content_hash", String(64), nullable=False),  # SHA-256 of the resource without meta
     Column("deleted", Boolean, nullable=False, default=False),
     Column("resource", Text, nullable=False),
+    Column("created", String(40)),  # when version 1 was stored: search snapshots exclude later creations
     Index("ix_resources_site_type", "site", "type"),
     Index("ix_resources_patient", "patient_id"),
     Index("ix_resources_code", "type", "code"),
     Index("ix_resources_last_updated", "last_updated"),
+)
+
+#: Search index: one row per indexed value of a current resource (see adapter/search/params.py).
+search_index = Table(
+    "search_index", metadata,
+    Column("type", String(64), nullable=False),
+    Column("id", String(64), nullable=False),
+    Column("name", String(64), nullable=False),  # search parameter name
+    Column("system", String(255)),  # token system / quantity unit system
+    Column("value", String(255)),  # token code, "Type/id" reference, quantity unit, lower-cased string
+    Column("num", Float),  # quantity value
+    Column("lo", String(32)),  # date range start (sortable text)
+    Column("hi", String(32)),  # date range end
+    Index("ix_search_value", "type", "name", "value"),
+    Index("ix_search_date", "type", "name", "lo", "hi"),
+    Index("ix_search_num", "type", "name", "num"),
+    Index("ix_search_resource", "type", "id"),
 )
 
 #: Every version ever stored (including the current one).

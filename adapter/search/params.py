@@ -1,0 +1,259 @@
+"""Search parameters: which elements each FHIR search parameter indexes, and how (pure functions).
+
+Names, types and paths follow the FHIR R4 search parameter registry (R4 §3.1.1 "Search", and each
+resource's "Search Parameters" table), restricted to the resources this adapter emits. Two are this
+project's own and are declared in the CapabilityStatement: ``Observation.value-quantity`` and
+``Observation.interpretation`` are R4 standard names too (R4 Observation search parameters), so a
+standard client can use them unchanged.
+
+An index entry is a tuple ``(name, system, value, num, lo, hi)``:
+- token: ``system`` and ``value`` (the code), e.g. ``("code", "https://…/observation-code", "mrd")``;
+- reference: ``value`` = ``"Type/id"`` (any ``/_history/n`` removed);
+- date: ``lo``/``hi`` = the instant range the element covers, as sortable text ``YYYY-MM-DDTHH:MM:SS.ffffff``
+  (a date ``2019-04-08`` covers the whole day; R4 §3.1.1.4.5 "date" precision rules);
+- quantity: ``num`` = the value (for MRD: percent of nucleated cells), ``system``/``value`` = the unit;
+- string: ``value`` = the text, lower-cased.
+"""
+
+from __future__ import annotations
+
+import calendar
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+Entry = tuple[str, str | None, str | None, float | None, str | None, str | None]
+
+MIN_INSTANT = "0001-01-01T00:00:00.000000"
+MAX_INSTANT = "9999-12-31T23:59:59.999999"
+
+_DATE = re.compile(r"^(\d{4})(?:-(\d{2})(?:-(\d{2})(?:T(\d{2}):(\d{2})(?::(\d{2})(?:\.(\d{1,6})\d*)?)?"
+                   r"(Z|[+-]\d{2}:\d{2})?)?)?)?$")
+
+
+def date_range(text: str) -> tuple[str, str]:
+    """The instant range ``(lo, hi)`` that a FHIR date, dateTime or instant covers, at its precision.
+
+    ``"2019"`` → the whole year; ``"2019-04-08"`` → that day; a time zone offset is ignored (dates
+    here are local to the site). Raises ``ValueError`` for text that is not a FHIR date/dateTime."""
+    m = _DATE.match(text.strip())
+    if not m:
+        raise ValueError(f"not a FHIR date or dateTime: {text!r}")
+    y, mo, d, hh, mm, ss, frac, _tz = m.groups()
+    year = int(y)
+    if mo is None:
+        return f"{y}-01-01T00:00:00.000000", f"{y}-12-31T23:59:59.999999"
+    month = int(mo)
+    if not 1 <= month <= 12:
+        raise ValueError(f"month out of range: {text!r}")
+    if d is None:
+        last = calendar.monthrange(year, month)[1]
+        return f"{y}-{mo}-01T00:00:00.000000", f"{y}-{mo}-{last:02d}T23:59:59.999999"
+    if not 1 <= int(d) <= calendar.monthrange(year, month)[1]:
+        raise ValueError(f"day out of range: {text!r}")
+    if hh is None:
+        return f"{y}-{mo}-{d}T00:00:00.000000", f"{y}-{mo}-{d}T23:59:59.999999"
+    if int(hh) > 23 or int(mm) > 59 or (ss is not None and int(ss) > 59):
+        raise ValueError(f"time out of range: {text!r}")
+    if ss is None:
+        return f"{y}-{mo}-{d}T{hh}:{mm}:00.000000", f"{y}-{mo}-{d}T{hh}:{mm}:59.999999"
+    if frac is None:
+        return f"{y}-{mo}-{d}T{hh}:{mm}:{ss}.000000", f"{y}-{mo}-{d}T{hh}:{mm}:{ss}.999999"
+    f = frac.ljust(6, "0")
+    return f"{y}-{mo}-{d}T{hh}:{mm}:{ss}.{f}", f"{y}-{mo}-{d}T{hh}:{mm}:{ss}.{f}"
+
+
+@dataclass(frozen=True)
+class SearchParam:
+    """One search parameter of one resource type: its R4 ``name``, ``type`` (token, reference, date,
+    quantity, string) and the element paths it indexes (dotted; a choice element names each form,
+    e.g. ``effectiveDateTime`` and ``effectivePeriod``). ``target`` limits a reference to one type
+    (``patient`` → Patient)."""
+
+    name: str
+    type: str
+    paths: tuple[str, ...]
+    target: str | None = None
+    description: str = ""
+
+
+def _p(name: str, type_: str, *paths: str, target: str | None = None, description: str = "") -> SearchParam:
+    return SearchParam(name, type_, paths, target, description)
+
+
+_SUBJECT = (_p("subject", "reference", "subject", description="who the resource is about"),
+            _p("patient", "reference", "subject", target="Patient", description="the Patient the resource is about"))
+
+#: Search parameters per resource type (FHIR R4 names). ``_id`` and ``_lastUpdated`` apply to all.
+PARAMS: dict[str, dict[str, SearchParam]] = {t: {p.name: p for p in ps} for t, ps in {
+    "Patient": [
+        _p("identifier", "token", "identifier", description="a patient identifier (site-scoped system)"),
+        _p("gender", "token", "gender"),
+        _p("birthdate", "date", "birthDate"),
+        _p("death-date", "date", "deceasedDateTime"),
+        _p("organization", "reference", "managingOrganization", target="Organization",
+           description="the site that manages the record"),
+    ],
+    "Observation": [
+        *_SUBJECT,
+        _p("identifier", "token", "identifier"),
+        _p("code", "token", "code"),
+        _p("category", "token", "category"),
+        _p("date", "date", "effectiveDateTime", "effectivePeriod"),
+        _p("status", "token", "status"),
+        _p("value-quantity", "quantity", "valueQuantity", description="MRD value in percent of nucleated cells"),
+        _p("value-concept", "token", "valueCodeableConcept"),
+        _p("interpretation", "token", "interpretation", description="POS / NEG / IND (v3-ObservationInterpretation)"),
+        _p("method", "token", "method"),
+        _p("part-of", "reference", "partOf", description="the infusion cycle an MRD result assesses"),
+        _p("focus", "reference", "focus"),
+    ],
+    "MedicationAdministration": [
+        *_SUBJECT,
+        _p("code", "token", "medicationCodeableConcept"),
+        _p("effective-time", "date", "effectiveDateTime", "effectivePeriod"),
+        _p("status", "token", "status"),
+        _p("part-of", "reference", "partOf"),
+    ],
+    "AdverseEvent": [
+        *_SUBJECT,
+        _p("event", "token", "event"),
+        _p("date", "date", "date"),
+        _p("seriousness", "token", "seriousness"),
+        _p("substance", "reference", "suspectEntity.instance", description="the suspected infusion"),
+    ],
+    "Procedure": [
+        *_SUBJECT,
+        _p("code", "token", "code"),
+        _p("date", "date", "performedDateTime", "performedPeriod"),
+        _p("status", "token", "status"),
+    ],
+    "Condition": [
+        *_SUBJECT,
+        _p("code", "token", "code"),
+        _p("onset-date", "date", "onsetDateTime", "onsetPeriod"),
+    ],
+    "Encounter": [
+        *_SUBJECT,
+        _p("type", "token", "type"),
+        _p("class", "token", "class"),
+        _p("date", "date", "period"),
+        _p("status", "token", "status"),
+    ],
+    "Organization": [
+        _p("identifier", "token", "identifier"),
+        _p("name", "string", "name"),
+    ],
+    "Provenance": [
+        _p("target", "reference", "target", description="the resources an ingestion wrote"),
+        _p("agent", "reference", "agent.who"),
+        _p("recorded", "date", "recorded"),
+        _p("patient", "reference", "target", target="Patient"),
+    ],
+}.items()}
+
+#: Parameters that every type supports (R4 §3.1.1.5 "Parameters for all resources").
+COMMON = ("_id", "_lastUpdated")
+
+
+def _values(node: Any, parts: list[str]) -> Iterator[Any]:
+    if node is None:
+        return
+    if isinstance(node, list):
+        for item in node:
+            yield from _values(item, parts)
+        return
+    if not parts:
+        yield node
+        return
+    if isinstance(node, dict):
+        yield from _values(node.get(parts[0]), parts[1:])
+
+
+def _tokens(v: Any) -> Iterator[tuple[str | None, str]]:
+    if isinstance(v, str):  # code
+        yield None, v
+    elif isinstance(v, dict):
+        if "coding" in v:  # CodeableConcept
+            for c in v.get("coding") or []:
+                if c.get("code"):
+                    yield c.get("system"), c["code"]
+        elif isinstance(v.get("value"), str):  # Identifier
+            yield v.get("system"), v["value"]
+        elif "code" in v:  # Coding
+            yield v.get("system"), v["code"]
+
+
+def reference_key(ref: str) -> str:
+    """``"Type/id"`` of a literal relative reference, without any ``/_history/n``."""
+    parts = ref.split("/")
+    return "/".join(parts[:2]) if len(parts) >= 2 else ref
+
+
+def _dates(v: Any) -> Iterator[tuple[str, str]]:
+    if isinstance(v, str):
+        yield date_range(v)
+    elif isinstance(v, dict) and ("start" in v or "end" in v):  # Period
+        lo = date_range(v["start"])[0] if v.get("start") else MIN_INSTANT
+        hi = date_range(v["end"])[1] if v.get("end") else MAX_INSTANT
+        yield lo, hi
+
+
+_EXTRACT: dict[str, Callable[[SearchParam, Any], Iterator[Entry]]] = {}
+
+
+def _extractor(kind: str) -> Callable[[Callable[[SearchParam, Any], Iterator[Entry]]], Callable[[SearchParam, Any], Iterator[Entry]]]:
+    def deco(fn: Callable[[SearchParam, Any], Iterator[Entry]]) -> Callable[[SearchParam, Any], Iterator[Entry]]:
+        _EXTRACT[kind] = fn
+        return fn
+    return deco
+
+
+@_extractor("token")
+def _token_entries(p: SearchParam, v: Any) -> Iterator[Entry]:
+    for system, code in _tokens(v):
+        yield p.name, system, code, None, None, None
+
+
+@_extractor("reference")
+def _reference_entries(p: SearchParam, v: Any) -> Iterator[Entry]:
+    ref = v.get("reference") if isinstance(v, dict) else None
+    if isinstance(ref, str) and "/" in ref:
+        key = reference_key(ref)
+        if p.target is None or key.startswith(p.target + "/"):
+            yield p.name, None, key, None, None, None
+
+
+@_extractor("date")
+def _date_entries(p: SearchParam, v: Any) -> Iterator[Entry]:
+    for lo, hi in _dates(v):
+        yield p.name, None, None, None, lo, hi
+
+
+@_extractor("quantity")
+def _quantity_entries(p: SearchParam, v: Any) -> Iterator[Entry]:
+    if isinstance(v, dict) and isinstance(v.get("value"), int | float):
+        yield p.name, v.get("system"), v.get("code") or v.get("unit"), float(v["value"]), None, None
+
+
+@_extractor("string")
+def _string_entries(p: SearchParam, v: Any) -> Iterator[Entry]:
+    if isinstance(v, str):
+        yield p.name, None, v.lower(), None, None, None
+
+
+def index_entries(resource: dict[str, Any]) -> list[Entry]:
+    """Every search index entry of a resource (see the module docstring for the tuple's shape).
+    Values that cannot be indexed (a malformed date in a resource that was stored anyway) are
+    skipped; stored resources have passed the R4 schema, so that does not happen for ours."""
+    out: list[Entry] = []
+    for p in PARAMS.get(resource.get("resourceType", ""), {}).values():
+        fn = _EXTRACT[p.type]
+        for path in p.paths:
+            for v in _values(resource, path.split(".")):
+                try:
+                    out.extend(fn(p, v))
+                except ValueError:
+                    continue
+    return out

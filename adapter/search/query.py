@@ -1,0 +1,235 @@
+"""Parse FHIR search parameters into a :class:`Query` (pure; the store turns it into SQL).
+
+Rules: FHIR R4 §3.1.1 "Search". Repeated parameters are AND, comma-separated values are OR
+(§3.1.1.3). Prefixes ``eq ne gt lt ge le sa eb`` for date and quantity (§3.1.1.4.1); token forms
+``code``, ``system|code``, ``|code`` and ``system|`` (§3.1.1.4.4); a number's implicit precision
+range for ``eq`` (``0.01`` matches [0.005, 0.015), §3.1.1.4.2). Unknown parameters, modifiers and
+malformed values raise :class:`SearchError`, unless the client asked for ``Prefer: handling=lenient``,
+in which case unknown parameters are ignored (§3.1.1.3.1 "handling").
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+
+from adapter.search.params import COMMON, PARAMS, SearchParam, date_range
+
+PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb")
+RESULT_PARAMS = ("_count", "_sort", "_include", "_revinclude", "_summary", "_total", "_format", "_snapshot", "_offset",
+                 "_elements")
+DEFAULT_COUNT = 20
+MAX_COUNT = 1000
+
+
+class SearchError(ValueError):
+    """A search request that cannot be run; the message names the parameter and the problem
+    (returned as an OperationOutcome with HTTP 400)."""
+
+
+@dataclass(frozen=True)
+class Token:
+    """``system`` None = any system; ``""`` = no system. ``code`` None = any code of the system."""
+
+    system: str | None
+    code: str | None
+
+
+@dataclass(frozen=True)
+class Reference:
+    key: str  # "Type/id", or "*/id" when the type is not given
+
+
+@dataclass(frozen=True)
+class DateRange:
+    prefix: str
+    lo: str
+    hi: str
+
+
+@dataclass(frozen=True)
+class Number:
+    prefix: str
+    value: float
+    lo: float
+    hi: float
+    system: str | None
+    unit: str | None
+
+
+@dataclass(frozen=True)
+class Text:
+    value: str
+
+
+@dataclass(frozen=True)
+class Clause:
+    """One search parameter occurrence: ``name`` and its OR-ed ``values``."""
+
+    name: str
+    kind: str  # token | reference | date | quantity | string | id | lastUpdated
+    values: tuple[Token | Reference | DateRange | Number | Text | str, ...]
+
+
+@dataclass(frozen=True)
+class Include:
+    """``_include=Source:param[:Target]`` or ``_revinclude`` (§3.1.1.5.4)."""
+
+    source: str
+    param: str
+    target: str | None
+
+
+@dataclass
+class Query:
+    """A parsed search on one resource type."""
+
+    type: str
+    clauses: list[Clause] = field(default_factory=list)
+    count: int = DEFAULT_COUNT
+    offset: int = 0
+    sort: list[tuple[str, bool]] = field(default_factory=list)  # (param, descending)
+    include: list[Include] = field(default_factory=list)
+    revinclude: list[Include] = field(default_factory=list)
+    summary_count: bool = False
+    snapshot: str | None = None
+    ignored: list[str] = field(default_factory=list)
+    params: list[tuple[str, str]] = field(default_factory=list)  # the search parameters as understood
+
+
+def _split_prefix(v: str) -> tuple[str, str]:
+    if len(v) > 2 and v[:2] in PREFIXES and not v[:2].isdigit() and (v[2].isdigit() or v[2] in "-."):
+        return v[:2], v[2:]
+    return "eq", v
+
+
+def _parse_value(p: SearchParam | None, kind: str, raw: str, name: str) -> Token | Reference | DateRange | Number | Text | str:
+    if kind == "id":
+        return raw
+    if kind in ("date", "lastUpdated"):
+        prefix, text = _split_prefix(raw)
+        try:
+            lo, hi = date_range(text)
+        except ValueError:
+            raise SearchError(f"{name}: '{raw}' is not a FHIR date (expected [prefix]YYYY[-MM[-DD[Thh:mm[:ss]]]])") from None
+        return DateRange(prefix, lo, hi)
+    if kind == "token":
+        if "|" in raw:
+            system, code = raw.split("|", 1)
+            return Token(system, code or None)
+        return Token(None, raw)
+    if kind == "reference":
+        if raw.startswith(("http://", "https://")):
+            raise SearchError(f"{name}: absolute references are not stored here; use Type/id")
+        if "/" in raw:
+            return Reference("/".join(raw.split("/")[:2]))
+        return Reference(f"{p.target}/{raw}" if p and p.target else f"*/{raw}")
+    if kind == "quantity":
+        num, _, rest = raw.partition("|")
+        prefix, num = _split_prefix(num)
+        try:
+            d = Decimal(num)
+        except InvalidOperation:
+            raise SearchError(f"{name}: '{raw}' is not a quantity (expected [prefix]number[|system|code])") from None
+        if not d.is_finite():
+            raise SearchError(f"{name}: '{raw}' is not a finite number")
+        half = Decimal(1).scaleb(d.as_tuple().exponent) / 2
+        system, _, unit = rest.partition("|") if rest else ("", "", "")
+        return Number(prefix, float(d), float(d - half), float(d + half), system or None, unit or None)
+    if kind == "string":
+        return Text(raw.lower())
+    raise SearchError(f"{name}: unsupported parameter type {kind}")
+
+
+_INCLUDE = re.compile(r"^([A-Z][A-Za-z]+):([a-z][a-z-]*)(?::([A-Z][A-Za-z]+))?$")
+
+
+def _parse_include(name: str, raw: str, rtype: str, rev: bool) -> Include:
+    m = _INCLUDE.match(raw)
+    if not m:
+        raise SearchError(f"{name}: '{raw}' is not SourceType:parameter[:TargetType]")
+    src, param, target = m.groups()
+    p = PARAMS.get(src, {}).get(param)
+    if p is None or p.type != "reference":
+        raise SearchError(f"{name}: {src} has no reference search parameter '{param}'")
+    if not rev and src != rtype:
+        raise SearchError(f"{name}: the source type of _include must be the searched type {rtype}, not {src}")
+    return Include(src, param, target)
+
+
+def parse(rtype: str, items: list[tuple[str, str]], lenient: bool = False) -> Query:
+    """Parse ``items`` (query parameters in order, as pairs) for a search on ``rtype``.
+
+    Raises :class:`SearchError` for an unknown type, parameter or modifier, or a malformed value."""
+    if rtype not in PARAMS:
+        raise SearchError(f"resource type '{rtype}' is not supported here (supported: {', '.join(sorted(PARAMS))})")
+    q = Query(rtype)
+    known = PARAMS[rtype]
+    for key, raw in items:
+        name, _, modifier = key.partition(":")
+        if name in RESULT_PARAMS:
+            _result_param(q, name, raw, rtype)
+            continue
+        if name not in known and name not in COMMON:
+            if lenient:
+                q.ignored.append(key)
+                continue
+            supported = ", ".join([*COMMON, *sorted(known)])
+            raise SearchError(f"unknown search parameter '{name}' for {rtype} (supported: {supported})")
+        if modifier:
+            raise SearchError(f"{key}: the modifier ':{modifier}' is not supported")
+        if raw == "":
+            raise SearchError(f"{name}: empty value")
+        p = known.get(name)
+        kind = "id" if name == "_id" else "lastUpdated" if name == "_lastUpdated" else p.type  # type: ignore[union-attr]
+        values = tuple(_parse_value(p, kind, v, name) for v in raw.split(","))
+        for v in values:
+            if isinstance(v, DateRange | Number) and v.prefix not in PREFIXES:
+                raise SearchError(f"{name}: unknown prefix {v.prefix}")
+        q.clauses.append(Clause(name, kind, values))
+        q.params.append((key, raw))
+    return q
+
+
+def _result_param(q: Query, name: str, raw: str, rtype: str) -> None:
+    if name == "_count":
+        if not raw.isdigit():
+            raise SearchError(f"_count: '{raw}' is not a non-negative integer")
+        q.count = min(int(raw), MAX_COUNT)
+    elif name == "_offset":
+        if not raw.isdigit():
+            raise SearchError(f"_offset: '{raw}' is not a non-negative integer")
+        q.offset = int(raw)
+    elif name == "_snapshot":
+        try:
+            date_range(raw)
+        except ValueError:
+            raise SearchError(f"_snapshot: '{raw}' is not an instant") from None
+        q.snapshot = raw
+    elif name == "_sort":
+        for s in raw.split(","):
+            desc = s.startswith("-")
+            pname = s.lstrip("-")
+            p = PARAMS[rtype].get(pname)
+            if pname not in ("_id", "_lastUpdated") and (p is None or p.type != "date"):
+                raise SearchError(f"_sort: cannot sort {rtype} by '{pname}' (supported: _id, _lastUpdated and date parameters)")
+            q.sort.append((pname, desc))
+    elif name == "_include":
+        q.include.append(_parse_include(name, raw, rtype, rev=False))
+    elif name == "_revinclude":
+        inc = _parse_include(name, raw, rtype, rev=True)
+        q.revinclude.append(inc)
+    elif name == "_summary":
+        if raw == "count":
+            q.summary_count = True
+        elif raw != "false":
+            raise SearchError(f"_summary: only 'count' and 'false' are supported, not '{raw}'")
+    elif name == "_total":
+        if raw not in ("none", "estimate", "accurate"):
+            raise SearchError(f"_total: '{raw}' is not none, estimate or accurate")
+    elif name == "_format":
+        if raw not in ("json", "application/fhir+json", "application/json"):
+            raise SearchError(f"_format: only JSON is served, not '{raw}'")
+    elif name == "_elements":
+        raise SearchError("_elements is not supported")
