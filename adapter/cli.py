@@ -190,6 +190,25 @@ def schema(out: Annotated[Path, typer.Option(help="folder for the JSON Schemas")
         console.print(f"wrote {p}")
 
 
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="interface to listen on (default: setting ADAPTER_HOST, 127.0.0.1)")] = None,
+    port: Annotated[int | None, typer.Option(help="port (default: setting ADAPTER_PORT, 8000)")] = None,
+) -> None:
+    """Serve the FHIR R4 REST API (and the outcomes facade) with uvicorn."""
+    import uvicorn
+
+    from adapter.api import create_app
+
+    settings = get_settings()
+    try:
+        api = create_app(settings)
+    except AdapterError as exc:
+        _fail(exc)
+    console.print(f"serving FHIR R4 at http://{host or settings.host}:{port or settings.port}/metadata")
+    uvicorn.run(api, host=host or settings.host, port=port or settings.port, log_level="info")
+
+
 def main() -> None:
     """Entry point that maps click's usage error (2) to 64, so that 2 always means configuration."""
     try:

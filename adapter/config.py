@@ -32,6 +32,10 @@ class Settings(BaseSettings):
         mappings_dir: folder with ``<site>/site.yaml`` and ``<site>/<export>.yaml`` mapping files.
         profiles_dir: folder with our StructureDefinitions, CodeSystems and ValueSets.
         batch_size: resources written per database round trip during ingestion.
+        host, port: where ``adapter serve`` listens (default http://127.0.0.1:8000).
+        max_upload_bytes: largest export accepted by ``POST /$ingest`` (larger: HTTP 413).
+        base_url: the public base URL used in Bundle links and ``Location`` headers; by default the
+            URL the request came in on.
     """
 
     model_config = SettingsConfigDict(env_prefix="ADAPTER_", env_file=".env", extra="ignore")
@@ -43,6 +47,10 @@ class Settings(BaseSettings):
     profiles_dir: Path = ROOT / "profiles"
     fhir_schema_path: Path = ROOT / "profiles" / "fhir.r4.schema.json"
     batch_size: int = 2000
+    host: str = "127.0.0.1"
+    port: int = 8000
+    max_upload_bytes: int = 50 * 1024 * 1024
+    base_url: str | None = None
 
     @model_validator(mode="after")
     def _refuse_unsafe_defaults(self) -> Settings:

@@ -332,6 +332,15 @@ class Store:
                     q.order_by(resources.c.type, resources.c.id)):
                 yield orjson.loads(text)
 
+    def compartment(self, patient_id: str) -> list[dict[str, Any]]:
+        """Current resources in a Patient's compartment (``subject``/``patient`` = the Patient),
+        the Patient itself excluded, in (type, id) order."""
+        q = (select(resources.c.resource).where(resources.c.patient_id == patient_id, resources.c.deleted.is_(False),
+                                                resources.c.type != "Patient")
+             .order_by(resources.c.type, resources.c.id))
+        with self.engine.connect() as conn:
+            return [orjson.loads(t) for (t,) in conn.execute(q)]
+
     def counts(self, site: str | None = None) -> dict[str, int]:
         """Number of current resources per type."""
         q = select(resources.c.type, func.count()).where(resources.c.deleted.is_(False)).group_by(resources.c.type)

@@ -1,0 +1,334 @@
+"""The FHIR R4 REST service (FastAPI).
+
+Interactions (FHIR R4 §3.1.0 "RESTful API"): capabilities, read, vread, instance history, search
+(GET and POST ``_search``), create (with ``If-None-Exist``), update (with ``If-Match``), conditional
+update, delete, batch/transaction, ``Patient/$everything``, ``$validate``, and our ``$ingest``.
+Every body is ``application/fhir+json``; every error is an OperationOutcome with its HTTP status.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import parse_qsl, urlencode
+
+from fastapi import FastAPI, File, Form, Header, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from adapter.api import writes
+from adapter.api.capability import capability_statement
+from adapter.api.fhir_http import (
+    FHIRError,
+    FHIRResponse,
+    operation_outcome,
+    parse_if_match,
+    parse_json_body,
+    require_resource,
+    resource_headers,
+)
+from adapter.config import Settings, get_settings
+from adapter.errors import AdapterError, ConfigError, IngestRejected, ReaderError
+from adapter.search.params import PARAMS
+from adapter.search.query import SearchError, parse
+from adapter.store import Store
+from adapter.store.db import now_instant
+from adapter.validation import Validator, get_validator
+
+log = logging.getLogger("adapter.api")
+
+#: Resource types served (searchable, readable, writable).
+SERVED = tuple(sorted(PARAMS))
+
+
+def create_app(settings: Settings | None = None, store: Store | None = None, validator: Validator | None = None) -> FastAPI:
+    """Build the service. ``store`` defaults to the configured database (migrated on start)."""
+    settings = settings or get_settings()
+    if store is None:
+        store = Store(settings.database_url)
+        store.migrate()
+    validator = validator or get_validator()
+    app = FastAPI(title="pedall FHIR adapter", version="0.1.0",
+                  description="FHIR R4 adapter for multicenter pediatric leukemia outcome studies",
+                  default_response_class=FHIRResponse)
+    app.state.settings, app.state.store, app.state.validator = settings, store, validator
+    _errors(app)
+    _routes(app, settings, store, validator)
+    return app
+
+
+def _base(request: Request, settings: Settings) -> str:
+    return (settings.base_url or str(request.base_url)).rstrip("/")
+
+
+def _errors(app: FastAPI) -> None:
+    @app.exception_handler(FHIRError)
+    async def fhir_error(_: Request, exc: FHIRError) -> FHIRResponse:
+        return FHIRResponse(exc.outcome(), status_code=exc.status, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_request(_: Request, exc: RequestValidationError) -> FHIRResponse:
+        issues = [{"severity": "error", "code": "invalid",
+                   "diagnostics": f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}"} for e in exc.errors()]
+        return FHIRResponse(operation_outcome("invalid", "the request is not valid", issues=issues), status_code=400)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> FHIRResponse:
+        code = {404: "not-found", 405: "not-supported", 413: "too-long"}.get(exc.status_code, "processing")
+        return FHIRResponse(operation_outcome(code, str(exc.detail)), status_code=exc.status_code)
+
+    @app.exception_handler(AdapterError)
+    async def adapter_error(_: Request, exc: AdapterError) -> FHIRResponse:
+        if isinstance(exc, ConfigError):
+            return FHIRResponse(operation_outcome("not-found", str(exc)), status_code=400)
+        if isinstance(exc, ReaderError):
+            return FHIRResponse(operation_outcome("invalid", str(exc)), status_code=422)
+        log.error("store or adapter error: %s", exc.__class__.__name__)
+        return FHIRResponse(operation_outcome("exception", "the server could not complete the request"), status_code=500)
+
+    @app.exception_handler(Exception)
+    async def unexpected(_: Request, exc: Exception) -> FHIRResponse:
+        log.exception("unhandled error: %s", exc.__class__.__name__)
+        return FHIRResponse(operation_outcome("exception", "internal error"), status_code=500)
+
+
+def _served(rtype: str) -> str:
+    if rtype not in SERVED:
+        raise FHIRError(404, "not-supported", f"resource type '{rtype}' is not served here (served: {', '.join(SERVED)})")
+    return rtype
+
+
+def _body_resource(body: bytes, rtype: str | None = None) -> dict[str, Any]:
+    return require_resource(parse_json_body(body), rtype)
+
+
+def _routes(app: FastAPI, settings: Settings, store: Store, validator: Validator) -> None:  # noqa: C901
+    @app.get("/metadata", summary="CapabilityStatement")
+    def metadata(request: Request) -> FHIRResponse:
+        return FHIRResponse(capability_statement(_base(request, settings), settings.profiles_dir))
+
+    @app.post("/$ingest", summary="Ingest a site export (multipart: file, site, mapping)")
+    def ingest(request: Request, file: Annotated[UploadFile, File()], site: Annotated[str, Form()],
+               mapping: Annotated[str, Form()], strict: Annotated[bool, Form()] = False,
+               dry_run: Annotated[bool, Form()] = False) -> FHIRResponse:
+        from adapter.ingest import ingest_file
+
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > settings.max_upload_bytes + 64 * 1024:
+            raise FHIRError(413, "too-long", f"the upload is larger than the limit of {settings.max_upload_bytes} bytes")
+        name = Path(file.filename or "upload").name
+        with tempfile.TemporaryDirectory() as d:
+            path = Path(d) / name
+            size = 0
+            with path.open("wb") as out:
+                while chunk := file.file.read(1 << 20):
+                    size += len(chunk)
+                    if size > settings.max_upload_bytes:
+                        raise FHIRError(413, "too-long", f"the upload is larger than the limit of {settings.max_upload_bytes} bytes")
+                    out.write(chunk)
+            try:
+                report = ingest_file(path, site, mapping, store, strict=strict, dry_run=dry_run, settings=settings,
+                                     validator=validator, display_name=name)
+            except IngestRejected as exc:
+                rep = getattr(exc, "report", None)
+                outcome = rep.operation_outcome() if rep is not None else operation_outcome("invalid", str(exc))
+                outcome["issue"].insert(0, {"severity": "error", "code": "invalid", "diagnostics": str(exc)})
+                return FHIRResponse(outcome, status_code=422)
+        return FHIRResponse(_ingest_bundle(report, _base(request, settings)), headers={"X-Ingestion-Id": report.ingestion_id})
+
+    @app.post("/", summary="Batch or transaction Bundle")
+    async def bundle(request: Request) -> FHIRResponse:
+        doc = _body_resource(await request.body(), "Bundle")
+        base = _base(request, settings)
+        return FHIRResponse(await _threaded(writes.process_bundle, store, validator, doc, base))
+
+    @app.get("/Patient/{rid}/$everything", summary="Everything about one patient")
+    def everything(request: Request, rid: str) -> FHIRResponse:
+        state, patient = store.read_state("Patient", rid)
+        if patient is None:
+            raise FHIRError(410 if state == "deleted" else 404, "deleted" if state == "deleted" else "not-found",
+                            f"Patient/{rid} is {'deleted' if state == 'deleted' else 'not known'}")
+        base = _base(request, settings)
+        res = [patient, *store.compartment(rid)]
+        org = (patient.get("managingOrganization") or {}).get("reference", "")
+        if org.startswith("Organization/"):
+            o = store.read("Organization", org.split("/", 1)[1])
+            if o:
+                res.append(o)
+        entries = [{"fullUrl": f"{base}/{r['resourceType']}/{r['id']}", "resource": r, "search": {"mode": "match"}}
+                   for r in res]
+        return FHIRResponse({"resourceType": "Bundle", "type": "searchset", "total": len(entries),
+                             "link": [{"relation": "self", "url": f"{base}/Patient/{rid}/$everything"}], "entry": entries})
+
+    @app.post("/{rtype}/$validate", summary="Validate a resource (R4 schema, R4B model, profiles)")
+    async def validate(rtype: str, request: Request) -> FHIRResponse:
+        doc = parse_json_body(await request.body())
+        if isinstance(doc, dict) and doc.get("resourceType") == "Parameters":  # $validate's Parameters form
+            doc = next((p.get("resource") for p in doc.get("parameter", []) if p.get("name") == "resource"), None)
+        res = require_resource(doc, rtype)
+        issues = [i.to_operation_outcome_issue() for i in validator.validate(res, full=True)]
+        if issues:
+            return FHIRResponse({"resourceType": "OperationOutcome", "issue": issues}, status_code=422)
+        return FHIRResponse(operation_outcome("informational", f"{rtype} is valid against the R4 schema, the R4B model and "
+                                              "its profiles", severity="information"))
+
+    @app.get("/{rtype}", summary="Search")
+    def search_get(rtype: str, request: Request) -> FHIRResponse:
+        return _search(request, _served(rtype), list(request.query_params.multi_items()))
+
+    @app.post("/{rtype}/_search", summary="Search (form-encoded parameters)")
+    async def search_post(rtype: str, request: Request) -> FHIRResponse:
+        body = (await request.body()).decode("utf-8", errors="replace")
+        items = list(request.query_params.multi_items()) + parse_qsl(body, keep_blank_values=True)
+        return _search(request, _served(rtype), items)
+
+    def _search(request: Request, rtype: str, items: list[tuple[str, str]]) -> FHIRResponse:
+        lenient = "handling=lenient" in request.headers.get("prefer", "")
+        try:
+            q = parse(rtype, items, lenient=lenient)
+        except SearchError as exc:
+            raise FHIRError(400, "invalid", str(exc)) from None
+        snapshot = q.snapshot or now_instant()
+        result = store.search(q, snapshot)
+        return FHIRResponse(_searchset(q, result, snapshot, _base(request, settings)))
+
+    @app.post("/{rtype}", summary="Create")
+    async def create(rtype: str, request: Request,
+                     if_none_exist: Annotated[str | None, Header()] = None) -> FHIRResponse:
+        res = _body_resource(await request.body(), _served(rtype))
+        w = await _threaded(_write, store, lambda tx: writes.create(tx, validator, res, if_none_exist))
+        return _written(w, _base(request, settings))
+
+    @app.put("/{rtype}", summary="Conditional update (PUT Type?search)")
+    async def conditional_update(rtype: str, request: Request) -> FHIRResponse:
+        query = request.url.query
+        if not query:
+            raise FHIRError(400, "invalid", "PUT needs Type/id or Type?search")
+        res = _body_resource(await request.body(), _served(rtype))
+        w = await _threaded(_write, store, lambda tx: writes.conditional_update(tx, validator, rtype, query, res))
+        return _written(w, _base(request, settings))
+
+    @app.put("/{rtype}/{rid}", summary="Update (If-Match for version-aware updates)")
+    async def update(rtype: str, rid: str, request: Request, if_match: Annotated[str | None, Header()] = None) -> FHIRResponse:
+        res = _body_resource(await request.body(), _served(rtype))
+        version = parse_if_match(if_match)
+        w = await _threaded(_write, store, lambda tx: writes.update(tx, validator, rtype, rid, res, version))
+        return _written(w, _base(request, settings))
+
+    @app.delete("/{rtype}/{rid}", summary="Delete (If-Match for version-aware deletes)")
+    async def delete(rtype: str, rid: str, if_match: Annotated[str | None, Header()] = None) -> FHIRResponse:
+        version = parse_if_match(if_match)
+        _served(rtype)
+        await _threaded(_write, store, lambda tx: writes.delete(tx, rtype, rid, version))
+        return FHIRResponse(operation_outcome("informational", f"{rtype}/{rid} deleted", severity="information"))
+
+    @app.get("/{rtype}/{rid}", summary="Read")
+    def read(rtype: str, rid: str, request: Request) -> FHIRResponse:
+        state, res = store.read_state(_served(rtype), rid)
+        return _one(state, res, f"{rtype}/{rid}", _base(request, settings))
+
+    @app.get("/{rtype}/{rid}/_history/{vid}", summary="Version read")
+    def vread(rtype: str, rid: str, vid: str, request: Request) -> FHIRResponse:
+        if not vid.isdigit():
+            raise FHIRError(400, "invalid", f"version '{vid}' is not a number")
+        state, res = store.vread(_served(rtype), rid, int(vid))
+        return _one(state, res, f"{rtype}/{rid}/_history/{vid}", _base(request, settings))
+
+    @app.get("/{rtype}/{rid}/_history", summary="Instance history")
+    def history(rtype: str, rid: str, request: Request) -> FHIRResponse:
+        versions = store.history_entries(_served(rtype), rid)
+        if not versions:
+            raise FHIRError(404, "not-found", f"{rtype}/{rid} is not known")
+        base = _base(request, settings)
+        entries = []
+        for v, stamp, method, res in versions:
+            entry: dict[str, Any] = {"fullUrl": f"{base}/{rtype}/{rid}",
+                                     "request": {"method": method, "url": rtype if method == "POST" else f"{rtype}/{rid}"},
+                                     "response": {"status": "204 No Content" if method == "DELETE" else
+                                                  "201 Created" if method == "POST" else "200 OK",
+                                                  "etag": f'W/"{v}"', "lastModified": stamp}}
+            if method != "DELETE":
+                entry["resource"] = res
+            entries.append(entry)
+        return FHIRResponse({"resourceType": "Bundle", "type": "history", "total": len(entries),
+                             "link": [{"relation": "self", "url": f"{base}/{rtype}/{rid}/_history"}], "entry": entries})
+
+
+def _one(state: str, res: dict[str, Any] | None, what: str, base: str) -> FHIRResponse:
+    if res is None:
+        if state == "deleted":
+            raise FHIRError(410, "deleted", f"{what} has been deleted")
+        raise FHIRError(404, "not-found", f"{what} is not known")
+    h = resource_headers(res, base)
+    h.pop("Location")
+    return FHIRResponse(res, headers=h)
+
+
+def _write(store: Store, fn: Any) -> writes.Written:
+    with store.transaction() as tx:
+        return fn(tx)
+
+
+async def _threaded(fn: Any, *args: Any) -> Any:
+    from starlette.concurrency import run_in_threadpool
+
+    return await run_in_threadpool(fn, *args)
+
+
+def _written(w: writes.Written, base: str) -> FHIRResponse:
+    assert w.resource is not None
+    return FHIRResponse(w.resource, status_code=w.status, headers=resource_headers(w.resource, base))
+
+
+def _searchset(q: Any, result: Any, snapshot: str, base: str) -> dict[str, Any]:
+    """A searchset Bundle with ``total`` and self/next/previous links (R4 §3.1.1.6 paging)."""
+    params = list(q.params)
+    for s in [f"{'-' if d else ''}{n}" for n, d in q.sort]:
+        params.append(("_sort", s))
+    for inc in q.include:
+        params.append(("_include", f"{inc.source}:{inc.param}" + (f":{inc.target}" if inc.target else "")))
+    for inc in q.revinclude:
+        params.append(("_revinclude", f"{inc.source}:{inc.param}" + (f":{inc.target}" if inc.target else "")))
+    if q.summary_count:
+        params.append(("_summary", "count"))
+
+    def link(offset: int) -> str:
+        extra = [("_count", str(q.count)), ("_snapshot", snapshot), ("_offset", str(offset))]
+        return f"{base}/{q.type}?{urlencode(params + extra)}"
+
+    links = [{"relation": "self", "url": link(q.offset)}]
+    if not q.summary_count and q.count and q.offset + q.count < result.total:
+        links.append({"relation": "next", "url": link(q.offset + q.count)})
+    if not q.summary_count and q.offset > 0:
+        links.append({"relation": "previous", "url": link(max(0, q.offset - q.count))})
+    entries = [{"fullUrl": f"{base}/{r['resourceType']}/{r['id']}", "resource": r, "search": {"mode": "match"}}
+               for r in result.matches]
+    entries += [{"fullUrl": f"{base}/{r['resourceType']}/{r['id']}", "resource": r, "search": {"mode": "include"}}
+                for r in result.included]
+    bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset", "total": result.total, "link": links}
+    if entries:
+        bundle["entry"] = entries
+    return bundle
+
+
+def _ingest_bundle(report: Any, base: str) -> dict[str, Any]:
+    """The ingestion report as a ``batch-response`` Bundle: one entry per resource written or left
+    unchanged, then one entry whose ``response.outcome`` is the OperationOutcome of row issues."""
+    status = {"created": "201 Created", "updated": "200 OK", "unchanged": "200 OK"}
+    entries: list[dict[str, Any]] = [{
+        "fullUrl": f"{base}/{o.type}/{o.id}",
+        "response": {"status": status[o.outcome], "location": f"{o.type}/{o.id}/_history/{o.version_id}",
+                     "etag": f'W/"{o.version_id}"', "outcome": {
+                         "resourceType": "OperationOutcome",
+                         "issue": [{"severity": "information", "code": "informational", "diagnostics": o.outcome}]}},
+    } for o in report.outcomes]
+    summary = {"severity": "information", "code": "informational",
+               "diagnostics": json.dumps({k: v for k, v in report.to_json().items() if k != "operationOutcome"})}
+    outcome = report.operation_outcome()
+    outcome["issue"] = [summary, *outcome["issue"]]
+    entries.append({"fullUrl": f"urn:uuid:{report.ingestion_id}",
+                    "response": {"status": "422 Unprocessable Entity" if report.rows_rejected else "200 OK", "outcome": outcome}})
+    return {"resourceType": "Bundle", "type": "batch-response", "entry": entries}

@@ -1,0 +1,84 @@
+"""The CapabilityStatement (FHIR R4 §3.1.0.10 "capabilities"): generated from what is implemented
+(the search parameter table, the served types, the profiles folder), so that it cannot claim more."""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from adapter.config import CANONICAL
+from adapter.search.params import PARAMS
+
+INTERACTIONS = ("read", "vread", "history-instance", "search-type", "create", "update", "delete")
+_SP_DEFINITION = "http://hl7.org/fhir/SearchParameter/"
+
+
+@lru_cache
+def _profiles(folder: str) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for f in sorted(Path(folder).glob("StructureDefinition-*.json")):
+        sd = json.loads(f.read_text(encoding="utf-8"))
+        if sd.get("kind") == "resource" and sd.get("derivation") == "constraint":
+            out.setdefault(sd["type"], []).append(sd["url"])
+    return out
+
+
+def capability_statement(base: str, profiles_dir: Path) -> dict[str, Any]:
+    """The server's CapabilityStatement, for ``base`` (the service's public URL)."""
+    profiles = _profiles(str(profiles_dir))
+    resources = []
+    for rtype in sorted(PARAMS):
+        params = PARAMS[rtype]
+        includes = [f"{rtype}:{p.name}" for p in params.values() if p.type == "reference"]
+        revincludes = sorted(f"{src}:{p.name}" for src, ps in PARAMS.items() for p in ps.values()
+                             if p.type == "reference" and (p.target in (None, rtype)))
+        entry: dict[str, Any] = {
+            "type": rtype,
+            "profile": f"http://hl7.org/fhir/StructureDefinition/{rtype}",
+            "interaction": [{"code": c} for c in INTERACTIONS],
+            "versioning": "versioned-update",
+            "readHistory": True,
+            "updateCreate": True,
+            "conditionalCreate": True,
+            "conditionalUpdate": True,
+            "conditionalDelete": "not-supported",
+            "searchInclude": includes,
+            "searchRevInclude": revincludes,
+            "searchParam": [
+                {"name": "_id", "type": "token", "definition": _SP_DEFINITION + "Resource-id"},
+                {"name": "_lastUpdated", "type": "date", "definition": _SP_DEFINITION + "Resource-lastUpdated"},
+                *({"name": p.name, "type": p.type if p.type != "string" else "string",
+                   "definition": f"{_SP_DEFINITION}{rtype}-{p.name}",
+                   **({"documentation": p.description} if p.description else {})} for p in params.values()),
+            ],
+        }
+        if profiles.get(rtype):
+            entry["supportedProfile"] = profiles[rtype]
+        if rtype == "Patient":
+            entry["operation"] = [{"name": "everything", "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything"}]
+        resources.append(entry)
+    return {
+        "resourceType": "CapabilityStatement",
+        "status": "active",
+        "date": "2026-11-22",
+        "kind": "instance",
+        "software": {"name": "pedall-fhir-adapter", "version": "0.1.0"},
+        "implementation": {"description": "FHIR R4 adapter for multicenter pediatric leukemia outcome studies", "url": base},
+        "fhirVersion": "4.0.1",
+        "format": ["application/fhir+json", "json"],
+        "rest": [{
+            "mode": "server",
+            "resource": resources,
+            "interaction": [{"code": "transaction"}, {"code": "batch"}],
+            "searchParam": [{"name": "_count", "type": "number", "documentation": "page size (max 1000)"},
+                            {"name": "_sort", "type": "string", "documentation": "_id, _lastUpdated or a date parameter; - for descending"},
+                            {"name": "_summary", "type": "token", "documentation": "count"}],
+            "operation": [
+                {"name": "ingest", "definition": f"{CANONICAL}/OperationDefinition/ingest",
+                 "documentation": "POST /$ingest multipart (file, site, mapping[, strict, dry_run]): ingest a site export"},
+                {"name": "validate", "definition": "http://hl7.org/fhir/OperationDefinition/Resource-validate"},
+            ],
+        }],
+    }

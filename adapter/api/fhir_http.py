@@ -1,0 +1,98 @@
+"""HTTP pieces of the FHIR REST API (R4 §3.1.0 "RESTful API"): the media type, OperationOutcome
+errors, ETags and bundles. No I/O here."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from email.utils import format_datetime
+from typing import Any
+
+import orjson
+from fastapi import Response
+
+FHIR_JSON = "application/fhir+json"
+
+
+class FHIRResponse(Response):
+    """A JSON response with media type ``application/fhir+json`` (R4 §3.1.0.1.6), serialised by orjson."""
+
+    media_type = FHIR_JSON
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
+
+
+class FHIRError(Exception):
+    """An error answered as an OperationOutcome with an HTTP status (R4 §3.1.0.1.7 / §3.1.0.6).
+
+    ``code`` is an IssueType code (http://hl7.org/fhir/issue-type): ``invalid``, ``not-found``,
+    ``deleted``, ``conflict``, ``not-supported``, ``too-long``, ``processing``, ``exception``…"""
+
+    def __init__(self, status: int, code: str, diagnostics: str, *, issues: list[dict[str, Any]] | None = None,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(diagnostics)
+        self.status, self.code, self.diagnostics = status, code, diagnostics
+        self.issues = issues
+        self.headers = headers or {}
+
+    def outcome(self) -> dict[str, Any]:
+        return operation_outcome(self.code, self.diagnostics, issues=self.issues)
+
+
+def operation_outcome(code: str, diagnostics: str, severity: str = "error",
+                      issues: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """An OperationOutcome with one summary issue, followed by ``issues`` when given."""
+    head = {"severity": severity, "code": code, "diagnostics": diagnostics}
+    return {"resourceType": "OperationOutcome", "issue": [head, *(issues or [])]}
+
+
+def etag(resource: dict[str, Any]) -> str:
+    """Weak ETag of a resource version: ``W/"<versionId>"`` (R4 §3.1.0.3.2)."""
+    return f'W/"{resource.get("meta", {}).get("versionId", "")}"'
+
+
+def parse_if_match(value: str | None) -> int | None:
+    """The version in an ``If-Match`` header (``W/"3"`` or ``"3"``); ``None`` when absent.
+    Raises :class:`FHIRError` (400) when it is not a version."""
+    if value is None:
+        return None
+    v = value.strip()
+    v = v[2:] if v.startswith("W/") else v
+    v = v.strip('"')
+    if not v.isdigit():
+        raise FHIRError(400, "invalid", f"If-Match: '{value}' is not a version ETag such as W/\"3\"")
+    return int(v)
+
+
+def http_date(instant: str) -> str:
+    """An RFC 9110 HTTP-date from a FHIR instant (for ``Last-Modified``)."""
+    return format_datetime(datetime.fromisoformat(instant), usegmt=True)
+
+
+def resource_headers(resource: dict[str, Any], base: str) -> dict[str, str]:
+    """``ETag``, ``Last-Modified`` and ``Location`` of a stored resource version."""
+    meta = resource.get("meta", {})
+    h = {"ETag": etag(resource),
+         "Location": f"{base}/{resource['resourceType']}/{resource['id']}/_history/{meta.get('versionId')}"}
+    if meta.get("lastUpdated"):
+        h["Last-Modified"] = http_date(meta["lastUpdated"])
+    return h
+
+
+def parse_json_body(body: bytes) -> Any:
+    """Decode a request body. Raises :class:`FHIRError` (400) with the parser's message."""
+    if not body:
+        raise FHIRError(400, "invalid", "the request body is empty; a FHIR JSON resource was expected")
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise FHIRError(400, "invalid", f"the request body is not valid JSON: {exc}") from None
+
+
+def require_resource(doc: Any, rtype: str | None = None) -> dict[str, Any]:
+    """Check that ``doc`` is a resource (of ``rtype`` when given). Raises :class:`FHIRError` (400)."""
+    if not isinstance(doc, dict) or not isinstance(doc.get("resourceType"), str):
+        raise FHIRError(400, "invalid", "the body is not a FHIR resource: a JSON object with resourceType was expected")
+    if rtype is not None and doc["resourceType"] != rtype:
+        raise FHIRError(400, "invalid", f"resourceType is {doc['resourceType']!r} but the URL is for {rtype}")
+    return doc
