@@ -55,13 +55,16 @@ def validate(validator: Validator, resource: dict[str, Any]) -> None:
 
 
 def _site_of(tx: Transaction, resource: dict[str, Any]) -> str:
-    """The site (compartment owner) of a resource written through the API: a Patient's managing
-    Organization; otherwise the site of the Patient it is about; otherwise empty."""
+    """The site (compartment owner) of a resource written through the API: for a Patient, its
+    managing Organization when that is a site's Organization; for other resources, the site of the
+    Patient they are about; otherwise empty (no site)."""
     if resource["resourceType"] == "Patient":
         ref = (resource.get("managingOrganization") or {}).get("reference", "")
-        return ref.split("/", 1)[1] if ref.startswith("Organization/") else ""
-    if resource["resourceType"] == "Organization":
-        return str(resource.get("id", ""))
+        if ref.startswith("Organization/"):
+            cur = tx.current("Organization", ref.split("/")[1])
+            if cur is not None and cur[2] == ref.split("/")[1]:
+                return cur[2]
+        return ""
     subject = resource.get("subject") or resource.get("patient") or {}
     ref = subject.get("reference", "") if isinstance(subject, dict) else ""
     if ref.startswith("Patient/"):

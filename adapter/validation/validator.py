@@ -45,7 +45,7 @@ class ValidationIssue:
 
     def to_operation_outcome_issue(self) -> dict[str, Any]:
         return {"severity": "error", "code": "invariant" if self.validator == "profile" else "structure",
-                "diagnostics": f"[{self.validator}] {self.message}", "expression": [self.expression]}
+                "diagnostics": f"[{self.validator}] {self.expression}: {self.message}", "expression": [self.expression]}
 
 
 class R4Schema:
