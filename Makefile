@@ -15,13 +15,15 @@ $(STAMP): $(BIN)/python requirements.txt requirements-dev.txt pyproject.toml
 	$(BIN)/pip install --quiet --no-deps -e .
 	touch $(STAMP)
 
-## make run: create .venv, ingest every example export into the embedded SQLite store, print the summary
+## make run: create .venv, ingest every example export into the embedded SQLite store, print the summary and outcomes, serve
 run: $(STAMP)
 	$(BIN)/adapter init-db
 	$(BIN)/adapter ingest examples/hito/hito_seguimiento_blinatumomab.xlsx --site hito --mapping seguimiento
 	$(BIN)/adapter ingest examples/hito/hito_erm_citometria.csv --site hito --mapping erm_citometria
 	$(BIN)/adapter ingest examples/huanl/huanl_blinatumomab_curso_corto.xlsx --site huanl --mapping curso_corto
 	$(BIN)/adapter summary
+	$(BIN)/adapter outcomes
+	$(BIN)/adapter serve
 
 ## make test: the whole suite (lint, then tests on SQLite and PostgreSQL)
 test: $(STAMP)

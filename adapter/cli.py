@@ -21,7 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from adapter.config import get_settings
-from adapter.errors import AdapterError, IngestRejected, ValidationFailed
+from adapter.errors import AdapterError, ConfigError, IngestRejected, ValidationFailed
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="FHIR R4 adapter for multicenter pediatric leukemia outcome studies.")
@@ -188,6 +188,76 @@ def schema(out: Annotated[Path, typer.Option(help="folder for the JSON Schemas")
 
     for p in write_schemas(out):
         console.print(f"wrote {p}")
+
+
+@app.command()
+def outcomes(
+    site: Annotated[str | None, typer.Option(help="one site; every site and the pooled network when left out")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="table, json or csv")] = "table",
+    stratify: Annotated[str | None, typer.Option(help="survival strata: site, hsct, status or sex")] = None,
+    timepoint: Annotated[float, typer.Option(help="months at which KM estimates are read")] = 36.0,
+) -> None:
+    """Outcome figures (remission, MRD negativity, HSCT, toxicity, deaths, KM OS/RFS) per site and pooled."""
+    from adapter.outcomes import STRATA, build_cohort, outcomes_report
+    from adapter.outcomes.render import to_csv
+
+    if fmt not in ("table", "json", "csv"):
+        _fail(ConfigError(f"--format must be table, json or csv, not {fmt!r}"))
+    if stratify is not None and stratify not in STRATA:
+        _fail(ConfigError(f"--stratify must be one of {', '.join(STRATA)}, not {stratify!r}"))
+    try:
+        store = _store()
+        if site is not None and site not in store.sites():
+            raise ConfigError(f"no data for site {site!r} (sites: {', '.join(store.sites())})")
+        report = outcomes_report(build_cohort(store.iter_resources(site=site)), timepoint, stratify)
+    except AdapterError as exc:
+        _fail(exc)
+    if fmt == "json":
+        sys.stdout.write(json.dumps(report, indent=2) + "\n")
+        return
+    if fmt == "csv":
+        sys.stdout.write(to_csv(report))
+        return
+    _print_outcomes(report)
+
+
+def _fmt_prop(p: dict[str, Any]) -> str:
+    if p.get("rate") is None:
+        return f"{p['count']}/{p['n']}"
+    lo, hi = p["ci95"]
+    return f"{p['count']}/{p['n']} ({p['rate'] * 100:.1f}%, {lo * 100:.1f}–{hi * 100:.1f})"
+
+
+def _fmt_km(k: dict[str, Any]) -> str:
+    if k.get("survival") is None:
+        return "–"
+    lo, hi = k["ci95"]
+    return f"{k['survival'] * 100:.1f}% ({lo * 100:.1f}–{hi * 100:.1f})"
+
+
+def _print_outcomes(report: dict[str, Any]) -> None:
+    groups = [*report["sites"].items(), ("pooled", report["pooled"])]
+    t = Table(title=f"outcomes (KM at {report['timepoint_months']:g} months; 95% CI)")
+    t.add_column("figure")
+    for name, _ in groups:
+        t.add_column(name, justify="right")
+    rows: list[tuple[str, Any]] = [
+        ("patients", lambda f: str(f["n"])),
+        ("CR (CR MRD-neg + MRD clearance)", lambda f: _fmt_prop(f["response"]["cr"])),
+        ("MRD-negative after blinatumomab", lambda f: _fmt_prop(f["response"]["mrd_negative_after"])),
+        ("MRD clearance (MRD+ <1% at start)", lambda f: _fmt_prop(f["response"]["mrd_clearance_among_mrd_positive_below_1_percent"])),
+        ("HSCT", lambda f: _fmt_prop(f["hsct"])),
+        ("CRS any grade", lambda f: _fmt_prop(f["toxicity"]["crs_any"])),
+        ("CRS grade >= 3", lambda f: _fmt_prop(f["toxicity"]["crs_grade_3_plus"])),
+        ("ICANS", lambda f: _fmt_prop(f["toxicity"]["icans_any"])),
+        ("deaths", lambda f: _fmt_prop(f["deaths"])),
+        ("OS", lambda f: _fmt_km(f["survival"]["os"])),
+        ("RFS", lambda f: _fmt_km(f["survival"]["rfs"])),
+        ("median follow-up, reverse KM (months)", lambda f: str(f["follow_up"]["reverse_km_median_months"])),
+    ]
+    for label, fn in rows:
+        t.add_row(label, *(fn(f) for _, f in groups))
+    console.print(t)
 
 
 @app.command()

@@ -17,6 +17,7 @@ from sqlalchemy import create_engine, text
 from adapter.config import Settings
 from adapter.ingest import ingest_file
 from adapter.store import Store
+from tests.server import Server, _post_export
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
@@ -83,3 +84,25 @@ def loaded_store(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPa
     yield s
     for _ in gen:
         pass
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def api(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, settings: Settings) -> Iterator[Server]:
+    """A server on each backend, with every example export posted through ``POST /$ingest``."""
+    if request.param == "sqlite":
+        store = Store(f"sqlite:///{tmp_path_factory.mktemp('api') / 'store.sqlite3'}")
+        store.migrate()
+        gen: Iterator[Store] = iter([store])
+    else:
+        gen = _pg_store()
+    store = next(gen)
+    srv = Server(store, settings.model_copy(update={"max_upload_bytes": 1_000_000}))
+    try:
+        for site, mapping, path in EXAMPLE_FILES:
+            r = _post_export(srv.client, path, site, mapping)
+            assert r.status_code == 200, r.text
+        yield srv
+    finally:
+        srv.stop()
+        for _ in gen:
+            pass

@@ -4,84 +4,20 @@ history, ETag conflicts, transactions, concurrent conditional creates, and bad i
 
 from __future__ import annotations
 
-import socket
-import threading
-import time
 from collections import Counter
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 
-from adapter.api import create_app
-from adapter.config import Settings
-from adapter.store import Store
-from tests.conftest import EXAMPLE_FILES, _pg_store
+from tests.conftest import EXAMPLE_FILES
+from tests.server import Server, _post_export
 
 SD = "https://w3id.org/pedall-fhir/StructureDefinition/"
 CS = "https://w3id.org/pedall-fhir/CodeSystem/"
 FHIR = "application/fhir+json"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """A uvicorn server in a thread, serving one store."""
-
-    def __init__(self, store: Store, settings: Settings) -> None:
-        self.port = _free_port()
-        self.store = store
-        app = create_app(settings, store)
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        deadline = time.monotonic() + 20
-        while not self.server.started:
-            if time.monotonic() > deadline:
-                raise RuntimeError("uvicorn did not start")
-            time.sleep(0.05)
-        self.base = f"http://127.0.0.1:{self.port}"
-        self.client = httpx.Client(base_url=self.base, timeout=60)
-
-    def stop(self) -> None:
-        self.client.close()
-        self.server.should_exit = True
-        self.thread.join(10)
-
-
-@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
-def api(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, settings: Settings) -> Iterator[Server]:
-    """A server on each backend, with every example export posted through ``POST /$ingest``."""
-    if request.param == "sqlite":
-        store = Store(f"sqlite:///{tmp_path_factory.mktemp('api') / 'store.sqlite3'}")
-        store.migrate()
-        gen: Iterator[Store] = iter([store])
-    else:
-        gen = _pg_store()
-    store = next(gen)
-    srv = Server(store, settings.model_copy(update={"max_upload_bytes": 1_000_000}))
-    try:
-        for site, mapping, path in EXAMPLE_FILES:
-            r = _post_export(srv.client, path, site, mapping)
-            assert r.status_code == 200, r.text
-        yield srv
-    finally:
-        srv.stop()
-        for _ in gen:
-            pass
-
-
-def _post_export(client: httpx.Client, path: Path, site: str, mapping: str, **form: str) -> httpx.Response:
-    with path.open("rb") as fh:
-        return client.post("/$ingest", files={"file": (path.name, fh)}, data={"site": site, "mapping": mapping, **form})
 
 
 def _search(api: Server, rtype: str, params: Any) -> dict[str, Any]:

@@ -56,6 +56,9 @@ def create_app(settings: Settings | None = None, store: Store | None = None, val
                   default_response_class=FHIRResponse)
     app.state.settings, app.state.store, app.state.validator = settings, store, validator
     _errors(app)
+    from adapter.api.outcomes_routes import add_outcome_routes
+
+    add_outcome_routes(app, store)  # before the generic /{type} routes
     _routes(app, settings, store, validator)
     return app
 

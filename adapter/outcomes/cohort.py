@@ -1,0 +1,244 @@
+"""Extract the analysis cohort from stored FHIR resources (pure functions, no I/O).
+
+One :class:`PatientCourse` per Patient who received blinatumomab, built only from FHIR elements
+(profiles in ``profiles/``; modelling choices in profiles/README.md):
+
+- start of blinatumomab: earliest ``MedicationAdministration.effectivePeriod.start``;
+- disease status at start: ``pedall-disease-status`` with category ``pre-treatment``;
+- MRD before (no ``partOf``) and after each cycle (``partOf`` → the cycle's infusion), in percent of
+  nucleated cells, with comparator and interpretation (site threshold, seed 000/002);
+- response: ``pedall-response`` when recorded, else derived from the last post-cycle MRD;
+- HSCT: ``pedall-hsct`` Procedure; adverse events with grade (``ae-grade``);
+- relapse/progression: ``pedall-disease-status`` (follow-up) with value relapse/progression, or an
+  AdverseEvent ``relapse``; death: ``Patient.deceasedDateTime`` with the cause from the death
+  AdverseEvent; last follow-up: ``pedall-vital-status.effectiveDateTime``.
+
+Patients are identified by their resource id only (pseudonymous); no name or record number is read.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import date, timedelta
+from typing import Any
+
+SD = "https://w3id.org/pedall-fhir/StructureDefinition/"
+CS = "https://w3id.org/pedall-fhir/CodeSystem/"
+
+
+@dataclass(frozen=True)
+class MRD:
+    """One MRD result: ``value`` in % of nucleated cells, ``comparator`` (``<`` …) or None,
+    ``interpretation`` POS/NEG/IND, and the cycle it follows (None = before blinatumomab)."""
+
+    value: float
+    comparator: str | None
+    interpretation: str
+    cycle: int | None
+    date: date | None
+
+
+@dataclass
+class PatientCourse:
+    """Everything the outcome figures need about one patient (dates as ``datetime.date``)."""
+
+    site: str
+    patient: str
+    gender: str | None = None
+    birth_date: date | None = None
+    diagnosis: date | None = None
+    start: date | None = None
+    cycles: int = 0
+    infusion_days: int = 0
+    outpatient_days: int = 0
+    course_days: list[int] = field(default_factory=list)  # length of each cycle, days
+    stopped: bool = False
+    status_at_start: str | None = None
+    mrd: list[MRD] = field(default_factory=list)
+    response: str | None = None
+    hsct: date | None = None
+    donor: dict[str, str] = field(default_factory=dict)
+    adverse_events: list[tuple[str, int | None]] = field(default_factory=list)  # (term, grade)
+    picu_admissions: int = 0
+    relapse: date | None = None  # first relapse or progression after the start
+    death: date | None = None
+    death_cause: str | None = None
+    death_related_to_blinatumomab: bool = False
+    last_follow_up: date | None = None
+
+    @property
+    def mrd_pre(self) -> MRD | None:
+        return next((m for m in self.mrd if m.cycle is None), None)
+
+    def mrd_after(self, cycle: int | None = None) -> MRD | None:
+        """The MRD after ``cycle`` (default: after the last cycle with a result)."""
+        post = sorted((m for m in self.mrd if m.cycle is not None), key=lambda m: m.cycle or 0)
+        if cycle is None:
+            return post[-1] if post else None
+        return next((m for m in post if m.cycle == cycle), None)
+
+    def age_years(self) -> float | None:
+        """Completed years at the start of blinatumomab (infants: a fraction, months / 12)."""
+        if self.birth_date is None or self.start is None:
+            return None
+        b, s = self.birth_date, self.start
+        years = s.year - b.year - ((s.month, s.day) < (b.month, b.day))
+        if years >= 1:
+            return float(years)
+        months = (s.year - b.year) * 12 + s.month - b.month - (s.day < b.day)
+        return months / 12
+
+    @property
+    def end_of_follow_up(self) -> date | None:
+        return self.death or self.last_follow_up
+
+
+def _d(text: str | None) -> date | None:
+    if not text:
+        return None
+    t = text[:10]
+    if len(t) == 4:
+        return date(int(t), 7, 1)  # year precision: the middle of the year
+    if len(t) == 7:
+        return date(int(t[:4]), int(t[5:7]), 15)
+    return date.fromisoformat(t)
+
+
+def _ext(r: dict[str, Any], name: str) -> Any:
+    for e in r.get("extension", []):
+        if e.get("url") == SD + name:
+            return next((v for k, v in e.items() if k.startswith("value")), None)
+    return None
+
+
+def _code(cc: Any, system_suffix: str) -> str | None:
+    if not isinstance(cc, dict):
+        return None
+    return next((c.get("code") for c in cc.get("coding", []) if str(c.get("system", "")).endswith(system_suffix)), None)
+
+
+def _profile(r: dict[str, Any]) -> str:
+    return next((p[len(SD):] for p in r.get("meta", {}).get("profile", []) if p.startswith(SD)), "")
+
+
+def _subject(r: dict[str, Any]) -> str | None:
+    ref = (r.get("subject") or r.get("patient") or {}).get("reference", "")
+    return ref.split("/", 1)[1] if ref.startswith("Patient/") else None
+
+
+def build_cohort(resources: Iterable[dict[str, Any]]) -> list[PatientCourse]:
+    """Patient courses of everyone with at least one blinatumomab infusion, in (site, id) order.
+    ``resources`` is any iterable of FHIR R4 resources (e.g. a site's stored resources)."""
+    by_patient: dict[str, dict[str, list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
+    patients: dict[str, dict[str, Any]] = {}
+    for r in resources:
+        if r.get("resourceType") == "Patient":
+            patients[r["id"]] = r
+        elif (pid := _subject(r)) is not None:
+            by_patient[pid][r["resourceType"]].append(r)
+    out = []
+    for pid, pat in patients.items():
+        course = _course(pat, by_patient.get(pid, {}))
+        if course.start is not None:
+            out.append(course)
+    return sorted(out, key=lambda c: (c.site, c.patient))
+
+
+def _course(pat: dict[str, Any], res: dict[str, list[dict[str, Any]]]) -> PatientCourse:  # noqa: C901
+    org = (pat.get("managingOrganization") or {}).get("reference", "")
+    c = PatientCourse(site=org.split("/", 1)[1] if "/" in org else "", patient=pat["id"], gender=pat.get("gender"),
+                      birth_date=_d(pat.get("birthDate")), death=_d(pat.get("deceasedDateTime")))
+    cycle_of: dict[str, int] = {}
+    days: set[date] = set()
+    outpatient: set[date] = set()
+    for ma in res.get("MedicationAdministration", []):
+        cycle = _ext(ma, "treatment-cycle")
+        cycle_of[ma["id"]] = cycle
+        p = ma.get("effectivePeriod") or {}
+        s, e = _d(p.get("start")), _d(p.get("end")) or _d(p.get("start"))
+        if s is None or e is None:
+            continue
+        c.start = s if c.start is None or s < c.start else c.start
+        c.cycles = max(c.cycles, cycle or 0)
+        c.stopped = c.stopped or ma.get("status") == "stopped"
+        span = {s + timedelta(days=i) for i in range((e - s).days + 1)}
+        days |= span
+        setting = ((ma.get("category") or {}).get("coding") or [{}])[0].get("code")
+        if setting == "outpatient":
+            outpatient |= span
+    # course length per cycle: the union of its dose steps
+    per_cycle: dict[int, set[date]] = defaultdict(set)
+    for ma in res.get("MedicationAdministration", []):
+        p = ma.get("effectivePeriod") or {}
+        s, e = _d(p.get("start")), _d(p.get("end")) or _d(p.get("start"))
+        if s and e:
+            per_cycle[cycle_of[ma["id"]] or 0] |= {s + timedelta(days=i) for i in range((e - s).days + 1)}
+    c.course_days = [len(v) for _, v in sorted(per_cycle.items())]
+    c.infusion_days, c.outpatient_days = len(days), len(outpatient)
+    for o in res.get("Observation", []):
+        prof = _profile(o)
+        when = _d(o.get("effectiveDateTime"))
+        if prof == "pedall-mrd" and "valueQuantity" in o:
+            q = o["valueQuantity"]
+            part = (o.get("partOf") or [{}])[0].get("reference", "")
+            cycle = cycle_of.get(part.split("/", 1)[1]) if part else None
+            if part and cycle is None:
+                cycle = _ext(o, "treatment-cycle")
+            interp = _code((o.get("interpretation") or [{}])[0], "v3-ObservationInterpretation") or "IND"
+            c.mrd.append(MRD(float(q["value"]), q.get("comparator"), interp, cycle, when))
+        elif prof == "pedall-disease-status":
+            status = _code(o.get("valueCodeableConcept"), "disease-status")
+            point = _code((o.get("category") or [{}])[0], "assessment-timepoint")
+            if point == "pre-treatment":
+                c.status_at_start = status
+            elif status in ("relapse", "relapse-1", "relapse-2", "relapse-3", "progression") and when is not None:
+                if c.start is None or when >= c.start:
+                    c.relapse = when if c.relapse is None or when < c.relapse else c.relapse
+        elif prof == "pedall-response":
+            c.response = _code(o.get("valueCodeableConcept"), "blinatumomab-response")
+        elif prof == "pedall-vital-status" and when is not None:
+            c.last_follow_up = when if c.last_follow_up is None or when > c.last_follow_up else c.last_follow_up
+    for p in res.get("Procedure", []):
+        if _profile(p) == "pedall-hsct" and p.get("status") == "completed":
+            c.hsct = _d(p.get("performedDateTime"))
+            c.donor = {k: v for k, v in {
+                "hla_match": _code(_ext(p, "hsct-hla-match"), "hla-match"),
+                "donor_type": _code(_ext(p, "hsct-donor-type"), "hsct-donor-type"),
+                "stem_cell_source": _code((p.get("usedCode") or [{}])[0], "stem-cell-source"),
+            }.items() if v}
+    for ae in res.get("AdverseEvent", []):
+        term = _code(ae.get("event"), "adverse-event-term")
+        if term == "death":
+            c.death = c.death or _d(ae.get("date"))
+            c.death_cause = _code(_ext(ae, "cause-of-death"), "adverse-event-term")
+            c.death_related_to_blinatumomab = bool(ae.get("suspectEntity"))
+        elif term == "relapse":
+            when = _d(ae.get("date"))
+            if when and (c.relapse is None or when < c.relapse):
+                c.relapse = when
+        elif term:
+            c.adverse_events.append((term, _ext(ae, "ae-grade")))
+    c.picu_admissions = sum(1 for e in res.get("Encounter", []) if _code((e.get("type") or [{}])[0], "encounter-type") == "picu-admission")
+    for cond in res.get("Condition", []):
+        if _profile(cond) == "pedall-diagnosis":
+            c.diagnosis = _d(cond.get("onsetDateTime"))
+    if c.response is None:
+        c.response = _derived_response(c)
+    return c
+
+
+def _derived_response(c: PatientCourse) -> str | None:
+    """Response when no response Observation is recorded (HITO): MRD-negative after the last cycle
+    (site threshold) is CR with MRD negativity (seed 002 definition, hematologic recovery not
+    recorded) or MRD clearance when the pre-treatment burden was below 1 %; a ≥ 1-log reduction that
+    stays detectable is PR; otherwise PD. None when there is no post-cycle MRD."""
+    last, pre = c.mrd_after(), c.mrd_pre
+    if last is None:
+        return None
+    if last.interpretation == "NEG":
+        return "mrd-clearance" if pre is not None and pre.value < 1 and pre.interpretation == "POS" else "cr-mrd-negative"
+    if pre is not None and last.value <= pre.value / 10:
+        return "pr"
+    return "pd"

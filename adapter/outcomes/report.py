@@ -1,0 +1,258 @@
+"""Outcome figures per site and pooled, from :class:`~adapter.outcomes.cohort.PatientCourse` lists
+(pure; the store and the API do the I/O).
+
+Definitions (REFERENCE.md §8 and the seed papers):
+- **OS**: start of blinatumomab → death from any cause, censored at the last follow-up (seed 002).
+- **RFS** (also reported by seed 000 as DFS, and by the API as EFS when asked): start of blinatumomab
+  → relapse, progression or death, censored at the last follow-up (seed 002; progression counts,
+  examples/huanl/EXPECTED.md C12).
+- **MRD negativity**: below 0.01 % (10⁻⁴); a value of exactly 0.01 % follows the site's declaration
+  (profiles/README.md choice 2); ``after_last_strict`` / ``after_last_inclusive`` give both readings.
+- **CR**: CR with MRD negativity or MRD clearance (seed 002 TABLE 4); **MRD clearance**: MRD-negative
+  after blinatumomab among patients who started MRD-positive with < 1 % blasts (seed 002).
+- **Median follow-up**: reverse Kaplan–Meier from the start of blinatumomab, and the plain median
+  from diagnosis to last contact or death (the reading of seed 002, EXPECTED.md C10).
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+from adapter.outcomes.cohort import PatientCourse
+from adapter.outcomes.stats import DAYS_PER_MONTH, SurvivalData, km_at, logrank, proportion, reverse_km_median
+
+DEFINITIONS = {
+    "os": {"name": "Overall survival", "origin": "start of blinatumomab", "events": ["death from any cause"],
+           "censoring": "last follow-up", "source": "seed 002; REFERENCE.md §8"},
+    "rfs": {"name": "Relapse-free survival (EFS/DFS as used by seeds 000 and 002)", "origin": "start of blinatumomab",
+            "events": ["relapse", "progression", "death from any cause"], "censoring": "last follow-up",
+            "source": "seed 002; REFERENCE.md §8; examples/huanl/EXPECTED.md C12"},
+    "mrd_negative": {"threshold_percent": 0.01, "source": "seeds 000 and 002",
+                     "equal_to_threshold": "per site declaration (mappings/<site>/site.yaml)"},
+    "follow_up": {"reverse_km": "reverse Kaplan-Meier from the start of blinatumomab (Schemper & Smith 1996)",
+                  "from_diagnosis": "median of diagnosis to last contact or death (seed 002, EXPECTED.md C10)"},
+    "time_unit": "months = days / 30.4375",
+}
+
+RESPONSES = ("cr-mrd-negative", "mrd-clearance", "pr", "pd")
+STRATA: dict[str, Callable[[PatientCourse], str]] = {
+    "site": lambda c: c.site,
+    "hsct": lambda c: "hsct" if c.hsct else "no-hsct",
+    "status": lambda c: _status_group(c.status_at_start),
+    "sex": lambda c: c.gender or "unknown",
+}
+
+
+def _status_group(s: str | None) -> str:
+    if s == "refractory":
+        return "refractory"
+    if s in ("relapse-1", "relapse"):
+        return "first-relapse" if s == "relapse-1" else "relapse"
+    if s in ("relapse-2", "relapse-3"):
+        return "later-relapse"
+    return "unknown"
+
+
+def _months(a: Any, b: Any) -> float:
+    return (b - a).days / DAYS_PER_MONTH
+
+
+def survival_data(cohort: list[PatientCourse], endpoint: str) -> SurvivalData:
+    """Durations (months) and events for ``os`` or ``rfs``; patients without an end of follow-up
+    are left out (counted in ``missing_follow_up``)."""
+    durations, events = [], []
+    for c in cohort:
+        end = c.end_of_follow_up
+        if c.start is None or end is None:
+            continue
+        if endpoint == "os":
+            event, when = c.death is not None, c.death or end
+        else:
+            first = min(d for d in (c.relapse, c.death) if d is not None) if (c.relapse or c.death) else None
+            event, when = first is not None, first or end
+        durations.append(max(_months(c.start, when), 0.0))
+        events.append(int(event))
+    return SurvivalData(durations, events)
+
+
+def _summary(values: list[float]) -> dict[str, Any]:
+    if not values:
+        return {"n": 0}
+    out = {"n": len(values), "mean": round(statistics.fmean(values), 2), "median": round(statistics.median(values), 2),
+           "min": round(min(values), 2), "max": round(max(values), 2)}
+    if len(values) > 1:
+        out["sd"] = round(statistics.stdev(values), 2)
+    return out
+
+
+def _mrd_figures(cohort: list[PatientCourse]) -> dict[str, Any]:
+    pre = [c.mrd_pre for c in cohort]
+    last = [c.mrd_after() for c in cohort]
+    c1 = [c.mrd_after(1) for c in cohort]
+
+    def strict(m: Any) -> bool:  # below 0.01 %: "<0.01" or a value under 0.01
+        return m is not None and (m.value < 0.01 or (m.comparator == "<" and m.value <= 0.01))
+
+    def inclusive(m: Any) -> bool:  # at most 0.01 %
+        return m is not None and m.value <= 0.01
+
+    def negative(m: Any) -> bool:
+        return m is not None and m.interpretation == "NEG"
+
+    with_pre = sum(m is not None for m in pre)
+    with_last = sum(m is not None for m in last)
+    with_c1 = sum(m is not None for m in c1)
+    return {  # denominators: patients with that MRD result recorded
+        "pre_positive": proportion(sum(m is not None and m.interpretation == "POS" for m in pre), with_pre),
+        "pre_above_1_percent": proportion(sum(m is not None and m.value > 1 for m in pre), with_pre),
+        "after_last_negative": proportion(sum(negative(m) for m in last), with_last),
+        "after_last_strict": proportion(sum(strict(m) for m in last), with_last),
+        "after_last_inclusive": proportion(sum(inclusive(m) for m in last), with_last),
+        "after_cycle1_strict": proportion(sum(strict(m) for m in c1), with_c1),
+        "after_cycle1_inclusive": proportion(sum(inclusive(m) for m in c1), with_c1),
+    }
+
+
+def _mrd_negative_after(c: PatientCourse) -> bool:
+    """MRD-negative after blinatumomab: the last post-cycle MRD is NEG, or, when no post-cycle
+    value is recorded, the recorded response implies it (CR with MRD negativity, MRD clearance)."""
+    last = c.mrd_after()
+    if last is not None:
+        return last.interpretation == "NEG"
+    return c.response in ("cr-mrd-negative", "mrd-clearance")
+
+
+def _response_figures(cohort: list[PatientCourse]) -> dict[str, Any]:
+    n = len(cohort)
+    counts = Counter(c.response or "not-assessed" for c in cohort)
+    high = [c for c in cohort if (m := c.mrd_pre) is not None and m.value > 1]
+    low_pos = [c for c in cohort if (m := c.mrd_pre) is not None and m.value <= 1 and m.interpretation == "POS"]
+    by_status: dict[str, Any] = {}
+    for group in sorted({_status_group(c.status_at_start) for c in cohort}):
+        members = [c for c in cohort if _status_group(c.status_at_start) == group]
+        by_status[group] = {"n": len(members), **{r: sum(c.response == r for c in members) for r in RESPONSES},
+                            "cr": proportion(sum(c.response in ("cr-mrd-negative", "mrd-clearance") for c in members), len(members))}
+    return {
+        "counts": {r: counts.get(r, 0) for r in (*RESPONSES, "not-assessed")},
+        "cr": proportion(sum(c.response in ("cr-mrd-negative", "mrd-clearance") for c in cohort), n),
+        "mrd_negative_after": proportion(sum(_mrd_negative_after(c) for c in cohort), n),
+        "cr_mrd_negative_among_above_1_percent": proportion(sum(_mrd_negative_after(c) for c in high), len(high)),
+        "pr_among_above_1_percent": proportion(sum(c.response == "pr" for c in high), len(high)),
+        "pd_among_above_1_percent": proportion(sum(c.response == "pd" for c in high), len(high)),
+        "mrd_clearance_among_mrd_positive_below_1_percent": proportion(sum(_mrd_negative_after(c) for c in low_pos), len(low_pos)),
+        "by_status_at_start": by_status,
+    }
+
+
+def _toxicity(cohort: list[PatientCourse]) -> dict[str, Any]:
+    n = len(cohort)
+
+    def worst(c: PatientCourse, term: str) -> int | None:
+        grades = [g or 0 for t, g in c.adverse_events if t == term]
+        return max(grades) if grades else None
+
+    crs = [worst(c, "crs") for c in cohort]
+    icans = [worst(c, "icans") for c in cohort]
+    by_grade = Counter(g for g in crs if g is not None)
+    terms = Counter(t for c in cohort for t in {t for t, _ in c.adverse_events})
+    return {
+        "crs_any": proportion(sum(g is not None for g in crs), n),
+        "crs_grade_3_plus": proportion(sum(g is not None and g >= 3 for g in crs), n),
+        "crs_by_worst_grade": {str(g): by_grade[g] for g in sorted(by_grade)},
+        "icans_any": proportion(sum(g is not None for g in icans), n),
+        "icans_grade_3_plus": proportion(sum(g is not None and g >= 3 for g in icans), n),
+        "patients_with_event": dict(sorted(terms.items())),
+        "picu_admissions": sum(c.picu_admissions for c in cohort),
+        "patients_admitted_to_picu": sum(c.picu_admissions > 0 for c in cohort),
+    }
+
+
+def _exposure(cohort: list[PatientCourse]) -> dict[str, Any]:
+    cycles = Counter(c.cycles for c in cohort)
+    days = sum(c.infusion_days for c in cohort)
+    out_days = sum(c.outpatient_days for c in cohort)
+    return {
+        "cycles_total": sum(c.cycles for c in cohort),
+        "patients_by_cycles": {str(k): cycles[k] for k in sorted(cycles)},
+        "cycles_per_patient": _summary([float(c.cycles) for c in cohort]),
+        "infusion_days": days,
+        "outpatient_infusion_days": out_days,
+        "outpatient_share": round(out_days / days, 4) if days else None,
+        "entirely_outpatient": proportion(sum(c.infusion_days > 0 and c.outpatient_days == c.infusion_days for c in cohort),
+                                          len(cohort)),
+        "course_days": _summary([float(d) for c in cohort for d in c.course_days]),
+        "stopped_early": sum(c.stopped for c in cohort),
+    }
+
+
+def _survival(cohort: list[PatientCourse], timepoint: float, stratify: str | None) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for endpoint in ("os", "rfs"):
+        data = survival_data(cohort, endpoint)
+        fig = {"definition": DEFINITIONS[endpoint], **km_at(data, timepoint)}
+        if stratify:
+            key = STRATA[stratify]
+            groups = {g: survival_data([c for c in cohort if key(c) == g], endpoint) for g in sorted({key(c) for c in cohort})}
+            fig["strata"] = {g: km_at(d, timepoint) for g, d in groups.items()}
+            fig["logrank"] = logrank(groups)
+        out[endpoint] = fig
+    return out
+
+
+def _follow_up(cohort: list[PatientCourse]) -> dict[str, Any]:
+    os_data = survival_data(cohort, "os")
+    alive = [_months(c.start, c.last_follow_up) for c in cohort if c.death is None and c.start and c.last_follow_up]
+    from_dx = [_months(c.diagnosis, c.end_of_follow_up) for c in cohort if c.diagnosis and c.end_of_follow_up]
+    return {
+        "reverse_km_median_months": reverse_km_median(os_data),
+        "survivors_from_start_months": _summary(alive),
+        "from_diagnosis_months": _summary(from_dx),
+    }
+
+
+def group_figures(cohort: list[PatientCourse], timepoint: float = 36.0, stratify: str | None = None) -> dict[str, Any]:
+    """Every figure for one group of patients (a site, or the pooled network)."""
+    n = len(cohort)
+    deaths = [c for c in cohort if c.death]
+    ages = [a for c in cohort if (a := c.age_years()) is not None]
+    return {
+        "n": n,
+        "sex": dict(sorted(Counter(c.gender or "unknown" for c in cohort).items())),
+        "age_years": {**_summary(ages), "infants_under_1": sum(a < 1 for a in ages)},
+        "status_at_start": dict(sorted(Counter(_status_group(c.status_at_start) for c in cohort).items())),
+        "exposure": _exposure(cohort),
+        "mrd": _mrd_figures(cohort),
+        "response": _response_figures(cohort),
+        "hsct": {**proportion(sum(c.hsct is not None for c in cohort), n),
+                 "hla_match": dict(sorted(Counter(c.donor.get("hla_match", "unknown") for c in cohort if c.hsct).items())),
+                 "stem_cell_source": dict(sorted(Counter(c.donor.get("stem_cell_source", "unknown") for c in cohort if c.hsct).items()))},
+        "toxicity": _toxicity(cohort),
+        "deaths": {**proportion(len(deaths), n),
+                   "causes": dict(sorted(Counter(c.death_cause or "unknown" for c in deaths).items())),
+                   "related_to_blinatumomab": sum(c.death_related_to_blinatumomab for c in deaths),
+                   "after_hsct": sum(bool(c.hsct and c.death and c.death >= c.hsct) for c in deaths)},
+        "relapse_or_progression": proportion(sum(c.relapse is not None for c in cohort), n),
+        "survival": _survival(cohort, timepoint, stratify),
+        "follow_up": _follow_up(cohort),
+    }
+
+
+def outcomes_report(cohort: list[PatientCourse], timepoint: float = 36.0, stratify: str | None = None,
+                    site: str | None = None) -> dict[str, Any]:
+    """``{definitions, timepoint_months, sites: {site: figures}, pooled: figures}``. Raises
+    ``ValueError`` for an unknown ``stratify`` key (one of :data:`STRATA`)."""
+    if stratify is not None and stratify not in STRATA:
+        raise ValueError(f"stratify must be one of {', '.join(STRATA)}, not {stratify!r}")
+    if site is not None:
+        cohort = [c for c in cohort if c.site == site]
+    sites = sorted({c.site for c in cohort})
+    return {
+        "definitions": DEFINITIONS,
+        "timepoint_months": timepoint,
+        "stratify": stratify,
+        "sites": {s: group_figures([c for c in cohort if c.site == s], timepoint, stratify) for s in sites},
+        "pooled": group_figures(cohort, timepoint, stratify),
+    }

@@ -1,0 +1,161 @@
+"""The outcomes facade reproduces the figures of examples/*/EXPECTED.md, computed through the API
+(a real uvicorn server, on SQLite and PostgreSQL) from the FHIR resources posted as exports."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from adapter.cli import app as cli
+from tests.server import Server
+
+TOL = 0.001  # EXPECTED.md gives percentages to one decimal
+
+
+def _outcomes(api: Server, **params: Any) -> dict[str, Any]:
+    r = api.client.get("/outcomes", params=params)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def _p(fig: dict[str, Any]) -> tuple[int, int]:
+    return fig["count"], fig["n"]
+
+
+def test_hito_figures(api: Server) -> None:
+    f = _outcomes(api, site="hito")["sites"]["hito"]
+    # A2
+    assert f["n"] == 9
+    assert f["sex"] == {"female": 5, "male": 4}
+    age = f["age_years"]
+    assert (age["mean"], age["sd"], age["median"], age["min"], age["max"]) == (10.22, 4.68, 10.0, 1.0, 17.0)
+    ex = f["exposure"]
+    assert ex["patients_by_cycles"] == {"1": 4, "2": 2, "3": 3} and ex["cycles_total"] == 17
+    mrd = f["mrd"]
+    assert _p(mrd["pre_positive"]) == (8, 9)  # HITO reads exactly 0.01 % as negative
+    assert _p(mrd["after_last_strict"]) == (6, 9) and _p(mrd["after_last_inclusive"]) == (9, 9)
+    assert _p(mrd["after_cycle1_strict"]) == (4, 9) and _p(mrd["after_cycle1_inclusive"]) == (6, 9)
+    assert f["status_at_start"] == {"refractory": 4, "relapse": 5}
+    assert _p(f["hsct"]) == (9, 9) and f["hsct"]["hla_match"] == {"haploidentical": 7, "identical": 2}
+    assert f["hsct"]["stem_cell_source"] == {"bone-marrow": 1, "pbsc": 8}
+    # A3
+    tox = f["toxicity"]
+    assert _p(tox["crs_any"]) == (3, 9) and tox["crs_by_worst_grade"] == {"1": 1, "2": 2}
+    assert tox["picu_admissions"] == 2
+    assert _p(f["deaths"]) == (4, 9) and f["deaths"]["related_to_blinatumomab"] == 0
+    assert f["deaths"]["causes"] == {"hemorrhagic-syndrome": 1, "pjp-pneumonia": 2, "septic-shock": 1}
+    # A4: KM at 36 months from cycle-1 start
+    assert f["survival"]["os"]["survival"] == pytest.approx(0.556, abs=TOL)
+    assert f["survival"]["rfs"]["survival"] == pytest.approx(0.556, abs=TOL)
+    assert f["survival"]["os"]["definition"]["origin"] == "start of blinatumomab"
+    # B: survivors last seen 40.5 … 48.8 months after cycle-1 start
+    fu = f["follow_up"]["survivors_from_start_months"]
+    assert (fu["min"], fu["max"]) == pytest.approx((40.5, 48.8), abs=0.05)
+    assert f["follow_up"]["reverse_km_median_months"] == pytest.approx(44.8, abs=0.1)
+    # every interval contains its estimate
+    lo, hi = f["survival"]["os"]["ci95"]
+    assert lo < f["survival"]["os"]["survival"] < hi
+
+
+def test_huanl_figures(api: Server) -> None:
+    f = _outcomes(api, site="huanl", stratify="hsct")["sites"]["huanl"]
+    assert f["n"] == 12 and f["sex"] == {"female": 4, "male": 8}
+    assert f["age_years"]["median"] == 4.5 and f["age_years"]["infants_under_1"] == 3
+    assert f["age_years"]["min"] == pytest.approx(7 / 12, abs=0.01) and f["age_years"]["max"] == 15
+    assert f["status_at_start"] == {"first-relapse": 7, "later-relapse": 2, "refractory": 3}
+    assert _p(f["mrd"]["pre_above_1_percent"]) == (8, 12)
+    cd = f["exposure"]["course_days"]
+    assert (cd["median"], cd["min"], cd["max"]) == (20, 11, 21)
+    assert _p(f["exposure"]["entirely_outpatient"]) == (9, 12)
+    assert f["toxicity"]["patients_with_event"]["neutropenia"] == 3
+    r = f["response"]
+    assert r["counts"] == {"cr-mrd-negative": 5, "mrd-clearance": 4, "pr": 1, "pd": 2, "not-assessed": 0}
+    assert _p(r["mrd_negative_after"]) == (9, 12)
+    assert _p(r["cr_mrd_negative_among_above_1_percent"]) == (5, 8)
+    assert _p(r["pr_among_above_1_percent"]) == (1, 8) and _p(r["pd_among_above_1_percent"]) == (2, 8)
+    assert _p(r["mrd_clearance_among_mrd_positive_below_1_percent"]) == (4, 4)
+    assert _p(f["hsct"]) == (10, 12) and f["hsct"]["hla_match"] == {"haploidentical": 10}
+    assert _p(f["toxicity"]["crs_any"]) == (4, 12) and f["toxicity"]["crs_by_worst_grade"] == {"1": 3, "2": 1}
+    assert _p(f["deaths"]) == (5, 12)
+    # A3: KM at 36 months from the start of blinatumomab
+    s = f["survival"]
+    assert s["os"]["survival"] == pytest.approx(0.533, abs=TOL)
+    assert s["rfs"]["survival"] == pytest.approx(0.438, abs=TOL)
+    assert s["rfs"]["strata"]["hsct"]["survival"] == pytest.approx(0.525, abs=TOL)
+    assert s["rfs"]["strata"]["no-hsct"]["survival"] == pytest.approx(0.0, abs=TOL)
+    assert s["rfs"]["logrank"]["strata"] == ["hsct", "no-hsct"] and 0 <= s["rfs"]["logrank"]["p"] < 0.05
+    assert "progression" in s["rfs"]["definition"]["events"]
+    # A2: median follow-up, diagnosis to last contact or death: 33 (10-76) months
+    dx = f["follow_up"]["from_diagnosis_months"]
+    assert (dx["median"], dx["min"], dx["max"]) == pytest.approx((33.0, 10.0, 76.0), abs=0.05)
+    # B: from the start among the 7 survivors: median 33.0 (10.1-65.1); the reverse KM agrees
+    alive = f["follow_up"]["survivors_from_start_months"]
+    assert alive["n"] == 7
+    assert (alive["median"], alive["min"], alive["max"]) == pytest.approx((33.0, 10.1, 65.1), abs=0.05)
+    assert f["follow_up"]["reverse_km_median_months"] == pytest.approx(33.0, abs=0.05)
+
+
+def test_pooled_is_the_union_of_sites(api: Server) -> None:
+    rep = _outcomes(api, stratify="site")
+    assert set(rep["sites"]) == {"hito", "huanl"}
+    pooled = rep["pooled"]
+    assert pooled["n"] == 21 and _p(pooled["hsct"]) == (19, 21) and _p(pooled["deaths"]) == (9, 21)
+    assert set(pooled["survival"]["os"]["strata"]) == {"hito", "huanl"}
+    for site in ("hito", "huanl"):
+        assert pooled["survival"]["os"]["strata"][site]["survival"] == rep["sites"][site]["survival"]["os"]["survival"]
+
+
+def test_csv_and_plots(api: Server) -> None:
+    r = api.client.get("/outcomes.csv", params={"site": "huanl"})
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/csv")
+    rows = list(csv.DictReader(io.StringIO(r.text)))
+    hsct = next(x for x in rows if x["group"] == "huanl" and x["figure"] == "hsct")
+    assert (hsct["count"], hsct["n"]) == ("10", "12")
+    os_row = next(x for x in rows if x["group"] == "huanl" and x["figure"] == "survival.os")
+    assert float(os_row["value"]) == pytest.approx(0.533, abs=TOL)
+    png = api.client.get("/outcomes/km.png", params={"endpoint": "rfs", "stratify": "hsct"})
+    assert png.status_code == 200 and png.headers["content-type"] == "image/png" and png.content[:4] == b"\x89PNG"
+    svg = api.client.get("/outcomes/km.svg", params={"site": "hito"})
+    assert svg.status_code == 200 and b"<svg" in svg.content and b"At risk" in svg.content
+
+
+@pytest.mark.parametrize(("url", "status"), [
+    ("/outcomes?site=nowhere", 404), ("/outcomes?stratify=colour", 400), ("/outcomes?timepoint=-3", 400),
+    ("/outcomes?timepoint=soon", 400), ("/outcomes/km.gif", 404), ("/outcomes/km.png?endpoint=pfs", 400),
+])
+def test_outcomes_bad_input(api: Server, url: str, status: int) -> None:
+    r = api.client.get(url)
+    assert r.status_code == status and r.json()["resourceType"] == "OperationOutcome"
+
+
+def test_outcomes_reveal_no_identity(api: Server) -> None:
+    """Coordinator-facing output: no record number, name or resource id of any patient."""
+    text = api.client.get("/outcomes", params={"stratify": "site"}).text + api.client.get("/outcomes.csv").text
+    for p in api.store.iter_resources("Patient"):
+        assert p["id"] not in text
+        for ident in p.get("identifier", []):
+            assert ident["value"] not in text
+
+
+def test_cli_outcomes(api: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    from adapter.config import get_settings
+
+    monkeypatch.setenv("ADAPTER_DATABASE_URL", api.store.url)
+    get_settings.cache_clear()
+    try:
+        runner = CliRunner()
+        table = runner.invoke(cli, ["outcomes"])
+        assert table.exit_code == 0, table.output
+        assert "53.3%" in table.output and "55.6%" in table.output
+        out = runner.invoke(cli, ["outcomes", "--site", "huanl", "--format", "json"])
+        assert out.exit_code == 0
+        assert json.loads(out.output)["sites"]["huanl"]["survival"]["rfs"]["survival"] == pytest.approx(0.438, abs=TOL)
+        bad = runner.invoke(cli, ["outcomes", "--format", "xml"])
+        assert bad.exit_code == 2
+    finally:
+        get_settings.cache_clear()
