@@ -104,6 +104,9 @@ VALUESETS["infusion-setting"] = [{"system": MAC, "concept": [
     {"code": "community", "display": "Community"}]}]
 
 EXTENSIONS = {  # id: (title, value type, context, value set or None)
+    "measure-score-ci": ("95 % confidence interval of a measure score (Wilson for proportions, "
+                         "exponential Greenwood for Kaplan-Meier)", "Range",
+                         ["MeasureReport.group", "MeasureReport.group.stratifier.stratum"], None),
     "treatment-cycle": ("Blinatumomab cycle number", "integer",
                         ["MedicationAdministration", "Observation", "AdverseEvent"], None),
     "ae-grade": ("Adverse event grade (0-5)", "integer", ["AdverseEvent"], None),
@@ -284,6 +287,49 @@ def examples() -> dict[str, list[dict[str, Any]]]:
     return out
 
 
+#: Measures evaluated by GET /Measure/{id}/$evaluate-measure (adapter/outcomes/measure.py). Each
+#: group's id names the figure of the outcomes report it carries (group_path).
+MEASURE_GROUPS = {
+    "blinatumomab-outcomes": ("Response, MRD, HSCT, toxicity and deaths after blinatumomab", "proportion", [
+        ("cr", "CR (CR with MRD negativity or MRD clearance; seed 002)", "response.cr"),
+        ("mrd-negative-after", "MRD < 0.01 % after blinatumomab (site threshold)", "response.mrd_negative_after"),
+        ("mrd-clearance", "MRD clearance among MRD-positive patients with < 1 % blasts", "response.mrd_clearance_among_mrd_positive_below_1_percent"),
+        ("hsct", "Proceeded to HSCT", "hsct"),
+        ("crs-any", "CRS, any grade", "toxicity.crs_any"),
+        ("crs-grade-3-plus", "CRS grade 3 or more", "toxicity.crs_grade_3_plus"),
+        ("icans-any", "ICANS, any grade", "toxicity.icans_any"),
+        ("death", "Deaths, any cause", "deaths"),
+    ]),
+    "blinatumomab-survival": ("Kaplan-Meier survival from the start of blinatumomab", "cohort", [
+        ("os", "Overall survival (REFERENCE.md section 8)", "survival.os"),
+        ("rfs", "Relapse-free survival: relapse, progression or death (seed 002)", "survival.rfs"),
+    ]),
+}
+
+
+def measure(mid: str, title: str, scoring: str, groups: list[tuple[str, str, str]]) -> dict[str, Any]:
+    return {"resourceType": "Measure", "id": mid, "url": f"{CANONICAL}/Measure/{mid}", "version": "0.1.0",
+            "name": "".join(p.capitalize() for p in mid.split("-")), "title": title, "status": "draft",
+            "subjectCodeableConcept": {"coding": [{"system": "http://hl7.org/fhir/resource-types", "code": "Patient"}]},
+            "scoring": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/measure-scoring", "code": scoring}]},
+            "type": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/measure-type", "code": "outcome"}]}],
+            "description": f"{title}. Computed from stored FHIR resources by adapter/outcomes; per site as "
+                           "stratifier 'site', pooled as the group score.",
+            "group": [{"id": gid, "description": desc, "code": {"text": path},
+                       "population": [{"code": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/measure-population",
+                                                            "code": code}]},
+                                       "criteria": {"language": "text/fhirpath", "description": text, "expression": expr}}
+                                      for code, text, expr in (
+                                          ("initial-population", "patients who started blinatumomab",
+                                           "MedicationAdministration.where(medication.coding.code = '1597258').subject"),
+                                          *((("denominator", "patients assessable for the figure", "%initial-population"),
+                                             ("numerator", f"patients with the outcome ({path})", "%denominator"))
+                                            if scoring == "proportion" else ()))],
+                       "stratifier": [{"code": {"text": "site"}, "criteria": {
+                           "language": "text/fhirpath", "expression": "Patient.managingOrganization.reference"}}]}
+                      for gid, desc, path in groups]}
+
+
 def build() -> dict[Path, str]:
     files: dict[Path, Any] = {}
     for pid, (rtype, title, elements) in PROFILES.items():
@@ -294,6 +340,8 @@ def build() -> dict[Path, str]:
         files[HERE / f"CodeSystem-{name}.json"] = codesystem(name, title, concepts)
     for name, include in VALUESETS.items():
         files[HERE / f"ValueSet-{name}.json"] = valueset(name, include)
+    for mid, (title, scoring, groups) in MEASURE_GROUPS.items():
+        files[HERE / f"Measure-{mid}.json"] = measure(mid, title, scoring, groups)
     for pid, resources in examples().items():
         for n, res in enumerate(resources, start=1):
             files[HERE / "examples" / f"{pid}-{n}.json"] = res

@@ -159,3 +159,59 @@ def test_cli_outcomes(api: Server, monkeypatch: pytest.MonkeyPatch) -> None:
         assert bad.exit_code == 2
     finally:
         get_settings.cache_clear()
+
+
+def _group(report: dict[str, Any], gid: str) -> dict[str, Any]:
+    return next(g for g in report["group"] if g["id"] == gid)
+
+
+def _count(pops: list[dict[str, Any]], code: str) -> int:
+    return next(p["count"] for p in pops if p["code"]["coding"][0]["code"] == code)
+
+
+def _stratum(group: dict[str, Any], site: str) -> dict[str, Any]:
+    return next(s for s in group["stratifier"][0]["stratum"] if s["value"]["text"] == site)
+
+
+def test_evaluate_measure_carries_the_same_figures(api: Server) -> None:
+    from adapter.validation import get_validator
+    from adapter.validation.validator import model_errors
+
+    surv = api.client.get("/Measure/blinatumomab-survival/$evaluate-measure")
+    assert surv.status_code == 200 and surv.headers["content-type"].startswith("application/fhir+json")
+    mr = surv.json()
+    # a MeasureReport is not one of our profiled resources: the R4 schema and the R4B model apply
+    assert get_validator().schema.errors(mr, reference=True) == [] and model_errors(mr) == []
+    assert mr["measure"].endswith("/Measure/blinatumomab-survival") and mr["type"] == "summary"
+    os_group = _group(mr, "os")
+    assert _count(os_group["population"], "initial-population") == 21
+    assert _stratum(os_group, "hito")["measureScore"]["value"] == pytest.approx(0.556, abs=TOL)
+    assert _stratum(os_group, "huanl")["measureScore"]["value"] == pytest.approx(0.533, abs=TOL)
+    assert _stratum(_group(mr, "rfs"), "huanl")["measureScore"]["value"] == pytest.approx(0.438, abs=TOL)
+    pooled = _outcomes(api)["pooled"]
+    assert os_group["measureScore"]["value"] == pooled["survival"]["os"]["survival"]
+    ci = os_group["extension"][0]["valueRange"]
+    assert [ci["low"]["value"], ci["high"]["value"]] == pooled["survival"]["os"]["ci95"]
+
+    rates = api.client.get("/Measure/blinatumomab-outcomes/$evaluate-measure").json()
+    hsct = _group(rates, "hsct")
+    assert (_count(hsct["population"], "numerator"), _count(hsct["population"], "denominator")) == (19, 21)
+    hu = _stratum(hsct, "huanl")
+    assert (_count(hu["population"], "numerator"), _count(hu["population"], "denominator")) == (10, 12)
+    clearance = _stratum(_group(rates, "mrd-clearance"), "huanl")
+    assert (_count(clearance["population"], "numerator"), _count(clearance["population"], "denominator")) == (4, 4)
+    # the period selects patients by the start of blinatumomab: HITO started 2019-2020, HUANL 2020-2024
+    later = api.client.get("/Measure/blinatumomab-outcomes/$evaluate-measure", params={"periodStart": "2021-01-01"}).json()
+    assert _count(_group(later, "hsct")["population"], "initial-population") == 11  # HUANL but row 7 (2020)
+    assert later["period"]["start"] == "2021-01-01"
+    measure = api.client.get("/Measure/blinatumomab-outcomes").json()
+    assert {g["id"] for g in measure["group"]} == {g["id"] for g in rates["group"]}
+
+
+@pytest.mark.parametrize(("url", "status"), [
+    ("/Measure/nothing/$evaluate-measure", 404), ("/Measure/nothing", 404),
+    ("/Measure/blinatumomab-outcomes/$evaluate-measure?periodStart=last-year", 400),
+])
+def test_evaluate_measure_bad_input(api: Server, url: str, status: int) -> None:
+    r = api.client.get(url)
+    assert r.status_code == status and r.json()["resourceType"] == "OperationOutcome"

@@ -58,7 +58,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None, val
     _errors(app)
     from adapter.api.outcomes_routes import add_outcome_routes
 
-    add_outcome_routes(app, store)  # before the generic /{type} routes
+    add_outcome_routes(app, store, settings)  # before the generic /{type} routes
     _routes(app, settings, store, validator)
     return app
 

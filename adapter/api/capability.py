@@ -59,6 +59,10 @@ def capability_statement(base: str, profiles_dir: Path) -> dict[str, Any]:
         if rtype == "Patient":
             entry["operation"] = [{"name": "everything", "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything"}]
         resources.append(entry)
+    resources.append({"type": "Measure", "profile": "http://hl7.org/fhir/StructureDefinition/Measure",
+                      "interaction": [{"code": "read"}],
+                      "operation": [{"name": "evaluate-measure",
+                                     "definition": "http://hl7.org/fhir/OperationDefinition/Measure-evaluate-measure"}]})
     return {
         "resourceType": "CapabilityStatement",
         "status": "active",

@@ -1,5 +1,7 @@
-"""The outcomes facade over HTTP: ``GET /outcomes`` (JSON), ``GET /outcomes.csv`` and
-``GET /outcomes/km.{png,svg}`` (Kaplan–Meier plots). Figures are computed from the stored FHIR
+"""The outcomes facade over HTTP: ``GET /outcomes`` (JSON), ``GET /outcomes.csv``,
+``GET /outcomes/km.{png,svg}`` (Kaplan–Meier plots), and ``GET /Measure/{id}/$evaluate-measure``
+(FHIR MeasureReport; R4 §Measure "$evaluate-measure", with ``periodStart``/``periodEnd`` selecting
+patients by the start of blinatumomab). Figures are computed from the stored FHIR
 resources on each request (adapter/outcomes)."""
 
 from __future__ import annotations
@@ -9,11 +11,15 @@ from typing import Annotated
 from fastapi import FastAPI, Query
 from fastapi.responses import JSONResponse, Response
 
-from adapter.api.fhir_http import FHIRError
+from adapter.api.fhir_http import FHIRError, FHIRResponse
+from adapter.config import Settings
 from adapter.outcomes import STRATA, build_cohort, outcomes_report
 from adapter.outcomes.cohort import PatientCourse
+from adapter.outcomes.measure import load_measures, measure_report
 from adapter.outcomes.render import km_plot, to_csv
+from adapter.search.params import date_range
 from adapter.store import Store
+from adapter.store.db import now_instant
 
 Site = Annotated[str | None, Query(description="one site's code; all sites (and pooled) when left out", max_length=32)]
 Stratify = Annotated[str | None, Query(description=f"survival strata and log-rank test: one of {', '.join(STRATA)}")]
@@ -32,7 +38,7 @@ def _stratify(stratify: str | None) -> str | None:
     return stratify
 
 
-def add_outcome_routes(app: FastAPI, store: Store) -> None:
+def add_outcome_routes(app: FastAPI, store: Store, settings: Settings) -> None:
     """Register the outcomes endpoints on ``app``."""
 
     @app.get("/outcomes", response_class=JSONResponse, summary="Outcome figures per site and pooled (JSON)")
@@ -45,6 +51,36 @@ def add_outcome_routes(app: FastAPI, store: Store) -> None:
         report = outcomes_report(_cohort(store, site), timepoint, _stratify(stratify))
         return Response(to_csv(report), media_type="text/csv; charset=utf-8",
                         headers={"Content-Disposition": 'attachment; filename="outcomes.csv"'})
+
+    @app.get("/Measure/{mid}", summary="Read one of our Measures (profiles/Measure-*.json)")
+    def read_measure(mid: str) -> FHIRResponse:
+        m = load_measures(str(settings.profiles_dir)).get(mid)
+        if m is None:
+            raise FHIRError(404, "not-found", f"Measure/{mid} is not known (Measures: {', '.join(load_measures(str(settings.profiles_dir)))})")
+        return FHIRResponse(m)
+
+    @app.get("/Measure/{mid}/$evaluate-measure", summary="MeasureReport of the outcome figures (per site and pooled)")
+    def evaluate_measure(mid: str, periodStart: Annotated[str | None, Query()] = None,  # noqa: N803 (FHIR names)
+                         periodEnd: Annotated[str | None, Query()] = None, site: Site = None,  # noqa: N803
+                         timepoint: Timepoint = 36.0) -> FHIRResponse:
+        m = load_measures(str(settings.profiles_dir)).get(mid)
+        if m is None:
+            raise FHIRError(404, "not-found", f"Measure/{mid} is not known")
+        for name, value in (("periodStart", periodStart), ("periodEnd", periodEnd)):
+            if value is not None:
+                try:
+                    date_range(value)
+                except ValueError:
+                    raise FHIRError(400, "invalid", f"{name}: '{value}' is not a FHIR date") from None
+        cohort = _cohort(store, site)
+        if periodStart or periodEnd:  # patients whose blinatumomab started in the period
+            lo = date_range(periodStart)[0][:10] if periodStart else "0001-01-01"
+            hi = date_range(periodEnd)[1][:10] if periodEnd else "9999-12-31"
+            cohort = [c for c in cohort if c.start is not None and lo <= c.start.isoformat() <= hi]
+        starts = sorted(c.start.isoformat() for c in cohort if c.start is not None)
+        period = (periodStart or (starts[0] if starts else "0001-01-01"), periodEnd or (starts[-1] if starts else "9999-12-31"))
+        report = outcomes_report(cohort, timepoint)
+        return FHIRResponse(measure_report(m, report, period, now_instant()))
 
     @app.get("/outcomes/km.{fmt}", response_class=Response, summary="Kaplan-Meier plot (png or svg)")
     def km(fmt: str, endpoint: Annotated[str, Query(pattern="^(os|rfs)$")] = "os", site: Site = None,

@@ -21,7 +21,7 @@ def proportion(k: int, n: int) -> dict[str, Any]:
     from scipy.stats import binomtest
 
     ci = binomtest(k, n).proportion_ci(confidence_level=0.95, method="wilson")
-    return {"count": k, "n": n, "rate": round(k / n, 4), "ci95": [round(ci.low, 4), round(ci.high, 4)]}
+    return {"count": k, "n": n, "rate": round(k / n, 4), "ci95": [round(float(ci.low), 4), round(float(ci.high), 4)]}
 
 
 @dataclass(frozen=True)
