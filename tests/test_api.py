@@ -304,6 +304,10 @@ def test_ingest_errors(api: Server, tmp_path: Path) -> None:
     site, mapping, path = EXAMPLE_FILES[1]
     r = _post_export(api.client, path, "nowhere", mapping)
     assert r.status_code == 400 and "nowhere" in r.json()["issue"][0]["diagnostics"]
+    r = _post_export(api.client, path, "../hito", mapping)  # a name can never leave mappings/
+    assert r.status_code == 400 and "not valid" in r.json()["issue"][0]["diagnostics"]
+    r = _post_export(api.client, path, site, "../huanl/curso_corto")
+    assert r.status_code == 400 and "not valid" in r.json()["issue"][0]["diagnostics"]
     r = _post_export(api.client, path, site, "no_such_mapping")
     assert r.status_code == 400 and "no_such_mapping" in r.json()["issue"][0]["diagnostics"]
     big = tmp_path / "big.csv"

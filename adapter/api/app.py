@@ -56,11 +56,41 @@ def create_app(settings: Settings | None = None, store: Store | None = None, val
                   default_response_class=FHIRResponse)
     app.state.settings, app.state.store, app.state.validator = settings, store, validator
     _errors(app)
+    _openapi(app)
     from adapter.api.outcomes_routes import add_outcome_routes
 
     add_outcome_routes(app, store, settings)  # before the generic /{type} routes
     _routes(app, settings, store, validator)
     return app
+
+
+_RESOURCE_SCHEMA = {"type": "object", "required": ["resourceType"], "properties": {"resourceType": {"type": "string"}}}
+_OUTCOME_SCHEMA = {"type": "object", "required": ["resourceType", "issue"],
+                   "properties": {"resourceType": {"const": "OperationOutcome"}, "issue": {"type": "array", "minItems": 1}}}
+
+
+def _openapi(app: FastAPI) -> None:
+    """Document FHIR bodies as JSON objects with a ``resourceType`` (FastAPI would call them
+    strings), and every error as an OperationOutcome."""
+    from fastapi.openapi.utils import get_openapi
+
+    def build() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        doc = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+        for ops in doc["paths"].values():
+            for op in ops.values():
+                for resp in op.get("responses", {}).values():
+                    content = resp.get("content", {})
+                    if "application/fhir+json" in content:
+                        content["application/fhir+json"]["schema"] = _RESOURCE_SCHEMA
+                op["responses"]["4XX"] = {"description": "OperationOutcome",
+                                          "content": {"application/fhir+json": {"schema": _OUTCOME_SCHEMA}}}
+                op["responses"].pop("422", None)
+        app.openapi_schema = doc
+        return doc
+
+    app.openapi = build  # type: ignore[method-assign]
 
 
 def _base(request: Request, settings: Settings) -> str:

@@ -8,6 +8,7 @@ tables that do not exist.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -119,8 +120,19 @@ def _model(model: type[BaseModel], data: Any, path: Path) -> Any:
 # ----------------------------------------------------------------------------------------- loaders
 
 
+_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
+
+
+def _check_name(kind: str, value: str) -> None:
+    """Site and mapping names are folder and file names: lower-case letters, digits, ``_`` and ``-``
+    (at most 32), so that a name from a request can never leave ``mappings/``."""
+    if not _NAME.match(value):
+        raise ConfigError(f"{kind} name {value[:40]!r} is not valid (lower-case letters, digits, _ and -, at most 32)")
+
+
 def load_site(site: str, mappings_dir: Path) -> SiteSpec:
     """Load ``<mappings_dir>/<site>/site.yaml``. Raises ConfigError / MappingSpecError."""
+    _check_name("site", site)
     path = mappings_dir / site / "site.yaml"
     if not path.is_file():
         known = sorted(p.parent.name for p in mappings_dir.glob("*/site.yaml"))
@@ -170,6 +182,8 @@ def load_mapping(site: str, name: str, mappings_dir: Path) -> LoadedMapping:
         ConfigError: unknown site or mapping name (the message lists the known ones).
         MappingSpecError: any problem in the file, naming the file and the key path.
     """
+    _check_name("site", site)
+    _check_name("mapping", name)
     site_spec = load_site(site, mappings_dir)
     path = mappings_dir / site / f"{name}.yaml"
     if name == "site" or not path.is_file():
