@@ -4,6 +4,7 @@ history, ETag conflicts, transactions, concurrent conditional creates, and bad i
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -342,3 +343,22 @@ def test_capability_statement_tells_the_truth(api: Server) -> None:
         value = {"token": "x", "reference": "Patient/x", "date": "2020", "quantity": "1", "string": "x"}[
             next(p["type"] for p in obs["searchParam"] if p["name"] == name)]
         assert api.client.get("/Observation", params={name: value}).status_code == 200, name
+
+
+def test_access_log_never_holds_a_record_number(api: Server, caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    patient = _stored(api, "Patient")[0]
+    mrn = patient["identifier"][0]["value"]
+    access = logging.getLogger("uvicorn.access")
+    old = access.level
+    access.setLevel(logging.INFO)
+    try:
+        with caplog.at_level(logging.INFO, logger="uvicorn.access"):
+            assert api.client.get("/Patient", params={"identifier": mrn}).status_code == 200
+            time.sleep(0.2)
+    finally:
+        access.setLevel(old)
+    lines = [r.getMessage() for r in caplog.records if r.name == "uvicorn.access"]
+    assert lines and all(mrn not in line for line in lines)
+    assert any("GET /Patient?" in line for line in lines)

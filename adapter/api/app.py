@@ -44,6 +44,17 @@ log = logging.getLogger("adapter.api")
 SERVED = tuple(sorted(PARAMS))
 
 
+class _NoQueryInAccessLog(logging.Filter):
+    """Drop the query string from uvicorn's access log lines: search parameters can hold local
+    identifiers (``identifier=…|014240``), and record numbers never go to logs."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and len(args) >= 3 and isinstance(args[2], str) and "?" in args[2]:
+            record.args = (*args[:2], args[2].split("?", 1)[0] + "?…", *args[3:])
+        return True
+
+
 def create_app(settings: Settings | None = None, store: Store | None = None, validator: Validator | None = None) -> FastAPI:
     """Build the service. ``store`` defaults to the configured database (migrated on start)."""
     settings = settings or get_settings()
@@ -55,6 +66,9 @@ def create_app(settings: Settings | None = None, store: Store | None = None, val
                   description="FHIR R4 adapter for multicenter pediatric leukemia outcome studies",
                   default_response_class=FHIRResponse)
     app.state.settings, app.state.store, app.state.validator = settings, store, validator
+    access = logging.getLogger("uvicorn.access")
+    if not any(isinstance(f, _NoQueryInAccessLog) for f in access.filters):
+        access.addFilter(_NoQueryInAccessLog())
     _errors(app)
     _openapi(app)
     from adapter.api.outcomes_routes import add_outcome_routes
