@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -55,54 +56,48 @@ def _pg_store() -> Iterator[Store]:
         admin.dispose()
 
 
+@contextmanager
+def _store_on(backend: str, folder: Path) -> Iterator[Store]:
+    """An empty, migrated store: an SQLite file in ``folder``, or a PostgreSQL database created
+    for it and dropped afterwards."""
+    if backend == "sqlite":
+        s = Store(f"sqlite:///{folder / 'store.sqlite3'}")
+        s.migrate()
+        try:
+            yield s
+        finally:
+            s.engine.dispose()
+    else:
+        yield from _pg_store()
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
     """An empty, migrated store on each backend."""
-    if request.param == "sqlite":
-        s = Store(f"sqlite:///{tmp_path / 'store.sqlite3'}")
-        s.migrate()
+    with _store_on(request.param, tmp_path) as s:
         yield s
-        s.engine.dispose()
-    else:
-        yield from _pg_store()
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
 def loaded_store(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
                  settings: Settings) -> Iterator[Store]:
     """A store (each backend) holding every example export, ingested once per test module."""
-    if request.param == "sqlite":
-        s = Store(f"sqlite:///{tmp_path_factory.mktemp('loaded') / 'store.sqlite3'}")
-        s.migrate()
-        gen: Iterator[Store] = iter([s])
-    else:
-        gen = _pg_store()
-    s = next(gen)
-    for site, mapping, path in EXAMPLE_FILES:
-        report = ingest_file(path, site, mapping, s, settings=settings)
-        assert report.rows_rejected == 0, report.operation_outcome()
-    yield s
-    for _ in gen:
-        pass
+    with _store_on(request.param, tmp_path_factory.mktemp("loaded")) as s:
+        for site, mapping, path in EXAMPLE_FILES:
+            report = ingest_file(path, site, mapping, s, settings=settings)
+            assert report.rows_rejected == 0, report.operation_outcome()
+        yield s
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
 def api(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, settings: Settings) -> Iterator[Server]:
     """A server on each backend, with every example export posted through ``POST /$ingest``."""
-    if request.param == "sqlite":
-        store = Store(f"sqlite:///{tmp_path_factory.mktemp('api') / 'store.sqlite3'}")
-        store.migrate()
-        gen: Iterator[Store] = iter([store])
-    else:
-        gen = _pg_store()
-    store = next(gen)
-    srv = Server(store, settings.model_copy(update={"max_upload_bytes": 1_000_000}))
-    try:
-        for site, mapping, path in EXAMPLE_FILES:
-            r = _post_export(srv.client, path, site, mapping)
-            assert r.status_code == 200, r.text
-        yield srv
-    finally:
-        srv.stop()
-        for _ in gen:
-            pass
+    with _store_on(request.param, tmp_path_factory.mktemp("api")) as store:
+        srv = Server(store, settings.model_copy(update={"max_upload_bytes": 1_000_000}))
+        try:
+            for site, mapping, path in EXAMPLE_FILES:
+                r = _post_export(srv.client, path, site, mapping)
+                assert r.status_code == 200, r.text
+            yield srv
+        finally:
+            srv.stop()
