@@ -19,7 +19,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 from adapter.config import CANONICAL  # noqa: E402
-from adapter.mapping import adverse_event, disease, hsct, infusion, mrd, patient  # noqa: E402
+from adapter.mapping import adverse_event, disease, dispense, hsct, infusion, mrd, patient  # noqa: E402
 from adapter.mapping.base import SiteContext  # noqa: E402
 from adapter.mapping.fhir import CS, SD  # noqa: E402
 from adapter.mapping.transforms import Concept, MRDValue  # noqa: E402
@@ -108,7 +108,9 @@ EXTENSIONS = {  # id: (title, value type, context, value set or None)
                          "exponential Greenwood for Kaplan-Meier)", "Range",
                          ["MeasureReport.group", "MeasureReport.group.stratifier.stratum"], None),
     "treatment-cycle": ("Blinatumomab cycle number", "integer",
-                        ["MedicationAdministration", "Observation", "AdverseEvent"], None),
+                        ["MedicationAdministration", "MedicationDispense", "Observation", "AdverseEvent"], None),
+    "standard-course-quantity": ("Vials a standard 28-day course would need (seed 002 TABLE 2)", "Quantity",
+                                 ["MedicationDispense"], None),
     "ae-grade": ("Adverse event grade (0-5)", "integer", ["AdverseEvent"], None),
     "ae-grading-system": ("Grading system of the grade", "CodeableConcept", ["AdverseEvent"], "grading-system"),
     "cause-of-death": ("Cause of death", "CodeableConcept", ["AdverseEvent"], "adverse-event-term"),
@@ -182,6 +184,15 @@ PROFILES: dict[str, tuple[str, str, list[dict[str, Any]]]] = {
         el("MedicationAdministration.effectivePeriod.start", min=1), el("MedicationAdministration.dosage", min=1),
         el("MedicationAdministration.dosage.rateQuantity.system", fixedUri="http://unitsofmeasure.org"),
         el("MedicationAdministration.dosage.rateQuantity.code", fixedCode="ug/m2/d")]),
+    "pedall-blinatumomab-dispense": ("MedicationDispense", "Blinatumomab vials used for one cycle", [
+        ext_slicing("MedicationDispense"), ext_slice("MedicationDispense", "treatment-cycle", 1),
+        ext_slice("MedicationDispense", "standard-course-quantity"),
+        el("MedicationDispense.medication[x]", min=1, type=[{"code": "CodeableConcept"}]),
+        pattern("MedicationDispense.medicationCodeableConcept", "http://www.nlm.nih.gov/research/umls/rxnorm", "1597258"),
+        el("MedicationDispense.subject", min=1), el("MedicationDispense.quantity", min=1),
+        el("MedicationDispense.quantity.value", min=1),
+        el("MedicationDispense.quantity.system", min=1, fixedUri="http://unitsofmeasure.org"),
+        el("MedicationDispense.quantity.code", min=1, fixedCode="{vial}")]),
     "pedall-adverse-event": ("AdverseEvent", "An adverse event (CRS, ICANS, infection, death...) with its grade", [
         ext_slicing("AdverseEvent"), ext_slice("AdverseEvent", "ae-grade"), ext_slice("AdverseEvent", "ae-grading-system"),
         ext_slice("AdverseEvent", "treatment-cycle"), ext_slice("AdverseEvent", "cause-of-death"),
@@ -212,7 +223,7 @@ def structure_definition(pid: str, rtype: str, title: str, elements: list[dict[s
 
 
 def extension_definition(eid: str, title: str, vtype: str, contexts: list[str], vs: str | None) -> dict[str, Any]:
-    value = {"id": f"Extension.value[x]", "path": "Extension.value[x]", "min": 1, "type": [{"code": vtype}]}
+    value = {"id": "Extension.value[x]", "path": "Extension.value[x]", "min": 1, "type": [{"code": vtype}]}
     if vs:
         value["binding"] = {"strength": "required", "valueSet": VS + vs}
     return {"resourceType": "StructureDefinition", "id": eid, "url": SD + eid, "version": "0.1.0",
@@ -255,6 +266,8 @@ def examples() -> dict[str, list[dict[str, Any]]]:
             patient="X0001", cycle=1, start=date(2020, 2, 1), end=date(2020, 2, 28), dose_rate=Decimal(5),
             escalated_dose_rate=Decimal(15), escalation_day=8,
             setting=Concept("http://terminology.hl7.org/CodeSystem/medication-admin-category", "outpatient")), site),
+        "pedall-blinatumomab-dispense": dispense.to_medication_dispense(dispense.DispenseInput(
+            patient="X0001", cycle=1, quantity=6, standard_course_quantity=10, whenHandedOver=date(2020, 2, 1)), site),
         "pedall-adverse-event": adverse_event.to_adverse_event(adverse_event.AdverseEventInput(
             patient="X0001", date=date(2020, 2, 2), event=c("adverse-event-term", "crs", "Cytokine release syndrome"),
             grade=2, grading_system=c("grading-system", "astct-2019"), related=True, cycle=1,

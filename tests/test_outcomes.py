@@ -100,6 +100,28 @@ def test_huanl_figures(api: Server) -> None:
     assert f["follow_up"]["reverse_km_median_months"] == pytest.approx(33.0, abs=0.05)
 
 
+def test_huanl_vials_and_drug_cost(api: Server) -> None:
+    """A2: 75 vials used against 132 for standard 28-day courses (57 fewer, 43.2 %); 75 x 35,000 MXN
+    = 142,663 USD at 18.4 MXN/USD against 251,087 USD (EXPECTED.md C8), from MedicationDispense."""
+    v = _outcomes(api, site="huanl")["sites"]["huanl"]["exposure"]["vials"]
+    assert v["patients_with_record"] == 12
+    assert (v["used"]["total"], v["used"]["median"], v["used"]["min"], v["used"]["max"]) == (75, 5.5, 3, 16)
+    std = v["standard_course"]
+    assert (std["total"], std["median"], std["min"], std["max"]) == (132, 9, 7, 25)
+    assert v["saved"] == 57 and round(v["saving_share"] * 100, 1) == 43.2
+    assert v["cost"]["by_currency"]["MXN"] == {"used": 2_625_000, "standard_course": 4_620_000}
+    usd = v["cost"]["usd"]
+    assert round(usd["used"]) == 142_663 and round(usd["standard_course"]) == 251_087
+    assert round(usd["saving_share"] * 100, 1) == 43.2
+    # the vials are stored FHIR: one MedicationDispense per patient, searchable like any resource
+    bundle = api.client.get("/MedicationDispense", params={"_summary": "count"}).json()
+    assert bundle["total"] >= 12
+    # HITO records no vials: no figure is invented for it, and the pooled cost is HUANL's alone
+    rep = _outcomes(api)
+    assert rep["sites"]["hito"]["exposure"]["vials"] == {"patients_with_record": 0}
+    assert rep["pooled"]["exposure"]["vials"]["cost"]["usd"] == usd
+
+
 def test_pooled_is_the_union_of_sites(api: Server) -> None:
     rep = _outcomes(api, stratify="site")
     assert set(rep["sites"]) == {"hito", "huanl"}

@@ -3,6 +3,7 @@
 from adapter.mapping import (  # noqa: F401  (registration side effects)
     adverse_event,
     disease,
+    dispense,
     hsct,
     infusion,
     mrd,

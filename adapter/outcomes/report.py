@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import statistics
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from adapter.outcomes.cohort import PatientCourse
 from adapter.outcomes.stats import DAYS_PER_MONTH, SurvivalData, km_at, logrank, proportion, reverse_km_median
+from adapter.spec.models import DrugCost
 
 DEFINITIONS = {
     "os": {"name": "Overall survival", "origin": "start of blinatumomab", "events": ["death from any cause"],
@@ -170,7 +171,51 @@ def _toxicity(cohort: list[PatientCourse]) -> dict[str, Any]:
     }
 
 
-def _exposure(cohort: list[PatientCourse]) -> dict[str, Any]:
+def _vials(cohort: list[PatientCourse], drug_costs: Mapping[str, DrugCost]) -> dict[str, Any]:
+    """Vials used against a standard 28-day course, and their cost (seed 002 TABLE 2 and Methods):
+    totals over the patients with a dispense record; the saving compares only patients with both
+    counts. Cost per site in its own currency, and in US dollars at the site's declared rate; the
+    pooled cost is the sum in US dollars over priced sites."""
+    recorded = [c for c in cohort if c.vials_used is not None]
+    out: dict[str, Any] = {"patients_with_record": len(recorded)}
+    if not recorded:
+        return out
+    used = [c.vials_used or 0 for c in recorded]
+    out["used"] = {"total": sum(used), **_summary([float(v) for v in used])}
+    both = [c for c in recorded if c.vials_standard_course is not None]
+    if both:
+        std = [c.vials_standard_course or 0 for c in both]
+        saved = sum(std) - sum(c.vials_used or 0 for c in both)
+        out["standard_course"] = {"total": sum(std), **_summary([float(v) for v in std])}
+        out["saved"] = saved
+        out["saving_share"] = round(saved / sum(std), 4) if sum(std) else None
+    sites = sorted({c.site for c in recorded})
+    priced = [s for s in sites if s in drug_costs]
+    if priced:
+        by_currency: dict[str, dict[str, float]] = {}
+        usd = {"used": 0.0, "standard_course": 0.0}
+        for s in priced:
+            cost = drug_costs[s]
+            site_used = sum(c.vials_used or 0 for c in recorded if c.site == s) * cost.price_per_vial
+            site_std = sum(c.vials_standard_course or 0 for c in both if c.site == s) * cost.price_per_vial
+            cur = by_currency.setdefault(cost.currency, {"used": 0.0, "standard_course": 0.0})
+            cur["used"] += site_used
+            cur["standard_course"] += site_std
+            usd["used"] += site_used / cost.per_usd
+            usd["standard_course"] += site_std / cost.per_usd
+        out["cost"] = {
+            "by_currency": {k: {n: round(v, 2) for n, v in cur.items()} for k, cur in sorted(by_currency.items())},
+            "usd": {"used": round(usd["used"], 2), "standard_course": round(usd["standard_course"], 2),
+                    "saving": round(usd["standard_course"] - usd["used"], 2),
+                    "saving_share": round(1 - usd["used"] / usd["standard_course"], 4) if usd["standard_course"] else None},
+            "price_per_vial": {s: {"value": drug_costs[s].price_per_vial, "currency": drug_costs[s].currency,
+                                   "per_usd": drug_costs[s].per_usd, "source": drug_costs[s].source} for s in priced},
+            "sites_unpriced": [s for s in sites if s not in drug_costs],
+        }
+    return out
+
+
+def _exposure(cohort: list[PatientCourse], drug_costs: Mapping[str, DrugCost]) -> dict[str, Any]:
     cycles = Counter(c.cycles for c in cohort)
     days = sum(c.infusion_days for c in cohort)
     out_days = sum(c.outpatient_days for c in cohort)
@@ -185,6 +230,7 @@ def _exposure(cohort: list[PatientCourse]) -> dict[str, Any]:
                                           len(cohort)),
         "course_days": _summary([float(d) for c in cohort for d in c.course_days]),
         "stopped_early": sum(c.stopped for c in cohort),
+        "vials": _vials(cohort, drug_costs),
     }
 
 
@@ -213,8 +259,10 @@ def _follow_up(cohort: list[PatientCourse]) -> dict[str, Any]:
     }
 
 
-def group_figures(cohort: list[PatientCourse], timepoint: float = 36.0, stratify: str | None = None) -> dict[str, Any]:
-    """Every figure for one group of patients (a site, or the pooled network)."""
+def group_figures(cohort: list[PatientCourse], timepoint: float = 36.0, stratify: str | None = None,
+                  drug_costs: Mapping[str, DrugCost] | None = None) -> dict[str, Any]:
+    """Every figure for one group of patients (a site, or the pooled network). ``drug_costs`` maps a
+    site code to its declared vial price (``site.yaml`` ``drug_cost``)."""
     n = len(cohort)
     deaths = [c for c in cohort if c.death]
     ages = [a for c in cohort if (a := c.age_years()) is not None]
@@ -223,7 +271,7 @@ def group_figures(cohort: list[PatientCourse], timepoint: float = 36.0, stratify
         "sex": dict(sorted(Counter(c.gender or "unknown" for c in cohort).items())),
         "age_years": {**_summary(ages), "infants_under_1": sum(a < 1 for a in ages)},
         "status_at_start": dict(sorted(Counter(_status_group(c.status_at_start) for c in cohort).items())),
-        "exposure": _exposure(cohort),
+        "exposure": _exposure(cohort, drug_costs or {}),
         "mrd": _mrd_figures(cohort),
         "response": _response_figures(cohort),
         "hsct": {**proportion(sum(c.hsct is not None for c in cohort), n),
@@ -241,7 +289,7 @@ def group_figures(cohort: list[PatientCourse], timepoint: float = 36.0, stratify
 
 
 def outcomes_report(cohort: list[PatientCourse], timepoint: float = 36.0, stratify: str | None = None,
-                    site: str | None = None) -> dict[str, Any]:
+                    site: str | None = None, drug_costs: Mapping[str, DrugCost] | None = None) -> dict[str, Any]:
     """``{definitions, timepoint_months, sites: {site: figures}, pooled: figures}``. Raises
     ``ValueError`` for an unknown ``stratify`` key (one of :data:`STRATA`)."""
     if stratify is not None and stratify not in STRATA:
@@ -253,6 +301,6 @@ def outcomes_report(cohort: list[PatientCourse], timepoint: float = 36.0, strati
         "definitions": DEFINITIONS,
         "timepoint_months": timepoint,
         "stratify": stratify,
-        "sites": {s: group_figures([c for c in cohort if c.site == s], timepoint, stratify) for s in sites},
-        "pooled": group_figures(cohort, timepoint, stratify),
+        "sites": {s: group_figures([c for c in cohort if c.site == s], timepoint, stratify, drug_costs) for s in sites},
+        "pooled": group_figures(cohort, timepoint, stratify, drug_costs),
     }

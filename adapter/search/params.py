@@ -116,6 +116,12 @@ PARAMS: dict[str, dict[str, SearchParam]] = {t: {p.name: p for p in ps} for t, p
         _p("status", "token", "status"),
         _p("part-of", "reference", "partOf"),
     ],
+    "MedicationDispense": [
+        *_SUBJECT,
+        _p("code", "token", "medicationCodeableConcept"),
+        _p("status", "token", "status"),
+        _p("whenhandedover", "date", "whenHandedOver"),
+    ],
     "AdverseEvent": [
         *_SUBJECT,
         _p("event", "token", "event"),

@@ -22,7 +22,7 @@ from adapter.errors import ConfigError, MappingSpecError
 from adapter.mapping.base import Concept as ConceptDef
 from adapter.mapping.base import SiteContext, get_concept
 from adapter.mapping.transforms import CodeTable, Concept, TransformContext, check_arguments, get_transform
-from adapter.spec.models import CodeTableSpec, FieldSpec, MappingSpec, SiteSpec, When
+from adapter.spec.models import CodeTableSpec, DrugCost, FieldSpec, MappingSpec, SiteSpec, When
 
 # ------------------------------------------------------------------------------------- compiled form
 
@@ -141,6 +141,17 @@ def load_site(site: str, mappings_dir: Path) -> SiteSpec:
     if spec.site != site:
         raise MappingSpecError(str(path), "site", f"is {spec.site!r} but the folder is {site!r}")
     return spec
+
+
+def load_drug_costs(mappings_dir: Path) -> dict[str, DrugCost]:
+    """``{site: DrugCost}`` for every site whose ``site.yaml`` declares a ``drug_cost`` (the vial
+    price used by the outcomes report). Raises MappingSpecError for an invalid site file."""
+    costs = {}
+    for path in sorted(mappings_dir.glob("*/site.yaml")):
+        spec = load_site(path.parent.name, mappings_dir)
+        if spec.drug_cost is not None:
+            costs[spec.site] = spec.drug_cost
+    return costs
 
 
 def load_code_table(path: Path) -> CodeTable:

@@ -30,6 +30,19 @@ class MRDPolicy(_Strict):
     at_threshold: Literal["negative", "positive"]
 
 
+class DrugCost(_Strict):
+    """What a vial of blinatumomab costs the site, for the drug-cost figures of the outcomes report.
+
+    ``price_per_vial`` in ``currency`` (ISO 4217); ``per_usd`` is the exchange rate the site's
+    study used, in ``currency`` per US dollar (seed 002 Methods: 35,000 MXN per vial, 18.4 MXN/USD).
+    """
+
+    price_per_vial: float = Field(gt=0)
+    currency: str = Field(pattern=r"^[A-Z]{3}$", description="ISO 4217 code")
+    per_usd: float = Field(gt=0, description="units of currency per US dollar")
+    source: str = Field(description="where the price and rate come from")
+
+
 class SiteSpec(_Strict):
     """A participating hospital (``mappings/<site>/site.yaml``)."""
 
@@ -38,6 +51,7 @@ class SiteSpec(_Strict):
     country: str = Field(pattern=r"^[A-Z]{2}$", description="ISO 3166-1 alpha-2")
     source: str = Field(description="where the site's conventions come from (paper, data dictionary)")
     mrd: MRDPolicy
+    drug_cost: DrugCost | None = None
 
 
 # ---------------------------------------------------------------------------------------- mapping
