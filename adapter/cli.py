@@ -198,8 +198,9 @@ def outcomes(
     timepoint: Annotated[float, typer.Option(help="months at which KM estimates are read")] = 36.0,
 ) -> None:
     """Outcome figures (remission, MRD negativity, HSCT, toxicity, deaths, KM OS/RFS) per site and pooled."""
-    from adapter.outcomes import STRATA, build_cohort, outcomes_report
+    from adapter.outcomes import STRATA, outcomes_report
     from adapter.outcomes.render import to_csv
+    from adapter.spec.loader import load_drug_costs
 
     if fmt not in ("table", "json", "csv"):
         _fail(ConfigError(f"--format must be table, json or csv, not {fmt!r}"))
@@ -209,7 +210,8 @@ def outcomes(
         store = _store()
         if site is not None and site not in store.sites():
             raise ConfigError(f"no data for site {site!r} (sites: {', '.join(store.sites())})")
-        report = outcomes_report(build_cohort(store.iter_resources(site=site)), timepoint, stratify)
+        report = outcomes_report(store.cohort(site), timepoint, stratify,
+                                 drug_costs=load_drug_costs(get_settings().mappings_dir))
     except AdapterError as exc:
         _fail(exc)
     if fmt == "json":
@@ -235,6 +237,22 @@ def _fmt_km(k: dict[str, Any]) -> str:
     return f"{k['survival'] * 100:.1f}% ({lo * 100:.1f}–{hi * 100:.1f})"
 
 
+def _fmt_share(x: float | None) -> str:
+    return "–" if x is None else f"{x * 100:.1f}%"
+
+
+def _fmt_vials(f: dict[str, Any]) -> str:
+    v = f["exposure"]["vials"]
+    if "standard_course" not in v:
+        return "–" if "used" not in v else str(v["used"]["total"])
+    return f"{v['used']['total']} / {v['standard_course']['total']} (-{_fmt_share(v['saving_share'])})"
+
+
+def _fmt_cost(f: dict[str, Any]) -> str:
+    usd = f["exposure"]["vials"].get("cost", {}).get("usd")
+    return "–" if usd is None else f"{usd['used']:,.0f} / {usd['standard_course']:,.0f}"
+
+
 def _print_outcomes(report: dict[str, Any]) -> None:
     groups = [*report["sites"].items(), ("pooled", report["pooled"])]
     t = Table(title=f"outcomes (KM at {report['timepoint_months']:g} months; 95% CI)")
@@ -254,6 +272,9 @@ def _print_outcomes(report: dict[str, Any]) -> None:
         ("OS", lambda f: _fmt_km(f["survival"]["os"])),
         ("RFS", lambda f: _fmt_km(f["survival"]["rfs"])),
         ("median follow-up, reverse KM (months)", lambda f: str(f["follow_up"]["reverse_km_median_months"])),
+        ("outpatient infusion days", lambda f: _fmt_share(f["exposure"]["outpatient_share"])),
+        ("vials used / standard 28-day course", _fmt_vials),
+        ("drug cost USD, used / standard", _fmt_cost),
     ]
     for label, fn in rows:
         t.add_row(label, *(fn(f) for _, f in groups))

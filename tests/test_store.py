@@ -2,15 +2,129 @@
 
 from __future__ import annotations
 
+import threading
+import time
+from pathlib import Path
+
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from sqlalchemy import func, select, text
 
+from adapter.config import Settings
+from adapter.ingest import ingest_file
+from adapter.outcomes.cohort import COURSE_VERSION, PatientCourse, build_cohort
 from adapter.store import Store
-from adapter.store.schema import metadata
+from adapter.store.schema import metadata, patient_course
+from tests.conftest import EXAMPLE_FILES
 
 
 def test_migrations_match_table_definitions(store: Store) -> None:
-    assert store.schema_revision() == "0002"
+    assert store.schema_revision() == "0003"
     with store.engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), metadata)
     assert diff == []
+
+
+# --------------------------------------------------------------------------- patient_course table
+
+def _as_json(cohort: list[PatientCourse]) -> list[dict]:
+    return [c.to_json() for c in cohort]
+
+
+def _ingest_examples(store: Store, settings: Settings) -> None:
+    for site, mapping, path in EXAMPLE_FILES:
+        assert ingest_file(path, site, mapping, store, settings=settings).rows_rejected == 0
+
+
+def test_stored_courses_equal_the_courses_built_from_the_resources(store: Store, settings: Settings) -> None:
+    _ingest_examples(store, settings)
+    stored = store.cohort()
+    assert len(stored) == 21 and {c.site for c in stored} == {"hito", "huanl"}
+    assert _as_json(stored) == _as_json(build_cohort(store.iter_resources()))
+    assert _as_json(store.cohort("huanl")) == _as_json(build_cohort(store.iter_resources(site="huanl")))
+    # a course survives its JSON round trip exactly
+    assert [PatientCourse.from_json(c.to_json()) for c in stored] == stored
+
+
+def test_courses_follow_every_write(store: Store, settings: Settings) -> None:
+    """Deleting a transplant, re-posting a file, moving a resource to another patient and deleting a
+    Patient each change the stored courses in the same transaction."""
+    _ingest_examples(store, settings)
+    hsct = next(r for r in store.iter_resources("Procedure", site="huanl"))
+    pid = hsct["subject"]["reference"].split("/")[1]
+    before = {c.patient: c for c in store.cohort()}
+    assert before[pid].hsct is not None
+    with store.transaction() as tx:
+        tx.delete("Procedure", hsct["id"])
+    after = {c.patient: c for c in store.cohort()}
+    assert after[pid].hsct is None and sum(c.hsct is not None for c in after.values()) == 18
+    # re-posting the export restores it (the deleted resource is created again)
+    _ingest_examples(store, settings)
+    assert _as_json(store.cohort()) == _as_json(list(before.values()))
+    # a death moved from one patient to another: both courses change
+    death = next(r for r in store.iter_resources("AdverseEvent", site="huanl") if r["event"]["coding"][0]["code"] == "death")
+    src = death["subject"]["reference"].split("/")[1]
+    dst = next(p for p, c in before.items() if c.site == "huanl" and c.death is None)
+    with store.transaction() as tx:
+        tx.put({**death, "subject": {"reference": f"Patient/{dst}"}}, "huanl")
+    moved = {c.patient: c for c in store.cohort()}
+    assert moved[src].death_cause is None and moved[dst].death_cause == before[src].death_cause
+    assert _as_json(list(moved.values())) == _as_json(build_cohort(store.iter_resources()))
+    # a deleted Patient leaves the cohort
+    with store.transaction() as tx:
+        tx.delete("Patient", dst)
+    assert dst not in {c.patient for c in store.cohort()} and len(store.cohort()) == 20
+
+
+def test_courses_made_by_other_code_are_rebuilt(store: Store, settings: Settings) -> None:
+    _ingest_examples(store, settings)
+    expected = _as_json(store.cohort())
+    with store.engine.begin() as conn:
+        conn.execute(patient_course.update().values(course_version="older-code", course='{"not": "a course"}'))
+        conn.execute(patient_course.delete().where(patient_course.c.site == "hito"))
+    assert _as_json(store.cohort()) == expected
+    with store.engine.connect() as conn:
+        assert {v for (v,) in conn.execute(select(patient_course.c.course_version))} == {COURSE_VERSION}
+
+
+def test_migration_backfills_the_courses(tmp_path: Path, settings: Settings) -> None:
+    """A database holding data at revision 0002 gets every course on upgrade to 0003."""
+    s = Store(f"sqlite:///{tmp_path / 'old.sqlite3'}")
+    s.migrate()
+    _ingest_examples(s, settings)
+    expected = _as_json(s.cohort())
+    with s.engine.begin() as conn:  # back to 0002: drop the table and the revision mark
+        conn.execute(text("DROP TABLE patient_course"))
+        conn.execute(text("UPDATE alembic_version SET version_num = '0002'"))
+    assert s.schema_revision() == "0002"
+    s.migrate()
+    with s.engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(patient_course)).scalar() == 21
+    assert _as_json(s.cohort()) == expected
+
+
+def test_concurrent_writers_to_one_patient_lose_nothing(store: Store, settings: Settings) -> None:
+    """Eight transactions each add an adverse event to the same patient at once: the stored course
+    holds all eight (PostgreSQL serialises course refreshes per patient; SQLite serialises writers)."""
+    _ingest_examples(store, settings)
+    pat = next(r for r in store.iter_resources("Patient", site="huanl"))
+    template = next(r for r in store.iter_resources("AdverseEvent", site="huanl") if r["event"]["coding"][0]["code"] != "death")
+    events_before = len(next(c for c in store.cohort() if c.patient == pat["id"]).adverse_events)
+    barrier = threading.Barrier(8)
+
+    def add(i: int) -> None:
+        ae = {**template, "id": f"concurrent-ae-{i}", "subject": {"reference": f"Patient/{pat['id']}"}}
+        ae.pop("meta", None)
+        barrier.wait(timeout=30)
+        with store.transaction() as tx:
+            tx.put(ae, "huanl")
+            time.sleep(0.05)  # widen the window between the write and the commit
+
+    threads = [threading.Thread(target=add, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    course = next(c for c in store.cohort() if c.patient == pat["id"])
+    assert _as_json([course]) == _as_json([c for c in build_cohort(store.iter_resources()) if c.patient == pat["id"]])
+    assert len(course.adverse_events) == events_before + 8

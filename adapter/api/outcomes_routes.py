@@ -1,8 +1,8 @@
 """The outcomes facade over HTTP: ``GET /outcomes`` (JSON), ``GET /outcomes.csv``,
 ``GET /outcomes/km.{png,svg}`` (Kaplan–Meier plots), and ``GET /Measure/{id}/$evaluate-measure``
 (FHIR MeasureReport; R4 §Measure "$evaluate-measure", with ``periodStart``/``periodEnd`` selecting
-patients by the start of blinatumomab). Figures are computed from the stored FHIR
-resources on each request (adapter/outcomes)."""
+patients by the start of blinatumomab). Figures are computed on each request from the stored
+patient courses, which the store keeps in step with the FHIR resources (adapter/store/courses.py)."""
 
 from __future__ import annotations
 
@@ -13,11 +13,12 @@ from fastapi.responses import JSONResponse, Response
 
 from adapter.api.fhir_http import FHIRError, FHIRResponse
 from adapter.config import Settings
-from adapter.outcomes import STRATA, build_cohort, outcomes_report
+from adapter.outcomes import STRATA, outcomes_report
 from adapter.outcomes.cohort import PatientCourse
 from adapter.outcomes.measure import load_measures, measure_report
 from adapter.outcomes.render import km_plot, to_csv
 from adapter.search.params import date_range
+from adapter.spec.loader import load_drug_costs
 from adapter.store import Store
 from adapter.store.db import now_instant
 
@@ -29,7 +30,7 @@ Timepoint = Annotated[float, Query(description="months at which KM estimates are
 def _cohort(store: Store, site: str | None) -> list[PatientCourse]:
     if site is not None and site not in store.sites():
         raise FHIRError(404, "not-found", f"no data for site '{site}' (sites: {', '.join(store.sites())})")
-    return build_cohort(store.iter_resources(site=site))
+    return store.cohort(site)
 
 
 def _stratify(stratify: str | None) -> str | None:
@@ -43,12 +44,14 @@ def add_outcome_routes(app: FastAPI, store: Store, settings: Settings) -> None:
 
     @app.get("/outcomes", response_class=JSONResponse, summary="Outcome figures per site and pooled (JSON)")
     def outcomes(site: Site = None, stratify: Stratify = None, timepoint: Timepoint = 36.0) -> JSONResponse:
-        report = outcomes_report(_cohort(store, site), timepoint, _stratify(stratify))
+        report = outcomes_report(_cohort(store, site), timepoint, _stratify(stratify),
+                                 drug_costs=load_drug_costs(settings.mappings_dir))
         return JSONResponse(report)
 
     @app.get("/outcomes.csv", response_class=Response, summary="Outcome figures as CSV")
     def outcomes_csv(site: Site = None, stratify: Stratify = None, timepoint: Timepoint = 36.0) -> Response:
-        report = outcomes_report(_cohort(store, site), timepoint, _stratify(stratify))
+        report = outcomes_report(_cohort(store, site), timepoint, _stratify(stratify),
+                                 drug_costs=load_drug_costs(settings.mappings_dir))
         return Response(to_csv(report), media_type="text/csv; charset=utf-8",
                         headers={"Content-Disposition": 'attachment; filename="outcomes.csv"'})
 
@@ -79,7 +82,7 @@ def add_outcome_routes(app: FastAPI, store: Store, settings: Settings) -> None:
             cohort = [c for c in cohort if c.start is not None and lo <= c.start.isoformat() <= hi]
         starts = sorted(c.start.isoformat() for c in cohort if c.start is not None)
         period = (periodStart or (starts[0] if starts else "0001-01-01"), periodEnd or (starts[-1] if starts else "9999-12-31"))
-        report = outcomes_report(cohort, timepoint)
+        report = outcomes_report(cohort, timepoint, drug_costs=load_drug_costs(settings.mappings_dir))
         return FHIRResponse(measure_report(m, report, period, now_instant()))
 
     @app.get("/outcomes/km.{fmt}", response_class=Response, summary="Kaplan-Meier plot (png or svg)")

@@ -8,6 +8,8 @@ One :class:`PatientCourse` per Patient who received blinatumomab, built only fro
 - MRD before (no ``partOf``) and after each cycle (``partOf`` → the cycle's infusion), in percent of
   nucleated cells, with comparator and interpretation (site threshold, seed 000/002);
 - response: ``pedall-response`` when recorded, else derived from the last post-cycle MRD;
+- vials: ``pedall-blinatumomab-dispense`` MedicationDispense ``quantity`` and the vials a standard
+  28-day course would need (``standard-course-quantity``; seed 002);
 - HSCT: ``pedall-hsct`` Procedure; adverse events with grade (``ae-grade``);
 - relapse/progression: ``pedall-disease-status`` (follow-up) with value relapse/progression, or an
   AdverseEvent ``relapse``; death: ``Patient.deceasedDateTime`` with the cause from the death
@@ -18,10 +20,12 @@ Patients are identified by their resource id only (pseudonymous); no name or rec
 
 from __future__ import annotations
 
+import hashlib
 from collections import defaultdict
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import date, timedelta
+from pathlib import Path
 from typing import Any
 
 SD = "https://w3id.org/pedall-fhir/StructureDefinition/"
@@ -55,6 +59,8 @@ class PatientCourse:
     outpatient_days: int = 0
     course_days: list[int] = field(default_factory=list)  # length of each cycle, days
     stopped: bool = False
+    vials_used: int | None = None  # MedicationDispense.quantity, all cycles
+    vials_standard_course: int | None = None  # standard-course-quantity extension, all cycles
     status_at_start: str | None = None
     mrd: list[MRD] = field(default_factory=list)
     response: str | None = None
@@ -70,7 +76,9 @@ class PatientCourse:
 
     @property
     def mrd_pre(self) -> MRD | None:
-        return next((m for m in self.mrd if m.cycle is None), None)
+        """The last MRD result before blinatumomab (``mrd`` is in date order)."""
+        pre = [m for m in self.mrd if m.cycle is None]
+        return pre[-1] if pre else None
 
     def mrd_after(self, cycle: int | None = None) -> MRD | None:
         """The MRD after ``cycle`` (default: after the last cycle with a result)."""
@@ -93,6 +101,37 @@ class PatientCourse:
     @property
     def end_of_follow_up(self) -> date | None:
         return self.death or self.last_follow_up
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict (dates as ISO 8601 text); :meth:`from_json` reverses it exactly."""
+        out = asdict(self)
+        for k in _DATE_FIELDS:
+            out[k] = _iso(out[k])
+        out["mrd"] = [{**m, "date": _iso(m["date"])} for m in out["mrd"]]
+        out["adverse_events"] = [list(t) for t in self.adverse_events]
+        return out
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> PatientCourse:
+        """The course :meth:`to_json` wrote. Raises ``KeyError``/``TypeError`` for another shape."""
+        kw = dict(data)
+        for k in _DATE_FIELDS:
+            kw[k] = date.fromisoformat(kw[k]) if kw[k] else None
+        kw["mrd"] = [MRD(**{**m, "date": date.fromisoformat(m["date"]) if m["date"] else None}) for m in kw["mrd"]]
+        kw["adverse_events"] = [(t, g) for t, g in kw["adverse_events"]]
+        return cls(**kw)
+
+
+_DATE_FIELDS = tuple(f.name for f in fields(PatientCourse) if "date" in str(f.type) and f.name != "mrd")
+
+
+def _iso(d: date | None) -> str | None:
+    return d.isoformat() if d is not None else None
+
+
+#: Changes whenever this module's code changes: stored courses made by other code are rebuilt
+#: (see ``Store.cohort``).
+COURSE_VERSION = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]
 
 
 def _d(text: str | None) -> date | None:
@@ -140,15 +179,21 @@ def build_cohort(resources: Iterable[dict[str, Any]]) -> list[PatientCourse]:
             by_patient[pid][r["resourceType"]].append(r)
     out = []
     for pid, pat in patients.items():
-        course = _course(pat, by_patient.get(pid, {}))
+        course = course_of(pat, by_patient.get(pid, {}))
         if course.start is not None:
             out.append(course)
     return sorted(out, key=lambda c: (c.site, c.patient))
 
 
-def _course(pat: dict[str, Any], res: dict[str, list[dict[str, Any]]]) -> PatientCourse:  # noqa: C901
-    org = (pat.get("managingOrganization") or {}).get("reference", "")
-    c = PatientCourse(site=org.split("/", 1)[1] if "/" in org else "", patient=pat["id"], gender=pat.get("gender"),
+def course_of(pat: dict[str, Any], res: dict[str, list[dict[str, Any]]],  # noqa: C901
+              site: str | None = None) -> PatientCourse:
+    """One patient's course from the Patient and the resources about it, grouped by resource type
+    (``{"Observation": [...], ...}``). ``site`` defaults to the id of ``managingOrganization`` (a
+    site's Organization id is its code). ``start`` is ``None`` when no infusion is recorded."""
+    if site is None:
+        org = (pat.get("managingOrganization") or {}).get("reference", "")
+        site = org.split("/", 1)[1] if org.startswith("Organization/") else ""
+    c = PatientCourse(site=site, patient=pat["id"], gender=pat.get("gender"),
                       birth_date=_d(pat.get("birthDate")), death=_d(pat.get("deceasedDateTime")))
     cycle_of: dict[str, int] = {}
     days: set[date] = set()
@@ -177,6 +222,13 @@ def _course(pat: dict[str, Any], res: dict[str, list[dict[str, Any]]]) -> Patien
             per_cycle[cycle_of[ma["id"]] or 0] |= {s + timedelta(days=i) for i in range((e - s).days + 1)}
     c.course_days = [len(v) for _, v in sorted(per_cycle.items())]
     c.infusion_days, c.outpatient_days = len(days), len(outpatient)
+    for md in res.get("MedicationDispense", []):
+        if _profile(md) != "pedall-blinatumomab-dispense" or md.get("status") != "completed":
+            continue
+        c.vials_used = (c.vials_used or 0) + int((md.get("quantity") or {}).get("value", 0))
+        std = _ext(md, "standard-course-quantity")
+        if isinstance(std, dict) and "value" in std:
+            c.vials_standard_course = (c.vials_standard_course or 0) + int(std["value"])
     for o in res.get("Observation", []):
         prof = _profile(o)
         when = _d(o.get("effectiveDateTime"))
@@ -224,6 +276,9 @@ def _course(pat: dict[str, Any], res: dict[str, list[dict[str, Any]]]) -> Patien
     for cond in res.get("Condition", []):
         if _profile(cond) == "pedall-diagnosis":
             c.diagnosis = _d(cond.get("onsetDateTime"))
+    # the same course whatever order the resources came in
+    c.mrd.sort(key=lambda m: (m.date or date.min, -1 if m.cycle is None else m.cycle, m.value, m.comparator or ""))
+    c.adverse_events.sort(key=lambda e: (e[0], -1 if e[1] is None else e[1]))
     if c.response is None:
         c.response = _derived_response(c)
     return c

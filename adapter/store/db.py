@@ -22,6 +22,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from adapter.errors import StoreError
 from adapter.search.params import index_entries
+from adapter.store.courses import read_cohort, refresh_courses, stale_patients
 from adapter.store.schema import ingestions, resource_history, resources, search_index
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
@@ -54,7 +55,8 @@ def _search_columns(r: dict[str, Any]) -> dict[str, Any]:
             "effective": effective, "status": status if isinstance(status, str) else None}
 
 
-_EXISTING = (select(resources.c.id, resources.c.version_id, resources.c.content_hash, resources.c.deleted)
+_EXISTING = (select(resources.c.id, resources.c.version_id, resources.c.content_hash, resources.c.deleted,
+                    resources.c.patient_id)
              .where(resources.c.type == bindparam("type"), resources.c.id.in_(bindparam("ids", expanding=True))))
 
 
@@ -73,6 +75,8 @@ class Transaction:
 
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
+        #: Patients whose compartment this transaction changed (their course is rebuilt at commit)
+        self.touched_patients: set[str] = set()
         if conn.dialect.name == "postgresql":
             # The rows this transaction writes are invisible to the planner's statistics, so a table
             # that was small when the transaction began stays "small" and each existence probe
@@ -87,15 +91,15 @@ class Transaction:
         the dicts passed in. Resource ids must be unique within the batch."""
         if not batch:
             return []
-        existing: dict[tuple[str, str], tuple[int, str, bool]] = {}
+        existing: dict[tuple[str, str], tuple[int, str, bool, str | None]] = {}
         ids_by_type: dict[str, list[str]] = {}
         for r, _, _ in batch:
             ids_by_type.setdefault(r["resourceType"], []).append(r["id"])
         for rtype, ids in ids_by_type.items():
             for i in range(0, len(ids), 500):  # type = ? AND id IN (...): a primary-key probe per id
                 rows = self.conn.execute(_EXISTING, {"type": rtype, "ids": ids[i:i + 500]})
-                for rid, v, h, deleted in rows:
-                    existing[(rtype, rid)] = (v, h, bool(deleted))
+                for rid, v, h, deleted, pid in rows:
+                    existing[(rtype, rid)] = (v, h, bool(deleted), pid)
         stamp = now_instant()
         inserts, updates, history, out = [], [], [], []
         index: list[tuple[Any, ...]] = []
@@ -115,6 +119,10 @@ class Transaction:
             row = {"type": key[0], "id": key[1], "version_id": version, "last_updated": stamp, "site": site,
                    "content_hash": h, "deleted": False, "resource": text, "created": stamp, **_search_columns(r)}
             (inserts if prev is None else updates).append(row)
+            if row["patient_id"]:
+                self.touched_patients.add(row["patient_id"])
+            if prev is not None and prev[3]:  # a resource moved to another patient leaves the old one
+                self.touched_patients.add(prev[3])
             index.extend((key[0], key[1], *e) for e in index_entries(r))
             history.append({"type": key[0], "id": key[1], "version_id": version, "last_updated": stamp,
                             "method": "POST" if prev is None else "PUT", "resource": text})
@@ -186,7 +194,10 @@ class Transaction:
         if cur is None or cur[1]:
             return None
         version, stamp = cur[0] + 1, now_instant()
-        body = self.conn.execute(select(resources.c.resource).where(resources.c.type == rtype, resources.c.id == rid)).scalar_one()
+        body, pid = self.conn.execute(select(resources.c.resource, resources.c.patient_id).where(
+            resources.c.type == rtype, resources.c.id == rid)).one()
+        if pid:
+            self.touched_patients.add(pid)
         self.conn.execute(resources.update().where(resources.c.type == rtype, resources.c.id == rid).values(
             version_id=version, last_updated=stamp, deleted=True))
         self.conn.execute(resource_history.insert().values(type=rtype, id=rid, version_id=version, last_updated=stamp,
@@ -261,7 +272,9 @@ class Store:
             with self.engine.connect() as conn:
                 conn.execution_options(adapter_write=True)
                 with conn.begin():
-                    yield Transaction(conn)
+                    tx = Transaction(conn)
+                    yield tx
+                    refresh_courses(conn, tx.touched_patients)
         except Rollback:
             return
         except SQLAlchemyError as exc:
@@ -319,6 +332,18 @@ class Store:
             rows = conn.execute(select(resource_history.c.resource).where(
                 resource_history.c.type == rtype, resource_history.c.id == rid).order_by(resource_history.c.version_id))
             return [orjson.loads(t) for (t,) in rows]
+
+    def cohort(self, site: str | None = None) -> list[Any]:
+        """The outcomes cohort (:class:`adapter.outcomes.cohort.PatientCourse` of every patient who
+        received blinatumomab, optionally of one site) from the ``patient_course`` table. Courses made
+        by older extraction code are rebuilt first (once, in a write transaction)."""
+        with self.engine.connect() as conn:
+            stale = stale_patients(conn)
+        if stale:
+            with self.transaction() as tx:
+                tx.touched_patients.update(stale)
+        with self.engine.connect() as conn:
+            return read_cohort(conn, site)
 
     def iter_resources(self, rtype: str | None = None, site: str | None = None) -> Iterator[dict[str, Any]]:
         """Stream current resources, optionally of one type and/or site, in (type, id) order."""

@@ -70,3 +70,16 @@ ingestions = Table(
     Column("report", Text, nullable=False),
     Index("ix_ingestions_site", "site", "started"),
 )
+
+#: The outcomes cohort, one row per Patient: its course (adapter/outcomes/cohort.py) as JSON,
+#: rebuilt in the same transaction as any write to the patient's compartment, so outcome reports
+#: read one small row per patient instead of every resource (a materialised view, like the flat
+#: tables SQL on FHIR ViewDefinitions produce). ``course_version`` names the extraction code.
+patient_course = Table(
+    "patient_course", metadata,
+    Column("patient_id", String(64), primary_key=True),
+    Column("site", String(32), nullable=False),
+    Column("course_version", String(16), nullable=False),
+    Column("course", Text, nullable=False),
+    Index("ix_patient_course_site", "site"),
+)
