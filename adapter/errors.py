@@ -88,6 +88,7 @@ class RowIssue:
     severity: str = "error"
     code: str = "value"
     expression: list[str] = field(default_factory=list)
+    segment: str | None = None  # HL7 v2: the segment within message ``row`` (e.g. "OBX 2 (segment 5)")
 
     def to_operation_outcome_issue(self) -> dict[str, Any]:
         """Render as an ``OperationOutcome.issue`` (FHIR R4 §OperationOutcome)."""
@@ -95,7 +96,7 @@ class RowIssue:
         if self.sheet:
             where.append(f"sheet={self.sheet}")
         if self.row is not None:
-            where.append(f"row={self.row}")
+            where.append(f"row={self.row}" if self.segment is None else f"message={self.row}; segment={self.segment}")
         if self.column:
             where.append(f"column={self.column}")
         where.append(f"value={'' if self.value is None else str(self.value)!r}")

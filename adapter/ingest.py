@@ -110,7 +110,9 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _locator(file: str, sheet: str | None, row: int) -> str:
+def _locator(file: str, sheet: str | None, row: int, segment: str | None = None) -> str:
+    if segment:
+        return f"{file}!message {row}!{segment}"
     return f"{file}!{sheet}!{row}" if sheet else f"{file}!{row}"
 
 
@@ -152,13 +154,14 @@ def ingest_file(path: Path, site: str, mapping: str, store: Store, *, strict: bo
             for row in reader.rows(sheet.sheet, set(sheet.columns)):
                 report.rows_read += 1
                 result = map_row(row, sheet, loaded.ctx, sc)
-                loc = _locator(row.file, row.sheet, row.row)
+                loc = _locator(row.file, row.sheet, row.row, row.segment)
                 if result.ok:
                     for res in result.resources:
                         for vi in validator.validate(res, full=full_validation):
                             result.issues.append(RowIssue(row.file, row.sheet, row.row, None, None,
                                                           f"{res['resourceType']} fails validation: {vi.message}",
-                                                          code="invariant", expression=[vi.expression]))
+                                                          code="invariant", expression=[vi.expression],
+                                                          segment=row.segment))
                     fresh = []
                     for res in result.resources:
                         key = (res["resourceType"], res["id"])
@@ -168,7 +171,7 @@ def ingest_file(path: Path, site: str, mapping: str, store: Store, *, strict: bo
                                 result.issues.append(RowIssue(
                                     row.file, row.sheet, row.row, None, None,
                                     f"{key[0]} conflicts with the one from {seen[key][1]} (same source keys, "
-                                    "different content)", code="duplicate"))
+                                    "different content)", code="duplicate", segment=row.segment))
                             continue
                         fresh.append((key, digest, res))
                     if not result.issues:

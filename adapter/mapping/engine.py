@@ -81,7 +81,7 @@ def _field_value(f: CompiledField, row: Row, ctx: TransformContext) -> Any:
 def _issue(row: Row, column: str | None, value: Any, reason: str, code: str = "value",
            expression: str | None = None) -> RowIssue:
     return RowIssue(row.file, row.sheet, row.row, column, _raw_text(value) if value is not None else None,
-                    reason, code=code, expression=[expression] if expression else [])
+                    reason, code=code, expression=[expression] if expression else [], segment=row.segment)
 
 
 def map_row(row: Row, sheet: CompiledSheet, ctx: TransformContext, site: SiteContext) -> RowResult:

@@ -26,6 +26,8 @@ class Row:
         cells: column header -> raw cell value (``str`` for CSV; ``str``, ``int``, ``float``,
             ``datetime`` or ``None`` for XLSX).
         problem: set when the row is structurally malformed (e.g. more cells than headers).
+        segment: for message formats (HL7 v2), where in the message the row is: ``row`` is then the
+            message's number in the file and ``segment`` e.g. ``"OBX 2 (segment 5)"``.
     """
 
     file: str
@@ -33,6 +35,7 @@ class Row:
     row: int
     cells: dict[str, Any]
     problem: str | None = field(default=None)
+    segment: str | None = field(default=None)
 
 
 @dataclass

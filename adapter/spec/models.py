@@ -116,7 +116,7 @@ class SheetSpec(_Strict):
 class ReaderSpec(_Strict):
     """The file's conventions, declared; detection is only a fallback when a key is left out."""
 
-    format: Literal["csv", "xlsx"]
+    format: Literal["csv", "xlsx", "hl7v2"]
     encoding: str | None = None
     delimiter: str | None = Field(default=None, min_length=1, max_length=1)
     quotechar: str | None = Field(default=None, min_length=1, max_length=1)
