@@ -17,6 +17,7 @@ from adapter.outcomes import STRATA, outcomes_report
 from adapter.outcomes.cohort import PatientCourse
 from adapter.outcomes.measure import load_measures, measure_report
 from adapter.outcomes.render import km_plot, to_csv
+from adapter.outcomes.stats import load_libraries
 from adapter.search.params import date_range
 from adapter.spec.loader import load_drug_costs
 from adapter.store import Store
@@ -41,6 +42,7 @@ def _stratify(stratify: str | None) -> str | None:
 
 def add_outcome_routes(app: FastAPI, store: Store, settings: Settings) -> None:
     """Register the outcomes endpoints on ``app``."""
+    load_libraries()  # the first outcomes request should not pay for importing lifelines
 
     @app.get("/outcomes", response_class=JSONResponse, summary="Outcome figures per site and pooled (JSON)")
     def outcomes(site: Site = None, stratify: Stratify = None, timepoint: Timepoint = 36.0) -> JSONResponse:

@@ -13,6 +13,13 @@ from typing import Any
 DAYS_PER_MONTH = 30.4375
 
 
+def load_libraries() -> None:
+    """Import lifelines and SciPy now (about 3 s) rather than on the first outcomes request. They
+    are imported lazily so that CLI commands which compute no statistics start fast."""
+    import lifelines  # noqa: F401
+    import scipy.stats  # noqa: F401
+
+
 def proportion(k: int, n: int) -> dict[str, Any]:
     """``{count, n, rate, ci95}`` with the Wilson score interval (scipy.stats.binomtest(...).
     proportion_ci(method="wilson")); ``rate`` and ``ci95`` are None when ``n`` is 0."""
