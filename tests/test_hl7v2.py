@@ -4,12 +4,14 @@ escaped delimiters, two OBX in one message, MLLP framing, and a truncated messag
 from __future__ import annotations
 
 from collections import Counter
+from decimal import Decimal
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
 from adapter.errors import ReaderError, RowIssue
+from adapter.mapping.transforms import MRDValue, TransformError, mrd_scientific
 from adapter.readers import reader_for
 from adapter.readers.hl7v2 import FieldPath
 
@@ -112,3 +114,30 @@ def test_a_file_without_messages_is_refused(tmp_path: Path) -> None:
     p.write_text("this is not HL7\r")
     with pytest.raises(ReaderError, match="no HL7 v2 message"):
         _rows(p)
+
+
+@pytest.mark.parametrize(("text", "percent", "comparator"), [
+    ("2 x 10-3", "0.2", None), ("<1 x 10-4", "0.01", "<"), ("5 × 10⁻⁴", "0.05", None), ("1x10^-4", "0.01", None),
+    ("1E-4", "0.01", None), ("1 x 10-1", "10", None), ("≤1 x 10-5", "0.001", "<="), ("1,5 x 10-3", "0.15", None)])
+def test_rq_pcr_levels(text: str, percent: str, comparator: str | None) -> None:
+    assert mrd_scientific(text, ctx=SimpleNamespace(decimal=".")) == MRDValue(Decimal(percent), comparator)
+
+
+@pytest.mark.parametrize("text", ["positive not quantifiable", "2 x 10", "10-3", "5 x 10+2", ""])
+def test_rq_pcr_text_that_is_not_a_level_is_an_error(text: str) -> None:
+    with pytest.raises(TransformError):
+        mrd_scientific(text, ctx=SimpleNamespace(decimal="."))
+
+
+def test_every_uk_result_is_a_level_but_the_one_not_quantifiable() -> None:
+    """seed 004: the MRD-positive relapsing patient had 0.05 % (5 x 10-4) before HSCT."""
+    ctx = SimpleNamespace(decimal=".")
+    levels, other = [], []
+    for r in _rows(UK):
+        try:
+            levels.append(mrd_scientific(r.cells["OBX-5"], ctx=ctx))
+        except TransformError:
+            other.append(r.cells["OBX-5"])
+    assert other == ["positive not quantifiable"] and len(levels) == 23
+    assert MRDValue(Decimal("0.05")) in levels
+    assert all(v.comparator == "<" and v.value == Decimal("0.01") for v in levels if v.comparator)

@@ -308,6 +308,29 @@ def mrd_percent(value: Any, *, ctx: TransformContext, scale: str = "percent") ->
     return MRDValue(number, comparator or None)
 
 
+_SUPERSCRIPT = str.maketrans("⁰¹²³⁴⁵⁶⁷⁸⁹⁻", "0123456789-")
+_SCIENTIFIC = re.compile(r"^\s*(<=|>=|≤|≥|<|>)?\s*(\d+(?:[.,]\d+)?)\s*(?:[x×*]\s*10\s*\^?\s*|[eE])([-−]\s*\d{1,2})\s*$")
+
+
+@transform("mrd_scientific")
+def mrd_scientific(value: Any, *, ctx: TransformContext) -> MRDValue:
+    """An RQ-PCR MRD level written as leukaemic cells per cell in scientific notation:
+    ``"2 x 10-3"``, ``"<1 x 10-4"``, ``"5 × 10⁻⁴"``, ``"1x10^-4"``, ``"1E-4"``. Output:
+    :class:`MRDValue` in percent of nucleated cells (2 x 10-3 -> 0.2 %; <1 x 10-4 -> <0.01 %, MRD
+    negative at the 10^-4 threshold, seed 004). Text that is not a level (e.g. ``"positive not
+    quantifiable"``) raises, so the mapping must route it explicitly."""
+    m = _SCIENTIFIC.match(str(value).translate(_SUPERSCRIPT))
+    if m is None:
+        raise TransformError(value, "is not an MRD level such as '2 x 10-3' or '<1 x 10-4'")
+    comparator = _COMPARATORS.get(m.group(1) or "", m.group(1))
+    mantissa = _to_decimal(m.group(2).replace(",", "."), ".")
+    exponent = int(m.group(3).replace("−", "-").replace(" ", ""))
+    percent = (mantissa * Decimal(10) ** exponent * 100).normalize()
+    if percent < 0 or percent > 100:
+        raise TransformError(value, "is outside 0-100 %")
+    return MRDValue(Decimal(format(percent, "f")), comparator or None)
+
+
 # --------------------------------------------------------------------------------------------- dates
 
 
