@@ -78,8 +78,10 @@ def ingest(
     dry_run: Annotated[bool, typer.Option(help="map and validate, store nothing")] = False,
     full_validation: Annotated[bool, typer.Option(help="run all three validators on every resource")] = False,
     report_json: Annotated[Path | None, typer.Option(help="also write the report as JSON here")] = None,
+    show: Annotated[int, typer.Option(help="print the first N mapped resources (FHIR JSON)", min=0)] = 0,
 ) -> None:
-    """Map an export to FHIR R4, validate it and store it (idempotent)."""
+    """Map an export to FHIR R4, validate it and store it (idempotent). With --dry-run --show N, try a
+    mapping file: the first N resources and every row issue are printed, nothing is stored."""
     from adapter.ingest import ingest_file
 
     try:
@@ -88,13 +90,15 @@ def ingest(
                       console=err_console, transient=True, disable=not err_console.is_terminal) as bar:
             task = bar.add_task(f"ingest {file.name}", total=None)
             report = ingest_file(file, site, mapping, store, strict=strict, dry_run=dry_run,
-                                 full_validation=full_validation,
+                                 full_validation=full_validation, show=show,
                                  progress=lambda n: bar.update(task, completed=n))
     except IngestRejected as exc:
         _print_report(exc.report)  # type: ignore[attr-defined]
         _fail(exc)
     except AdapterError as exc:
         _fail(exc)
+    for res in report.sample:
+        sys.stdout.write(json.dumps(res, indent=2, ensure_ascii=False) + "\n")
     _print_report(report)
     if report_json:
         report_json.write_text(json.dumps(report.to_json(), indent=2, ensure_ascii=False), encoding="utf-8")

@@ -54,6 +54,7 @@ class IngestReport:
     outcomes: list[WriteOutcome] = field(default_factory=list)
     issues: list[RowIssue] = field(default_factory=list)
     provenance_ids: list[str] = field(default_factory=list)
+    sample: list[dict[str, Any]] = field(default_factory=list)  # the first ``show`` resources mapped
 
     def counts(self) -> dict[str, dict[str, int]]:
         """``{resourceType: {created|updated|unchanged: n}}``."""
@@ -119,8 +120,9 @@ def _locator(file: str, sheet: str | None, row: int, segment: str | None = None)
 def ingest_file(path: Path, site: str, mapping: str, store: Store, *, strict: bool = False, dry_run: bool = False,
                 settings: Settings | None = None, validator: Validator | None = None,
                 display_name: str | None = None, full_validation: bool = False,
-                progress: Callable[[int], None] | None = None) -> IngestReport:
-    """Ingest one file with the site's named mapping.
+                progress: Callable[[int], None] | None = None, show: int = 0) -> IngestReport:
+    """Ingest one file with the site's named mapping. ``show`` keeps the first N mapped resources
+    (from rows without issues) in ``report.sample``, for ``adapter ingest --dry-run --show N``.
 
     Raises:
         ConfigError / MappingSpecError: unknown site or mapping, invalid mapping file.
@@ -178,6 +180,8 @@ def ingest_file(path: Path, site: str, mapping: str, store: Store, *, strict: bo
                         for key, digest, res in fresh:
                             seen[key] = (digest, loc)
                             batch.append((res, site, digest))
+                            if len(report.sample) < show:
+                                report.sample.append(res)
                 if result.issues:
                     report.rows_rejected += 1
                     report.issues.extend(result.issues)

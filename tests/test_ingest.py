@@ -89,6 +89,37 @@ def test_dry_run_stores_nothing(store: Store, settings: Settings) -> None:
     assert store.counts() == {}
 
 
+def test_cli_dry_run_shows_the_first_resources_and_stores_nothing(store: Store, monkeypatch: pytest.MonkeyPatch,
+                                                                 tmp_path: Path) -> None:
+    """``adapter ingest --dry-run --show N``: an integration engineer tries a mapping file."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from adapter.cli import app as cli
+    from adapter.config import get_settings
+
+    monkeypatch.setenv("ADAPTER_DATABASE_URL", store.url)
+    get_settings.cache_clear()
+    try:
+        edited = tmp_path / "hito_erm_citometria.csv"
+        edited.write_bytes(HITO_CSV.read_bytes().replace(b";0,21;", b";0,2x1;", 1))
+        out = CliRunner().invoke(cli, ["ingest", str(edited), "--site", "hito", "--mapping", "erm_citometria",
+                                       "--dry-run", "--show", "3"])
+    finally:
+        get_settings.cache_clear()
+    assert out.exit_code == 0, out.output
+    decoder, text, shown = json.JSONDecoder(), out.output, []
+    while text.lstrip().startswith("{"):
+        res, end = decoder.raw_decode(text.lstrip())
+        shown.append(res)
+        text = text.lstrip()[end:]
+    assert len(shown) == 3 and all("resourceType" in r and "id" in r for r in shown)
+    flat = " ".join(out.output.split())
+    assert "dry run, nothing stored" in flat and "value='0,2x1'" in flat  # the row issue, with its value
+    assert store.counts() == {}
+
+
 def test_failure_midway_leaves_store_unchanged(store: Store, settings: Settings, tmp_path: Path) -> None:
     _ingest_all(store, settings)
     before = {r["id"]: r for r in store.iter_resources()}
