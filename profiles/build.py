@@ -150,11 +150,15 @@ PROFILES: dict[str, tuple[str, str, list[dict[str, Any]]]] = {
     "pedall-organization": ("Organization", "A participating site", [
         el("Organization.identifier", min=1), el("Organization.name", min=1)]),
     "pedall-mrd": ("Observation", "Measurable residual disease (MRD) in bone marrow, % of nucleated cells", [
+        el("Observation", constraint=[{
+            "key": "mrd-1", "severity": "error",
+            "human": "a quantified MRD result, or the reason it has no number (positive, not quantifiable)",
+            "expression": "value.exists() or dataAbsentReason.exists()"}]),
         ext_slicing("Observation"), ext_slice("Observation", "treatment-cycle"),
         el("Observation.status", min=1), el("Observation.category", min=2),
         pattern("Observation.code", CS + "observation-code", "mrd"),
         el("Observation.subject", min=1), el("Observation.effective[x]", min=1, type=[{"code": "dateTime"}]),
-        el("Observation.value[x]", min=1, type=[{"code": "Quantity"}]),
+        el("Observation.value[x]", type=[{"code": "Quantity"}]),
         el("Observation.valueQuantity.value", min=1),
         el("Observation.valueQuantity.system", min=1, fixedUri="http://unitsofmeasure.org"),
         el("Observation.valueQuantity.code", min=1, fixedCode="%"),
@@ -261,7 +265,11 @@ def examples() -> dict[str, list[dict[str, Any]]]:
         "pedall-mrd": mrd.to_mrd_observation(mrd.MRDInput(
             patient="X0001", identifier="LAB-1", effectiveDateTime=date(2020, 3, 1),
             valueQuantity=MRDValue(Decimal("0.01"), "<"), method=c("mrd-method", "flow-cytometry"),
-            specimen=c("specimen-type", "bone-marrow"), timepoint=c("assessment-timepoint", "post-cycle"), cycle=1), site),
+            specimen=c("specimen-type", "bone-marrow"), timepoint=c("assessment-timepoint", "post-cycle"), cycle=1), site)
+        + mrd.to_mrd_observation(mrd.MRDInput(  # RQ-PCR, positive not quantifiable (seed 004)
+            patient="X0001", identifier="LAB-2", effectiveDateTime=date(2020, 3, 29),
+            valueQuantity=MRDValue(None), method=c("mrd-method", "rq-pcr"),
+            specimen=c("specimen-type", "bone-marrow"), timepoint=c("assessment-timepoint", "post-cycle"), cycle=2), site),
         "pedall-blinatumomab-infusion": infusion.to_medication_administrations(infusion.InfusionInput(
             patient="X0001", cycle=1, start=date(2020, 2, 1), end=date(2020, 2, 28), dose_rate=Decimal(5),
             escalated_dose_rate=Decimal(15), escalation_day=8,

@@ -123,21 +123,29 @@ def test_rq_pcr_levels(text: str, percent: str, comparator: str | None) -> None:
     assert mrd_scientific(text, ctx=SimpleNamespace(decimal=".")) == MRDValue(Decimal(percent), comparator)
 
 
-@pytest.mark.parametrize("text", ["positive not quantifiable", "2 x 10", "10-3", "5 x 10+2", ""])
+@pytest.mark.parametrize("text", ["positive", "2 x 10", "10-3", "5 x 10+2", ""])
 def test_rq_pcr_text_that_is_not_a_level_is_an_error(text: str) -> None:
     with pytest.raises(TransformError):
         mrd_scientific(text, ctx=SimpleNamespace(decimal="."))
 
 
+@pytest.mark.parametrize("text", ["positive not quantifiable", "Positive, not quantifiable", "PNQ", " positive  not quantifiable "])
+def test_positive_not_quantifiable_is_positive_without_a_number(text: str) -> None:
+    assert mrd_scientific(text, ctx=SimpleNamespace(decimal=".")) == MRDValue(None)
+
+
+def test_not_quantifiable_texts_can_be_declared() -> None:
+    ctx = SimpleNamespace(decimal=".")
+    assert mrd_scientific("pos. < QR", ctx=ctx, not_quantifiable=["pos. < QR"]) == MRDValue(None)
+    with pytest.raises(TransformError):
+        mrd_scientific("positive not quantifiable", ctx=ctx, not_quantifiable=["pos. < QR"])
+
+
 def test_every_uk_result_is_a_level_but_the_one_not_quantifiable() -> None:
     """seed 004: the MRD-positive relapsing patient had 0.05 % (5 x 10-4) before HSCT."""
     ctx = SimpleNamespace(decimal=".")
-    levels, other = [], []
-    for r in _rows(UK):
-        try:
-            levels.append(mrd_scientific(r.cells["OBX-5"], ctx=ctx))
-        except TransformError:
-            other.append(r.cells["OBX-5"])
-    assert other == ["positive not quantifiable"] and len(levels) == 23
+    values = [mrd_scientific(r.cells["OBX-5"], ctx=ctx) for r in _rows(UK)]
+    levels = [v for v in values if v.quantified]
+    assert values.count(MRDValue(None)) == 1 and len(levels) == 23
     assert MRDValue(Decimal("0.05")) in levels
     assert all(v.comparator == "<" and v.value == Decimal("0.01") for v in levels if v.comparator)

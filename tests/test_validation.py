@@ -116,6 +116,7 @@ def test_patient_name_is_refused_by_the_profile() -> None:
     (lambda r: r["code"]["coding"][0].update(code="vital-status"), "Observation.code", "must include coding"),
     (lambda r: r.update(valueString="x") or r.pop("valueQuantity"), "Observation.value[x]", "type must be one of ['Quantity']"),
     (lambda r: r.update(interpretation=r["interpretation"] * 2), "Observation.interpretation", "maximum cardinality 1"),
+    (lambda r: r.pop("valueQuantity"), "Observation", "mrd-1: a quantified MRD result, or the reason it has no number"),
 ])
 def test_profile_findings_name_the_element_and_the_rule(mutate, expression: str, message: str) -> None:
     r = next(copy.deepcopy(x) for x in PRODUCED

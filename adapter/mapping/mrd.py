@@ -4,6 +4,10 @@ Rules (seed papers 000 and 002; REFERENCE.md §1):
 - ``valueQuantity`` in UCUM ``%`` (percent of nucleated cells) with the source's comparator.
 - interpretation NEG below the site's threshold (0.01 % = 10^-4), POS above; a value exactly at the
   threshold follows the site's declaration; ``<x`` with x above the threshold is IND (indeterminate).
+- "positive not quantifiable" (RQ-PCR, seed 004): interpretation POS with no ``valueQuantity`` and
+  ``dataAbsentReason`` ``as-text`` (FHIR R4 Observation invariant obs-6: value or the reason it is
+  absent), the source text in ``note``. No comparator value is invented: ``<0.01 %`` would read as
+  MRD-negative to any consumer that ignores ``interpretation``.
 - ``partOf`` points to the infusion cycle assessed (its step-1 MedicationAdministration); the
   pre-treatment value has no ``partOf``.
 """
@@ -37,6 +41,8 @@ def interpretation(value: MRDValue, threshold: float, equal_is_negative: bool) -
     """v3-ObservationInterpretation code (POS, NEG or IND) of an MRD result against a threshold in %."""
     t = Decimal(str(threshold))
     v, comp = value.value, value.comparator
+    if v is None:
+        return "POS"  # detected, below the quantitative range
     if comp == "<":
         return "NEG" if v <= t else "IND"
     if comp == "<=":
@@ -50,6 +56,7 @@ def interpretation(value: MRDValue, threshold: float, equal_is_negative: bool) -
     return "POS"
 
 
+DATA_ABSENT = "http://terminology.hl7.org/CodeSystem/data-absent-reason"
 _INTERPRETATION_DISPLAY = {"POS": "Positive", "NEG": "Negative", "IND": "Indeterminate"}
 
 
@@ -74,11 +81,16 @@ def to_mrd_observation(inp: MRDInput, site: SiteContext) -> list[dict[str, Any]]
     patient_id = site.patient_id(inp.patient)
     obs["subject"] = fhir.ref("Patient", patient_id)
     obs["effectiveDateTime"] = fhir.fhir_date(inp.effectiveDateTime)
-    q: dict[str, Any] = {"value": fhir.fhir_decimal(inp.valueQuantity.value)}
-    if inp.valueQuantity.comparator:
-        q["comparator"] = inp.valueQuantity.comparator
-    q.update({"unit": "%", "system": fhir.UCUM, "code": "%"})
-    obs["valueQuantity"] = q
+    if inp.valueQuantity.value is None:
+        obs["dataAbsentReason"] = fhir.concept(fhir.coding(DATA_ABSENT, "as-text", "As Text"),
+                                               text="positive, not quantifiable")
+        obs["note"] = [{"text": "MRD detected below the quantitative range (positive, not quantifiable)"}]
+    else:
+        q: dict[str, Any] = {"value": fhir.fhir_decimal(inp.valueQuantity.value)}
+        if inp.valueQuantity.comparator:
+            q["comparator"] = inp.valueQuantity.comparator
+        q.update({"unit": "%", "system": fhir.UCUM, "code": "%"})
+        obs["valueQuantity"] = q
     interp = interpretation(inp.valueQuantity, site.mrd_threshold, site.mrd_equal_is_negative)
     obs["interpretation"] = [fhir.concept(fhir.coding(fhir.OBS_INTERPRETATION, interp,
                                                       _INTERPRETATION_DISPLAY[interp]))]
@@ -99,8 +111,8 @@ def to_mrd_observation(inp: MRDInput, site: SiteContext) -> list[dict[str, Any]]
 
 
 _ORDER = ("resourceType", "id", "meta", "contained", "extension", "identifier", "partOf", "status",
-          "category", "code", "subject", "effectiveDateTime", "valueQuantity", "interpretation",
-          "method", "specimen", "referenceRange")
+          "category", "code", "subject", "effectiveDateTime", "valueQuantity", "dataAbsentReason",
+          "interpretation", "note", "method", "specimen", "referenceRange")
 
 
 def _order(obs: dict[str, Any]) -> dict[str, Any]:

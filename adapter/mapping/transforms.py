@@ -29,10 +29,17 @@ from adapter.errors import TransformError
 @dataclass(frozen=True, slots=True)
 class MRDValue:
     """An MRD (or any percent) result: ``value`` in percent of nucleated cells, with an optional
-    FHIR ``Quantity.comparator`` (``<``, ``<=``, ``>=``, ``>``; FHIR R4 §2.24.0.11, required binding)."""
+    FHIR ``Quantity.comparator`` (``<``, ``<=``, ``>=``, ``>``; FHIR R4 §2.24.0.11, required binding).
 
-    value: Decimal
+    ``value`` is ``None`` for a result that is detected but below the quantitative range
+    ("positive not quantifiable", seed 004): positive, with no number (see profiles/README.md)."""
+
+    value: Decimal | None
     comparator: str | None = None
+
+    @property
+    def quantified(self) -> bool:
+        return self.value is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -312,16 +319,28 @@ _SUPERSCRIPT = str.maketrans("⁰¹²³⁴⁵⁶⁷⁸⁹⁻", "0123456789-")
 _SCIENTIFIC = re.compile(r"^\s*(<=|>=|≤|≥|<|>)?\s*(\d+(?:[.,]\d+)?)\s*(?:[x×*]\s*10\s*\^?\s*|[eE])([-−]\s*\d{1,2})\s*$")
 
 
+_NOT_QUANTIFIABLE = ("positive not quantifiable", "positive, not quantifiable", "pos not quantifiable",
+                     "positive below quantitative range", "pnq")
+
+
 @transform("mrd_scientific")
-def mrd_scientific(value: Any, *, ctx: TransformContext) -> MRDValue:
+def mrd_scientific(value: Any, *, ctx: TransformContext,
+                   not_quantifiable: list[str] | None = None) -> MRDValue:
     """An RQ-PCR MRD level written as leukaemic cells per cell in scientific notation:
     ``"2 x 10-3"``, ``"<1 x 10-4"``, ``"5 × 10⁻⁴"``, ``"1x10^-4"``, ``"1E-4"``. Output:
     :class:`MRDValue` in percent of nucleated cells (2 x 10-3 -> 0.2 %; <1 x 10-4 -> <0.01 %, MRD
-    negative at the 10^-4 threshold, seed 004). Text that is not a level (e.g. ``"positive not
-    quantifiable"``) raises, so the mapping must route it explicitly."""
+    negative at the 10^-4 threshold, seed 004).
+
+    "Positive not quantifiable" (detected below the quantitative range; EuroMRD guidelines, seed 004)
+    gives ``MRDValue(None)``: positive with no number. The texts recognised, case-insensitively, are
+    ``not_quantifiable`` (default: "positive not quantifiable", "positive, not quantifiable", "PNQ"
+    and close variants). Any other text raises :class:`TransformError`."""
+    text = " ".join(str(value).split()).casefold()
+    if text in (t.casefold() for t in (not_quantifiable or _NOT_QUANTIFIABLE)):
+        return MRDValue(None)
     m = _SCIENTIFIC.match(str(value).translate(_SUPERSCRIPT))
     if m is None:
-        raise TransformError(value, "is not an MRD level such as '2 x 10-3' or '<1 x 10-4'")
+        raise TransformError(value, "is not an MRD level such as '2 x 10-3', '<1 x 10-4' or 'positive not quantifiable'")
     comparator = _COMPARATORS.get(m.group(1) or "", m.group(1))
     mantissa = _to_decimal(m.group(2).replace(",", "."), ".")
     exponent = int(m.group(3).replace("−", "-").replace(" ", ""))

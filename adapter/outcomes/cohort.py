@@ -35,9 +35,11 @@ CS = "https://w3id.org/pedall-fhir/CodeSystem/"
 @dataclass(frozen=True)
 class MRD:
     """One MRD result: ``value`` in % of nucleated cells, ``comparator`` (``<`` …) or None,
-    ``interpretation`` POS/NEG/IND, and the cycle it follows (None = before blinatumomab)."""
+    ``interpretation`` POS/NEG/IND, and the cycle it follows (None = before blinatumomab).
+    ``value`` is None for a positive result below the quantitative range (``dataAbsentReason``,
+    seed 004 "positive not quantifiable")."""
 
-    value: float
+    value: float | None
     comparator: str | None
     interpretation: str
     cycle: int | None
@@ -232,14 +234,15 @@ def course_of(pat: dict[str, Any], res: dict[str, list[dict[str, Any]]],  # noqa
     for o in res.get("Observation", []):
         prof = _profile(o)
         when = _d(o.get("effectiveDateTime"))
-        if prof == "pedall-mrd" and "valueQuantity" in o:
-            q = o["valueQuantity"]
+        if prof == "pedall-mrd" and ("valueQuantity" in o or "dataAbsentReason" in o):
+            q = o.get("valueQuantity") or {}
             part = (o.get("partOf") or [{}])[0].get("reference", "")
             cycle = cycle_of.get(part.split("/", 1)[1]) if part else None
             if part and cycle is None:
                 cycle = _ext(o, "treatment-cycle")
             interp = _code((o.get("interpretation") or [{}])[0], "v3-ObservationInterpretation") or "IND"
-            c.mrd.append(MRD(float(q["value"]), q.get("comparator"), interp, cycle, when))
+            value = float(q["value"]) if "value" in q else None
+            c.mrd.append(MRD(value, q.get("comparator"), interp, cycle, when))
         elif prof == "pedall-disease-status":
             status = _code(o.get("valueCodeableConcept"), "disease-status")
             point = _code((o.get("category") or [{}])[0], "assessment-timepoint")
@@ -277,7 +280,8 @@ def course_of(pat: dict[str, Any], res: dict[str, list[dict[str, Any]]],  # noqa
         if _profile(cond) == "pedall-diagnosis":
             c.diagnosis = _d(cond.get("onsetDateTime"))
     # the same course whatever order the resources came in
-    c.mrd.sort(key=lambda m: (m.date or date.min, -1 if m.cycle is None else m.cycle, m.value, m.comparator or ""))
+    c.mrd.sort(key=lambda m: (m.date or date.min, -1 if m.cycle is None else m.cycle,
+                         -1.0 if m.value is None else m.value, m.comparator or ""))
     c.adverse_events.sort(key=lambda e: (e[0], -1 if e[1] is None else e[1]))
     if c.response is None:
         c.response = _derived_response(c)
@@ -293,7 +297,14 @@ def _derived_response(c: PatientCourse) -> str | None:
     if last is None:
         return None
     if last.interpretation == "NEG":
-        return "mrd-clearance" if pre is not None and pre.value < 1 and pre.interpretation == "POS" else "cr-mrd-negative"
-    if pre is not None and last.value <= pre.value / 10:
+        return "mrd-clearance" if pre is not None and (pre.value is None or pre.value < 1) and pre.interpretation == "POS" else "cr-mrd-negative"
+    if pre is not None and pre.value is not None and _below_tenth(last, pre.value):
         return "pr"
     return "pd"
+
+
+def _below_tenth(m: MRD, pre: float) -> bool:
+    """At least a 1-log reduction from ``pre`` (%). A positive result that is not quantifiable is
+    below the quantitative range, taken as the 10^-4 (0.01 %) limit of RQ-PCR (EuroMRD; seed 004)."""
+    value = 0.01 if m.value is None else m.value
+    return value <= pre / 10

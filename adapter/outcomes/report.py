@@ -95,10 +95,10 @@ def _mrd_figures(cohort: list[PatientCourse]) -> dict[str, Any]:
     c1 = [c.mrd_after(1) for c in cohort]
 
     def strict(m: Any) -> bool:  # below 0.01 %: "<0.01" or a value under 0.01
-        return m is not None and (m.value < 0.01 or (m.comparator == "<" and m.value <= 0.01))
+        return m is not None and m.value is not None and (m.value < 0.01 or (m.comparator == "<" and m.value <= 0.01))
 
     def inclusive(m: Any) -> bool:  # at most 0.01 %
-        return m is not None and m.value <= 0.01
+        return m is not None and m.value is not None and m.value <= 0.01
 
     def negative(m: Any) -> bool:
         return m is not None and m.interpretation == "NEG"
@@ -108,7 +108,7 @@ def _mrd_figures(cohort: list[PatientCourse]) -> dict[str, Any]:
     with_c1 = sum(m is not None for m in c1)
     return {  # denominators: patients with that MRD result recorded
         "pre_positive": proportion(sum(m is not None and m.interpretation == "POS" for m in pre), with_pre),
-        "pre_above_1_percent": proportion(sum(m is not None and m.value > 1 for m in pre), with_pre),
+        "pre_above_1_percent": proportion(sum(m is not None and m.value is not None and m.value > 1 for m in pre), with_pre),
         "after_last_negative": proportion(sum(negative(m) for m in last), with_last),
         "after_last_strict": proportion(sum(strict(m) for m in last), with_last),
         "after_last_inclusive": proportion(sum(inclusive(m) for m in last), with_last),
@@ -129,8 +129,9 @@ def _mrd_negative_after(c: PatientCourse) -> bool:
 def _response_figures(cohort: list[PatientCourse]) -> dict[str, Any]:
     n = len(cohort)
     counts = Counter(c.response or "not-assessed" for c in cohort)
-    high = [c for c in cohort if (m := c.mrd_pre) is not None and m.value > 1]
-    low_pos = [c for c in cohort if (m := c.mrd_pre) is not None and m.value <= 1 and m.interpretation == "POS"]
+    high = [c for c in cohort if (m := c.mrd_pre) is not None and m.value is not None and m.value > 1]
+    low_pos = [c for c in cohort if (m := c.mrd_pre) is not None and (m.value is None or m.value <= 1)
+               and m.interpretation == "POS"]
     by_status: dict[str, Any] = {}
     for group in sorted({_status_group(c.status_at_start) for c in cohort}):
         members = [c for c in cohort if _status_group(c.status_at_start) == group]

@@ -24,6 +24,7 @@ that CodeSystem defines, and an extension with our canonical URL must be one we 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +35,11 @@ import jsonschema_rs
 from adapter.config import CANONICAL
 
 SUPPORTED = {"id", "path", "min", "max", "type", "fixedUri", "fixedCode", "patternCodeableConcept", "binding",
-             "slicing", "sliceName", "short"}
+             "slicing", "sliceName", "short", "constraint"}
+
+#: The one invariant form supported (on the root element): ``a.exists() or b.exists()``; a name
+#: that is a choice element in the differential (``value[x]``) stands for any of its types.
+_EXISTS_OR = re.compile(r"^(\w+(?:\[x\])?)\.exists\(\) or (\w+(?:\[x\])?)\.exists\(\)$")
 
 
 
@@ -61,6 +66,13 @@ class CompiledProfile:
 def _regex_literal(text: str) -> str:
     """``text`` as an ECMA-262 regex literal (escape the metacharacters; ``/`` and ``-`` need none)."""
     return "".join("\\" + c if c in r"\.^$*+?()[]{}|" else c for c in text)
+
+
+def _present(name: str) -> dict[str, Any]:
+    """Schema: the element ``name`` (``value[x]``: any ``value*`` key) is present."""
+    if name.endswith("[x]"):
+        return {"type": "object", "not": {"propertyNames": {"not": {"pattern": f"^{_regex_literal(name[:-3])}[A-Z]"}}}}
+    return {"type": "object", "required": [name]}
 
 
 def _each(schema: dict[str, Any]) -> dict[str, Any]:
@@ -170,7 +182,16 @@ class ProfileSet:
                 raise ValueError(f"{where}: unsupported differential feature(s) {sorted(unknown)}")
             segs = e["path"].split(".")[1:]
             if not segs:
+                for c in e.get("constraint", []):
+                    m = _EXISTS_OR.match(c.get("expression", ""))
+                    if m is None or c.get("severity") != "error":
+                        raise ValueError(f"{where}: unsupported invariant {c.get('key')}: {c.get('expression')!r}")
+                    choices = {x["path"].split(".")[-1][:-3] for x in sd["differential"]["element"] if x["path"].endswith("[x]")}
+                    names = [n + "[x]" if n in choices else n for n in m.groups()]
+                    rule(rtype, f"{c['key']}: {c['human']}", {"anyOf": [_present(n) for n in names]})
                 continue
+            if "constraint" in e:
+                raise ValueError(f"{where}: invariants are supported on the root element only")
             parents, last = segs[:-1], segs[-1]
             expr = rtype + "." + ".".join(segs)
             lo = e.get("min")
