@@ -21,6 +21,8 @@ run: $(STAMP)
 	$(BIN)/adapter ingest examples/hito/hito_seguimiento_blinatumomab.xlsx --site hito --mapping seguimiento
 	$(BIN)/adapter ingest examples/hito/hito_erm_citometria.csv --site hito --mapping erm_citometria
 	$(BIN)/adapter ingest examples/huanl/huanl_blinatumomab_curso_corto.xlsx --site huanl --mapping curso_corto
+	$(BIN)/adapter ingest examples/uk_infants/uk_infant_blinatumomab_registry.csv --site uk-infants --mapping registry
+	$(BIN)/adapter ingest examples/uk_infants/uk_mrd_lab_ORU_R01.hl7 --site uk-infants --mapping mrd_lab
 	$(BIN)/adapter summary
 	$(BIN)/adapter outcomes
 	$(BIN)/adapter serve

@@ -64,14 +64,17 @@ def _print_report(report: Any) -> None:
     state = "stored" if report.stored else ("dry run, nothing stored" if report.dry_run else "nothing stored")
     console.print(f"rows read {report.rows_read} = mapped {report.rows_mapped} + rejected {report.rows_rejected}"
                   f" (blank rows skipped: {report.blank_rows}); {state}", highlight=False)
+    if report.unlinked_patients:
+        console.print(f"{report.unlinked_patients} patient(s) not linked to a Patient of the site (warnings below)")
     for issue in report.issues:
         d = issue.to_operation_outcome_issue()
-        console.print(f"  [red]{d['severity']}[/] {d['diagnostics']}", highlight=False)
+        color = "red" if d["severity"] == "error" else "yellow"
+        console.print(f"  [{color}]{d['severity']}[/] {d['diagnostics']}", highlight=False)
 
 
 @app.command()
 def ingest(
-    file: Annotated[Path, typer.Argument(help="the export file (CSV or XLSX)")],
+    file: Annotated[Path, typer.Argument(help="the export file (CSV, XLSX or HL7 v2)")],
     site: Annotated[str, typer.Option(help="site code, a folder under mappings/")],
     mapping: Annotated[str, typer.Option(help="mapping name: mappings/<site>/<name>.yaml")],
     strict: Annotated[bool, typer.Option(help="reject the whole file if any row is rejected")] = False,

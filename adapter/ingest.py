@@ -6,7 +6,11 @@ readers -> mapping engine (pure) -> validation -> store, in one database transac
 - valid rows are stored; ``strict`` stores nothing when any row is rejected; ``dry_run`` stores nothing;
 - re-posting the same file changes nothing; a corrected file versions exactly the changed resources;
 - each ingestion that changed something writes a Provenance (agent: the site; entity: the file by
-  SHA-256; each target carries its source row).
+  SHA-256; each target carries its source row);
+- records are linked across a site's files by the site's own patient identifier (the Patient id is
+  derived from site + identifier, so a lab feed and a clinical sheet meet in one Patient). A record
+  whose patient no file of the site has brought (yet) is stored and reported as a warning, once per
+  patient, with the first row and the identifier's column; links are never made across sites.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from adapter.mapping.patient import organization
 from adapter.readers import reader_for
 from adapter.spec import load_mapping
 from adapter.store import Rollback, Store, WriteOutcome
-from adapter.store.db import content_hash, now_instant
+from adapter.store.db import CORRECTED, content_hash, now_instant
 from adapter.validation import Validator, get_validator
 
 
@@ -55,6 +59,7 @@ class IngestReport:
     issues: list[RowIssue] = field(default_factory=list)
     provenance_ids: list[str] = field(default_factory=list)
     sample: list[dict[str, Any]] = field(default_factory=list)  # the first ``show`` resources mapped
+    unlinked_patients: int = 0  # patients referenced by this file with no Patient at the site
 
     def counts(self) -> dict[str, dict[str, int]]:
         """``{resourceType: {created|updated|unchanged: n}}``."""
@@ -74,7 +79,7 @@ class IngestReport:
         return {"ingestion": self.ingestion_id, "site": self.site, "mapping": self.mapping, "file": self.file,
                 "sha256": self.sha256, "started": self.started, "strict": self.strict, "dryRun": self.dry_run,
                 "rowsRead": self.rows_read, "rowsMapped": self.rows_mapped, "rowsRejected": self.rows_rejected,
-                "blankRows": self.blank_rows, "stored": self.stored, "resources": self.counts(),
+                "blankRows": self.blank_rows, "unlinkedPatients": self.unlinked_patients, "stored": self.stored, "resources": self.counts(),
                 "provenance": self.provenance_ids, "operationOutcome": self.operation_outcome()}
 
 
@@ -143,10 +148,12 @@ def ingest_file(path: Path, site: str, mapping: str, store: Store, *, strict: bo
     # (type, id) -> (SHA-256 of the canonical JSON, source row locator), for every resource of this file
     seen: dict[tuple[str, str], tuple[str, str]] = {}
     batch: list[tuple[dict[str, Any], str, str]] = []
+    # Patient id -> the first row that refers to it (for the link check)
+    referenced: dict[str, tuple[Any, str | None]] = {}
 
     with store.transaction() as tx:
         def flush() -> None:
-            report.outcomes.extend(tx.upsert(batch))
+            report.outcomes.extend(tx.upsert(batch, keep_corrections=True))
             batch.clear()
 
         org = organization(sc)
@@ -168,6 +175,11 @@ def ingest_file(path: Path, site: str, mapping: str, store: Store, *, strict: bo
                     for res in result.resources:
                         key = (res["resourceType"], res["id"])
                         digest = content_hash(res)
+                        if key in seen and seen[key][0] != digest and res.get("status") in CORRECTED:
+                            # a later message corrects a result of the same file (HL7 v2 OBX-11 "C"):
+                            # store the original first, so that the correction is its next version
+                            flush()
+                            del seen[key]
                         if key in seen:
                             if seen[key][0] != digest:
                                 result.issues.append(RowIssue(
@@ -178,6 +190,9 @@ def ingest_file(path: Path, site: str, mapping: str, store: Store, *, strict: bo
                         fresh.append((key, digest, res))
                     if not result.issues:
                         for key, digest, res in fresh:
+                            pid = _patient_of(res)
+                            if pid is not None and pid not in referenced:
+                                referenced[pid] = (row, sheet.patient_column)
                             seen[key] = (digest, loc)
                             batch.append((res, site, digest))
                             if len(report.sample) < show:
@@ -193,6 +208,14 @@ def ingest_file(path: Path, site: str, mapping: str, store: Store, *, strict: bo
                     progress(report.rows_read)
         flush()
         report.blank_rows = reader.stats.blank
+        unlinked = tx.missing("Patient", [p for p in referenced if ("Patient", p) not in seen])
+        report.unlinked_patients = len(unlinked)
+        for pid in sorted(unlinked, key=lambda p: referenced[p][0].row):
+            row, column = referenced[pid]
+            report.issues.append(RowIssue(
+                row.file, row.sheet, row.row, column, row.cells.get(column) if column else None,
+                f"no Patient with this identifier at site {site} yet: the record is stored and links when the "
+                "site's clinical export brings the patient", severity="warning", code="not-found", segment=row.segment))
         changed = [(o.type, o.id, o.version_id, seen[(o.type, o.id)][1] if (o.type, o.id) in seen else name)
                    for o in report.outcomes if o.outcome != "unchanged"]
         for part, start in enumerate(range(0, len(changed), PROVENANCE_TARGETS)):
@@ -216,3 +239,8 @@ def ingest_file(path: Path, site: str, mapping: str, store: Store, *, strict: bo
         err.report = report  # type: ignore[attr-defined]
         raise err
     return report
+
+
+def _patient_of(resource: dict[str, Any]) -> str | None:
+    ref = (resource.get("subject") or resource.get("patient") or {}).get("reference", "")
+    return ref.split("/", 1)[1] if resource.get("resourceType") != "Patient" and ref.startswith("Patient/") else None

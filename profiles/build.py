@@ -77,6 +77,8 @@ CODESYSTEMS: dict[str, tuple[str, list[tuple[str, str, str]]]] = {
         ("relapse-1", "First relapse", "First relapse."),
         ("relapse-2", "Second relapse", "Second relapse."),
         ("relapse-3", "Third relapse", "Third relapse."),
+        ("cr1-mrd-positive", "First complete remission with detectable MRD", "CR1 with persistent MRD (>= 10^-4), e.g. first-line refractory MRD (seed 004)."),
+        ("cr2-mrd-positive", "Second complete remission with detectable MRD", "CR2 after a relapse, with persistent MRD (seed 004)."),
         ("progression", "Progressive disease", "Rising MRD, >= 5 % marrow blasts, > 25 % circulating blasts or new extramedullary disease (seed 002).")]),
     "blinatumomab-response": ("Response to blinatumomab (seed 002 definitions)", [
         ("cr-mrd-negative", "Complete remission with MRD negativity", "MRD < 0.01 % by flow with hematologic recovery."),

@@ -26,7 +26,10 @@ from adapter.mapping.transforms import MRDValue
 
 class MRDInput(ConceptInput):
     """``timepoint`` codes come from CodeSystem assessment-timepoint (``pre-treatment`` or
-    ``post-cycle``); ``post-cycle`` needs ``cycle``. ``method`` codes from CodeSystem mrd-method."""
+    ``post-cycle``); ``post-cycle`` needs ``cycle``. ``method`` codes from CodeSystem mrd-method.
+    ``status``: FHIR ObservationStatus (``final`` when not given; HL7 v2 OBX-11 through the
+    ``obx_result_status`` table: F final, C corrected, P preliminary). A corrected result keeps the
+    source keys of the result it corrects (``identifier``), so it updates that Observation."""
 
     identifier: str | None = None
     effectiveDateTime: date
@@ -35,6 +38,7 @@ class MRDInput(ConceptInput):
     specimen: Coded
     timepoint: Coded
     cycle: int | None = None
+    status: Coded | None = None
 
 
 def interpretation(value: MRDValue, threshold: float, equal_is_negative: bool) -> str:
@@ -72,7 +76,7 @@ def to_mrd_observation(inp: MRDInput, site: SiteContext) -> list[dict[str, Any]]
         obs["identifier"] = [{"system": f"{fhir.SID}{site.site}/lab-accession", "value": inp.identifier}]
     if tp == "post-cycle":
         obs["partOf"] = [fhir.ref("MedicationAdministration", site.infusion_id(inp.patient, inp.cycle or 0))]
-    obs["status"] = "final"
+    obs["status"] = inp.status.code if inp.status is not None and inp.status.code else "final"
     obs["category"] = [
         fhir.concept(fhir.coding(fhir.OBS_CATEGORY, "laboratory", "Laboratory")),
         fhir.concept(inp.timepoint.coding()),

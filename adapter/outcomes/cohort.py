@@ -64,6 +64,7 @@ class PatientCourse:
     vials_used: int | None = None  # MedicationDispense.quantity, all cycles
     vials_standard_course: int | None = None  # standard-course-quantity extension, all cycles
     status_at_start: str | None = None
+    relapsed_before_start: bool = False  # a relapse recorded before blinatumomab (indication: relapse)
     mrd: list[MRD] = field(default_factory=list)
     response: str | None = None
     hsct: date | None = None
@@ -234,6 +235,8 @@ def course_of(pat: dict[str, Any], res: dict[str, list[dict[str, Any]]],  # noqa
     for o in res.get("Observation", []):
         prof = _profile(o)
         when = _d(o.get("effectiveDateTime"))
+        if o.get("status") in ("entered-in-error", "cancelled"):
+            continue
         if prof == "pedall-mrd" and ("valueQuantity" in o or "dataAbsentReason" in o):
             q = o.get("valueQuantity") or {}
             part = (o.get("partOf") or [{}])[0].get("reference", "")
@@ -246,8 +249,11 @@ def course_of(pat: dict[str, Any], res: dict[str, list[dict[str, Any]]],  # noqa
         elif prof == "pedall-disease-status":
             status = _code(o.get("valueCodeableConcept"), "disease-status")
             point = _code((o.get("category") or [{}])[0], "assessment-timepoint")
+            relapse = status in ("relapse", "relapse-1", "relapse-2", "relapse-3")
             if point == "pre-treatment":
                 c.status_at_start = status
+            elif relapse and (point == "diagnosis" or (when is not None and c.start is not None and when < c.start)):
+                c.relapsed_before_start = True
             elif status in ("relapse", "relapse-1", "relapse-2", "relapse-3", "progression") and when is not None:
                 if c.start is None or when >= c.start:
                     c.relapse = when if c.relapse is None or when < c.relapse else c.relapse

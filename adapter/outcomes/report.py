@@ -10,6 +10,10 @@ Definitions (REFERENCE.md §8 and the seed papers):
   (profiles/README.md choice 2); ``after_last_strict`` / ``after_last_inclusive`` give both readings.
 - **CR**: CR with MRD negativity or MRD clearance (seed 002 TABLE 4); **MRD clearance**: MRD-negative
   after blinatumomab among patients who started MRD-positive with < 1 % blasts (seed 002).
+- **Survival from HSCT** (seed 004): the same endpoints among transplanted patients, from the date
+  of HSCT.
+- **Age**: completed years at the start (``age_years``), and (start − birth date) / 365.25
+  (``age_decimal_years``, the convention of examples/uk_infants and mx_multicentro EXPECTED.md).
 - **Median follow-up**: reverse Kaplan–Meier from the start of blinatumomab, and the plain median
   from diagnosis to last contact or death (the reading of seed 002, EXPECTED.md C10).
 """
@@ -50,6 +54,8 @@ STRATA: dict[str, Callable[[PatientCourse], str]] = {
 def _status_group(s: str | None) -> str:
     if s == "refractory":
         return "refractory"
+    if s in ("cr1-mrd-positive", "cr2-mrd-positive"):
+        return "cr-mrd-positive"
     if s in ("relapse-1", "relapse"):
         return "first-relapse" if s == "relapse-1" else "relapse"
     if s in ("relapse-2", "relapse-3"):
@@ -61,20 +67,22 @@ def _months(a: Any, b: Any) -> float:
     return (b - a).days / DAYS_PER_MONTH
 
 
-def survival_data(cohort: list[PatientCourse], endpoint: str) -> SurvivalData:
-    """Durations (months) and events for ``os`` or ``rfs``; patients without an end of follow-up
-    are left out (counted in ``missing_follow_up``)."""
+def survival_data(cohort: list[PatientCourse], endpoint: str, origin: str = "start") -> SurvivalData:
+    """Durations (months) and events for ``os`` or ``rfs``, from ``origin``: ``start`` of
+    blinatumomab, or ``hsct`` (transplanted patients only; events before the HSCT cannot happen in
+    this cohort, seed 004). Patients without an end of follow-up are left out."""
     durations, events = [], []
     for c in cohort:
         end = c.end_of_follow_up
-        if c.start is None or end is None:
+        t0 = c.start if origin == "start" else c.hsct
+        if t0 is None or end is None:
             continue
         if endpoint == "os":
             event, when = c.death is not None, c.death or end
         else:
             first = min(d for d in (c.relapse, c.death) if d is not None) if (c.relapse or c.death) else None
             event, when = first is not None, first or end
-        durations.append(max(_months(c.start, when), 0.0))
+        durations.append(max(_months(t0, when), 0.0))
         events.append(int(event))
     return SurvivalData(durations, events)
 
@@ -87,6 +95,10 @@ def _summary(values: list[float]) -> dict[str, Any]:
     if len(values) > 1:
         out["sd"] = round(statistics.stdev(values), 2)
     return out
+
+
+def _after_relapse(c: PatientCourse) -> bool:
+    return c.relapsed_before_start or c.status_at_start in ("relapse", "relapse-1", "relapse-2", "relapse-3", "cr2-mrd-positive")
 
 
 def _mrd_figures(cohort: list[PatientCourse]) -> dict[str, Any]:
@@ -114,6 +126,9 @@ def _mrd_figures(cohort: list[PatientCourse]) -> dict[str, Any]:
         "after_last_inclusive": proportion(sum(inclusive(m) for m in last), with_last),
         "after_cycle1_strict": proportion(sum(strict(m) for m in c1), with_c1),
         "after_cycle1_inclusive": proportion(sum(inclusive(m) for m in c1), with_c1),
+        "pre_percent_by_status": {g: _summary([m.value for c in cohort if _status_group(c.status_at_start) == g
+                                               and (m := c.mrd_pre) is not None and m.value is not None])
+                                  for g in sorted({_status_group(c.status_at_start) for c in cohort})},
     }
 
 
@@ -235,18 +250,33 @@ def _exposure(cohort: list[PatientCourse], drug_costs: Mapping[str, DrugCost]) -
     }
 
 
-def _survival(cohort: list[PatientCourse], timepoint: float, stratify: str | None) -> dict[str, Any]:
+def _survival(cohort: list[PatientCourse], timepoint: float, stratify: str | None, origin: str = "start") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for endpoint in ("os", "rfs"):
-        data = survival_data(cohort, endpoint)
-        fig = {"definition": DEFINITIONS[endpoint], **km_at(data, timepoint)}
+        data = survival_data(cohort, endpoint, origin)
+        definition = DEFINITIONS[endpoint] if origin == "start" else {**DEFINITIONS[endpoint], "origin": "date of HSCT"}
+        fig = {"definition": definition, **km_at(data, timepoint)}
         if stratify:
             key = STRATA[stratify]
-            groups = {g: survival_data([c for c in cohort if key(c) == g], endpoint) for g in sorted({key(c) for c in cohort})}
+            groups = {g: survival_data([c for c in cohort if key(c) == g], endpoint, origin)
+                      for g in sorted({key(c) for c in cohort})}
             fig["strata"] = {g: km_at(d, timepoint) for g, d in groups.items()}
             fig["logrank"] = logrank(groups)
         out[endpoint] = fig
     return out
+
+
+def _hsct(cohort: list[PatientCourse]) -> dict[str, Any]:
+    """HSCT rate with donor figures, days from the start of blinatumomab to HSCT, and days from HSCT
+    to the last follow-up of the survivors (seed 004's "median follow up following HSCT")."""
+    done = [c for c in cohort if c.hsct is not None]
+    survivors = [c for c in done if c.death is None and c.last_follow_up is not None]
+    return {**proportion(len(done), len(cohort)),
+            "hla_match": dict(sorted(Counter(c.donor.get("hla_match", "unknown") for c in done).items())),
+            "stem_cell_source": dict(sorted(Counter(c.donor.get("stem_cell_source", "unknown") for c in done).items())),
+            "days_from_start": _summary([float((c.hsct - c.start).days) for c in done if c.start and c.hsct]),
+            "follow_up_days_survivors": _summary([float((c.last_follow_up - c.hsct).days) for c in survivors
+                                                  if c.last_follow_up and c.hsct])}
 
 
 def _follow_up(cohort: list[PatientCourse]) -> dict[str, Any]:
@@ -271,13 +301,14 @@ def group_figures(cohort: list[PatientCourse], timepoint: float = 36.0, stratify
         "n": n,
         "sex": dict(sorted(Counter(c.gender or "unknown" for c in cohort).items())),
         "age_years": {**_summary(ages), "infants_under_1": sum(a < 1 for a in ages)},
+        "age_decimal_years": _summary([(c.start - c.birth_date).days / 365.25 for c in cohort if c.start and c.birth_date]),
         "status_at_start": dict(sorted(Counter(_status_group(c.status_at_start) for c in cohort).items())),
         "exposure": _exposure(cohort, drug_costs or {}),
         "mrd": _mrd_figures(cohort),
         "response": _response_figures(cohort),
-        "hsct": {**proportion(sum(c.hsct is not None for c in cohort), n),
-                 "hla_match": dict(sorted(Counter(c.donor.get("hla_match", "unknown") for c in cohort if c.hsct).items())),
-                 "stem_cell_source": dict(sorted(Counter(c.donor.get("stem_cell_source", "unknown") for c in cohort if c.hsct).items()))},
+        "indication": {"after_relapse": sum(_after_relapse(c) for c in cohort),
+                       "first_line_refractory": sum(not _after_relapse(c) for c in cohort)},
+        "hsct": _hsct(cohort),
         "toxicity": _toxicity(cohort),
         "deaths": {**proportion(len(deaths), n),
                    "causes": dict(sorted(Counter(c.death_cause or "unknown" for c in deaths).items())),
@@ -285,6 +316,7 @@ def group_figures(cohort: list[PatientCourse], timepoint: float = 36.0, stratify
                    "after_hsct": sum(bool(c.hsct and c.death and c.death >= c.hsct) for c in deaths)},
         "relapse_or_progression": proportion(sum(c.relapse is not None for c in cohort), n),
         "survival": _survival(cohort, timepoint, stratify),
+        "survival_from_hsct": _survival([c for c in cohort if c.hsct], timepoint, stratify, origin="hsct"),
         "follow_up": _follow_up(cohort),
     }
 

@@ -57,6 +57,11 @@ class CompiledSheet:
     blocks: tuple[CompiledBlock, ...]
     columns: frozenset[str]
 
+    @property
+    def patient_column(self) -> str | None:
+        """The column the site's patient identifier comes from (the first block's ``patient``)."""
+        return next((f.column for b in self.blocks for f in b.fields if f.name == "patient" and f.column), None)
+
 
 @dataclass(frozen=True)
 class LoadedMapping:

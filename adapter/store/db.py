@@ -55,8 +55,11 @@ def _search_columns(r: dict[str, Any]) -> dict[str, Any]:
             "effective": effective, "status": status if isinstance(status, str) else None}
 
 
+#: Statuses of a result that corrects an earlier one (FHIR R4 ObservationStatus).
+CORRECTED = ("corrected", "amended")
+
 _EXISTING = (select(resources.c.id, resources.c.version_id, resources.c.content_hash, resources.c.deleted,
-                    resources.c.patient_id)
+                    resources.c.patient_id, resources.c.status)
              .where(resources.c.type == bindparam("type"), resources.c.id.in_(bindparam("ids", expanding=True))))
 
 
@@ -84,22 +87,27 @@ class Transaction:
             # primary-key probe or an insert, so the index is always the right plan.
             conn.exec_driver_sql("SET LOCAL enable_seqscan = off")
 
-    def upsert(self, batch: list[tuple[dict[str, Any], str, str | None]]) -> list[WriteOutcome]:
+    def upsert(self, batch: list[tuple[dict[str, Any], str, str | None]],
+               keep_corrections: bool = False) -> list[WriteOutcome]:
         """Store resources, each as ``(resource, site code, content hash or None)``; the hash is
         :func:`content_hash` (computed when ``None``). Unchanged content keeps its version; changed
         content gets version n+1 and a history row. Sets ``meta.versionId``/``meta.lastUpdated`` on
-        the dicts passed in. Resource ids must be unique within the batch."""
+        the dicts passed in. Resource ids must be unique within the batch.
+
+        ``keep_corrections`` (ingestion): a stored result whose status is ``corrected`` or ``amended``
+        is not replaced by one that is not (the original of a corrected result, in a feed posted
+        again; FHIR R4 ObservationStatus); the write is reported ``unchanged``."""
         if not batch:
             return []
-        existing: dict[tuple[str, str], tuple[int, str, bool, str | None]] = {}
+        existing: dict[tuple[str, str], tuple[int, str, bool, str | None, str | None]] = {}
         ids_by_type: dict[str, list[str]] = {}
         for r, _, _ in batch:
             ids_by_type.setdefault(r["resourceType"], []).append(r["id"])
         for rtype, ids in ids_by_type.items():
             for i in range(0, len(ids), 500):  # type = ? AND id IN (...): a primary-key probe per id
                 rows = self.conn.execute(_EXISTING, {"type": rtype, "ids": ids[i:i + 500]})
-                for rid, v, h, deleted, pid in rows:
-                    existing[(rtype, rid)] = (v, h, bool(deleted), pid)
+                for rid, v, h, deleted, pid, status in rows:
+                    existing[(rtype, rid)] = (v, h, bool(deleted), pid, status)
         stamp = now_instant()
         inserts, updates, history, out = [], [], [], []
         index: list[tuple[Any, ...]] = []
@@ -107,7 +115,8 @@ class Transaction:
             key = (r["resourceType"], r["id"])
             h = known_hash or content_hash(r)
             prev = existing.get(key)
-            if prev is not None and prev[1] == h and not prev[2]:
+            if prev is not None and not prev[2] and (prev[1] == h or (
+                    keep_corrections and prev[4] in CORRECTED and r.get("status") not in CORRECTED)):
                 out.append(WriteOutcome(key[0], key[1], prev[0], "unchanged"))
                 continue
             version = 1 if prev is None else prev[0] + 1
@@ -159,6 +168,14 @@ class Transaction:
         # names come from our own table definitions, never from input; values are bound parameters
         sql = f"INSERT INTO {table.name} ({', '.join(cols)}) VALUES ({', '.join([mark] * len(cols))})"  # noqa: S608
         self.conn.exec_driver_sql(sql, rows)
+
+    def missing(self, rtype: str, ids: list[str]) -> set[str]:
+        """The ``ids`` with no current (non-deleted) resource of type ``rtype``."""
+        found: set[str] = set()
+        for i in range(0, len(ids), 500):
+            rows = self.conn.execute(_EXISTING, {"type": rtype, "ids": ids[i:i + 500]})
+            found.update(rid for rid, _v, _h, deleted, _p, _s in rows if not deleted)
+        return set(ids) - found
 
     def record_ingestion(self, row: dict[str, Any]) -> None:
         """Keep an ingestion's report (see :class:`adapter.ingest.IngestReport`)."""

@@ -1,0 +1,172 @@
+"""Multicenter onboarding (issue 4): the UK infant registry with its MRD reference laboratory's HL7 v2
+feed (seed 004), posted through the HTTP API to a real server on SQLite and PostgreSQL, reproduce
+examples/uk_infants/EXPECTED.md; records link across the two files by the hospital number; a
+corrected result (OBX-11 "C") versions the Observation it corrects."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from adapter.config import Settings
+from tests.conftest import EXAMPLES, _store_on
+from tests.server import Server, _post_export
+
+UK = EXAMPLES / "uk_infants"
+UK_FEED = UK / "uk_mrd_lab_ORU_R01.hl7"
+UK_REGISTRY = UK / "uk_infant_blinatumomab_registry.csv"
+SITE = "uk-infants"
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def network(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, settings: Settings) -> Iterator[Server]:
+    """A server with the UK exports posted: the lab feed first (its patients are not known yet), then
+    the registry that brings them."""
+    with _store_on(request.param, tmp_path_factory.mktemp("network")) as store:
+        srv = Server(store, settings.model_copy(update={"max_upload_bytes": 2_000_000}))
+        try:
+            srv.first_feed = _post(srv, UK_FEED, "mrd_lab")  # type: ignore[attr-defined]
+            r = _post(srv, UK_REGISTRY, "registry")
+            assert r["rowsRejected"] == 0, r
+            yield srv
+        finally:
+            srv.stop()
+
+
+def _post(srv: Server, path: Path, mapping: str, site: str = SITE) -> dict[str, Any]:
+    """POST /$ingest; the ingestion report (the summary of the batch-response Bundle's last entry)
+    with its row issues under ``issues``."""
+    r = _post_export(srv.client, path, site, mapping)
+    assert r.status_code == 200, r.text
+    outcome = r.json()["entry"][-1]["response"]["outcome"]
+    report = json.loads(outcome["issue"][0]["diagnostics"])
+    report["issues"] = [i for i in outcome["issue"][1:] if i["severity"] != "information"]
+    return report
+
+
+def _uk(srv: Server, **params: Any) -> dict[str, Any]:
+    r = srv.client.get("/outcomes", params={"site": SITE, **params})
+    assert r.status_code == 200, r.text
+    return r.json()["sites"][SITE]
+
+
+# ------------------------------------------------------------------------------------------- linking
+
+
+def test_lab_results_posted_before_the_registry_are_kept_and_reported_unlinked(network: Server) -> None:
+    first = network.first_feed  # type: ignore[attr-defined]
+    assert first["rowsRead"] == 24 and first["rowsMapped"] == 24 and first["rowsRejected"] == 0
+    assert first["unlinkedPatients"] == 11
+    warnings = first["issues"]
+    assert len(warnings) == 11 and {w["severity"] for w in warnings} == {"warning"}
+    assert all(w["code"] == "not-found" and "column=PID-3[MR].1" in w["diagnostics"] for w in warnings)
+    assert "message=1; segment=OBX 1 (segment 4), MSH-10 MRD161127001" in warnings[0]["diagnostics"]
+
+
+def test_both_files_meet_in_one_patient_each(network: Server) -> None:
+    patients = network.client.get("/Patient", params={"_count": 100}).json()
+    assert patients["total"] == 11
+    again = _post(network, UK_FEED, "mrd_lab")
+    assert again["unlinkedPatients"] == 0 and not again["issues"]
+    assert again["resources"]["Observation"] == {"unchanged": 24}
+    for entry in patients["entry"]:
+        pid = entry["resource"]["id"]
+        mrd = network.client.get("/Observation", params={"subject": f"Patient/{pid}", "code": "mrd"}).json()
+        assert mrd["total"] in (2, 3), pid  # before blinatumomab and after each cycle, from the feed
+        proc = network.client.get("/Procedure", params={"subject": f"Patient/{pid}"}).json()
+        assert proc["total"] == 1  # the HSCT, from the registry
+
+
+# ------------------------------------------------------------------------------------ positive, not quantifiable
+
+
+def test_positive_not_quantifiable_is_stored_without_a_number(network: Server) -> None:
+    bundle = network.client.get("/Observation", params={"code": "mrd", "_count": 100}).json()
+    pnq = [e["resource"] for e in bundle["entry"] if "dataAbsentReason" in e["resource"]]
+    assert len(pnq) == 1
+    obs = pnq[0]
+    assert "valueQuantity" not in obs
+    assert obs["interpretation"][0]["coding"][0]["code"] == "POS"
+    assert obs["method"]["coding"][0]["code"] == "rq-pcr"
+    assert obs["dataAbsentReason"]["coding"][0]["code"] == "as-text"
+
+
+# ------------------------------------------------------------------------------- EXPECTED.md section A
+
+
+def test_uk_infants_expected_figures(network: Server) -> None:
+    f = _uk(network, timepoint=36)
+    assert f["n"] == 11
+    age = f["age_decimal_years"]
+    assert (round(age["median"], 1), round(age["min"], 1), round(age["max"], 1)) == (0.5, 0.2, 2.9)
+    assert f["indication"] == {"after_relapse": 7, "first_line_refractory": 4}
+    assert f["status_at_start"] == {"cr-mrd-positive": 8, "refractory": 3}
+    pre = f["mrd"]["pre_percent_by_status"]["cr-mrd-positive"]
+    assert (pre["n"], pre["median"], pre["min"], pre["max"]) == (8, 0.2, 0.06, 1.0)
+    assert f["exposure"]["patients_by_cycles"] == {"1": 9, "2": 2}
+    assert f["mrd"]["after_last_negative"]["count"] == 9  # nine MRD negative ...
+    assert f["response"]["counts"]["pr"] == 2  # ... and two with a > 1-log reduction
+    assert f["response"]["counts"]["pd"] == 0
+    hsct = f["hsct"]
+    assert (hsct["count"], hsct["n"]) == (11, 11)
+    assert (hsct["days_from_start"]["median"], hsct["days_from_start"]["min"], hsct["days_from_start"]["max"]) == (51, 34, 119)
+    fu = hsct["follow_up_days_survivors"]
+    assert (fu["n"], fu["median"], fu["min"], fu["max"]) == (9, 267, 58, 1163)
+    tox = f["toxicity"]
+    assert tox["crs_any"]["count"] == 3 and tox["crs_by_worst_grade"] == {"1": 2, "2": 1}
+    assert tox["icans_any"]["count"] == 1
+    assert f["deaths"]["count"] == 2 and f["deaths"]["after_hsct"] == 2
+    assert f["deaths"]["causes"] == {"pneumonia": 1, "relapse": 1}
+    assert f["relapse_or_progression"]["count"] == 4
+
+
+@pytest.mark.parametrize(("timepoint", "origin", "efs", "os"), [
+    (36, "survival_from_hsct", 0.468, 0.808),  # 3-year EFS/OS from HSCT: 46.8 % / 80.8 %
+    (36, "survival", 0.505, 0.795),  # from the start of blinatumomab: 50.5 % / 79.5 %
+    (12, "survival", 0.505, None),  # 12-month EFS from blinatumomab 50.5 % ...
+    (12, "survival_from_hsct", 0.468, None),  # ... and from HSCT 46.8 %
+])
+def test_uk_infants_kaplan_meier(network: Server, timepoint: float, origin: str, efs: float, os: float | None) -> None:
+    f = _uk(network, timepoint=timepoint)[origin]
+    assert round(f["rfs"]["survival"], 3) == efs
+    if os is not None:
+        assert round(f["os"]["survival"], 3) == os
+
+
+# ------------------------------------------------------------------------------------ corrected results
+
+
+def _corrected_feed(tmp_path: Path) -> Path:
+    """The feed plus one correction message: UKI-05's pre-HSCT result re-issued with OBX-11 "C"."""
+    text = UK_FEED.read_bytes().decode()
+    messages = [m for m in text.split("MSH|") if m]
+    target = next(m for m in messages if "|5 x 10-4|" in m)
+    fixed = target.replace("|5 x 10-4|", "|4 x 10-4|").replace("|||F|||", "|||C|||")
+    fixed = fixed.replace(target.split("|")[8], target.split("|")[8] + "C", 1)  # a new MSH-10
+    p = tmp_path / "uk_feed_with_correction.hl7"
+    p.write_bytes(("MSH|" + "MSH|".join(messages) + "MSH|" + fixed).encode())
+    return p
+
+
+def test_a_corrected_result_is_one_new_version(network: Server, tmp_path: Path) -> None:
+    feed = _corrected_feed(tmp_path)
+    report = _post(network, feed, "mrd_lab")
+    assert report["rowsRead"] == 25 and report["rowsRejected"] == 0, report
+    assert report["resources"]["Observation"] == {"unchanged": 24, "updated": 1}
+    bundle = network.client.get("/Observation", params={"code": "mrd", "status": "corrected"}).json()
+    assert bundle["total"] == 1
+    obs = bundle["entry"][0]["resource"]
+    assert obs["meta"]["versionId"] == "2" and obs["valueQuantity"]["value"] == 0.04
+    history = network.client.get(f"/Observation/{obs['id']}/_history").json()
+    assert [e["resource"]["meta"]["versionId"] for e in history["entry"]] == ["2", "1"]
+    assert history["entry"][1]["resource"]["valueQuantity"]["value"] == 0.05
+    # posting the corrected feed, or the original feed, again changes nothing: a stored correction
+    # is never replaced by the result it corrected
+    for f in (feed, UK_FEED):
+        again = _post(network, f, "mrd_lab")
+        assert set(again["resources"]["Observation"]) == {"unchanged"}, again["resources"]
+    assert network.client.get(f"/Observation/{obs['id']}").json()["meta"]["versionId"] == "2"
