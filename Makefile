@@ -23,6 +23,11 @@ run: $(STAMP)
 	$(BIN)/adapter ingest examples/huanl/huanl_blinatumomab_curso_corto.xlsx --site huanl --mapping curso_corto
 	$(BIN)/adapter ingest examples/uk_infants/uk_infant_blinatumomab_registry.csv --site uk-infants --mapping registry
 	$(BIN)/adapter ingest examples/uk_infants/uk_mrd_lab_ORU_R01.hl7 --site uk-infants --mapping mrd_lab
+	$(BIN)/adapter ingest examples/mx_multicentro/CDMX-A/BlinaLLAMulticentro_DATA_2025-01-15_1032.csv --site cdmx-a --mapping redcap
+	$(BIN)/adapter ingest examples/mx_multicentro/CDMX-B/ERM_CDMX-B_ORU_R01.hl7 --site cdmx-b --mapping lab_erm
+	$(BIN)/adapter ingest examples/mx_multicentro/CDMX-B/eventos_clinicos_CDMX-B.csv --site cdmx-b --mapping eventos
+	$(BIN)/adapter ingest examples/mx_multicentro/CDMX-C/blinatumomab_cohort_CDMX-C.csv --site cdmx-c --mapping cohort_csv
+	$(BIN)/adapter ingest examples/mx_multicentro/QRO-A/base_blinatumomab_QRO-A.xlsx --site qro-a --mapping base_xlsx
 	$(BIN)/adapter summary
 	$(BIN)/adapter outcomes
 	$(BIN)/adapter serve

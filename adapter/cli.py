@@ -62,8 +62,12 @@ def _print_report(report: Any) -> None:
         t.add_row(rtype, *(str(c.get(k, 0)) for k in ("created", "updated", "unchanged")))
     console.print(t)
     state = "stored" if report.stored else ("dry run, nothing stored" if report.dry_run else "nothing stored")
+    skipped = sum(report.rows_skipped.values())
     console.print(f"rows read {report.rows_read} = mapped {report.rows_mapped} + rejected {report.rows_rejected}"
-                  f" (blank rows skipped: {report.blank_rows}); {state}", highlight=False)
+                  + (f" + skipped by the mapping {skipped}" if skipped else "")
+                  + f" (blank rows skipped: {report.blank_rows}); {state}", highlight=False)
+    for reason, n in report.rows_skipped.items():
+        console.print(f"  skipped {n}: {reason}", highlight=False)
     if report.unlinked_patients:
         console.print(f"{report.unlinked_patients} patient(s) not linked to a Patient of the site (warnings below)")
     for issue in report.issues:

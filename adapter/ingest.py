@@ -53,6 +53,7 @@ class IngestReport:
     rows_read: int = 0
     rows_mapped: int = 0
     rows_rejected: int = 0
+    rows_skipped: dict[str, int] = field(default_factory=dict)  # reason -> rows the mapping skips
     blank_rows: int = 0
     stored: bool = False
     outcomes: list[WriteOutcome] = field(default_factory=list)
@@ -79,6 +80,7 @@ class IngestReport:
         return {"ingestion": self.ingestion_id, "site": self.site, "mapping": self.mapping, "file": self.file,
                 "sha256": self.sha256, "started": self.started, "strict": self.strict, "dryRun": self.dry_run,
                 "rowsRead": self.rows_read, "rowsMapped": self.rows_mapped, "rowsRejected": self.rows_rejected,
+                "rowsSkipped": sum(self.rows_skipped.values()), "skipped": self.rows_skipped,
                 "blankRows": self.blank_rows, "unlinkedPatients": self.unlinked_patients, "stored": self.stored, "resources": self.counts(),
                 "provenance": self.provenance_ids, "operationOutcome": self.operation_outcome()}
 
@@ -197,7 +199,9 @@ def ingest_file(path: Path, site: str, mapping: str, store: Store, *, strict: bo
                             batch.append((res, site, digest))
                             if len(report.sample) < show:
                                 report.sample.append(res)
-                if result.issues:
+                if result.skipped is not None:
+                    report.rows_skipped[result.skipped] = report.rows_skipped.get(result.skipped, 0) + 1
+                elif result.issues:
                     report.rows_rejected += 1
                     report.issues.extend(result.issues)
                 else:
@@ -214,8 +218,8 @@ def ingest_file(path: Path, site: str, mapping: str, store: Store, *, strict: bo
             row, column = referenced[pid]
             report.issues.append(RowIssue(
                 row.file, row.sheet, row.row, column, row.cells.get(column) if column else None,
-                f"no Patient with this identifier at site {site} yet: the record is stored and links when the "
-                "site's clinical export brings the patient", severity="warning", code="not-found", segment=row.segment))
+                f"no Patient with this identifier at site {site} yet: the record is stored and links when "
+                "another export of the site brings the patient", severity="warning", code="not-found", segment=row.segment))
         changed = [(o.type, o.id, o.version_id, seen[(o.type, o.id)][1] if (o.type, o.id) in seen else name)
                    for o in report.outcomes if o.outcome != "unchanged"]
         for part, start in enumerate(range(0, len(changed), PROVENANCE_TARGETS)):

@@ -60,6 +60,7 @@ CODESYSTEMS: dict[str, tuple[str, list[tuple[str, str, str]]]] = {
         ("hemorrhagic-syndrome", "Hemorrhagic syndrome", "Hemorrhagic syndrome."),
         ("thrombosis", "Thrombosis", "Thrombosis or thromboembolic complication."),
         ("relapse", "Relapse of leukemia", "Relapse of leukemia (as a cause of death)."),
+        ("progression", "Progression of leukemia", "Progressive or refractory leukemia (as a cause of death)."),
         ("acute-gvhd", "Acute graft-versus-host disease", "Acute GVHD (SNOMED 402355000)."),
         ("chronic-gvhd", "Chronic graft-versus-host disease", "Chronic GVHD (SNOMED 402356004)."),
         ("death", "Death", "Death of the patient.")]),
@@ -67,6 +68,7 @@ CODESYSTEMS: dict[str, tuple[str, list[tuple[str, str, str]]]] = {
         ("ctcae-v5", "CTCAE version 5.0", "Common Terminology Criteria for Adverse Events v5.0."),
         ("astct-2019", "ASTCT consensus grading (Lee 2019)", "ASTCT consensus grading for CRS and ICANS."),
         ("lee-2014", "Lee 2014 CRS grading", "Lee et al. 2014 CRS grading."),
+        ("nih-2014", "NIH 2014 chronic GVHD global severity", "NIH consensus global severity of chronic GVHD: 1 mild, 2 moderate, 3 severe."),
         ("not-stated", "Grading system not stated by the source", "The source gives a grade but not the system.")]),
     "encounter-type": ("Hospital stays of interest", [
         ("picu-admission", "Admission to pediatric intensive care unit", "PICU admission.")]),
@@ -84,6 +86,7 @@ CODESYSTEMS: dict[str, tuple[str, list[tuple[str, str, str]]]] = {
         ("cr-mrd-negative", "Complete remission with MRD negativity", "MRD < 0.01 % by flow with hematologic recovery."),
         ("mrd-clearance", "MRD clearance", "From detectable MRD (>= 0.01 %) to undetectable."),
         ("pr", "Partial response", ">= 1-log MRD reduction, still detectable."),
+        ("nr", "No response", "Less than a 1-log MRD reduction, or refractory disease (seed 001 'sin respuesta')."),
         ("pd", "Progressive disease", "Rising MRD, >= 5 % marrow blasts, > 25 % circulating blasts or new extramedullary disease.")]),
     "hla-match": ("Donor HLA match", [
         ("identical", "HLA-identical", "HLA-identical (matched) donor."),

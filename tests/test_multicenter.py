@@ -1,6 +1,7 @@
 """Multicenter onboarding (issue 4): the UK infant registry with its MRD reference laboratory's HL7 v2
-feed (seed 004), posted through the HTTP API to a real server on SQLite and PostgreSQL, reproduce
-examples/uk_infants/EXPECTED.md; records link across the two files by the hospital number; a
+feed (seed 004) and the four Mexican centres' exports (seed 001: REDCap, HL7 v2 + event CSV, CSV,
+XLSX), posted through the HTTP API to a real server on SQLite and PostgreSQL, reproduce
+examples/uk_infants/EXPECTED.md and examples/mx_multicentro/EXPECTED.md; records link across the two files by the hospital number; a
 corrected result (OBX-11 "C") versions the Observation it corrects."""
 
 from __future__ import annotations
@@ -20,6 +21,15 @@ UK = EXAMPLES / "uk_infants"
 UK_FEED = UK / "uk_mrd_lab_ORU_R01.hl7"
 UK_REGISTRY = UK / "uk_infant_blinatumomab_registry.csv"
 SITE = "uk-infants"
+MX = EXAMPLES / "mx_multicentro"
+MX_FILES = [  # (site, mapping, file): a REDCap export, an HL7 v2 feed + event CSV, an English CSV, a Spanish XLSX
+    ("cdmx-a", "redcap", MX / "CDMX-A" / "BlinaLLAMulticentro_DATA_2025-01-15_1032.csv"),
+    ("cdmx-b", "lab_erm", MX / "CDMX-B" / "ERM_CDMX-B_ORU_R01.hl7"),
+    ("cdmx-b", "eventos", MX / "CDMX-B" / "eventos_clinicos_CDMX-B.csv"),
+    ("cdmx-c", "cohort_csv", MX / "CDMX-C" / "blinatumomab_cohort_CDMX-C.csv"),
+    ("qro-a", "base_xlsx", MX / "QRO-A" / "base_blinatumomab_QRO-A.xlsx"),
+]
+MX_SITES = ("cdmx-a", "cdmx-b", "cdmx-c", "qro-a")
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
@@ -32,6 +42,9 @@ def network(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
             srv.first_feed = _post(srv, UK_FEED, "mrd_lab")  # type: ignore[attr-defined]
             r = _post(srv, UK_REGISTRY, "registry")
             assert r["rowsRejected"] == 0, r
+            srv.mx_reports = {}  # type: ignore[attr-defined]
+            for site, mapping, path in MX_FILES:
+                srv.mx_reports[mapping] = _post(srv, path, mapping, site)  # type: ignore[attr-defined]
             yield srv
         finally:
             srv.stop()
@@ -68,7 +81,7 @@ def test_lab_results_posted_before_the_registry_are_kept_and_reported_unlinked(n
 
 
 def test_both_files_meet_in_one_patient_each(network: Server) -> None:
-    patients = network.client.get("/Patient", params={"_count": 100}).json()
+    patients = network.client.get("/Patient", params={"_count": 100, "organization": f"Organization/{SITE}"}).json()
     assert patients["total"] == 11
     again = _post(network, UK_FEED, "mrd_lab")
     assert again["unlinkedPatients"] == 0 and not again["issues"]
@@ -85,7 +98,8 @@ def test_both_files_meet_in_one_patient_each(network: Server) -> None:
 
 
 def test_positive_not_quantifiable_is_stored_without_a_number(network: Server) -> None:
-    bundle = network.client.get("/Observation", params={"code": "mrd", "_count": 100}).json()
+    bundle = network.client.get("/Observation", params={"code": "mrd", "_count": 500}).json()
+    assert bundle["total"] <= 500
     pnq = [e["resource"] for e in bundle["entry"] if "dataAbsentReason" in e["resource"]]
     assert len(pnq) == 1
     obs = pnq[0]
@@ -170,3 +184,92 @@ def test_a_corrected_result_is_one_new_version(network: Server, tmp_path: Path) 
         again = _post(network, f, "mrd_lab")
         assert set(again["resources"]["Observation"]) == {"unchanged"}, again["resources"]
     assert network.client.get(f"/Observation/{obs['id']}").json()["meta"]["versionId"] == "2"
+
+
+# ------------------------------------------------------------------------------ mx_multicentro/EXPECTED.md
+
+
+def test_every_mx_row_is_mapped_or_skipped_for_a_stated_reason(network: Server) -> None:
+    reports = network.mx_reports  # type: ignore[attr-defined]
+    for mapping, r in reports.items():
+        assert r["rowsRejected"] == 0 and r["rowsRead"] == r["rowsMapped"] + r["rowsSkipped"], (mapping, r)
+    assert reports["redcap"]["rowsMapped"] == 18 and reports["lab_erm"]["rowsMapped"] == 34
+    assert reports["eventos"]["rowsSkipped"] == 78 and len(reports["eventos"]["skipped"]) == 3
+    assert reports["eventos"]["unlinkedPatients"] == 0  # the lab feed, posted first, brought the patients
+
+
+def _mx(srv: Server, **params: Any) -> dict[str, Any]:
+    r = srv.client.get("/outcomes", params={"timepoint": 60, **params})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    sites = {s: f for s, f in body["sites"].items() if s in MX_SITES}
+    # the pooled figures of the four centres: ask for them alone (the network also holds uk-infants)
+    return {**sites, "pooled": _pooled_mx(srv, **params)}
+
+
+def _pooled_mx(srv: Server, **params: Any) -> dict[str, Any]:
+    r = srv.client.get("/outcomes", params={"timepoint": 60, "sites": ",".join(MX_SITES), **params})
+    assert r.status_code == 200, r.text
+    return r.json()["pooled"]
+
+
+# per centre: N, F/M, age <1/1-10/>10, relapse-1/relapse-2+/refractory, 1 cycle (CR), 2 cycles (CR),
+# CR/PR/NR, MRD < 0.01 % after cycle 1, HSCT (haplo/identical), aGVHD by grade, cGVHD (mild), post-HSCT
+# relapses, deaths (transplanted), KM at 60 months: OS transplanted, EFS transplanted, OS all (EXPECTED.md B)
+MX_TABLE_B = {
+    "cdmx-a": (18, (9, 9), (1, 10, 7), (8, 4, 6), (6, 6), (12, 7), (13, 0, 5), 6, (13, 11, 2), {"1": 2, "2": 3, "3": 2}, (8, 2), 5, (9, 4), (0.692, 0.538, 0.5)),
+    "cdmx-b": (14, (9, 5), (1, 10, 3), (12, 0, 2), (8, 5), (6, 5), (10, 3, 1), 5, (10, 10, 0), {"3": 1}, (4, 1), 2, (6, 2), (0.9, 0.7, 0.643)),
+    "cdmx-c": (12, (6, 6), (0, 10, 2), (9, 3, 0), (6, 4), (6, 5), (9, 2, 1), 4, (10, 10, 0), {"2": 1, "3": 3}, (2, 1), 2, (3, 1), (0.9, 0.8, 0.75)),
+    "qro-a": (10, (3, 7), (1, 5, 4), (6, 2, 2), (4, 3), (6, 5), (8, 1, 1), 3, (8, 7, 1), {"1": 2, "2": 1}, (3, 2), 2, (3, 1), (0.875, 0.75, 0.7)),
+    "pooled": (54, (27, 27), (3, 35, 16), (35, 9, 10), (24, 18), (30, 22), (40, 6, 8), 18, (41, 38, 3), {"1": 4, "2": 5, "3": 6}, (17, 6), 11, (21, 8), (0.829, 0.683, 0.63)),
+}
+
+
+@pytest.mark.parametrize("group", list(MX_TABLE_B))
+def test_mx_multicentro_per_centre_and_pooled(network: Server, group: str) -> None:
+    (n, sex, ages, status, one, two, resp, c1neg, hsct, agvhd, cgvhd, relapses, deaths, km) = MX_TABLE_B[group]
+    f = _mx(network)[group]
+    assert f["n"] == n
+    assert (f["sex"].get("female", 0), f["sex"].get("male", 0)) == sex
+    assert tuple(f["age_groups"].values()) == ages
+    st = f["status_at_start"]
+    assert (st.get("first-relapse", 0), st.get("later-relapse", 0), st.get("refractory", 0)) == status
+    by_cycles = f["response"]["by_cycles"]
+    assert (by_cycles.get("1", {}).get("n", 0), by_cycles.get("1", {}).get("cr", 0)) == one
+    assert (by_cycles["2"]["n"], by_cycles["2"]["cr"]) == two
+    counts = f["response"]["counts"]
+    assert (counts["cr-mrd-negative"], counts["pr"], counts["nr"]) == resp
+    assert f["mrd"]["after_cycle1_strict"]["count"] == c1neg
+    assert (f["hsct"]["count"], f["hsct"]["hla_match"].get("haploidentical", 0), f["hsct"]["hla_match"].get("identical", 0)) == hsct
+    worst = f["toxicity"]["worst_grade_by_event"]
+    assert worst.get("acute-gvhd", {}) == agvhd
+    assert (sum(worst.get("chronic-gvhd", {}).values()), worst.get("chronic-gvhd", {}).get("1", 0)) == cgvhd
+    assert f["relapse_or_progression"]["count"] == relapses
+    assert (f["deaths"]["count"], f["deaths"]["after_hsct"]) == deaths
+    strata = _mx(network, stratify="hsct")[group]["survival"]
+    os_tx, efs_tx, os_all = km
+    assert round(strata["os"]["strata"]["hsct"]["survival"], 3) == os_tx
+    assert round(strata["rfs"]["strata"]["hsct"]["survival"], 3) == efs_tx
+    assert round(strata["os"]["survival"], 3) == os_all
+
+
+def test_mx_pooled_facts_from_the_paper(network: Server) -> None:
+    f = _pooled_mx(network)
+    age = f["age_decimal_years"]
+    assert round(age["min"] * 12) == 8 and int(age["max"]) == 18  # 8 months to 18 years
+    assert f["toxicity"]["crs_by_worst_grade"] == {"1": 25, "2": 4, "3": 1, "4": 2}
+    assert f["toxicity"]["crs_any"]["count"] == 32  # 21 without CRS and 1 not evaluable are the other 22
+    assert f["toxicity"]["icans_any"]["count"] == 1
+    assert f["response"]["cr"]["count"] == 40 and f["response"]["cr"]["rate"] == 0.7407
+    assert f["hsct"]["count"] == 41 and f["hsct"]["rate"] == 0.7593
+    assert f["deaths"]["causes"]["sepsis"] == 1
+
+
+@pytest.mark.parametrize(("stratify", "stratum", "endpoint", "expected"), [
+    ("donor", "identical", "os", 1.0), ("donor", "haploidentical", "os", 0.816), ("hsct", "no-hsct", "os", 0.0),
+    ("cgvhd", "cgvhd", "os", 0.882), ("response", "pr", "os", 0.167), ("response", "nr", "os", 0.0),
+    ("response", "cr", "os", 0.825)])
+def test_mx_kaplan_meier_at_60_months(network: Server, stratify: str, stratum: str, endpoint: str, expected: float) -> None:
+    f = _pooled_mx(network, stratify=stratify)["survival"][endpoint]
+    assert round(f["strata"][stratum]["survival"], 3) == expected
+    assert f["logrank"]["test"] == "log-rank"

@@ -24,14 +24,22 @@ from adapter.store import Store
 from adapter.store.db import now_instant
 
 Site = Annotated[str | None, Query(description="one site's code; all sites (and pooled) when left out", max_length=32)]
+Sites = Annotated[str | None, Query(description="comma-separated site codes: pool only these sites (a study's centres)",
+                                    max_length=1000)]
 Stratify = Annotated[str | None, Query(description=f"survival strata and log-rank test: one of {', '.join(STRATA)}")]
 Timepoint = Annotated[float, Query(description="months at which KM estimates are read", gt=0, le=600)]
 
 
-def _cohort(store: Store, site: str | None) -> list[PatientCourse]:
-    if site is not None and site not in store.sites():
-        raise FHIRError(404, "not-found", f"no data for site '{site}' (sites: {', '.join(store.sites())})")
-    return store.cohort(site)
+def _cohort(store: Store, site: str | None, sites: str | None = None) -> list[PatientCourse]:
+    known = store.sites()
+    wanted = [s.strip() for s in sites.split(",") if s.strip()] if sites else ([site] if site else [])
+    for s in wanted:
+        if s not in known:
+            raise FHIRError(404, "not-found", f"no data for site '{s}' (sites: {', '.join(known)})")
+    if site is not None and not sites:
+        return store.cohort(site)
+    cohort = store.cohort(None)
+    return [c for c in cohort if c.site in wanted] if wanted else cohort
 
 
 def _stratify(stratify: str | None) -> str | None:
@@ -45,14 +53,14 @@ def add_outcome_routes(app: FastAPI, store: Store, settings: Settings) -> None:
     load_libraries()  # the first outcomes request should not pay for importing lifelines
 
     @app.get("/outcomes", response_class=JSONResponse, summary="Outcome figures per site and pooled (JSON)")
-    def outcomes(site: Site = None, stratify: Stratify = None, timepoint: Timepoint = 36.0) -> JSONResponse:
-        report = outcomes_report(_cohort(store, site), timepoint, _stratify(stratify),
+    def outcomes(site: Site = None, sites: Sites = None, stratify: Stratify = None, timepoint: Timepoint = 36.0) -> JSONResponse:
+        report = outcomes_report(_cohort(store, site, sites), timepoint, _stratify(stratify),
                                  drug_costs=load_drug_costs(settings.mappings_dir))
         return JSONResponse(report)
 
     @app.get("/outcomes.csv", response_class=Response, summary="Outcome figures as CSV")
-    def outcomes_csv(site: Site = None, stratify: Stratify = None, timepoint: Timepoint = 36.0) -> Response:
-        report = outcomes_report(_cohort(store, site), timepoint, _stratify(stratify),
+    def outcomes_csv(site: Site = None, sites: Sites = None, stratify: Stratify = None, timepoint: Timepoint = 36.0) -> Response:
+        report = outcomes_report(_cohort(store, site, sites), timepoint, _stratify(stratify),
                                  drug_costs=load_drug_costs(settings.mappings_dir))
         return Response(to_csv(report), media_type="text/csv; charset=utf-8",
                         headers={"Content-Disposition": 'attachment; filename="outcomes.csv"'})
@@ -89,8 +97,8 @@ def add_outcome_routes(app: FastAPI, store: Store, settings: Settings) -> None:
 
     @app.get("/outcomes/km.{fmt}", response_class=Response, summary="Kaplan-Meier plot (png or svg)")
     def km(fmt: str, endpoint: Annotated[str, Query(pattern="^(os|rfs)$")] = "os", site: Site = None,
-           stratify: Stratify = None, timepoint: Timepoint = 36.0) -> Response:
+           sites: Sites = None, stratify: Stratify = None, timepoint: Timepoint = 36.0) -> Response:
         if fmt not in ("png", "svg"):
             raise FHIRError(404, "not-found", f"plots are served as km.png or km.svg, not km.{fmt}")
-        body = km_plot(_cohort(store, site), endpoint, _stratify(stratify), fmt, timepoint)
+        body = km_plot(_cohort(store, site, sites), endpoint, _stratify(stratify), fmt, timepoint)
         return Response(body, media_type="image/png" if fmt == "png" else "image/svg+xml")

@@ -28,6 +28,7 @@ class RowResult:
     row: Row
     resources: list[dict[str, Any]] = field(default_factory=list)
     issues: list[RowIssue] = field(default_factory=list)
+    skipped: str | None = None  # the mapping's reason, for a row it deliberately does not map
 
     @property
     def ok(self) -> bool:
@@ -44,7 +45,7 @@ def _raw_text(value: Any) -> str:
     return str(value).strip()
 
 
-def _when(block: CompiledBlock, row: Row) -> bool:
+def _when(block: CompiledBlock, row: Row) -> bool:  # every condition of the block holds
     return all(_holds(w, row) for w in block.when)
 
 
@@ -135,6 +136,10 @@ def map_row(row: Row, sheet: CompiledSheet, ctx: TransformContext, site: SiteCon
         except ValueError as exc:
             result.issues.append(_issue(row, None, None, f"{block.concept.name}: {exc}", code="invariant"))
     if applied == 0:
+        reason = next((r for conds, r in sheet.skip if all(_holds(w, row) for w in conds)), None)
+        if reason is not None:
+            result.skipped = reason
+            return result
         result.issues.append(_issue(row, None, None, "no resource block of the mapping applies to this row",
                                     code="not-supported"))
     if result.issues:

@@ -213,6 +213,18 @@ def boolean(value: Any, *, ctx: TransformContext, true_values: list[str], false_
     raise TransformError(value, f"is neither one of {true_values} nor one of {false_values}")
 
 
+@transform("map")
+def map_(value: Any, *, ctx: TransformContext, values: dict[str, Any]) -> Any:
+    """Replace a value by the one ``values`` lists for it (keys compared case- and
+    accent-insensitively): a small, local recoding such as NIH chronic GVHD severity ``mild`` -> 1.
+    Use a code table when the result is a code. A value not listed raises; it is never defaulted."""
+    folded = {_fold(str(k)): v for k, v in values.items()}
+    key = _fold(str(value))
+    if key not in folded:
+        raise TransformError(value, f"is not one of {list(values)}")
+    return folded[key]
+
+
 @transform("constant")
 def constant(value: Any, *, ctx: TransformContext, to: Any) -> Any:
     """Replace any present (non-blank) value by the constant ``to``; used when the presence of a

@@ -42,12 +42,15 @@ DEFINITIONS = {
     "time_unit": "months = days / 30.4375",
 }
 
-RESPONSES = ("cr-mrd-negative", "mrd-clearance", "pr", "pd")
+RESPONSES = ("cr-mrd-negative", "mrd-clearance", "pr", "nr", "pd")
 STRATA: dict[str, Callable[[PatientCourse], str]] = {
     "site": lambda c: c.site,
     "hsct": lambda c: "hsct" if c.hsct else "no-hsct",
     "status": lambda c: _status_group(c.status_at_start),
     "sex": lambda c: c.gender or "unknown",
+    "donor": lambda c: c.donor.get("hla_match", "unknown") if c.hsct else "no-hsct",
+    "response": lambda c: {"cr-mrd-negative": "cr", "mrd-clearance": "cr"}.get(c.response or "", c.response or "not-assessed"),
+    "cgvhd": lambda c: "cgvhd" if any(t == "chronic-gvhd" for t, _ in c.adverse_events) else "no-cgvhd",
 }
 
 
@@ -161,6 +164,9 @@ def _response_figures(cohort: list[PatientCourse]) -> dict[str, Any]:
         "pd_among_above_1_percent": proportion(sum(c.response == "pd" for c in high), len(high)),
         "mrd_clearance_among_mrd_positive_below_1_percent": proportion(sum(_mrd_negative_after(c) for c in low_pos), len(low_pos)),
         "by_status_at_start": by_status,
+        "by_cycles": {str(k): {"n": sum(c.cycles == k for c in cohort),
+                               "cr": sum(c.cycles == k and c.response in ("cr-mrd-negative", "mrd-clearance") for c in cohort)}
+                      for k in sorted({c.cycles for c in cohort})},
     }
 
 
@@ -179,6 +185,8 @@ def _toxicity(cohort: list[PatientCourse]) -> dict[str, Any]:
         "crs_any": proportion(sum(g is not None for g in crs), n),
         "crs_grade_3_plus": proportion(sum(g is not None and g >= 3 for g in crs), n),
         "crs_by_worst_grade": {str(g): by_grade[g] for g in sorted(by_grade)},
+        "worst_grade_by_event": {t: dict(sorted(Counter(str(worst(c, t)) for c in cohort if worst(c, t) is not None).items()))
+                                 for t in sorted(terms)},
         "icans_any": proportion(sum(g is not None for g in icans), n),
         "icans_grade_3_plus": proportion(sum(g is not None and g >= 3 for g in icans), n),
         "patients_with_event": dict(sorted(terms.items())),
@@ -297,11 +305,14 @@ def group_figures(cohort: list[PatientCourse], timepoint: float = 36.0, stratify
     n = len(cohort)
     deaths = [c for c in cohort if c.death]
     ages = [a for c in cohort if (a := c.age_years()) is not None]
+    decimal_ages = [(c.start - c.birth_date).days / 365.25 for c in cohort if c.start and c.birth_date]
     return {
         "n": n,
         "sex": dict(sorted(Counter(c.gender or "unknown" for c in cohort).items())),
         "age_years": {**_summary(ages), "infants_under_1": sum(a < 1 for a in ages)},
-        "age_decimal_years": _summary([(c.start - c.birth_date).days / 365.25 for c in cohort if c.start and c.birth_date]),
+        "age_decimal_years": _summary(decimal_ages),
+        "age_groups": {"<1": sum(a < 1 for a in decimal_ages), "1-10": sum(1 <= a < 11 for a in decimal_ages),
+                       ">10": sum(a >= 11 for a in decimal_ages)},
         "status_at_start": dict(sorted(Counter(_status_group(c.status_at_start) for c in cohort).items())),
         "exposure": _exposure(cohort, drug_costs or {}),
         "mrd": _mrd_figures(cohort),

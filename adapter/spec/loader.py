@@ -56,6 +56,7 @@ class CompiledSheet:
     sheet: str | None
     blocks: tuple[CompiledBlock, ...]
     columns: frozenset[str]
+    skip: tuple[tuple[tuple[When, ...], str], ...] = ()  # (conditions, reason)
 
     @property
     def patient_column(self) -> str | None:
@@ -213,8 +214,13 @@ def load_mapping(site: str, name: str, mappings_dir: Path) -> LoadedMapping:
     formats = (spec.reader.date_format,) if isinstance(spec.reader.date_format, str) else tuple(spec.reader.date_format)
     ctx = TransformContext(decimal=spec.reader.decimal, date_formats=formats, tables=tables)
     sheets = tuple(_compile_sheet(path, i, s, tables) for i, s in enumerate(spec.sheets))
-    if spec.reader.format == "csv" and any(s.sheet is not None for s in sheets):
-        raise MappingSpecError(str(path), "sheets", "a CSV file has no sheets; leave 'sheet' out")
+    if spec.reader.format in ("csv", "redcap", "hl7v2") and any(s.sheet is not None for s in sheets):
+        raise MappingSpecError(str(path), "sheets", f"a {spec.reader.format} file has no sheets; leave 'sheet' out")
+    if spec.reader.data_dictionary is not None:  # a file next to the mapping file
+        dd = path.parent / spec.reader.data_dictionary
+        if not dd.is_file():
+            raise MappingSpecError(str(path), "reader.data_dictionary", f"no file {dd.name} next to the mapping file")
+        spec = spec.model_copy(update={"reader": spec.reader.model_copy(update={"data_dictionary": str(dd)})})
     return LoadedMapping(path, spec, site_spec, sheets, ctx, tables)
 
 
@@ -248,7 +254,9 @@ def _compile_sheet(path: Path, i: int, sheet: Any, tables: Mapping[str, CodeTabl
                 columns.update(step.column_args.values())
         columns.update(w.column for w in block.conditions)
         blocks.append(CompiledBlock(concept, tuple(block.conditions), tuple(fields), key))
-    return CompiledSheet(sheet.sheet, tuple(blocks), frozenset(columns))
+    skip = tuple((tuple(r.conditions), r.reason) for r in sheet.skip)
+    columns.update(w.column for r in sheet.skip for w in r.conditions)
+    return CompiledSheet(sheet.sheet, tuple(blocks), frozenset(columns), skip)
 
 
 def _compile_field(path: Path, key: str, name: str, fspec: FieldSpec, tables: Mapping[str, CodeTable]) -> CompiledField:

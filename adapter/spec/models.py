@@ -106,23 +106,46 @@ class ResourceBlock(_Strict):
         return [] if self.when is None else ([self.when] if isinstance(self.when, When) else list(self.when))
 
 
+class SkipRule(_Strict):
+    """Rows the mapping deliberately does not map (e.g. engraftment events of a long-format export
+    when no concept takes them): they are counted per ``reason`` in the ingestion report, never
+    dropped silently. A rule applies only to rows that no resource block applies to."""
+
+    when: When | list[When]
+    reason: str = Field(min_length=3)
+
+    @property
+    def conditions(self) -> list[When]:
+        return [self.when] if isinstance(self.when, When) else list(self.when)
+
+
 class SheetSpec(_Strict):
     """One table of the file: a worksheet by name (XLSX) or the whole file (CSV: leave ``sheet`` out)."""
 
     sheet: str | None = None
     resources: list[ResourceBlock] = Field(min_length=1)
+    skip: list[SkipRule] = Field(default_factory=list)
 
 
 class ReaderSpec(_Strict):
     """The file's conventions, declared; detection is only a fallback when a key is left out."""
 
-    format: Literal["csv", "xlsx", "hl7v2"]
+    format: Literal["csv", "xlsx", "hl7v2", "redcap"]
     encoding: str | None = None
     delimiter: str | None = Field(default=None, min_length=1, max_length=1)
     quotechar: str | None = Field(default=None, min_length=1, max_length=1)
     decimal: Literal[".", ","] = "."
     date_format: str | list[str] = "%d/%m/%Y"
     header_row: int = Field(default=1, ge=1)
+    data_dictionary: str | None = Field(
+        default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+        description="redcap: the project's data dictionary CSV, a file next to the mapping file")
+
+    @model_validator(mode="after")
+    def _dictionary_for_redcap(self) -> ReaderSpec:
+        if (self.format == "redcap") != (self.data_dictionary is not None):
+            raise ValueError("data_dictionary is required for format redcap, and only for it")
+        return self
 
 
 class MappingSpec(_Strict):
