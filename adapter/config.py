@@ -36,6 +36,11 @@ class Settings(BaseSettings):
         max_upload_bytes: largest export accepted by ``POST /$ingest`` (larger: HTTP 413).
         base_url: the public base URL used in Bundle links and ``Location`` headers; by default the
             URL the request came in on.
+        pseudonym_key: the network's secret for study pseudonyms (HMAC-SHA256 of site + local
+            identifier, adapter/privacy.py). No default: de-identified output is refused without it.
+        deidentify_birth_date: how de-identified Patients give the birth date: ``year-month`` or ``year``.
+        small_cell_threshold: coordinator-facing aggregate counts from 1 to this − 1 are shown as
+            ``"<threshold"`` (default 5).
     """
 
     model_config = SettingsConfigDict(env_prefix="ADAPTER_", env_file=".env", extra="ignore")
@@ -51,6 +56,9 @@ class Settings(BaseSettings):
     port: int = 8000
     max_upload_bytes: int = 50 * 1024 * 1024
     base_url: str | None = None
+    pseudonym_key: str | None = None
+    deidentify_birth_date: Literal["year-month", "year"] = "year-month"
+    small_cell_threshold: int = 5
 
     @model_validator(mode="after")
     def _refuse_unsafe_defaults(self) -> Settings:

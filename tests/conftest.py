@@ -34,7 +34,7 @@ EXAMPLE_FILES = [
 @pytest.fixture(scope="session")
 def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
     return Settings(database_url=f"sqlite:///{tmp_path_factory.mktemp('db') / 'unused.sqlite3'}",
-                    id_key="test-id-key")
+                    id_key="test-id-key", pseudonym_key="test-pseudonym-key")
 
 
 def _pg_store() -> Iterator[Store]:

@@ -6,14 +6,18 @@ corrected result (OBX-11 "C") versions the Observation it corrects."""
 
 from __future__ import annotations
 
+import csv
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import openpyxl
 import pytest
 
 from adapter.config import Settings
+from adapter.privacy import PSEUDONYM_SYSTEM, PseudonymKeyMissing, deidentify, pseudonym
 from tests.conftest import EXAMPLES, _store_on
 from tests.server import Server, _post_export
 
@@ -199,7 +203,7 @@ def test_every_mx_row_is_mapped_or_skipped_for_a_stated_reason(network: Server) 
 
 
 def _mx(srv: Server, **params: Any) -> dict[str, Any]:
-    r = srv.client.get("/outcomes", params={"timepoint": 60, **params})
+    r = srv.client.get("/outcomes", params={"timepoint": 60, "suppress": "false", **params})
     assert r.status_code == 200, r.text
     body = r.json()
     sites = {s: f for s, f in body["sites"].items() if s in MX_SITES}
@@ -208,7 +212,7 @@ def _mx(srv: Server, **params: Any) -> dict[str, Any]:
 
 
 def _pooled_mx(srv: Server, **params: Any) -> dict[str, Any]:
-    r = srv.client.get("/outcomes", params={"timepoint": 60, "sites": ",".join(MX_SITES), **params})
+    r = srv.client.get("/outcomes", params={"timepoint": 60, "sites": ",".join(MX_SITES), "suppress": "false", **params})
     assert r.status_code == 200, r.text
     return r.json()["pooled"]
 
@@ -273,3 +277,142 @@ def test_mx_kaplan_meier_at_60_months(network: Server, stratify: str, stratum: s
     f = _pooled_mx(network, stratify=stratify)["survival"][endpoint]
     assert round(f["strata"][stratum]["survival"], 3) == expected
     assert f["logrank"]["test"] == "log-rank"
+
+
+# ------------------------------------------------------------------------------------ pseudonymization
+
+
+def test_pseudonyms_are_per_site_and_need_the_secret() -> None:
+    a = pseudonym("network-secret", "cdmx-a", "2017-1667")
+    assert a != pseudonym("network-secret", "cdmx-b", "2017-1667")  # same record number, another site
+    assert a == pseudonym("network-secret", "cdmx-a", "2017-1667") and len(a) == 64
+    assert a != pseudonym("another-secret", "cdmx-a", "2017-1667")
+    for key in (None, ""):
+        with pytest.raises(PseudonymKeyMissing):
+            pseudonym(key, "cdmx-a", "2017-1667")
+
+
+def _local_secrets() -> tuple[set[str], set[str]]:
+    """Names (whole, and every pair of adjacent words) and local identifiers of the new sites' files."""
+    names: set[str] = set()
+    ids: set[str] = set()
+    with UK_REGISTRY.open(encoding="utf-8") as fh:
+        for r in csv.DictReader(fh):
+            names.add(f"{r['Forename']} {r['Surname']}")
+            ids |= {r["Hospital number"], r["NHS number"]} - {""}
+    with (MX / "CDMX-A" / "BlinaLLAMulticentro_DATA_2025-01-15_1032.csv").open(encoding="utf-8-sig") as fh:
+        for r in csv.DictReader(fh):
+            names.add(f"{r['nombre']} {r['apellido_paterno']} {r['apellido_materno']}")
+            ids.add(r["expediente"])
+    with (MX / "CDMX-C" / "blinatumomab_cohort_CDMX-C.csv").open(encoding="utf-8") as fh:
+        for r in csv.DictReader(fh):
+            names.add(f"{r['first_name']} {r['last_name']}")
+            ids |= {r["mrn"], r["patient_id"]}
+    with (MX / "CDMX-B" / "eventos_clinicos_CDMX-B.csv").open(encoding="utf-8") as fh:
+        ids |= {r["expediente"] for r in csv.DictReader(fh)}
+    for seg in (MX / "CDMX-B" / "ERM_CDMX-B_ORU_R01.hl7").read_text(encoding="utf-8").split("\r"):
+        if seg.startswith("PID|"):
+            family, given = seg.split("|")[5].split("^")[:2]
+            names.add(f"{given} {family}")
+    ws = openpyxl.load_workbook(MX / "QRO-A" / "base_blinatumomab_QRO-A.xlsx", read_only=True)["Base blinatumomab"]
+    rows = ws.iter_rows(values_only=True)
+    header = list(next(rows))
+    for r in rows:
+        names.add(f"{r[header.index('Nombre(s)')]} {r[header.index('Apellido paterno')]} {r[header.index('Apellido materno')]}")
+        ids.add(str(r[header.index("Expediente")]))
+    words = set()
+    for n in names:
+        parts = n.casefold().split()
+        words |= {" ".join(parts), *(" ".join(parts[i:i + 2]) for i in range(len(parts) - 1))}
+    assert len(ids) >= 65 and len(words) >= 65
+    return words, ids
+
+
+def test_no_name_or_local_identifier_in_coordinator_outputs(network: Server) -> None:
+    words, ids = _local_secrets()
+    c = network.client
+    patients = c.get("/Patient", params={"_count": 500, "_deidentify": "true"}).json()
+    some = [e["resource"]["id"] for e in patients["entry"][::10]]
+    outputs = {
+        "outcomes": c.get("/outcomes", params={"stratify": "site"}).text,
+        "outcomes.csv": c.get("/outcomes.csv").text,
+        "measure": c.get("/Measure/blinatumomab-outcomes/$evaluate-measure").text,
+        "patients": json.dumps(patients),
+        "observations": c.get("/Observation", params={"_count": 500, "_deidentify": "true"}).text,
+        "everything": " ".join(c.get(f"/Patient/{p}/$everything", params={"_deidentify": "true"}).text for p in some),
+        "km.svg": c.get("/outcomes/km.svg", params={"stratify": "site"}).text,
+    }
+    for name, text in outputs.items():
+        low = text.casefold()
+        assert not {w for w in words if w in low}, name
+        tokens = set(re.findall(r"[A-Za-z0-9-]+", text))
+        assert not (ids & tokens), (name, sorted(ids & tokens)[:5])
+    assert patients["total"] == 65
+    for e in patients["entry"]:
+        p = e["resource"]
+        assert [i["system"] for i in p["identifier"]] == [PSEUDONYM_SYSTEM]
+        assert len(p.get("birthDate", "2000-01")) == 7  # year and month
+    # the site's own read keeps the local identifier, so that its systems can match it
+    own = c.get(f"/Patient/{some[0]}").json()
+    assert any(i["system"].endswith("/patient") and i["value"] in ids for i in own["identifier"])
+    # the pseudonym is the keyed hash of site + local identifier
+    site = own["managingOrganization"]["reference"].split("/")[1]
+    local = next(i["value"] for i in own["identifier"] if i["system"].endswith("/patient"))
+    deid = c.get(f"/Patient/{some[0]}", params={"_deidentify": "true"}).json()
+    assert deid["identifier"][0]["value"] == pseudonym("test-pseudonym-key", site, local)
+
+
+def test_deidentified_output_is_refused_without_the_secret(tmp_path: Path, settings: Settings) -> None:
+    with _store_on("sqlite", tmp_path) as store:
+        srv = Server(store, settings.model_copy(update={"pseudonym_key": None}))
+        try:
+            r = _post_export(srv.client, UK_REGISTRY, SITE, "registry")
+            assert r.status_code == 200
+            pid = srv.client.get("/Patient").json()["entry"][0]["resource"]["id"]
+            for path in ("/Patient", f"/Patient/{pid}", f"/Patient/{pid}/$everything"):
+                refused = srv.client.get(path, params={"_deidentify": "true"})
+                assert refused.status_code == 503 and refused.json()["issue"][0]["code"] == "security", path
+            assert srv.client.get(f"/Patient/{pid}").status_code == 200  # the site's own read still works
+        finally:
+            srv.stop()
+
+
+def test_year_only_birth_dates_when_configured() -> None:
+    pat = {"resourceType": "Patient", "id": "x", "birthDate": "2016-05-22", "managingOrganization": {"reference": "Organization/s"},
+           "identifier": [{"system": "https://w3id.org/pedall-fhir/sid/s/patient", "value": "A1"}]}
+    assert deidentify(pat, "k", "year")["birthDate"] == "2016"
+    assert deidentify(pat, "k")["birthDate"] == "2016-05"
+    assert pat["birthDate"] == "2016-05-22"  # the input is not changed
+
+
+# ------------------------------------------------------------------------------ pooled, suppressed, plotted
+
+
+def test_small_cells_are_suppressed_in_network_views_and_not_in_a_site_view(network: Server) -> None:
+    pooled = network.client.get("/outcomes", params={"sites": ",".join(MX_SITES), "timepoint": 60}).json()
+    assert pooled["suppression"]["threshold"] == 5
+    f = pooled["pooled"]
+    assert f["n"] == 54 and f["hsct"]["count"] == 41
+    assert f["toxicity"]["icans_any"] == {"count": "<5", "n": 54, "rate": None, "ci95": None}
+    assert f["toxicity"]["crs_by_worst_grade"] == {"1": 25, "2": "<5", "3": "<5", "4": "<5"}
+    assert f["hsct"]["hla_match"] == {"haploidentical": 38, "identical": "<5"}
+    assert pooled["sites"]["cdmx-b"]["toxicity"]["crs_by_worst_grade"]["1"] == 8
+    own = network.client.get("/outcomes", params={"site": "cdmx-b", "timepoint": 60}).json()
+    assert "suppression" not in own and own["sites"]["cdmx-b"]["toxicity"]["crs_by_worst_grade"] == {"1": 8, "2": 1, "4": 1}
+
+
+def test_site_heterogeneity_is_reported_for_pooled_rates(network: Server) -> None:
+    f = _pooled_mx(network)
+    het = f["heterogeneity"]
+    assert set(het) >= {"cr", "hsct", "mrd_negative_after_cycle1", "crs_any"}
+    cr = het["cr"]
+    assert cr["test"] == "chi-square test of independence (sites x outcome)" and cr["df"] == 3
+    assert 0 <= cr["p"] <= 1 and cr["sites"] == list(MX_SITES)
+
+
+def test_kaplan_meier_by_site_in_one_plot(network: Server) -> None:
+    svg = network.client.get("/outcomes/km.svg", params={"stratify": "site", "sites": ",".join(MX_SITES), "timepoint": 60})
+    assert svg.status_code == 200 and svg.headers["content-type"].startswith("image/svg")
+    for site, n in (("cdmx-a", 18), ("cdmx-b", 14), ("cdmx-c", 12), ("qro-a", 10)):
+        assert f"{site} (n={n})" in svg.text
+    assert "uk-infants" not in svg.text

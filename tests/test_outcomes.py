@@ -18,7 +18,8 @@ TOL = 0.001  # EXPECTED.md gives percentages to one decimal
 
 
 def _outcomes(api: Server, **params: Any) -> dict[str, Any]:
-    r = api.client.get("/outcomes", params=params)
+    """The figures unsuppressed (the site's own view; suppression is tested in test_privacy)."""
+    r = api.client.get("/outcomes", params={"suppress": "false", **params})
     assert r.status_code == 200, r.text
     return r.json()
 
@@ -74,7 +75,7 @@ def test_huanl_figures(api: Server) -> None:
     assert _p(f["exposure"]["entirely_outpatient"]) == (9, 12)
     assert f["toxicity"]["patients_with_event"]["neutropenia"] == 3
     r = f["response"]
-    assert r["counts"] == {"cr-mrd-negative": 5, "mrd-clearance": 4, "pr": 1, "pd": 2, "not-assessed": 0}
+    assert r["counts"] == {"cr-mrd-negative": 5, "mrd-clearance": 4, "pr": 1, "nr": 0, "pd": 2, "not-assessed": 0}
     assert _p(r["mrd_negative_after"]) == (9, 12)
     assert _p(r["cr_mrd_negative_among_above_1_percent"]) == (5, 8)
     assert _p(r["pr_among_above_1_percent"]) == (1, 8) and _p(r["pd_among_above_1_percent"]) == (2, 8)

@@ -32,6 +32,7 @@ from adapter.api.fhir_http import (
 )
 from adapter.config import Settings, get_settings
 from adapter.errors import AdapterError, ConfigError, IngestRejected, ReaderError
+from adapter.privacy import PseudonymKeyMissing, deidentify
 from adapter.search.params import PARAMS
 from adapter.search.query import SearchError, parse
 from adapter.store import Store
@@ -207,8 +208,9 @@ def _routes(app: FastAPI, settings: Settings, store: Store, validator: Validator
                 res.append(o)
         entries = [{"fullUrl": f"{base}/{r['resourceType']}/{r['id']}", "resource": r, "search": {"mode": "match"}}
                    for r in res]
-        return FHIRResponse({"resourceType": "Bundle", "type": "searchset", "total": len(entries),
-                             "link": [{"relation": "self", "url": f"{base}/Patient/{rid}/$everything"}], "entry": entries})
+        bundle = {"resourceType": "Bundle", "type": "searchset", "total": len(entries),
+                  "link": [{"relation": "self", "url": f"{base}/Patient/{rid}/$everything"}], "entry": entries}
+        return FHIRResponse(_deidentified_bundle(bundle, settings) if _wants_deid(request) else bundle)
 
     @app.post("/{rtype}/$validate", summary="Validate a resource (R4 schema, R4B model, profiles)")
     async def validate(rtype: str, request: Request) -> FHIRResponse:
@@ -234,13 +236,16 @@ def _routes(app: FastAPI, settings: Settings, store: Store, validator: Validator
 
     def _search(request: Request, rtype: str, items: list[tuple[str, str]]) -> FHIRResponse:
         lenient = "handling=lenient" in request.headers.get("prefer", "")
+        deid = _deid_flag([v for k, v in items if k == "_deidentify"])
+        items = [(k, v) for k, v in items if k != "_deidentify"]
         try:
             q = parse(rtype, items, lenient=lenient)
         except SearchError as exc:
             raise FHIRError(400, "invalid", str(exc)) from None
         snapshot = q.snapshot or now_instant()
         result = store.search(q, snapshot)
-        return FHIRResponse(_searchset(q, result, snapshot, _base(request, settings)))
+        bundle = _searchset(q, result, snapshot, _base(request, settings))
+        return FHIRResponse(_deidentified_bundle(bundle, settings) if deid else bundle)
 
     @app.post("/{rtype}", summary="Create")
     async def create(rtype: str, request: Request,
@@ -275,6 +280,8 @@ def _routes(app: FastAPI, settings: Settings, store: Store, validator: Validator
     @app.get("/{rtype}/{rid}", summary="Read")
     def read(rtype: str, rid: str, request: Request) -> FHIRResponse:
         state, res = store.read_state(_served(rtype), rid)
+        if res is not None and _wants_deid(request):
+            res = _deidentify(res, settings)
         return _one(state, res, f"{rtype}/{rid}", _base(request, settings))
 
     @app.get("/{rtype}/{rid}/_history/{vid}", summary="Version read")
@@ -359,6 +366,39 @@ def _searchset(q: Any, result: Any, snapshot: str, base: str) -> dict[str, Any]:
     if entries:
         bundle["entry"] = entries
     return bundle
+
+
+def _deid_flag(values: list[str]) -> bool:
+    if not values:
+        return False
+    if values[-1] not in ("true", "false"):
+        raise FHIRError(400, "invalid", f"_deidentify must be true or false, not '{values[-1]}'")
+    return values[-1] == "true"
+
+
+def _wants_deid(request: Request) -> bool:
+    return _deid_flag(request.query_params.getlist("_deidentify"))
+
+
+def _deidentify(resource: dict[str, Any], settings: Settings) -> dict[str, Any]:
+    """The coordinator's copy of a resource (adapter/privacy.py); 503 when the network's
+    pseudonym secret is not configured."""
+    try:
+        return deidentify(resource, settings.pseudonym_key, settings.deidentify_birth_date)
+    except PseudonymKeyMissing as exc:
+        raise FHIRError(503, "security", f"de-identified output is not available: {exc}") from None
+
+
+def _deidentified_bundle(bundle: dict[str, Any], settings: Settings) -> dict[str, Any]:
+    """Every entry de-identified; paging links keep ``_deidentify=true`` so that no next page
+    comes back identified."""
+    out = {**bundle, "entry": [{**e, "resource": _deidentify(e["resource"], settings)} if "resource" in e else e
+                               for e in bundle.get("entry", [])]}
+    if not out["entry"]:
+        out.pop("entry")
+    out["link"] = [{**link, "url": link["url"] + ("&" if "?" in link["url"] else "?") + "_deidentify=true"}
+                   for link in bundle.get("link", [])]
+    return out
 
 
 def _ingest_bundle(report: Any, base: str) -> dict[str, Any]:

@@ -6,7 +6,7 @@ patient courses, which the store keeps in step with the FHIR resources (adapter/
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import FastAPI, Query
 from fastapi.responses import JSONResponse, Response
@@ -18,6 +18,7 @@ from adapter.outcomes.cohort import PatientCourse
 from adapter.outcomes.measure import load_measures, measure_report
 from adapter.outcomes.render import km_plot, to_csv
 from adapter.outcomes.stats import load_libraries
+from adapter.privacy import suppress_small_cells
 from adapter.search.params import date_range
 from adapter.spec.loader import load_drug_costs
 from adapter.store import Store
@@ -26,6 +27,8 @@ from adapter.store.db import now_instant
 Site = Annotated[str | None, Query(description="one site's code; all sites (and pooled) when left out", max_length=32)]
 Sites = Annotated[str | None, Query(description="comma-separated site codes: pool only these sites (a study's centres)",
                                     max_length=1000)]
+Suppress = Annotated[bool | None, Query(description="small-cell suppression of counts under the threshold "
+                                     "(default: on for network views, off for one site's own view)")]
 Stratify = Annotated[str | None, Query(description=f"survival strata and log-rank test: one of {', '.join(STRATA)}")]
 Timepoint = Annotated[float, Query(description="months at which KM estimates are read", gt=0, le=600)]
 
@@ -48,20 +51,34 @@ def _stratify(stratify: str | None) -> str | None:
     return stratify
 
 
+def _suppressed(report: dict[str, Any], site: str | None, suppress: bool | None, settings: Settings) -> dict[str, Any]:
+    """Small-cell suppression (adapter/privacy.py): on by default for network views (they leave
+    a site), off by default for one site's own view (``site=``)."""
+    on = site is None if suppress is None else suppress
+    if not on:
+        return report
+    return {**suppress_small_cells(report, settings.small_cell_threshold),
+            "suppression": {"threshold": settings.small_cell_threshold,
+                            "rule": f"counts from 1 to {settings.small_cell_threshold - 1} are shown as "
+                                    f"'<{settings.small_cell_threshold}'; their rates and intervals are withheld"}}
+
+
 def add_outcome_routes(app: FastAPI, store: Store, settings: Settings) -> None:
     """Register the outcomes endpoints on ``app``."""
     load_libraries()  # the first outcomes request should not pay for importing lifelines
 
     @app.get("/outcomes", response_class=JSONResponse, summary="Outcome figures per site and pooled (JSON)")
-    def outcomes(site: Site = None, sites: Sites = None, stratify: Stratify = None, timepoint: Timepoint = 36.0) -> JSONResponse:
+    def outcomes(site: Site = None, sites: Sites = None, stratify: Stratify = None, timepoint: Timepoint = 36.0,
+                 suppress: Suppress = None) -> JSONResponse:
         report = outcomes_report(_cohort(store, site, sites), timepoint, _stratify(stratify),
                                  drug_costs=load_drug_costs(settings.mappings_dir))
-        return JSONResponse(report)
+        return JSONResponse(_suppressed(report, site, suppress, settings))
 
     @app.get("/outcomes.csv", response_class=Response, summary="Outcome figures as CSV")
-    def outcomes_csv(site: Site = None, sites: Sites = None, stratify: Stratify = None, timepoint: Timepoint = 36.0) -> Response:
-        report = outcomes_report(_cohort(store, site, sites), timepoint, _stratify(stratify),
-                                 drug_costs=load_drug_costs(settings.mappings_dir))
+    def outcomes_csv(site: Site = None, sites: Sites = None, stratify: Stratify = None, timepoint: Timepoint = 36.0,
+                     suppress: Suppress = None) -> Response:
+        report = _suppressed(outcomes_report(_cohort(store, site, sites), timepoint, _stratify(stratify),
+                                             drug_costs=load_drug_costs(settings.mappings_dir)), site, suppress, settings)
         return Response(to_csv(report), media_type="text/csv; charset=utf-8",
                         headers={"Content-Disposition": 'attachment; filename="outcomes.csv"'})
 

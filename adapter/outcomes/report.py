@@ -26,7 +26,15 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from adapter.outcomes.cohort import PatientCourse
-from adapter.outcomes.stats import DAYS_PER_MONTH, SurvivalData, km_at, logrank, proportion, reverse_km_median
+from adapter.outcomes.stats import (
+    DAYS_PER_MONTH,
+    SurvivalData,
+    heterogeneity,
+    km_at,
+    logrank,
+    proportion,
+    reverse_km_median,
+)
 from adapter.spec.models import DrugCost
 
 DEFINITIONS = {
@@ -341,10 +349,34 @@ def outcomes_report(cohort: list[PatientCourse], timepoint: float = 36.0, strati
     if site is not None:
         cohort = [c for c in cohort if c.site == site]
     sites = sorted({c.site for c in cohort})
+    pooled = group_figures(cohort, timepoint, stratify, drug_costs)
+    pooled["heterogeneity"] = _heterogeneity(cohort, sites)
     return {
         "definitions": DEFINITIONS,
         "timepoint_months": timepoint,
         "stratify": stratify,
         "sites": {s: group_figures([c for c in cohort if c.site == s], timepoint, stratify, drug_costs) for s in sites},
-        "pooled": group_figures(cohort, timepoint, stratify, drug_costs),
+        "pooled": pooled,
     }
+
+
+#: The pooled rates whose heterogeneity across sites is tested: name -> "has the outcome".
+HETEROGENEITY: dict[str, Callable[[PatientCourse], bool]] = {
+    "cr": lambda c: c.response in ("cr-mrd-negative", "mrd-clearance"),
+    "mrd_negative_after_cycle1": lambda c: (m := c.mrd_after(1)) is not None and m.interpretation == "NEG",
+    "hsct": lambda c: c.hsct is not None,
+    "crs_any": lambda c: any(t == "crs" for t, _ in c.adverse_events),
+    "death": lambda c: c.death is not None,
+}
+
+
+def _heterogeneity(cohort: list[PatientCourse], sites: list[str]) -> dict[str, Any]:
+    """Chi-square tests of whether each pooled rate differs across sites (stats.heterogeneity);
+    empty with one site."""
+    if len(sites) < 2:
+        return {}
+    out = {}
+    for name, has in HETEROGENEITY.items():
+        counts = {s: (sum(has(c) for c in cohort if c.site == s), sum(c.site == s for c in cohort)) for s in sites}
+        out[name] = heterogeneity(counts)
+    return out

@@ -101,3 +101,24 @@ def km_curve(data: SurvivalData) -> tuple[list[float], list[float], list[float],
     ci = kmf.confidence_interval_survival_function_
     return (list(map(float, sf.index)), list(map(float, sf.iloc[:, 0])), list(map(float, ci.iloc[:, 0])),
             list(map(float, ci.iloc[:, 1])))
+
+
+def heterogeneity(counts: dict[str, tuple[int, int]]) -> dict[str, Any] | None:
+    """Whether a rate differs across sites: Pearson's chi-square test of independence on the
+    sites x (with, without) table (scipy.stats.chi2_contingency; no continuity correction beyond
+    SciPy's default for 2 x 2). ``counts`` maps a site to (patients with the outcome, patients).
+    None with fewer than two sites; ``p`` None when the outcome is constant (the test is undefined)."""
+    sites = [s for s, (_, n) in counts.items() if n > 0]
+    if len(sites) < 2:
+        return None
+    from scipy.stats import chi2_contingency
+
+    table = [[counts[s][0], counts[s][1] - counts[s][0]] for s in sites]
+    out: dict[str, Any] = {"test": "chi-square test of independence (sites x outcome)", "sites": sites,
+                           "df": len(sites) - 1, "chi2": None, "p": None}
+    if all(row[0] == 0 for row in table) or all(row[1] == 0 for row in table):
+        return out
+    res = chi2_contingency(table)
+    out.update(chi2=round(float(res.statistic), 4), p=round(float(res.pvalue), 4),
+               min_expected=round(float(res.expected_freq.min()), 2))
+    return out
