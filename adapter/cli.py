@@ -292,6 +292,90 @@ def _print_outcomes(report: dict[str, Any]) -> None:
     console.print(t)
 
 
+_SCAN_FORMATS = {".csv": "csv", ".txt": "csv", ".tsv": "csv", ".xlsx": "xlsx", ".xlsm": "xlsx",
+                 ".hl7": "hl7v2", ".oru": "hl7v2"}
+
+
+@app.command()
+def scan(
+    file: Annotated[Path, typer.Argument(help="the export to profile (CSV, XLSX, HL7 v2 or REDCap CSV)")],
+    format: Annotated[str | None, typer.Option("--format", help="csv, xlsx, hl7v2 or redcap (default: from the extension)")] = None,  # noqa: A002
+    encoding: Annotated[str | None, typer.Option(help="text encoding (default: detected)")] = None,
+    delimiter: Annotated[str | None, typer.Option(help="CSV delimiter (default: sniffed)")] = None,
+    data_dictionary: Annotated[Path | None, typer.Option(help="REDCap data dictionary CSV (implies --format redcap)")] = None,
+    top: Annotated[int, typer.Option(help="most frequent values shown per column", min=1, max=100)] = 10,
+    site: Annotated[str, typer.Option(help="site code for the draft mapping")] = "new-site",
+    export: Annotated[str | None, typer.Option(help="export name for the draft mapping (default: from the file name)")] = None,
+    out: Annotated[Path | None, typer.Option(help="folder for the draft mapping, its profile (JSON) and a draft site.yaml")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the profile as JSON")] = False,
+) -> None:
+    """Profile an export (WhiteRabbit-like: columns, types, value frequencies; names and identifiers
+    masked) and write a draft mapping file to start onboarding from."""
+    import re
+
+    from adapter import scan as scanning
+    from adapter.readers import reader_for
+    from adapter.spec.models import ReaderSpec
+
+    fmt = format or ("redcap" if data_dictionary else _SCAN_FORMATS.get(file.suffix.lower()))
+    if fmt is None:
+        _fail(ConfigError(f"cannot tell the format of {file.name} from its extension; give --format"))
+    export = export or (re.sub(r"[^a-z0-9_]+", "_", file.stem.lower()).strip("_")[:32] or "export")
+    try:
+        spec = ReaderSpec(format=fmt, encoding=encoding, delimiter=delimiter,
+                          data_dictionary=data_dictionary.name if data_dictionary else None)
+        if data_dictionary:  # the reader opens the path; a mapping names a file next to itself
+            spec = spec.model_copy(update={"data_dictionary": str(data_dictionary)})
+    except ValueError as exc:
+        _fail(ConfigError(f"reader options: {exc}"))
+    try:
+        reader = reader_for(fmt)(file, spec)
+        detected: dict[str, str | None] = {}
+        if fmt in ("csv", "redcap"):
+            detected["encoding"], detected["delimiter"] = reader.dialect()
+        elif fmt == "hl7v2":
+            detected["encoding"] = encoding or "utf-8"
+        paths = reader.columns() if fmt == "hl7v2" else None
+        reports = [scanning.profile_rows(reader.rows(sh, set(paths or ())), file.name, fmt, sh, top, paths)
+                   for sh in reader.sheets()]
+    except AdapterError as exc:
+        _fail(exc)
+    dd_name = data_dictionary.name if data_dictionary else None
+    draft = scanning.draft_mapping(reports, site=site, export=export, reader=scanning.reader_block(
+        fmt, reports, data_dictionary=dd_name, **detected))
+    if as_json:
+        console.print_json(json.dumps([r.to_json() for r in reports], ensure_ascii=False))
+    else:
+        for rep in reports:
+            _print_scan(rep)
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / f"{export}.yaml").write_text(draft, encoding="utf-8")
+        (out / f"{export}.scan.json").write_text(
+            json.dumps([r.to_json() for r in reports], indent=2, ensure_ascii=False), encoding="utf-8")
+        if data_dictionary and not (out / data_dictionary.name).exists():
+            (out / data_dictionary.name).write_bytes(data_dictionary.read_bytes())
+        if not (out / "site.yaml").exists():
+            (out / "site.yaml").write_text(scanning.draft_site(site), encoding="utf-8")
+        console.print(f"draft mapping: {out / f'{export}.yaml'}  (profile: {export}.scan.json)")
+
+
+def _print_scan(rep: Any) -> None:
+    from rich.markup import escape
+
+    where = f"{rep.file}" + (f" [{rep.sheet}]" if rep.sheet else "")
+    t = Table(title=f"{where}: {rep.rows} rows ({rep.format}), {rep.malformed} malformed")
+    for c in ("column", "type", "blank", "distinct", "range", "most frequent (masked: shapes)"):
+        t.add_column(c, overflow="fold")
+    for c in rep.columns:
+        typ = c.type + (f" {c.date_formats[0]}" + ("?" if len(c.date_formats) > 1 else "") if c.date_formats else "")
+        rng = f"{c.minimum} .. {c.maximum}" if c.minimum is not None else ""
+        vals = ", ".join(f"{v} ({n})" for v, n in c.top[:5])
+        t.add_row(escape(c.name), typ, f"{c.blank}/{c.rows}", str(c.distinct), rng,
+                  escape((f"[masked: {c.masked}] " if c.masked else "") + vals))
+    console.print(t)
+
+
 @app.command()
 def serve(
     host: Annotated[str | None, typer.Option(help="interface to listen on (default: setting ADAPTER_HOST, 127.0.0.1)")] = None,

@@ -23,10 +23,12 @@ from __future__ import annotations
 import hashlib
 from collections import defaultdict
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
+
+import orjson
 
 SD = "https://w3id.org/pedall-fhir/StructureDefinition/"
 CS = "https://w3id.org/pedall-fhir/CodeSystem/"
@@ -107,12 +109,12 @@ class PatientCourse:
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict (dates as ISO 8601 text); :meth:`from_json` reverses it exactly."""
-        out = asdict(self)
-        for k in _DATE_FIELDS:
-            out[k] = _iso(out[k])
-        out["mrd"] = [{**m, "date": _iso(m["date"])} for m in out["mrd"]]
-        out["adverse_events"] = [list(t) for t in self.adverse_events]
-        return out
+        return orjson.loads(self.to_json_bytes())
+
+    def to_json_bytes(self) -> bytes:
+        """:meth:`to_json` as UTF-8 JSON, serialised by orjson straight from the dataclass (dates as
+        ISO 8601 ``YYYY-MM-DD``, tuples as arrays); the store writes this."""
+        return orjson.dumps(self)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> PatientCourse:
@@ -126,10 +128,6 @@ class PatientCourse:
 
 
 _DATE_FIELDS = tuple(f.name for f in fields(PatientCourse) if "date" in str(f.type) and f.name != "mrd")
-
-
-def _iso(d: date | None) -> str | None:
-    return d.isoformat() if d is not None else None
 
 
 #: Changes whenever this module's code changes: stored courses made by other code are rebuilt

@@ -55,6 +55,14 @@ class CsvReader(Reader):
         except csv.Error:
             raise ReaderError(f"{self.display_name}: cannot detect the delimiter; declare reader.delimiter") from None
 
+    def dialect(self) -> tuple[str, str]:
+        """(encoding, delimiter) as declared, or as detected when not declared (``adapter scan``
+        writes them into a draft mapping). Raises ReaderError like :meth:`rows`."""
+        if not self.path.is_file():
+            raise ReaderError(f"{self.display_name}: no such file")
+        encoding = self._encoding()
+        return encoding, self._delimiter(encoding)
+
     def rows(self, sheet: str | None, required_columns: set[str]) -> Iterator[Row]:
         if not self.path.is_file():
             raise ReaderError(f"{self.display_name}: no such file")

@@ -26,7 +26,7 @@ crash or a silent skip.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -104,6 +104,40 @@ def field_value(msg: hl7.Message, segment: hl7.Segment | None, path: FieldPath) 
     return _text(msg, subs[path.subcomponent - 1]) if len(subs) >= path.subcomponent else None
 
 
+#: Segments every result message keeps, to the field given: MSH to MSH-10 (the message control id,
+#: the row locator), and PID, OBR, OBX at least present (a message without them is a row issue).
+_ALWAYS = {"MSH": 10, "PID": 1, "OBR": 1, "OBX": 1}
+
+
+def needed_fields(paths: Iterable[FieldPath]) -> dict[str, int]:
+    """Segment id -> the highest field number the mapping's columns read from it (see :func:`prune`)."""
+    keep = dict(_ALWAYS)
+    for p in paths:
+        keep[p.segment] = max(keep.get(p.segment, 0), p.field)
+    return keep
+
+
+def prune(message: str, keep: dict[str, int]) -> str:
+    """The message with each segment cut after the last field read from it: a segment not in
+    ``keep`` is reduced to its id, so segment positions (the row locator) stay those of the file.
+
+    A speed-up, not a parser: python-hl7 still parses what is kept, and builds ~100 objects per
+    segment (every field, repetition and component). Cutting at a field separator is exact, because
+    a separator inside a value is always escaped (``\\F\\``, HL7 v2.5.1 §2.7), and fields past the cut
+    are never read. Unread fields also never enter memory as parsed text (e.g. PID-5, the patient's
+    name, when no column reads it). MSH keeps one field more, as its MSH-1 is the separator itself.
+    """
+    sep = message[3:4] or "|"
+    out = []
+    for seg in message.split("\r"):
+        last = keep.get(seg[:3])
+        if last is None:
+            out.append(seg[:3])
+            continue
+        out.append(sep.join(seg.split(sep, last + 2)[:last + 1]))
+    return "\r".join(out)
+
+
 @register
 class HL7v2Reader(Reader):
     """HL7 v2.x messages (ORU^R01 and alike): one row per OBX segment."""
@@ -126,12 +160,52 @@ class HL7v2Reader(Reader):
         messages = split_messages(self.path.read_bytes())
         if not messages:
             raise ReaderError(f"{self.display_name}: no HL7 v2 message (no MSH segment) in the file")
+        keep = needed_fields(paths.values())
         for n, raw in enumerate(messages, start=1):
-            yield from self._message_rows(n, raw, encoding, paths)
+            yield from self._message_rows(n, raw, encoding, paths, keep)
 
-    def _message_rows(self, n: int, raw: bytes, encoding: str, paths: dict[str, FieldPath]) -> Iterator[Row]:
+    def columns(self) -> list[str]:
+        """Every field path the file's messages fill, in segment-then-field order (``MSH-3``,
+        ``PID-3``, ``OBX-5``...), plus ``PID-3[<type>].1`` for each identifier type code (CX.5) seen,
+        for ``adapter scan``. A message python-hl7 cannot parse is passed over here (ingestion
+        reports it as a row issue). Raises ReaderError when the file is missing or has no message."""
+        if not self.path.is_file():
+            raise ReaderError(f"{self.display_name}: no such file")
+        encoding = getattr(self.options, "encoding", None) or "utf-8"
+        messages = split_messages(self.path.read_bytes())
+        if not messages:
+            raise ReaderError(f"{self.display_name}: no HL7 v2 message (no MSH segment) in the file")
+        filled: dict[str, set[int]] = {}
+        id_types: set[str] = set()
+        for raw in messages:
+            try:
+                msg = hl7.parse(raw.decode(encoding, errors="replace"))
+            except Exception:  # noqa: BLE001, S112  (python-hl7 raises several types; see rows())
+                continue
+            for seg in msg:
+                sid = str(seg[0])
+                for f in range(1, len(seg)):
+                    if str(seg[f]).strip():
+                        filled.setdefault(sid, set()).add(f)
+                if sid == "PID" and len(seg) > 3 and isinstance(seg[3], list):
+                    for rep in seg[3]:
+                        if isinstance(rep, hl7.Repetition) and len(rep) >= 5 and str(rep[4]).strip():
+                            id_types.add(str(rep[4]).strip())
+        order = {"MSH": 0, "PID": 1, "OBR": 2, "OBX": 3}
+        cols = []
+        for sid in sorted(filled, key=lambda s: (order.get(s, 9), s)):
+            for f in sorted(filled[sid]):
+                if sid == "MSH" and f <= 2:
+                    continue  # the separator and encoding characters
+                cols.append(f"{sid}-{f}")
+                if sid == "PID" and f == 3:
+                    cols += [f"PID-3[{t}].1" for t in sorted(id_types) if re.match(r"^[A-Za-z0-9_-]+$", t)]
+        return cols
+
+    def _message_rows(self, n: int, raw: bytes, encoding: str, paths: dict[str, FieldPath],
+                      keep: dict[str, int]) -> Iterator[Row]:
         try:
-            msg = hl7.parse(raw.decode(encoding))
+            msg = hl7.parse(prune(raw.decode(encoding), keep))
         except UnicodeDecodeError as exc:
             yield self._problem(n, f"message {n} is not valid {encoding} ({exc.reason}); check reader.encoding")
             return

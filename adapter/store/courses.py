@@ -73,7 +73,7 @@ def refresh_courses(conn: Connection, patient_ids: Iterable[str]) -> int:
         for pid, (pat, site) in patients.items():
             course = course_of(pat, res.get(pid, {}), site)  # the site whose compartment holds the Patient
             rows.append({"patient_id": pid, "site": course.site, "course_version": COURSE_VERSION,
-                         "course": orjson.dumps(course.to_json()).decode()})
+                         "course": course.to_json_bytes().decode()})
         if rows:
             _upsert(conn, rows)
             written += len(rows)
