@@ -10,7 +10,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import model_validator
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -41,6 +41,17 @@ class Settings(BaseSettings):
         deidentify_birth_date: how de-identified Patients give the birth date: ``year-month`` or ``year``.
         small_cell_threshold: coordinator-facing aggregate counts from 1 to this − 1 are shown as
             ``"<threshold"`` (default 5).
+        study_id, study_title: the network's study (ResearchStudy id, Group ``study-<id>``).
+        export_dir: where Bulk Data $export jobs write their NDJSON files (one folder per job).
+        export_max_jobs: exports accepted or running at once; one more kick-off gets HTTP 429.
+        export_max_file_bytes: an NDJSON file past this size is closed and the type goes on in a
+            new part (``Observation.2.ndjson``).
+        export_expiry_seconds: completed exports (files and manifest) are deleted after this long.
+        export_max_rows_per_second: throttle of each export's database reads (0: none), so that a
+            large export never starves ingestion on a shared production database.
+        export_stale_seconds: a running export whose worker has not reported for this long was cut
+            off (server killed) and is run again by another worker.
+        export_deidentify: force ``_deidentify=true`` on every bulk export (exports leave the network).
     """
 
     model_config = SettingsConfigDict(env_prefix="ADAPTER_", env_file=".env", extra="ignore")
@@ -59,6 +70,15 @@ class Settings(BaseSettings):
     pseudonym_key: str | None = None
     deidentify_birth_date: Literal["year-month", "year"] = "year-month"
     small_cell_threshold: int = 5
+    study_id: str = Field(default="pedall-blinatumomab", pattern=r"^[A-Za-z0-9-]{1,58}$")
+    study_title: str = "Blinatumomab before HSCT in relapsed/refractory paediatric B-ALL (multicentre outcomes)"
+    export_dir: Path = ROOT / ".adapter-data" / "exports"
+    export_max_jobs: int = 2
+    export_max_file_bytes: int = 100 * 1024 * 1024
+    export_expiry_seconds: int = 24 * 3600
+    export_max_rows_per_second: int = 0
+    export_stale_seconds: float = 30
+    export_deidentify: bool = False
 
     @model_validator(mode="after")
     def _refuse_unsafe_defaults(self) -> Settings:

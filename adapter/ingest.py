@@ -31,6 +31,7 @@ from adapter.mapping import fhir
 from adapter.mapping.base import SiteContext
 from adapter.mapping.engine import map_row
 from adapter.mapping.patient import organization
+from adapter.mapping.study import NETWORK, patient_group, research_study, research_subject, site_group_id, study_group_id
 from adapter.readers import reader_for
 from adapter.spec import load_mapping
 from adapter.store import Rollback, Store, WriteOutcome
@@ -211,6 +212,7 @@ def ingest_file(path: Path, site: str, mapping: str, store: Store, *, strict: bo
                 if progress:
                     progress(report.rows_read)
         flush()
+        report.outcomes.extend(_study_membership(tx, sc, settings, validator, [i for t, i in seen if t == "Patient"]))
         report.blank_rows = reader.stats.blank
         unlinked = tx.missing("Patient", [p for p in referenced if ("Patient", p) not in seen])
         report.unlinked_patients = len(unlinked)
@@ -245,6 +247,25 @@ def ingest_file(path: Path, site: str, mapping: str, store: Store, *, strict: bo
     return report
 
 
+def _study_membership(tx: Any, sc: SiteContext, settings: Settings, validator: Validator,
+                      patients: list[str]) -> list[WriteOutcome]:
+    """Enrol the Patients this file wrote in the study (a ResearchSubject each) and bring the
+    site's Group and the study cohort's Group up to date (adapter/mapping/study.py), in the
+    ingestion's transaction. Nothing is written when the file wrote no Patient."""
+    if not patients:
+        return []
+    sid = settings.study_id
+    mine = [research_study(sid, settings.study_title), *(research_subject(sc, p, sid) for p in sorted(patients)),
+            patient_group(site_group_id(sc.site), f"Patients of {sc.name}", tx.patient_ids(sc.site), sc.site)]
+    network = [patient_group(study_group_id(sid), f"{settings.study_title}: study cohort", tx.patient_ids())]
+    for res in [*mine, *network]:
+        for vi in validator.validate(res):
+            raise AssertionError(f"{res['resourceType']} fails validation: {vi}")  # a bug, not bad input
+    site_of = {"ResearchStudy": NETWORK}
+    return tx.upsert([(r, site_of.get(r["resourceType"], sc.site), None) for r in mine]
+                     + [(r, NETWORK, None) for r in network])
+
+
 def _patient_of(resource: dict[str, Any]) -> str | None:
-    ref = (resource.get("subject") or resource.get("patient") or {}).get("reference", "")
+    ref = (resource.get("subject") or resource.get("patient") or resource.get("individual") or {}).get("reference", "")
     return ref.split("/", 1)[1] if resource.get("resourceType") != "Patient" and ref.startswith("Patient/") else None

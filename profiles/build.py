@@ -220,6 +220,12 @@ PROFILES: dict[str, tuple[str, str, list[dict[str, Any]]]] = {
     "pedall-provenance": ("Provenance", "What an ingestion changed, from which file (SHA-256) and rows", [
         el("Provenance.agent", min=1), el("Provenance.agent.who", min=1), el("Provenance.entity", min=1),
         el("Provenance.entity.what.identifier", min=1)]),
+    "pedall-patient-group": ("Group", "The patients of a site, or of the whole study cohort (Bulk Data Group export)", [
+        el("Group.identifier", min=1), el("Group.type", fixedCode="person"), el("Group.quantity", min=1)]),
+    "pedall-research-study": ("ResearchStudy", "The network's study", [
+        el("ResearchStudy.identifier", min=1), el("ResearchStudy.title", min=1)]),
+    "pedall-research-subject": ("ResearchSubject", "A Patient enrolled in the study", [
+        el("ResearchSubject.individual", min=1)]),
 }
 
 
@@ -307,6 +313,13 @@ def examples() -> dict[str, list[dict[str, Any]]]:
             patient="X0001", last_contact=date(2023, 6, 1), vital_status=c("vital-status", "alive")), site),
     }
     from adapter.ingest import provenance_for  # the same builder ingestion uses
+    from adapter.mapping import study
+
+    pid = out["pedall-patient"][0]["id"]
+    out["pedall-research-study"] = [study.research_study("example-study", "An example study")]
+    out["pedall-research-subject"] = [study.research_subject(site, pid, "example-study")]
+    out["pedall-patient-group"] = [study.patient_group(study.site_group_id(site.site), "Patients of the example site",
+                                                       [pid], site.site)]
 
     out["pedall-provenance"] = [provenance_for(site, "example.csv", "0" * 64, [
         ("Patient", out["pedall-patient"][0]["id"], 1, "example.csv!2")], "2020-01-01T00:00:00+00:00")]

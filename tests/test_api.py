@@ -171,7 +171,10 @@ def test_everything(api: Server) -> None:
     b = api.client.get(f"/Patient/{p['id']}/$everything").json()
     types = Counter(e["resource"]["resourceType"] for e in b["entry"])
     assert types["Patient"] == 1 and types["Organization"] == 1
-    mine = [r for r in api.store.iter_resources() if (r.get("subject") or {}).get("reference") == f"Patient/{p['id']}"]
+    # the compartment: subject (clinical resources) or individual (the study enrolment, ResearchSubject)
+    mine = [r for r in api.store.iter_resources()
+            if (r.get("subject") or r.get("individual") or {}).get("reference") == f"Patient/{p['id']}"]
+    assert types["ResearchSubject"] == 1
     assert sum(types.values()) == len(mine) + 2
 
 

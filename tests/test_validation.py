@@ -52,8 +52,9 @@ def test_profile_example_passes_all_three(path: Path) -> None:
 def test_every_profile_has_an_example() -> None:
     profiles = {p.stem.removeprefix("StructureDefinition-") for p in PROFILES.glob("StructureDefinition-pedall-*.json")}
     assert profiles == {p.stem.rsplit("-", 1)[0] for p in EXAMPLES}
-    # 9+9+18+26+11+2+9 (workbook) + 26 (CSV) + 12+12+61+12+12+10+12 (HUANL; the last 12 are vial dispenses) + 2 Organizations + 3 Provenances
-    assert len(PRODUCED) == 246
+    # 9+9+18+26+11+2+9 (workbook) + 26 (CSV) + 12+12+61+12+12+10+12 (HUANL; the last 12 are vial dispenses) + 2 Organizations
+    # + 3 Provenances + the study: 21 ResearchSubjects (one per Patient), a ResearchStudy, 2 site Groups, the study Group
+    assert len(PRODUCED) == 246 + 21 + 1 + 2 + 1
 
 
 @pytest.mark.parametrize("path", sorted(PROFILES.glob("*-*.json")), ids=lambda p: p.stem)

@@ -151,6 +151,24 @@ PARAMS: dict[str, dict[str, SearchParam]] = {t: {p.name: p for p in ps} for t, p
         _p("identifier", "token", "identifier"),
         _p("name", "string", "name"),
     ],
+    "Group": [
+        _p("identifier", "token", "identifier"),
+        _p("type", "token", "type"),
+        _p("member", "reference", "member.entity", description="a Patient in the group"),
+        _p("managing-entity", "reference", "managingEntity", description="the site whose patients the group lists"),
+    ],
+    "ResearchStudy": [
+        _p("identifier", "token", "identifier"),
+        _p("status", "token", "status"),
+        _p("title", "string", "title"),
+    ],
+    "ResearchSubject": [
+        _p("identifier", "token", "identifier"),
+        _p("study", "reference", "study"),
+        _p("individual", "reference", "individual", description="the enrolled Patient"),
+        _p("patient", "reference", "individual", target="Patient", description="the enrolled Patient"),
+        _p("status", "token", "status"),
+    ],
     "Provenance": [
         _p("target", "reference", "target", description="the resources an ingestion wrote"),
         _p("agent", "reference", "agent.who"),

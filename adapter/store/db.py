@@ -43,7 +43,7 @@ def content_hash(resource: dict[str, Any]) -> str:
 
 
 def _search_columns(r: dict[str, Any]) -> dict[str, Any]:
-    subject = r.get("subject") or r.get("patient") or {}
+    subject = r.get("subject") or r.get("patient") or r.get("individual") or {}
     ref = subject.get("reference", "") if isinstance(subject, dict) else ""
     patient = ref.split("/", 1)[1] if ref.startswith("Patient/") else (r["id"] if r["resourceType"] == "Patient" else None)
     code = r.get("code") or r.get("event") or r.get("medicationCodeableConcept") or {}
@@ -176,6 +176,13 @@ class Transaction:
             rows = self.conn.execute(_EXISTING, {"type": rtype, "ids": ids[i:i + 500]})
             found.update(rid for rid, _v, _h, deleted, _p, _s in rows if not deleted)
         return set(ids) - found
+
+    def patient_ids(self, site: str | None = None) -> list[str]:
+        """Ids of the current Patients (of one site, or all), in id order."""
+        q = select(resources.c.id).where(resources.c.type == "Patient", resources.c.deleted.is_(False))
+        if site is not None:
+            q = q.where(resources.c.site == site)
+        return [rid for (rid,) in self.conn.execute(q.order_by(resources.c.id))]
 
     def record_ingestion(self, row: dict[str, Any]) -> None:
         """Keep an ingestion's report (see :class:`adapter.ingest.IngestReport`)."""
