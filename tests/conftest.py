@@ -34,7 +34,8 @@ EXAMPLE_FILES = [
 @pytest.fixture(scope="session")
 def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
     return Settings(database_url=f"sqlite:///{tmp_path_factory.mktemp('db') / 'unused.sqlite3'}",
-                    id_key="test-id-key", pseudonym_key="test-pseudonym-key")
+                    id_key="test-id-key", pseudonym_key="test-pseudonym-key",
+                    export_dir=tmp_path_factory.mktemp("exports"))
 
 
 def _pg_store() -> Iterator[Store]:

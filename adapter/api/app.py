@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import parse_qsl, urlencode
@@ -65,7 +67,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None, val
     validator = validator or get_validator()
     app = FastAPI(title="pedall FHIR adapter", version="0.1.0",
                   description="FHIR R4 adapter for multicenter pediatric leukemia outcome studies",
-                  default_response_class=FHIRResponse)
+                  default_response_class=FHIRResponse, lifespan=_lifespan)
     app.state.settings, app.state.store, app.state.validator = settings, store, validator
     access = logging.getLogger("uvicorn.access")
     if not any(isinstance(f, _NoQueryInAccessLog) for f in access.filters):
@@ -75,8 +77,24 @@ def create_app(settings: Settings | None = None, store: Store | None = None, val
     from adapter.api.outcomes_routes import add_outcome_routes
 
     add_outcome_routes(app, store, settings)  # before the generic /{type} routes
+    from adapter.api.bulk_routes import add_bulk_routes
+    from adapter.bulk.runner import ExportWorker
+
+    add_bulk_routes(app, store, settings, lambda request: _base(request, settings))
     _routes(app, settings, store, validator)
+    app.state.export_worker = ExportWorker(store, settings)
     return app
+
+
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """Run the Bulk Data export worker while the service runs (adapter/bulk/runner.py)."""
+    worker = app.state.export_worker
+    worker.start()
+    try:
+        yield
+    finally:
+        worker.stop()
 
 
 _RESOURCE_SCHEMA = {"type": "object", "required": ["resourceType"], "properties": {"resourceType": {"type": "string"}}}

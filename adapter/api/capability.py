@@ -15,6 +15,10 @@ INTERACTIONS = ("read", "vread", "history-instance", "search-type", "create", "u
 _SP_DEFINITION = "http://hl7.org/fhir/SearchParameter/"
 
 
+#: Bulk Data Access STU2 OperationDefinitions
+_BULK = "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/"
+
+
 @lru_cache
 def _profiles(folder: str) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {}
@@ -57,7 +61,10 @@ def capability_statement(base: str, profiles_dir: Path) -> dict[str, Any]:
         if profiles.get(rtype):
             entry["supportedProfile"] = profiles[rtype]
         if rtype == "Patient":
-            entry["operation"] = [{"name": "everything", "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything"}]
+            entry["operation"] = [{"name": "everything", "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything"},
+                                  {"name": "export", "definition": _BULK + "patient-export"}]
+        if rtype == "Group":
+            entry["operation"] = [{"name": "export", "definition": _BULK + "group-export"}]
         resources.append(entry)
     resources.append({"type": "Measure", "profile": "http://hl7.org/fhir/StructureDefinition/Measure",
                       "interaction": [{"code": "read"}],
@@ -83,6 +90,7 @@ def capability_statement(base: str, profiles_dir: Path) -> dict[str, Any]:
                 {"name": "ingest", "definition": f"{CANONICAL}/OperationDefinition/ingest",
                  "documentation": "POST /$ingest multipart (file, site, mapping[, strict, dry_run]): ingest a site export"},
                 {"name": "validate", "definition": "http://hl7.org/fhir/OperationDefinition/Resource-validate"},
+                {"name": "export", "definition": _BULK + "export"},
             ],
         }],
     }

@@ -83,3 +83,25 @@ patient_course = Table(
     Column("course", Text, nullable=False),
     Index("ix_patient_course_site", "site"),
 )
+
+#: Bulk Data $export jobs (adapter/bulk). ``status``: accepted | in-progress | completed | failed |
+#: cancelled | expired. ``params`` is the kick-off's parsed parameters (JSON); ``manifest`` the
+#: completion manifest (JSON), set in the same statement that marks the job completed, so a
+#: manifest never lists a file that is not whole. ``heartbeat`` is renewed while a worker runs the
+#: job: a job in progress whose heartbeat is stale was cut off (server killed) and is run again.
+export_jobs = Table(
+    "export_jobs", metadata,
+    Column("id", String(36), primary_key=True),
+    Column("status", String(16), nullable=False),
+    Column("request", Text, nullable=False),
+    Column("params", Text, nullable=False),
+    Column("created", String(40), nullable=False),
+    Column("transaction_time", String(40), nullable=False),
+    Column("heartbeat", String(40)),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("progress", String(200)),
+    Column("manifest", Text),
+    Column("error", Text),
+    Column("finished", String(40)),
+    Index("ix_export_jobs_status", "status"),
+)

@@ -104,6 +104,12 @@ def _clause(rtype: str, c: Clause) -> ColumnElement[bool]:
     return resources.c.id.in_(sub)
 
 
+def query_condition(q: Query) -> ColumnElement[bool]:
+    """The SQL condition a resource of ``q.type`` meets when it matches every clause of ``q``
+    (Bulk Data ``_typeFilter``). A query with no clause matches everything."""
+    return and_(true(), *[_clause(q.type, c) for c in q.clauses])
+
+
 def _filters(q: Query, snapshot: str) -> list[ColumnElement[bool]]:
     conds: list[ColumnElement[bool]] = [
         resources.c.type == q.type,
