@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test ingest-examples lint bench bench-serve clean
+.PHONY: run test ingest-examples lint bench bench-serve bench-export clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,9 @@ bench: $(STAMP)
 
 bench-serve: $(STAMP)
 	$(BIN)/python bench/serve.py
+
+bench-export: $(STAMP)
+	$(BIN)/python bench/export.py
 
 clean:
 	rm -rf $(VENV) .adapter-data .pytest_cache .hypothesis

@@ -138,6 +138,68 @@ def export_bundle(
     console.print(f"wrote {n} resource(s) to {out}")
 
 
+@app.command("export")
+def export_ndjson(
+    out: Annotated[Path, typer.Option("--out", help="folder for the NDJSON files and manifest.json (created)")],
+    group: Annotated[str | None, typer.Option(help="a Group id, e.g. site-hito or study-pedall-blinatumomab")] = None,
+    patients: Annotated[bool, typer.Option("--patients", help="every Patient compartment (like /Patient/$export)")] = False,
+    type_: Annotated[list[str] | None, typer.Option("--type", help="resource type(s) to export (repeat); default all")] = None,
+    since: Annotated[str | None, typer.Option(help="only resources changed after this FHIR instant")] = None,
+    type_filter: Annotated[list[str] | None, typer.Option(help="Type?search, as Bulk Data _typeFilter (repeat)")] = None,
+    deidentify: Annotated[bool, typer.Option(help="pseudonyms, birth dates cut, no free text (needs ADAPTER_PSEUDONYM_KEY)")] = False,
+) -> None:
+    """Write a Bulk Data export (NDJSON per type + manifest.json) to a folder, with a progress bar:
+    the same files as GET /Group/{id}/$export, /Patient/$export or /$export."""
+    from adapter.bulk.request import ExportRequestError, parse_kickoff
+    from adapter.bulk.runner import count_export, write_export
+    from adapter.store.db import now_instant
+
+    settings = get_settings()
+    if group and patients:
+        _fail(ConfigError("give --group or --patients, not both"))
+    level = "group" if group else "patient" if patients else "system"
+    items = [("_type", t) for t in type_ or []] + [("_typeFilter", f) for f in type_filter or []]
+    items += [("_since", since)] if since else []
+    items += [("_deidentify", "true")] if deidentify else []
+    try:
+        req = parse_kickoff(level, items, group_id=group, force_deidentify=settings.export_deidentify)
+    except ExportRequestError as exc:
+        _fail(ConfigError(str(exc)))
+    if req.deidentify and not settings.pseudonym_key:
+        from adapter.privacy import PseudonymKeyMissing
+
+        _fail(PseudonymKeyMissing("de-identified exports need ADAPTER_PSEUDONYM_KEY"))
+    path = {"group": f"Group/{group}/$export", "patient": "Patient/$export", "system": "$export"}[level]
+    from urllib.parse import urlencode
+
+    request_url = f"{(settings.base_url or 'urn:adapter-cli:').rstrip('/')}/{path}" + (f"?{urlencode(items)}" if items else "")
+    try:
+        store = _store()
+        if group and store.read("Group", group) is None:
+            _fail(ConfigError(f"Group/{group} is not known"))
+        when = now_instant()
+        total = count_export(store, req, when)
+        if out.exists() and any(out.iterdir()):
+            _fail(ConfigError(f"{out} is not empty; give a new folder"))
+        out.mkdir(parents=True, exist_ok=True)
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      console=err_console, transient=True) as bar:
+            task = bar.add_task("exporting", total=total)
+
+            def beat(progress: str, force: bool) -> bool:
+                if not force:
+                    bar.advance(task)
+                return True
+
+            manifest = write_export(store, settings, req, out, transaction_time=when, request_url=request_url,
+                                    url_for=lambda name: (out / name).resolve().as_uri(), beat=beat)
+    except AdapterError as exc:
+        _fail(exc)
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+    n = sum(o["count"] for o in manifest["output"])
+    console.print(f"wrote {n} resource(s) in {len(manifest['output'])} file(s) and manifest.json to {out}")
+
+
 @app.command()
 def validate(file: Annotated[Path, typer.Argument(help="a FHIR resource or Bundle (JSON), or NDJSON")]) -> None:
     """Validate resources with all three validators (R4 schema, R4B models, our profiles)."""
@@ -398,7 +460,9 @@ def serve(
 def main() -> None:
     """Entry point that maps click's usage error (2) to 64, so that 2 always means configuration."""
     try:
-        app(standalone_mode=False)
+        rc = app(standalone_mode=False)  # click returns the code of a typer.Exit raised by a command
+        if isinstance(rc, int) and rc:
+            sys.exit(rc)
     except typer.Exit as e:
         sys.exit(e.exit_code)
     except Exception as e:  # click usage errors

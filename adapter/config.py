@@ -42,6 +42,7 @@ class Settings(BaseSettings):
         small_cell_threshold: coordinator-facing aggregate counts from 1 to this − 1 are shown as
             ``"<threshold"`` (default 5).
         study_id, study_title: the network's study (ResearchStudy id, Group ``study-<id>``).
+        group_everything_max_patients: largest Group ``$everything`` answers in one Bundle (413 above).
         export_dir: where Bulk Data $export jobs write their NDJSON files (one folder per job).
         export_max_jobs: exports accepted or running at once; one more kick-off gets HTTP 429.
         export_max_file_bytes: an NDJSON file past this size is closed and the type goes on in a
@@ -72,6 +73,7 @@ class Settings(BaseSettings):
     small_cell_threshold: int = 5
     study_id: str = Field(default="pedall-blinatumomab", pattern=r"^[A-Za-z0-9-]{1,58}$")
     study_title: str = "Blinatumomab before HSCT in relapsed/refractory paediatric B-ALL (multicentre outcomes)"
+    group_everything_max_patients: int = 100
     export_dir: Path = ROOT / ".adapter-data" / "exports"
     export_max_jobs: int = 2
     export_max_file_bytes: int = 100 * 1024 * 1024

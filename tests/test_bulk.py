@@ -314,3 +314,72 @@ def test_a_server_killed_mid_export_completes_it_after_restart(throttled: tuple[
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_group_everything_is_a_collection_bundle(bulk: Server, r4_schema: jsonschema_rs.Validator) -> None:
+    gid = site_group_id("uk-infants")
+    b = bulk.client.get(f"/Group/{gid}/$everything").json()
+    assert b["resourceType"] == "Bundle" and b["type"] == "collection"
+    assert not [e.message for e in r4_schema.iter_errors(b)][:1]
+    types = Counter(e["resource"]["resourceType"] for e in b["entry"])
+    assert types["Group"] == 1 and types["Patient"] == 11 and types["Organization"] == 1
+    members = [m["entity"]["reference"].split("/")[1] for m in b["entry"][0]["resource"]["member"]]
+    assert sum(types.values()) == 1 + 1 + sum(_store_counts(bulk.store, resources.c.patient_id.in_(members)).values())
+    deid = bulk.client.get(f"/Group/{gid}/$everything", params={"_deidentify": "true"}).json()
+    local = {i["value"] for e in b["entry"] if e["resource"]["resourceType"] == "Patient" for i in e["resource"]["identifier"]}
+    assert not [i for i in local if f'"{i}"' in json.dumps(deid)]
+    # a Group too large for one Bundle is sent to $export
+    big = {"resourceType": "Group", "type": "person", "actual": True, "quantity": 101,
+           "meta": {"profile": ["https://w3id.org/pedall-fhir/StructureDefinition/pedall-patient-group"]},
+           "identifier": [{"system": "https://example.org/cohorts", "value": "big"}],
+           "member": [{"entity": {"reference": f"Patient/p{i}"}} for i in range(101)]}
+    r = bulk.client.post("/Group", json=big)
+    assert r.status_code == 201, r.text
+    r = bulk.client.get(f"/Group/{r.json()['id']}/$everything")
+    assert r.status_code == 413 and "$export" in r.json()["issue"][0]["diagnostics"]
+
+
+def test_cli_export_writes_ndjson_and_a_manifest(throttled: tuple[dict[str, str], Store], tmp_path: Path,
+                                                 r4_schema: jsonschema_rs.Validator) -> None:
+    env, store = throttled
+    env = {**env, "ADAPTER_EXPORT_MAX_ROWS_PER_SECOND": "0", "COLUMNS": "200"}
+    gid = site_group_id("huanl")
+    p = subprocess.run([sys.executable, "-m", "adapter", "export", "--group", gid, "--out", str(tmp_path / "x")],  # noqa: S603
+                       capture_output=True, text=True, env=env, cwd=ROOT, check=False)
+    assert p.returncode == 0, p.stdout + p.stderr
+    manifest = json.loads((tmp_path / "x" / "manifest.json").read_text())
+    members = [m["entity"]["reference"].split("/")[1] for m in store.read("Group", gid)["member"]]
+    counts: Counter[str] = Counter()
+    for o in manifest["output"]:
+        lines = Path(o["url"].removeprefix("file://")).read_text().splitlines()
+        assert len(lines) == o["count"]
+        for line in lines:
+            res = json.loads(line)
+            assert not [e.message for e in r4_schema.iter_errors(res)][:1]
+            counts[res["resourceType"]] += 1
+    assert dict(counts) == _store_counts(store, resources.c.patient_id.in_(members))
+    assert f"wrote {sum(counts.values())} resource(s)" in p.stdout
+    # a de-identified export without the secret is refused with the configuration exit code
+    env.pop("ADAPTER_PSEUDONYM_KEY", None)
+    p = subprocess.run([sys.executable, "-m", "adapter", "export", "--patients", "--deidentify", "--out", str(tmp_path / "y")],  # noqa: S603
+                       capture_output=True, text=True, env=env, cwd=ROOT, check=False)
+    assert p.returncode == 2 and "ADAPTER_PSEUDONYM_KEY" in p.stderr
+
+
+def test_finished_exports_expire(throttled: tuple[dict[str, str], Store]) -> None:
+    env, _ = throttled
+    proc, base = _serve({**env, "ADAPTER_EXPORT_MAX_ROWS_PER_SECOND": "0", "ADAPTER_EXPORT_EXPIRY_SECONDS": "1"})
+    try:
+        with httpx.Client(base_url=base, timeout=30) as c:
+            status = _kickoff(c, "/$export", {"_type": "Organization"})
+            manifest = _wait(c, status)
+            folder = Path(env["ADAPTER_EXPORT_DIR"]) / status.rsplit("/", 1)[1]
+            assert folder.is_dir()
+            deadline = time.monotonic() + 15
+            while c.get(status).status_code != 404:
+                assert time.monotonic() < deadline, "the export did not expire"
+                time.sleep(0.2)
+            assert not folder.exists() and c.get(manifest["output"][0]["url"]).status_code == 404
+    finally:
+        proc.terminate()
+        proc.wait(10)

@@ -230,6 +230,38 @@ def _routes(app: FastAPI, settings: Settings, store: Store, validator: Validator
                   "link": [{"relation": "self", "url": f"{base}/Patient/{rid}/$everything"}], "entry": entries}
         return FHIRResponse(_deidentified_bundle(bundle, settings) if _wants_deid(request) else bundle)
 
+    @app.get("/Group/{gid}/$everything", summary="Everything about a small Group's members (collection Bundle)")
+    def group_everything(request: Request, gid: str) -> FHIRResponse:
+        """The Group, then each active member's Patient, compartment and managing Organization, as a
+        ``collection`` Bundle; a Group of more than ``group_everything_max_patients`` members is
+        refused (413) in favour of ``/Group/{id}/$export``, which streams."""
+        from adapter.bulk.runner import group_members
+
+        group = store.read("Group", gid)
+        if group is None:
+            raise FHIRError(404, "not-found", f"Group/{gid} is not known")
+        members = group_members(store, gid)
+        if len(members) > settings.group_everything_max_patients:
+            raise FHIRError(413, "too-costly", f"Group/{gid} has {len(members)} members, more than "
+                            f"{settings.group_everything_max_patients}: use GET /Group/{gid}/$export (Bulk Data)")
+        base = _base(request, settings)
+        res: list[dict[str, Any]] = [group]
+        orgs: dict[str, dict[str, Any]] = {}
+        for pid in members:
+            patient = store.read("Patient", pid)
+            if patient is None:  # a member deleted since the Group was written
+                continue
+            res += [patient, *store.compartment(pid)]
+            org = (patient.get("managingOrganization") or {}).get("reference", "")
+            if org.startswith("Organization/") and org not in orgs:
+                found = store.read("Organization", org.split("/", 1)[1])
+                if found:
+                    orgs[org] = found
+        res += orgs.values()
+        bundle = {"resourceType": "Bundle", "type": "collection", "timestamp": now_instant(),
+                  "entry": [{"fullUrl": f"{base}/{r['resourceType']}/{r['id']}", "resource": r} for r in res]}
+        return FHIRResponse(_deidentified_bundle(bundle, settings) if _wants_deid(request) else bundle)
+
     @app.post("/{rtype}/$validate", summary="Validate a resource (R4 schema, R4B model, profiles)")
     async def validate(rtype: str, request: Request) -> FHIRResponse:
         doc = parse_json_body(await request.body())
@@ -414,8 +446,9 @@ def _deidentified_bundle(bundle: dict[str, Any], settings: Settings) -> dict[str
                                for e in bundle.get("entry", [])]}
     if not out["entry"]:
         out.pop("entry")
-    out["link"] = [{**link, "url": link["url"] + ("&" if "?" in link["url"] else "?") + "_deidentify=true"}
-                   for link in bundle.get("link", [])]
+    if bundle.get("link"):
+        out["link"] = [{**link, "url": link["url"] + ("&" if "?" in link["url"] else "?") + "_deidentify=true"}
+                       for link in bundle["link"]]
     return out
 
 

@@ -16,6 +16,7 @@ import logging
 import shutil
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
@@ -24,10 +25,10 @@ import orjson
 
 from adapter.bulk.request import ExportRequest
 from adapter.config import CANONICAL, Settings
-from adapter.privacy import deidentify
+from adapter.privacy import PSEUDONYM_SYSTEM, deidentify
 from adapter.search.query import parse
 from adapter.store import Store
-from adapter.store.exports import ExportJob, ExportJobs, resource_types, stream
+from adapter.store.exports import ExportJob, ExportJobs, count, resource_types, stream
 from adapter.store.search import query_condition
 
 log = logging.getLogger("adapter.bulk")
@@ -60,8 +61,8 @@ def group_members(store: Store, group_id: str) -> list[str]:
 class _Writer:
     """NDJSON files of one type, split into parts past ``max_bytes``."""
 
-    def __init__(self, folder: Path, rtype: str, max_bytes: int, base: str, job_id: str) -> None:
-        self.folder, self.rtype, self.max_bytes, self.base, self.job_id = folder, rtype, max_bytes, base, job_id
+    def __init__(self, folder: Path, rtype: str, max_bytes: int, url_for: Callable[[str], str]) -> None:
+        self.folder, self.rtype, self.max_bytes, self.url_for = folder, rtype, max_bytes, url_for
         self.part, self.count, self.size = 0, 0, 0
         self.fh: Any = None
         self.outputs: list[dict[str, Any]] = []
@@ -86,8 +87,7 @@ class _Writer:
         self.fh.close()
         self.fh = None
         (self.folder / (self._name() + ".part")).replace(self.folder / self._name())
-        self.outputs.append({"type": self.rtype, "url": f"{self.base}/$export-file/{self.job_id}/{self._name()}",
-                             "count": self.count})
+        self.outputs.append({"type": self.rtype, "url": self.url_for(self._name()), "count": self.count})
 
 
 def run_job(store: Store, settings: Settings, jobs: ExportJobs, job: ExportJob) -> None:
@@ -112,21 +112,55 @@ def run_job(store: Store, settings: Settings, jobs: ExportJobs, job: ExportJob) 
 
 
 def _export(store: Store, settings: Settings, jobs: ExportJobs, job: ExportJob, folder: Path) -> dict[str, Any]:
-    req = ExportRequest.from_json(job.params["request"])
     base = job.params["base"]
-    patients = group_members(store, req.group_id) if req.level == "group" else None
-    types = req.types or resource_types(store, patient_level=req.level != "system")
-    if req.deidentify:
-        types = [t for t in types if t not in NOT_DEIDENTIFIED]
-    outputs: list[dict[str, Any]] = []
     beat_every = max(0.2, settings.export_stale_seconds / 6)
-    last_beat, written, started = time.monotonic(), 0, time.monotonic()
+    last = [time.monotonic()]
+
+    def beat(progress: str, force: bool) -> bool:
+        if not force and time.monotonic() - last[0] < beat_every:
+            return True
+        last[0] = time.monotonic()
+        return jobs.beat(job.id, progress)
+
+    return write_export(store, settings, ExportRequest.from_json(job.params["request"]), folder,
+                        transaction_time=job.transaction_time, request_url=job.request,
+                        url_for=lambda name: f"{base}/$export-file/{job.id}/{name}", beat=beat)
+
+
+def count_export(store: Store, req: ExportRequest, transaction_time: str) -> int:
+    """How many resources :func:`write_export` will write (for a progress bar)."""
+    patients = group_members(store, req.group_id) if req.level == "group" else None
+    return sum(count(store, rtype, until=transaction_time, since=req.since, patients=patients,
+                     patient_level=req.level != "system", where=_where(req, rtype))
+               for rtype in _types(store, req))
+
+
+def _types(store: Store, req: ExportRequest) -> list[str]:
+    types = req.types or resource_types(store, patient_level=req.level != "system")
+    return [t for t in types if t not in NOT_DEIDENTIFIED] if req.deidentify else types
+
+
+def _where(req: ExportRequest, rtype: str) -> list[Any] | None:
+    return [query_condition(parse(rtype, parse_qsl(q, keep_blank_values=True))) for q in req.type_filters.get(rtype, [])] or None
+
+
+def write_export(store: Store, settings: Settings, req: ExportRequest, folder: Path, *, transaction_time: str,
+                 request_url: str, url_for: Callable[[str], str], beat: Callable[[str, bool], bool]) -> dict[str, Any]:
+    """Write the NDJSON files of ``req`` into ``folder`` and return the manifest (Bulk Data STU2
+    §Response - Complete Status). ``url_for(file name)`` gives each file's URL in the manifest;
+    ``beat(progress text, force)`` is called after every resource (``force`` after each type) and
+    stops the export with :class:`Cancelled` when it returns ``False``.
+
+    Raises LookupError (a Group export of an unknown Group), Cancelled, or the store's errors."""
+    patients = group_members(store, req.group_id) if req.level == "group" else None
+    types = _types(store, req)
+    outputs: list[dict[str, Any]] = []
+    written, started = 0, time.monotonic()
     for i, rtype in enumerate(types, start=1):
-        where = [query_condition(parse(rtype, parse_qsl(q, keep_blank_values=True))) for q in req.type_filters.get(rtype, [])]
-        writer = _Writer(folder, rtype, settings.export_max_file_bytes, base, job.id)
+        writer = _Writer(folder, rtype, settings.export_max_file_bytes, url_for)
         try:
-            for res in stream(store, rtype, until=job.transaction_time, since=req.since, patients=patients,
-                              patient_level=req.level != "system", where=where or None):
+            for res in stream(store, rtype, until=transaction_time, since=req.since, patients=patients,
+                              patient_level=req.level != "system", where=_where(req, rtype)):
                 if req.deidentify:
                     res = deidentify(res, settings.pseudonym_key, settings.deidentify_birth_date)
                 writer.write(orjson.dumps(res) + b"\n")
@@ -135,21 +169,19 @@ def _export(store: Store, settings: Settings, jobs: ExportJobs, job: ExportJob, 
                     ahead = written / settings.export_max_rows_per_second - (time.monotonic() - started)
                     if ahead > 0:
                         time.sleep(ahead)
-                if time.monotonic() - last_beat >= beat_every:
-                    if not jobs.beat(job.id, f"{rtype}: type {i} of {len(types)}, {written} resources written"):
-                        raise Cancelled
-                    last_beat = time.monotonic()
+                if not beat(f"{rtype}: type {i} of {len(types)}, {written} resources written", False):
+                    raise Cancelled
         except BaseException:
             if writer.fh is not None:
                 writer.fh.close()
             raise
         writer.close()
         outputs += writer.outputs
-        if not jobs.beat(job.id, f"type {i} of {len(types)} done, {written} resources written"):
+        if not beat(f"type {i} of {len(types)} done, {written} resources written", True):
             raise Cancelled
     manifest: dict[str, Any] = {
-        "transactionTime": job.transaction_time,
-        "request": job.request,
+        "transactionTime": transaction_time,
+        "request": request_url,
         "requiresAccessToken": False,
         "output": outputs,
         "error": [],
@@ -158,7 +190,7 @@ def _export(store: Store, settings: Settings, jobs: ExportJobs, job: ExportJob, 
     if req.deidentify:
         ext["deidentification"] = {
             "pseudonym": "Patient.identifier is the study pseudonym, HMAC-SHA256(network secret, site|record number)",
-            "pseudonymSystem": "https://w3id.org/pedall-fhir/sid/study-pseudonym",
+            "pseudonymSystem": PSEUDONYM_SYSTEM,
             "birthDate": f"truncated to {settings.deidentify_birth_date}",
             "removed": ["site-scoped identifiers (record and accession numbers)", "text (narrative)", "note (free text)"],
             "excludedTypes": list(NOT_DEIDENTIFIED),

@@ -149,6 +149,36 @@ def resource_types(store: Store, patient_level: bool) -> list[str]:
     return sorted(types, key=lambda t: (t != "Patient", t))
 
 
+def _conditions(rtype: str, until: str, since: str | None, patient_level: bool, where: list[Any] | None) -> list[Any]:
+    base = [resources.c.type == rtype, resources.c.deleted == false(), resources.c.last_updated <= until]
+    if since:
+        base.append(resources.c.last_updated > since)
+    if patient_level:
+        base.append(resources.c.patient_id.is_not(None))
+    if where:
+        base.append(or_(*where))
+    return base
+
+
+def _chunks(patients: list[str] | None) -> list[list[str] | None]:
+    if patients is None:
+        return [None]
+    return [patients[i:i + _PATIENT_CHUNK] for i in range(0, len(patients), _PATIENT_CHUNK)]
+
+
+def count(store: Store, rtype: str, *, until: str, since: str | None = None, patients: list[str] | None = None,
+          patient_level: bool = False, where: list[Any] | None = None) -> int:
+    """How many resources :func:`stream` yields for the same arguments."""
+    total = 0
+    with store.engine.connect() as conn:
+        for chunk in _chunks(patients):
+            conds = _conditions(rtype, until, since, patient_level, where)
+            if chunk is not None:
+                conds.append(resources.c.patient_id.in_(chunk))
+            total += int(conn.execute(select(func.count()).select_from(resources).where(*conds)).scalar() or 0)
+    return total
+
+
 def stream(store: Store, rtype: str, *, until: str, since: str | None = None, patients: list[str] | None = None,
            patient_level: bool = False, where: list[Any] | None = None, batch: int = 500) -> Iterator[dict[str, Any]]:
     """Current resources of one type as of ``until`` (last updated at or before it, not deleted),
@@ -158,18 +188,9 @@ def stream(store: Store, rtype: str, *, until: str, since: str | None = None, pa
     ``patients``: only these Patients' compartments (Group export), queried in chunks of 500 ids.
     ``patient_level``: only resources in some Patient's compartment. ``where``: extra SQL
     conditions from ``_typeFilter`` searches, OR-ed (Bulk Data STU2 §_typeFilter)."""
-    base = [resources.c.type == rtype, resources.c.deleted == false(), resources.c.last_updated <= until]
-    if since:
-        base.append(resources.c.last_updated > since)
-    if patient_level:
-        base.append(resources.c.patient_id.is_not(None))
-    if where:
-        base.append(or_(*where))
-    chunks: list[list[str] | None] = (
-        [patients[i:i + _PATIENT_CHUNK] for i in range(0, len(patients), _PATIENT_CHUNK)] if patients is not None else [None])
     with store.engine.connect() as conn:
-        for chunk in chunks:
-            conds = list(base)
+        for chunk in _chunks(patients):
+            conds = _conditions(rtype, until, since, patient_level, where)
             if chunk is not None:
                 conds.append(resources.c.patient_id.in_(chunk))
             q = select(resources.c.resource).where(*conds).order_by(resources.c.id)
