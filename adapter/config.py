@@ -39,6 +39,8 @@ class Settings(BaseSettings):
         pseudonym_key: the network's secret for study pseudonyms (HMAC-SHA256 of site + local
             identifier, adapter/privacy.py). No default: de-identified output is refused without it.
         deidentify_birth_date: how de-identified Patients give the birth date: ``year-month`` or ``year``.
+        deidentify_date_shift_days: de-identified output moves every date of a patient by the same
+            keyed-hash offset within this many days (0: dates other than the birth date are kept).
         small_cell_threshold: coordinator-facing aggregate counts from 1 to this − 1 are shown as
             ``"<threshold"`` (default 5).
         study_id, study_title: the network's study (ResearchStudy id, Group ``study-<id>``).
@@ -70,6 +72,7 @@ class Settings(BaseSettings):
     base_url: str | None = None
     pseudonym_key: str | None = None
     deidentify_birth_date: Literal["year-month", "year"] = "year-month"
+    deidentify_date_shift_days: int = Field(default=0, ge=0, le=3650)
     small_cell_threshold: int = 5
     study_id: str = Field(default="pedall-blinatumomab", pattern=r"^[A-Za-z0-9-]{1,58}$")
     study_title: str = "Blinatumomab before HSCT in relapsed/refractory paediatric B-ALL (multicentre outcomes)"

@@ -5,10 +5,15 @@ functions; the API and the CLI apply them to coordinator-facing outputs).
   study pseudonym of a patient is ``HMAC-SHA256(key, "<site>|<local identifier>")`` in hex. The key
   is a secret of the network (``ADAPTER_PSEUDONYM_KEY``); without it no pseudonym can be made and
   de-identified output is refused. The same record number at two sites gives two pseudonyms.
-- **De-identified resource**: the Patient keeps only its pseudonym as identifier (system
+- **De-identified resource**: only the elements of an allow-list (:data:`ALLOWED`, per type; any
+  other element, e.g. a ``performer`` naming a clinician, is dropped, and so are ``note`` and
+  ``text``, which are never on it). The Patient keeps only its pseudonym as identifier (system
   :data:`PSEUDONYM_SYSTEM`) and a birth date cut to year-month or year; every other resource loses
-  its site-scoped identifiers (e.g. lab accession numbers), ``note`` and ``text`` (free text).
-  References keep the resource ids, which are already keyed hashes (``ADAPTER_ID_KEY``).
+  its site-scoped identifiers (e.g. lab accession numbers); contained resources are de-identified
+  the same way. References keep the resource ids, which are already keyed hashes (``ADAPTER_ID_KEY``).
+  With ``shift_days`` > 0, every date of a patient's resources moves by the same number of days,
+  a keyed hash of the patient id in [-shift_days, +shift_days] (never 0), so intervals within a
+  patient (the outcome analyses) are kept while calendar dates no longer match hospital records.
   The local identifier stays stored: a site's own reads are unchanged.
 - **Small-cell suppression** of aggregate reports: a count from 1 to threshold − 1 is shown as
   ``"<threshold"`` (zero is shown: it discloses nobody), and the rate and interval computed from it
@@ -20,6 +25,8 @@ from __future__ import annotations
 import copy
 import hashlib
 import hmac
+import re
+from datetime import date, timedelta
 from typing import Any, Literal
 
 from adapter.config import CANONICAL
@@ -57,15 +64,85 @@ def truncate_date(value: str, precision: Literal["year-month", "year"]) -> str:
     return value[:7] if precision == "year-month" else value[:4]
 
 
+#: Top-level elements a de-identified resource may keep, per type (every element our mapping modules
+#: write, except free text). A type not listed keeps only ``resourceType``, ``id`` and ``meta``.
+_BASE = {"resourceType", "id", "meta", "extension"}
+ALLOWED: dict[str, set[str]] = {t: _BASE | set(e.split()) for t, e in {
+    "Patient": "identifier gender birthDate deceasedBoolean deceasedDateTime managingOrganization",
+    "Observation": "identifier status category code subject focus partOf effectiveDateTime effectivePeriod "
+                   "valueQuantity valueCodeableConcept dataAbsentReason interpretation method specimen "
+                   "referenceRange component contained",
+    "Specimen": "type subject",
+    "MedicationAdministration": "status category medicationCodeableConcept subject effectiveDateTime effectivePeriod "
+                                "partOf dosage",
+    "MedicationDispense": "status medicationCodeableConcept subject quantity whenHandedOver",
+    "AdverseEvent": "actuality event subject date seriousness outcome suspectEntity",
+    "Procedure": "status code subject performedDateTime performedPeriod usedCode",
+    "Condition": "category code subject onsetDateTime verificationStatus clinicalStatus",
+    "Encounter": "status class type subject period serviceProvider",
+    "Organization": "identifier active name address",
+    "Group": "identifier type actual name quantity managingEntity member",
+    "ResearchStudy": "identifier title status",
+    "ResearchSubject": "status study individual",
+}.items()}
+
+_DATE = re.compile(r"^(\d{4})(-\d{2})?(-\d{2})?(T.*)?$")
+_DATE_KEYS = {"birthDate", "deceasedDateTime", "effectiveDateTime", "start", "end", "date", "onsetDateTime",
+              "performedDateTime", "whenHandedOver", "recorded", "issued", "abatementDateTime", "recordedDate"}
+
+
+def date_shift(key: str, patient_id: str, shift_days: int) -> int:
+    """The patient's date offset in days: HMAC-SHA256(key, "date-shift|<patient id>") mapped onto
+    [-shift_days, -1] or [1, shift_days]."""
+    n = int.from_bytes(hmac.new(key.encode(), f"date-shift|{patient_id}".encode(), hashlib.sha256).digest()[:8], "big")
+    k = n % (2 * shift_days) - shift_days
+    return k if k < 0 else k + 1
+
+
+def _shift_value(value: str, days: int) -> str:
+    """A FHIR date/dateTime moved by ``days``, at its own precision (a year or year-month moves
+    with its first day)."""
+    m = _DATE.match(value)
+    if not m:
+        return value
+    y, mo, d, rest = int(m[1]), int(m[2][1:]) if m[2] else 1, int(m[3][1:]) if m[3] else 1, m[4] or ""
+    moved = date(y, mo, d) + timedelta(days=days)
+    if not m[2]:
+        return f"{moved.year:04d}"
+    if not m[3]:
+        return f"{moved.year:04d}-{moved.month:02d}"
+    return moved.isoformat() + rest
+
+
+def _shift_dates(node: Any, days: int) -> Any:
+    if isinstance(node, dict):
+        return {k: (_shift_value(v, days) if k in _DATE_KEYS and isinstance(v, str) else _shift_dates(v, days))
+                for k, v in node.items()}
+    if isinstance(node, list):
+        return [_shift_dates(v, days) for v in node]
+    return node
+
+
+def _patient_of(resource: dict[str, Any]) -> str | None:
+    if resource.get("resourceType") == "Patient":
+        return resource.get("id")
+    ref = (resource.get("subject") or resource.get("patient") or resource.get("individual") or {}).get("reference", "")
+    return ref.split("/", 1)[1] if isinstance(ref, str) and ref.startswith("Patient/") else None
+
+
 def deidentify(resource: dict[str, Any], key: str | None,
-               birth_date: Literal["year-month", "year"] = "year-month") -> dict[str, Any]:
+               birth_date: Literal["year-month", "year"] = "year-month", shift_days: int = 0) -> dict[str, Any]:
     """A de-identified copy of one FHIR R4 resource (see the module docstring); the input is not
     changed. Raises :class:`PseudonymKeyMissing` without a key."""
     if not key:
         raise PseudonymKeyMissing("de-identified output needs ADAPTER_PSEUDONYM_KEY")
-    out = copy.deepcopy(resource)
-    out.pop("text", None)
-    out.pop("note", None)
+    allowed = ALLOWED.get(resource.get("resourceType", ""), _BASE - {"extension"})
+    out = {k: copy.deepcopy(v) for k, v in resource.items() if k in allowed}
+    if "contained" in out:
+        out["contained"] = [deidentify(c, key, birth_date) for c in out["contained"]]
+    patient = _patient_of(resource)
+    if shift_days > 0 and patient:
+        out = _shift_dates(out, date_shift(key, patient, shift_days))
     if out.get("resourceType") == "Patient":
         site = _site_of(out)
         local = _local_id(out, site)

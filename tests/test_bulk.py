@@ -13,6 +13,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from sqlalchemy import func, select
 from adapter.config import ROOT, Settings
 from adapter.ingest import ingest_file
 from adapter.mapping.study import site_group_id, study_group_id
+from adapter.privacy import date_shift, deidentify
 from adapter.store import Store
 from adapter.store.schema import resources
 from tests.conftest import EXAMPLE_FILES, EXAMPLES, _store_on
@@ -383,3 +385,54 @@ def test_finished_exports_expire(throttled: tuple[dict[str, str], Store]) -> Non
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_deidentified_cli_export_shifts_each_patients_dates_alike(throttled: tuple[dict[str, str], Store],
+                                                                    tmp_path: Path) -> None:
+    """With ADAPTER_DEIDENTIFY_DATE_SHIFT_DAYS, every date of a patient moves by one offset (1-30
+    days, earlier or later): intervals within a patient are kept, calendar dates are not."""
+    env, store = throttled
+    gid = site_group_id("hito")
+    members = [m["entity"]["reference"].split("/")[1] for m in store.read("Group", gid)["member"]]
+    env = {**env, "ADAPTER_EXPORT_MAX_ROWS_PER_SECOND": "0", "ADAPTER_PSEUDONYM_KEY": "k",
+           "ADAPTER_DEIDENTIFY_DATE_SHIFT_DAYS": "30"}
+    p = subprocess.run([sys.executable, "-m", "adapter", "export", "--group", gid, "--deidentify", "--type", "Observation",  # noqa: S603
+                        "--type", "Patient", "--out", str(tmp_path / "d")], capture_output=True, text=True, env=env,
+                       cwd=ROOT, check=False)
+    assert p.returncode == 0, p.stderr
+    manifest = json.loads((tmp_path / "d" / "manifest.json").read_text())
+    assert "shifted" in manifest["extension"]["https://w3id.org/pedall-fhir/bulk"]["deidentification"]["otherDates"]
+    out = {json.loads(x)["id"]: json.loads(x) for o in manifest["output"]
+           for x in Path(o["url"].removeprefix("file://")).read_text().splitlines()}
+    offsets: dict[str, set[int]] = {}
+    for rid, res in out.items():
+        src = store.read(res["resourceType"], rid)
+        if res["resourceType"] != "Observation" or "effectiveDateTime" not in src:
+            continue
+        a = date.fromisoformat(src["effectiveDateTime"][:10])
+        b = date.fromisoformat(res["effectiveDateTime"][:10])
+        offsets.setdefault(src["subject"]["reference"], set()).add((b - a).days)
+    assert len(offsets) == len(members)
+    assert all(len(o) == 1 and 1 <= abs(next(iter(o))) <= 30 for o in offsets.values())
+    assert len({next(iter(o)) for o in offsets.values()}) > 1  # patients are not all moved alike
+    for pid in members:  # the birth date moves with the patient's offset, then is cut to year-month
+        shifted = out[pid].get("birthDate")
+        if shifted:
+            off = next(iter(offsets[f"Patient/{pid}"]))
+            assert shifted == (date.fromisoformat(store.read("Patient", pid)["birthDate"]) + timedelta(days=off)).isoformat()[:7]
+
+
+def test_deidentify_keeps_only_allowed_elements() -> None:
+    obs = {"resourceType": "Observation", "id": "o1", "status": "final", "subject": {"reference": "Patient/p1"},
+           "effectiveDateTime": "2020-03-01", "code": {"text": "MRD"},
+           "performer": [{"display": "Dr. Ana Ramos"}], "note": [{"text": "called the mother"}],
+           "text": {"status": "generated", "div": "<div>Ana</div>"},
+           "identifier": [{"system": "https://w3id.org/pedall-fhir/sid/hito/accession", "value": "BX-1"}],
+           "contained": [{"resourceType": "Specimen", "id": "s", "identifier": [{"value": "S-9"}],
+                          "collection": {"collector": {"display": "Nurse Eva"}}, "type": {"text": "Bone marrow"}}]}
+    out = deidentify(obs, "k", shift_days=10)
+    assert set(out) == {"resourceType", "id", "status", "subject", "effectiveDateTime", "code", "contained"}
+    assert out["contained"] == [{"resourceType": "Specimen", "id": "s", "type": {"text": "Bone marrow"}}]
+    shift = (date.fromisoformat(out["effectiveDateTime"]) - date(2020, 3, 1)).days
+    assert shift == date_shift("k", "p1", 10) and 1 <= abs(shift) <= 10
+    assert deidentify({**obs, "effectiveDateTime": "2020-03"}, "k", shift_days=10)["effectiveDateTime"] in ("2020-02", "2020-03")

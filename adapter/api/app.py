@@ -434,7 +434,8 @@ def _deidentify(resource: dict[str, Any], settings: Settings) -> dict[str, Any]:
     """The coordinator's copy of a resource (adapter/privacy.py); 503 when the network's
     pseudonym secret is not configured."""
     try:
-        return deidentify(resource, settings.pseudonym_key, settings.deidentify_birth_date)
+        return deidentify(resource, settings.pseudonym_key, settings.deidentify_birth_date,
+                          settings.deidentify_date_shift_days)
     except PseudonymKeyMissing as exc:
         raise FHIRError(503, "security", f"de-identified output is not available: {exc}") from None
 

@@ -25,7 +25,7 @@ import orjson
 
 from adapter.bulk.request import ExportRequest
 from adapter.config import CANONICAL, Settings
-from adapter.privacy import PSEUDONYM_SYSTEM, deidentify
+from adapter.privacy import ALLOWED, PSEUDONYM_SYSTEM, deidentify
 from adapter.search.query import parse
 from adapter.store import Store
 from adapter.store.exports import ExportJob, ExportJobs, count, resource_types, stream
@@ -162,7 +162,8 @@ def write_export(store: Store, settings: Settings, req: ExportRequest, folder: P
             for res in stream(store, rtype, until=transaction_time, since=req.since, patients=patients,
                               patient_level=req.level != "system", where=_where(req, rtype)):
                 if req.deidentify:
-                    res = deidentify(res, settings.pseudonym_key, settings.deidentify_birth_date)
+                    res = deidentify(res, settings.pseudonym_key, settings.deidentify_birth_date,
+                                     settings.deidentify_date_shift_days)
                 writer.write(orjson.dumps(res) + b"\n")
                 written += 1
                 if settings.export_max_rows_per_second:
@@ -192,9 +193,14 @@ def write_export(store: Store, settings: Settings, req: ExportRequest, folder: P
             "pseudonym": "Patient.identifier is the study pseudonym, HMAC-SHA256(network secret, site|record number)",
             "pseudonymSystem": PSEUDONYM_SYSTEM,
             "birthDate": f"truncated to {settings.deidentify_birth_date}",
-            "removed": ["site-scoped identifiers (record and accession numbers)", "text (narrative)", "note (free text)"],
+            "allowedElements": {t: sorted(e) for t, e in sorted(ALLOWED.items())},
+            "removed": ["every element not allowed, including text (narrative) and note (free text)",
+                        "site-scoped identifiers (record and accession numbers)"],
             "excludedTypes": list(NOT_DEIDENTIFIED),
-            "otherDates": "kept (the outcome analyses need intervals between them)",
+            "otherDates": (f"shifted by a per-patient offset of 1 to {settings.deidentify_date_shift_days} days, "
+                           "earlier or later, the same for all of a patient's resources (intervals kept)"
+                           if settings.deidentify_date_shift_days else
+                           "kept (the outcome analyses need the intervals between them)"),
         }
     if req.ignored:
         ext["ignoredParameters"] = req.ignored
