@@ -22,11 +22,13 @@ import jsonschema_rs
 import pytest
 from sqlalchemy import func, select
 
+from adapter.bulk.runner import run_job
 from adapter.config import ROOT, Settings
 from adapter.ingest import ingest_file
 from adapter.mapping.study import site_group_id, study_group_id
 from adapter.privacy import date_shift, deidentify
 from adapter.store import Store
+from adapter.store.exports import ExportJobs
 from adapter.store.schema import resources
 from tests.conftest import EXAMPLE_FILES, EXAMPLES, _store_on
 from tests.server import Server, _free_port, _post_export
@@ -436,3 +438,37 @@ def test_deidentify_keeps_only_allowed_elements() -> None:
     shift = (date.fromisoformat(out["effectiveDateTime"]) - date(2020, 3, 1)).days
     assert shift == date_shift("k", "p1", 10) and 1 <= abs(shift) <= 10
     assert deidentify({**obs, "effectiveDateTime": "2020-03"}, "k", shift_days=10)["effectiveDateTime"] in ("2020-02", "2020-03")
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_workers_sharing_a_database_run_each_job_once(backend: str, tmp_path: Path, settings: Settings) -> None:
+    """Three workers (threads, each with its own connections) on one database and six queued jobs:
+    every job is claimed by exactly one worker (compare-and-set), runs once and completes."""
+    import threading
+
+    with _store_on(backend, tmp_path) as store:
+        for site, mapping, path in EXAMPLE_FILES[:1]:
+            assert ingest_file(path, site, mapping, store, settings=settings).stored
+        s = settings.model_copy(update={"export_dir": tmp_path / "files"})
+        jobs = ExportJobs(store)
+        for i in range(6):
+            assert jobs.create(f"job-{i}", "http://x/$export", {"request": {"level": "system"}, "base": "http://x"}, 10)
+        ran: list[str] = []
+        lock = threading.Lock()
+
+        def work() -> None:
+            mine = ExportJobs(store)
+            while (job := mine.claim(s.export_stale_seconds)) is not None:
+                with lock:
+                    ran.append(job.id)
+                run_job(store, s, mine, job)
+
+        threads = [threading.Thread(target=work) for _ in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert sorted(ran) == [f"job-{i}" for i in range(6)]
+        done = [jobs.get(f"job-{i}") for i in range(6)]
+        assert all(j.status == "completed" and j.attempts == 1 for j in done)
+        assert len({j.manifest["output"][0]["count"] for j in done}) == 1
