@@ -45,6 +45,14 @@ class Settings(BaseSettings):
             ``"<threshold"`` (default 5).
         study_id, study_title: the network's study (ResearchStudy id, Group ``study-<id>``).
         group_everything_max_patients: largest Group ``$everything`` answers in one Bundle (413 above).
+        subscription_endpoint_allowlist: URL prefixes a Subscription's endpoint must start with
+            outside development mode.
+        subscription_timeout_seconds: per-notification HTTP timeout (a hanging endpoint delays only
+            its own subscription).
+        subscription_max_failures: failed attempts in a row after which a subscription's status
+            becomes ``error`` (its events are kept; setting it back to ``active`` resumes delivery).
+        subscription_backoff_seconds, subscription_backoff_max_seconds: exponential backoff between
+            attempts (with jitter), from the first to the cap.
         export_dir: where Bulk Data $export jobs write their NDJSON files (one folder per job).
         export_max_jobs: exports accepted or running at once; one more kick-off gets HTTP 429.
         export_max_file_bytes: an NDJSON file past this size is closed and the type goes on in a
@@ -77,6 +85,11 @@ class Settings(BaseSettings):
     study_id: str = Field(default="pedall-blinatumomab", pattern=r"^[A-Za-z0-9-]{1,58}$")
     study_title: str = "Blinatumomab before HSCT in relapsed/refractory paediatric B-ALL (multicentre outcomes)"
     group_everything_max_patients: int = 100
+    subscription_endpoint_allowlist: list[str] = Field(default_factory=list)
+    subscription_timeout_seconds: float = 5
+    subscription_max_failures: int = 20
+    subscription_backoff_seconds: float = 1
+    subscription_backoff_max_seconds: float = 300
     export_dir: Path = ROOT / ".adapter-data" / "exports"
     export_max_jobs: int = 2
     export_max_file_bytes: int = 100 * 1024 * 1024

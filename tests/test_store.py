@@ -19,7 +19,7 @@ from tests.conftest import EXAMPLE_FILES
 
 
 def test_migrations_match_table_definitions(store: Store) -> None:
-    assert store.schema_revision() == "0004"
+    assert store.schema_revision() == "0005"
     with store.engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), metadata)
     assert diff == []
@@ -96,6 +96,7 @@ def test_migration_backfills_the_courses(tmp_path: Path, settings: Settings) -> 
     with s.engine.begin() as conn:  # back to 0002: drop the table and the revision mark
         conn.execute(text("DROP TABLE patient_course"))
         conn.execute(text("DROP TABLE export_jobs"))
+        conn.execute(text("DROP TABLE subscription_events"))
         conn.execute(text("UPDATE alembic_version SET version_num = '0002'"))
     assert s.schema_revision() == "0002"
     s.migrate()

@@ -83,18 +83,24 @@ def create_app(settings: Settings | None = None, store: Store | None = None, val
     add_bulk_routes(app, store, settings, lambda request: _base(request, settings))
     _routes(app, settings, store, validator)
     app.state.export_worker = ExportWorker(store, settings)
+    from adapter.subscriptions.delivery import DeliveryWorker
+
+    app.state.delivery_worker = DeliveryWorker(store, settings)
     return app
 
 
 @asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
-    """Run the Bulk Data export worker while the service runs (adapter/bulk/runner.py)."""
-    worker = app.state.export_worker
-    worker.start()
+    """Run the Bulk Data export worker (adapter/bulk/runner.py) and the subscription delivery
+    worker (adapter/subscriptions/delivery.py) while the service runs."""
+    workers = [app.state.export_worker, app.state.delivery_worker]
+    for w in workers:
+        w.start()
     try:
         yield
     finally:
-        worker.stop()
+        for w in workers:
+            w.stop()
 
 
 _RESOURCE_SCHEMA = {"type": "object", "required": ["resourceType"], "properties": {"resourceType": {"type": "string"}}}

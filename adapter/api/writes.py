@@ -52,6 +52,16 @@ def validate(validator: Validator, resource: dict[str, Any]) -> None:
     if issues:
         raise FHIRError(422, "processing", f"{resource.get('resourceType')} failed validation ({len(issues)} issue(s))",
                         issues=[i.to_operation_outcome_issue() for i in issues])
+    if resource.get("resourceType") == "Subscription":
+        from adapter.config import get_settings
+        from adapter.subscriptions.spec import SubscriptionError, parse_subscription
+
+        s = get_settings()
+        try:
+            parse_subscription(resource, development=s.env == "development",
+                               allowlist=tuple(s.subscription_endpoint_allowlist))
+        except SubscriptionError as exc:
+            raise FHIRError(422, "not-supported", f"Subscription: {exc}") from None
 
 
 def _site_of(tx: Transaction, resource: dict[str, Any]) -> str:

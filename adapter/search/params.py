@@ -169,6 +169,10 @@ PARAMS: dict[str, dict[str, SearchParam]] = {t: {p.name: p for p in ps} for t, p
         _p("patient", "reference", "individual", target="Patient", description="the enrolled Patient"),
         _p("status", "token", "status"),
     ],
+    "Subscription": [
+        _p("status", "token", "status"),
+        _p("type", "token", "channel.type", description="the channel type (rest-hook)"),
+    ],
     "Provenance": [
         _p("target", "reference", "target", description="the resources an ingestion wrote"),
         _p("agent", "reference", "agent.who"),

@@ -149,6 +149,11 @@ class Transaction:
             self._insert_many(resource_history, history)
         if index:
             self._insert_tuples(search_index, index)
+        changed = [(o.type, o.id, o.version_id) for o in out if o.outcome != "unchanged"]
+        if changed:
+            from adapter.store.outbox import record_events  # the subscription outbox, in this transaction
+
+            record_events(self.conn, changed, stamp)
         return out
 
     def _drop_index(self, keys: list[tuple[str, str]]) -> None:
@@ -222,6 +227,10 @@ class Transaction:
             resources.c.type == rtype, resources.c.id == rid)).one()
         if pid:
             self.touched_patients.add(pid)
+        if rtype == "Subscription":
+            from adapter.store.outbox import drop_events
+
+            drop_events(self.conn, rid)
         self.conn.execute(resources.update().where(resources.c.type == rtype, resources.c.id == rid).values(
             version_id=version, last_updated=stamp, deleted=True))
         self.conn.execute(resource_history.insert().values(type=rtype, id=rid, version_id=version, last_updated=stamp,

@@ -105,3 +105,23 @@ export_jobs = Table(
     Column("finished", String(40)),
     Index("ix_export_jobs_status", "status"),
 )
+
+#: The subscription outbox (adapter/subscriptions): one row per notification owed, written in the
+#: transaction that stores the matching resource, so an event exists if and only if the write
+#: committed. ``event_number`` counts from 1 per subscription (the Backport IG's
+#: ``eventsSinceSubscriptionStart``); a row stays until delivered (``delivered`` set) or until its
+#: subscription is deleted.
+subscription_events = Table(
+    "subscription_events", metadata,
+    Column("subscription_id", String(64), primary_key=True),
+    Column("event_number", Integer, primary_key=True),
+    Column("resource_type", String(64), nullable=False),
+    Column("resource_id", String(64), nullable=False),
+    Column("version_id", Integer, nullable=False),
+    Column("created", String(40), nullable=False),
+    Column("delivered", String(40)),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("next_attempt", String(40), nullable=False),
+    Column("last_error", Text),
+    Index("ix_subscription_events_pending", "delivered", "next_attempt"),
+)

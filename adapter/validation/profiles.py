@@ -34,6 +34,9 @@ import jsonschema_rs
 
 from adapter.config import CANONICAL
 
+#: Resource types that are the server's machinery, not clinical data: they need no profile of ours.
+INFRASTRUCTURE = ("Subscription",)
+
 SUPPORTED = {"id", "path", "min", "max", "type", "fixedUri", "fixedCode", "patternCodeableConcept", "binding",
              "slicing", "sliceName", "short", "constraint"}
 
@@ -289,6 +292,8 @@ class ProfileSet:
         rtype = resource.get("resourceType", "?")
         meta = resource.get("meta")
         profiles = (meta.get("profile") if isinstance(meta, dict) else None) or []
+        if not profiles and rtype in INFRASTRUCTURE:
+            return out  # not clinical data: the R4 schema and the R4B model check it
         if not profiles:
             out.append(ProfileFinding(f"{rtype}.meta.profile", "no meta.profile"))
         for url in profiles:

@@ -1,0 +1,183 @@
+"""Delivering the subscription outbox over rest-hook (FHIR R4 §8.x Subscription), at least once and
+in event-number order per subscription.
+
+A background thread runs an asyncio loop with one httpx.AsyncClient. Every ``poll`` seconds it
+looks up each subscription's oldest due event, and starts one delivery task per subscription that
+has none running. A task sends its subscription's events one after another, so order holds, and
+tasks run side by side, so an endpoint that hangs (up to ``subscription_timeout_seconds``) or is
+down delays only its own subscription. Database calls run in worker threads, off the event loop.
+
+- Success (2xx): the event is marked delivered, and the next one goes at once.
+- Failure: the event is retried after an exponential backoff with jitter
+  (``subscription_backoff_seconds`` × 2^(attempt-1), capped, × 0.5–1.5). After
+  ``subscription_max_failures`` failures in a row the Subscription's status becomes ``error`` with
+  ``error`` set; its events are kept, and delivery resumes when a client sets the status back to
+  ``requested`` or ``active``.
+- The process is killed: an event is marked delivered only after its 2xx, so it is sent again
+  after the restart, with the same event number (``X-Subscription-Event``), and none is lost.
+
+A ``requested`` Subscription is set ``active`` by the worker (R4: the server has set it up).
+Headers from ``channel.header`` are sent and never logged; log lines name the subscription id,
+never its endpoint or headers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import threading
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import orjson
+from sqlalchemy import update
+
+from adapter.config import Settings
+from adapter.store import Store
+from adapter.store.db import now_instant
+from adapter.store.outbox import pending
+from adapter.store.schema import subscription_events
+from adapter.subscriptions.spec import DELIVERING, SubscriptionError, SubscriptionSpec, parse_subscription
+
+log = logging.getLogger("adapter.subscriptions")
+
+
+def _later(seconds: float) -> str:
+    return (datetime.now(UTC) + timedelta(seconds=seconds)).isoformat(timespec="microseconds")
+
+
+class DeliveryWorker:
+    """See the module docstring. ``start()``/``stop()`` from the service's lifespan."""
+
+    def __init__(self, store: Store, settings: Settings, poll_seconds: float = 0.05) -> None:
+        self.store, self.settings, self.poll = store, settings, poll_seconds
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # ------------------------------------------------------------------------------ database side
+
+    def _subscriptions(self) -> dict[str, tuple[dict[str, Any], SubscriptionSpec | None]]:
+        out: dict[str, tuple[dict[str, Any], SubscriptionSpec | None]] = {}
+        for res in self.store.iter_resources("Subscription"):
+            try:
+                spec = parse_subscription(res, development=self.settings.env == "development",
+                                          allowlist=tuple(self.settings.subscription_endpoint_allowlist))
+            except SubscriptionError:
+                spec = None
+            out[res["id"]] = (res, spec)
+        return out
+
+    def _set_status(self, sid: str, status: str, error: str | None = None) -> None:
+        with self.store.transaction() as tx:
+            cur = tx.current("Subscription", sid)
+            res = self.store.read("Subscription", sid)
+            if cur is None or res is None:
+                return
+            res = {**res, "status": status}
+            if error:
+                res["error"] = error
+            else:
+                res.pop("error", None)
+            tx.put(res, cur[2])
+
+    def _due(self) -> list[dict[str, Any]]:
+        with self.store.engine.connect() as conn:
+            return pending(conn, now_instant())
+
+    def _mark(self, ev: dict[str, Any], ok: bool, error: str | None) -> int:
+        """Record an attempt; returns the failures in a row so far."""
+        key = (subscription_events.c.subscription_id == ev["subscription_id"]) & (
+            subscription_events.c.event_number == ev["event_number"])
+        with self.store.engine.begin() as conn:
+            if ok:
+                conn.execute(update(subscription_events).where(key).values(delivered=now_instant(), last_error=None))
+                return 0
+            attempts = ev["attempts"] + 1
+            s = self.settings
+            delay = min(s.subscription_backoff_max_seconds, s.subscription_backoff_seconds * 2 ** (attempts - 1))
+            delay *= random.uniform(0.5, 1.5)  # noqa: S311  (jitter, not cryptography)
+            conn.execute(update(subscription_events).where(key).values(
+                attempts=attempts, next_attempt=_later(delay), last_error=(error or "")[:500]))
+            return attempts
+
+    def _head(self, sid: str) -> dict[str, Any] | None:
+        return next((e for e in self._due() if e["subscription_id"] == sid), None)
+
+    def _payload(self, ev: dict[str, Any]) -> dict[str, Any] | None:
+        _state, res = self.store.vread(ev["resource_type"], ev["resource_id"], ev["version_id"])
+        return res
+
+    # ------------------------------------------------------------------------------ delivery side
+
+    async def _send(self, client: httpx.AsyncClient, spec: SubscriptionSpec, ev: dict[str, Any]) -> str | None:
+        """Send one notification; ``None`` on success, else the reason."""
+        headers = {k: v for k, v in spec.headers}
+        headers.update({"X-Subscription-Id": ev["subscription_id"], "X-Subscription-Event": str(ev["event_number"])})
+        try:
+            if spec.full_resource:
+                res = await asyncio.to_thread(self._payload, ev)
+                if res is None:
+                    return None  # the version is gone (history pruned): nothing left to send
+                url = f"{spec.endpoint.rstrip('/')}/{ev['resource_type']}/{ev['resource_id']}"
+                headers["Content-Type"] = "application/fhir+json"
+                r = await client.put(url, content=orjson.dumps(res), headers=headers)
+            else:
+                r = await client.post(spec.endpoint, headers=headers)
+        except httpx.HTTPError as exc:
+            return f"{exc.__class__.__name__}"
+        return None if 200 <= r.status_code < 300 else f"HTTP {r.status_code}"
+
+    async def _run_subscription(self, client: httpx.AsyncClient, sid: str, spec: SubscriptionSpec) -> None:
+        while not self._stop.is_set():
+            ev = await asyncio.to_thread(self._head, sid)
+            if ev is None:
+                return
+            error = await self._send(client, spec, ev)
+            failures = await asyncio.to_thread(self._mark, ev, error is None, error)
+            if error is None:
+                continue
+            log.info("subscription %s: event %d not delivered (%s), attempt %d", sid, ev["event_number"], error, failures)
+            if failures >= self.settings.subscription_max_failures:
+                await asyncio.to_thread(self._give_up, sid, ev, error)
+            return
+
+    def _give_up(self, sid: str, ev: dict[str, Any], error: str) -> None:
+        """Status ``error``; the head event gets fresh attempts for when the status is set back."""
+        self._set_status(sid, "error", f"{self.settings.subscription_max_failures} failed deliveries in a row; last: {error}")
+        key = (subscription_events.c.subscription_id == sid) & (subscription_events.c.event_number == ev["event_number"])
+        with self.store.engine.begin() as conn:
+            conn.execute(update(subscription_events).where(key).values(attempts=0, next_attempt=now_instant()))
+        log.warning("subscription %s set to error after %d failed deliveries", sid, self.settings.subscription_max_failures)
+
+    async def _loop(self) -> None:
+        tasks: dict[str, asyncio.Task[None]] = {}
+        async with httpx.AsyncClient(timeout=self.settings.subscription_timeout_seconds) as client:
+            while not self._stop.is_set():
+                try:
+                    subs = await asyncio.to_thread(self._subscriptions)
+                    for sid, (res, _spec) in subs.items():
+                        if res.get("status") == "requested":
+                            await asyncio.to_thread(self._set_status, sid, "active")
+                    due = await asyncio.to_thread(self._due)
+                    for ev in due:
+                        sid = ev["subscription_id"]
+                        res, spec = subs.get(sid, ({}, None))
+                        if spec is None or res.get("status") not in DELIVERING or (sid in tasks and not tasks[sid].done()):
+                            continue
+                        tasks[sid] = asyncio.create_task(self._run_subscription(client, sid, spec))
+                except Exception:  # noqa: BLE001  (a database hiccup must not stop delivery for good)
+                    log.exception("subscription delivery loop iteration failed")
+                await asyncio.sleep(self.poll)
+            for t in tasks.values():
+                t.cancel()
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._loop()), name="subscriptions", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)

@@ -1,0 +1,193 @@
+"""R4 rest-hook Subscriptions with a durable outbox: the adapter runs as a real server process
+(`adapter serve`, SQLite and PostgreSQL) and the receiver is another real HTTP server. A posted MRD
+feed notifies each matching Observation once, a correction notifies again, non-matching resources
+notify no one; a receiver that is down gets every event afterwards, in order, once; an adapter
+killed with SIGKILL while events are pending delivers them all after its restart."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from adapter.config import ROOT, Settings
+from tests.conftest import EXAMPLES, _store_on
+from tests.server import _free_port, _post_export
+from tests.test_multicenter import _corrected_feed
+
+MRD = "https://w3id.org/pedall-fhir/CodeSystem/observation-code|mrd"
+UK = EXAMPLES / "uk_infants"
+
+
+class Receiver:
+    """An HTTP server that records every notification (method, path, headers, body) and can be
+    stopped (connections refused) and started again on the same port."""
+
+    def __init__(self) -> None:
+        self.port = _free_port()
+        self.got: list[dict[str, Any]] = []
+        self.lock = threading.Lock()
+        self.server: ThreadingHTTPServer | None = None
+        self.start()
+
+    def start(self) -> None:
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _record(self) -> None:
+                n = int(self.headers.get("content-length") or 0)
+                body = json.loads(self.rfile.read(n)) if n else None
+                with outer.lock:
+                    outer.got.append({"method": self.command, "path": self.path, "headers": dict(self.headers),
+                                      "body": body})
+                self.send_response(200)
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+            do_PUT = do_POST = _record  # noqa: N815
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        assert self.server is not None
+        self.server.shutdown()
+        self.server.server_close()
+
+    def events(self, sid: str) -> list[tuple[int, dict[str, Any]]]:
+        with self.lock:
+            return [(int(g["headers"]["X-Subscription-Event"]), g) for g in self.got
+                    if g["headers"].get("X-Subscription-Id") == sid]
+
+
+def _serve(env: dict[str, str], port: int) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen([sys.executable, "-m", "adapter", "serve", "--port", str(port)], env=env, cwd=ROOT,  # noqa: S603
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/metadata", timeout=2).status_code == 200:
+                return proc
+        except httpx.TransportError:
+            pass
+        assert proc.poll() is None and time.monotonic() < deadline, "the server did not start"
+        time.sleep(0.2)
+
+
+def _wait_for(fn: Any, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not fn():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def adapter_env(request: pytest.FixtureRequest, tmp_path: Path, settings: Settings) -> Iterator[dict[str, str]]:
+    with _store_on(request.param, tmp_path) as store:
+        url = store.engine.url.render_as_string(hide_password=False)
+        store.engine.dispose()
+        yield {**os.environ, "ADAPTER_DATABASE_URL": url, "ADAPTER_ID_KEY": settings.id_key,
+               "ADAPTER_EXPORT_DIR": str(tmp_path / "exports"), "ADAPTER_SUBSCRIPTION_BACKOFF_SECONDS": "0.1",
+               "ADAPTER_SUBSCRIPTION_BACKOFF_MAX_SECONDS": "0.5"}
+
+
+def _subscribe(c: httpx.Client, criteria: str, endpoint: str, payload: bool = True) -> str:
+    sub = {"resourceType": "Subscription", "status": "requested", "reason": "MRD results for the EHR",
+           "criteria": criteria, "channel": {"type": "rest-hook", "endpoint": endpoint,
+                                             "header": ["Authorization: Bearer s3cret"],
+                                             **({"payload": "application/fhir+json"} if payload else {})}}
+    r = c.post("/Subscription", json=sub)
+    assert r.status_code == 201, r.text
+    return r.json()["id"]
+
+
+def _in_order_once(events: list[tuple[int, dict[str, Any]]]) -> list[int]:
+    numbers = [n for n, _ in events]
+    assert numbers == list(range(1, len(numbers) + 1)), numbers
+    return numbers
+
+
+def test_rest_hook_notifications_survive_a_receiver_outage_and_a_kill(adapter_env: dict[str, str], tmp_path: Path) -> None:
+    rx = Receiver()
+    port = _free_port()
+    proc = _serve(adapter_env, port)
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as c:
+            # criteria the search does not support, and channels we do not offer, are refused
+            bad = c.post("/Subscription", json={"resourceType": "Subscription", "status": "requested", "reason": "x",
+                                                "criteria": "Observation?shoe-size=3",
+                                                "channel": {"type": "rest-hook", "endpoint": "http://127.0.0.1:1/"}})
+            assert bad.status_code == 422 and "shoe-size" in bad.json()["issue"][0]["diagnostics"]
+            bad = c.post("/Subscription", json={"resourceType": "Subscription", "status": "requested", "reason": "x",
+                                                "criteria": f"Observation?code={MRD}", "channel": {
+                                                    "type": "rest-hook", "endpoint": "http://ehr.example.org/fhir",
+                                                    "payload": "application/fhir+json"}})
+            assert bad.status_code == 422 and "https" in bad.json()["issue"][0]["diagnostics"]
+
+            endpoint = f"http://127.0.0.1:{rx.port}/fhir"
+            every = _subscribe(c, f"Observation?code={MRD}", endpoint)
+            positive = _subscribe(c, f"Observation?code={MRD}&value-quantity=ge0.01", endpoint, payload=False)
+            _wait_for(lambda: c.get(f"/Subscription/{every}").json()["status"] == "active")
+
+            # 1. the registry (no MRD result) notifies no one; the lab feed notifies each MRD result once
+            assert _post_export(c, UK / "uk_infant_blinatumomab_registry.csv", "uk-infants", "registry").status_code == 200
+            assert _post_export(c, UK / "uk_mrd_lab_ORU_R01.hl7", "uk-infants", "mrd_lab").status_code == 200
+            mrd = c.get("/Observation", params={"code": MRD, "_summary": "count"}).json()["total"]
+            pos = c.get("/Observation", params={"code": MRD, "value-quantity": "ge0.01", "_summary": "count"}).json()["total"]
+            assert 0 < pos < mrd == 24
+            _wait_for(lambda: len(rx.events(every)) == mrd and len(rx.events(positive)) == pos)
+            got = rx.events(every)
+            _in_order_once(got)
+            assert {g["path"].rsplit("/", 1)[1] for _, g in got} == {g["body"]["id"] for _, g in got}
+            assert all(g["method"] == "PUT" and g["body"]["code"]["coding"][0]["code"] == "mrd"
+                       and g["headers"]["Authorization"] == "Bearer s3cret" for _, g in got)
+            assert all(g["method"] == "POST" and g["body"] is None for _, g in rx.events(positive))  # notify only
+            _in_order_once(rx.events(positive))
+
+            # 2. a corrected result (OBX-11 "C") notifies again, as an update of the same Observation
+            assert _post_export(c, _corrected_feed(tmp_path), "uk-infants", "mrd_lab").status_code == 200
+            _wait_for(lambda: len(rx.events(every)) == mrd + 1)
+            n, last = rx.events(every)[-1]
+            assert n == mrd + 1 and last["body"]["status"] == "corrected" and last["body"]["meta"]["versionId"] == "2"
+
+            # 3. the receiver is down: nothing arrives; back up, every event arrives once, in order
+            rx.stop()
+            assert _post_export(c, EXAMPLES / "hito" / "hito_erm_citometria.csv", "hito", "erm_citometria").status_code == 200
+            total = c.get("/Observation", params={"code": MRD, "_summary": "count"}).json()["total"]
+            time.sleep(1.5)
+            before = len(rx.got)
+            rx.start()
+            _wait_for(lambda: len(rx.events(every)) == total + 1)
+            _in_order_once(rx.events(every))
+            assert len(rx.got) > before
+        # 4. killed with events pending: after the restart every event is delivered, none lost
+        rx.stop()
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as c:
+            assert _post_export(c, EXAMPLES / "huanl" / "huanl_blinatumomab_curso_corto.xlsx", "huanl",
+                                "curso_corto").status_code == 200
+            total = c.get("/Observation", params={"code": MRD, "_summary": "count"}).json()["total"]
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        rx.start()
+        proc = _serve(adapter_env, port)
+        _wait_for(lambda: len({n for n, _ in rx.events(every)}) == total + 1, timeout=60)
+        numbers = [n for n, _ in rx.events(every)]
+        assert sorted(set(numbers)) == list(range(1, total + 2))  # none missing; a resend keeps its number
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        rx.stop()
