@@ -39,6 +39,7 @@ class Receiver:
         self.got: list[dict[str, Any]] = []
         self.lock = threading.Lock()
         self.server: ThreadingHTTPServer | None = None
+        self.failing: set[str] = set()  # path prefixes answered 500
         self.start()
 
     def start(self) -> None:
@@ -48,9 +49,17 @@ class Receiver:
             def _record(self) -> None:
                 n = int(self.headers.get("content-length") or 0)
                 body = json.loads(self.rfile.read(n)) if n else None
+                if self.path.startswith("/hang"):
+                    time.sleep(30)  # an endpoint that accepts and never answers
+                    return
+                if any(self.path.startswith(f) for f in outer.failing):
+                    self.send_response(500)
+                    self.send_header("content-length", "0")
+                    self.end_headers()
+                    return
                 with outer.lock:
                     outer.got.append({"method": self.command, "path": self.path, "headers": dict(self.headers),
-                                      "body": body})
+                                      "body": body, "at": time.monotonic()})
                 self.send_response(200)
                 self.send_header("content-length", "0")
                 self.end_headers()
@@ -61,6 +70,7 @@ class Receiver:
                 pass
 
         self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self.server.daemon_threads = True
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def stop(self) -> None:
@@ -72,6 +82,10 @@ class Receiver:
         with self.lock:
             return [(int(g["headers"]["X-Subscription-Event"]), g) for g in self.got
                     if g["headers"].get("X-Subscription-Id") == sid]
+
+    def arrival(self, sid: str) -> list[float]:
+        with self.lock:
+            return [g["at"] for g in self.got if g["headers"].get("X-Subscription-Id") == sid]
 
 
 def _serve(env: dict[str, str], port: int) -> subprocess.Popen[bytes]:
@@ -191,3 +205,64 @@ def test_rest_hook_notifications_survive_a_receiver_outage_and_a_kill(adapter_en
         proc.terminate()
         proc.wait(10)
         rx.stop()
+
+
+def test_a_hanging_endpoint_delays_no_one_else_and_failures_set_error_then_resume(tmp_path: Path,
+                                                                                  settings: Settings) -> None:
+    """Three subscriptions on one MRD feed: one endpoint hangs (2 s timeout), one answers 500 (3
+    failures, then status error), one works. The working one is notified within 1 s of the commit
+    whatever the others do; the failing one keeps its events and gets them all, in order, once its
+    status is set back to active; the channel header never appears in the adapter's logs."""
+    rx = Receiver()
+    rx.failing.add("/fail")
+    port = _free_port()
+    log = tmp_path / "adapter.log"
+    env = {**os.environ, "ADAPTER_DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}", "ADAPTER_ID_KEY": settings.id_key,
+           "ADAPTER_EXPORT_DIR": str(tmp_path / "exports"), "ADAPTER_SUBSCRIPTION_BACKOFF_SECONDS": "0.1",
+           "ADAPTER_SUBSCRIPTION_BACKOFF_MAX_SECONDS": "0.3", "ADAPTER_SUBSCRIPTION_TIMEOUT_SECONDS": "2",
+           "ADAPTER_SUBSCRIPTION_MAX_FAILURES": "3"}
+    with log.open("wb") as fh:
+        proc = subprocess.Popen([sys.executable, "-m", "adapter", "serve", "--port", str(port)], env=env, cwd=ROOT,  # noqa: S603
+                                stdout=fh, stderr=subprocess.STDOUT)
+        try:
+            _wait_for(lambda: _up(port))
+            with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as c:
+                base = f"http://127.0.0.1:{rx.port}"
+                hang = _subscribe(c, f"Observation?code={MRD}", f"{base}/hang")
+                fail = _subscribe(c, f"Observation?code={MRD}", f"{base}/fail")
+                ok = _subscribe(c, f"Observation?code={MRD}", f"{base}/ok")
+                _wait_for(lambda: all(c.get(f"/Subscription/{s}").json()["status"] == "active" for s in (hang, fail, ok)))
+                committed = time.monotonic()
+                assert _post_export(c, EXAMPLES / "hito" / "hito_erm_citometria.csv", "hito", "erm_citometria").status_code == 200
+                done = time.monotonic()
+                mrd = c.get("/Observation", params={"code": MRD, "_summary": "count"}).json()["total"]
+                _wait_for(lambda: len(rx.events(ok)) == mrd, timeout=10)
+                assert max(rx.arrival(ok)) - done < 1.0, "the working endpoint waited on the others"
+                assert min(rx.arrival(ok)) > committed
+                _in_order_once(rx.events(ok))
+
+                _wait_for(lambda: c.get(f"/Subscription/{fail}").json()["status"] == "error", timeout=20)
+                sub = c.get(f"/Subscription/{fail}").json()
+                assert "3 failed deliveries" in sub["error"] and rx.events(fail) == []
+                rx.failing.clear()
+                time.sleep(1)
+                assert rx.events(fail) == []  # an error subscription is not delivered to
+                sub["status"] = "active"
+                sub.pop("error")
+                assert c.put(f"/Subscription/{fail}", json=sub).status_code == 200
+                _wait_for(lambda: len(rx.events(fail)) == mrd, timeout=20)
+                _in_order_once(rx.events(fail))
+                assert rx.events(hang) == []
+        finally:
+            proc.terminate()
+            proc.wait(10)
+            rx.stop()
+    text = log.read_text(errors="replace")
+    assert "subscription" in text.lower() and "s3cret" not in text
+
+
+def _up(port: int) -> bool:
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/metadata", timeout=2).status_code == 200
+    except httpx.TransportError:
+        return False
