@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test ingest-examples lint bench bench-serve bench-export clean
+.PHONY: run test ingest-examples lint bench bench-serve bench-export bench-subscriptions clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,9 @@ bench-serve: $(STAMP)
 
 bench-export: $(STAMP)
 	$(BIN)/python bench/export.py
+
+bench-subscriptions: $(STAMP)
+	$(BIN)/python bench/subscriptions.py
 
 clean:
 	rm -rf $(VENV) .adapter-data .pytest_cache .hypothesis

@@ -149,7 +149,8 @@ class Transaction:
             self._insert_many(resource_history, history)
         if index:
             self._insert_tuples(search_index, index)
-        changed = [(o.type, o.id, o.version_id) for o in out if o.outcome != "unchanged"]
+        pids = {(r["type"], r["id"]): r["patient_id"] for r in (*inserts, *updates)}
+        changed = [(o.type, o.id, o.version_id, pids.get((o.type, o.id))) for o in out if o.outcome != "unchanged"]
         if changed:
             from adapter.store.outbox import record_events  # the subscription outbox, in this transaction
 

@@ -21,36 +21,68 @@ from adapter.subscriptions.spec import COLLECTING, SubscriptionError, Subscripti
 log = logging.getLogger("adapter.subscriptions")
 
 
+#: Parsed Subscriptions by id: (version, spec). A stored Subscription is parsed once per version.
+_PARSED: dict[str, tuple[int, SubscriptionSpec | None]] = {}
+
+
 def collecting_subscriptions(conn: Connection) -> list[SubscriptionSpec]:
     """Stored Subscriptions whose status collects events (``requested``, ``active``, ``error``)."""
     out = []
-    for (text,) in conn.execute(select(resources.c.resource).where(resources.c.type == "Subscription",
-                                                                   resources.c.deleted.is_(False))):
-        res = orjson.loads(text)
-        if res.get("status") not in COLLECTING:
+    for sid, version, status in conn.execute(select(resources.c.id, resources.c.version_id, resources.c.status).where(
+            resources.c.type == "Subscription", resources.c.deleted.is_(False))):
+        if status not in COLLECTING:
             continue
-        try:  # checked when written; the endpoint policy is the delivery worker's concern
-            out.append(parse_subscription(res))
-        except SubscriptionError:
-            log.warning("stored Subscription %s no longer parses; it is skipped", res.get("id"))
+        cached = _PARSED.get(sid)
+        if cached is None or cached[0] != version:
+            text = conn.execute(select(resources.c.resource).where(resources.c.type == "Subscription",
+                                                                   resources.c.id == sid)).scalar_one()
+            try:  # checked when written; the endpoint policy is the delivery worker's concern
+                cached = (version, parse_subscription(orjson.loads(text)))
+            except SubscriptionError:
+                log.warning("stored Subscription %s no longer parses; it is skipped", sid)
+                cached = (version, None)
+            _PARSED[sid] = cached
+        if cached[1] is not None:
+            out.append(cached[1])
     return out
 
 
-def record_events(conn: Connection, written: list[tuple[str, str, int]], stamp: str) -> int:
+def _patients_of(spec: SubscriptionSpec) -> set[str] | None:
+    """The Patient ids a subscription's ``patient``/``subject`` clause allows (``None``: any), so
+    that a write about another patient is passed over without a query."""
+    allowed: set[str] | None = None
+    for c in spec.query.clauses:
+        if c.name in ("patient", "subject") and c.kind == "reference":
+            ids = set()
+            for v in c.values:
+                ref = getattr(v, "key", "")
+                if not isinstance(ref, str) or not ref.startswith("Patient/"):
+                    return None  # another form (a chain, a full URL): let SQL decide
+                ids.add(ref.split("/", 1)[1])
+            allowed = ids if allowed is None else allowed & ids
+    return allowed
+
+
+def record_events(conn: Connection, written: list[tuple[str, str, int, str | None]], stamp: str) -> int:
     """Add an event for each (Subscription, written resource) match. ``written`` holds the
-    (type, id, version) of the resources created or updated in this transaction. Returns the
-    number of events added."""
+    (type, id, version, patient id) of the resources created or updated in this transaction.
+    Returns the number of events added."""
     by_type: dict[str, dict[str, int]] = {}
-    for rtype, rid, version in written:
+    patient_of: dict[tuple[str, str], str | None] = {}
+    for rtype, rid, version, pid in written:
         if rtype != "Subscription":
             by_type.setdefault(rtype, {})[rid] = version
+            patient_of[(rtype, rid)] = pid
     if not by_type:
         return 0
     subs = [s for s in collecting_subscriptions(conn) if s.query.type in by_type]
     added = 0
     for sub in subs:
         versions = by_type[sub.query.type]
-        ids = list(versions)
+        allowed = _patients_of(sub)
+        ids = [r for r in versions if allowed is None or patient_of[(sub.query.type, r)] in allowed]
+        if not ids:
+            continue
         matched: list[str] = []
         for i in range(0, len(ids), 500):
             matched += [r for (r,) in conn.execute(select(resources.c.id).where(

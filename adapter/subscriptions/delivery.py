@@ -27,6 +27,7 @@ import asyncio
 import logging
 import random
 import threading
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -51,10 +52,11 @@ def _later(seconds: float) -> str:
 class DeliveryWorker:
     """See the module docstring. ``start()``/``stop()`` from the service's lifespan."""
 
-    def __init__(self, store: Store, settings: Settings, poll_seconds: float = 0.05) -> None:
-        self.store, self.settings, self.poll = store, settings, poll_seconds
+    def __init__(self, store: Store, settings: Settings, poll_seconds: float = 0.05, reload_seconds: float = 0.5) -> None:
+        self.store, self.settings, self.poll, self.reload = store, settings, poll_seconds, reload_seconds
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._dirty = False
 
     # ------------------------------------------------------------------------------ database side
 
@@ -146,6 +148,7 @@ class DeliveryWorker:
     def _give_up(self, sid: str, ev: dict[str, Any], error: str) -> None:
         """Status ``error``; the head event gets fresh attempts for when the status is set back."""
         self._set_status(sid, "error", f"{self.settings.subscription_max_failures} failed deliveries in a row; last: {error}")
+        self._dirty = True  # reload before scheduling: no task may start for it on the old status
         key = (subscription_events.c.subscription_id == sid) & (subscription_events.c.event_number == ev["event_number"])
         with self.store.engine.begin() as conn:
             conn.execute(update(subscription_events).where(key).values(attempts=0, next_attempt=now_instant()))
@@ -153,13 +156,18 @@ class DeliveryWorker:
 
     async def _loop(self) -> None:
         tasks: dict[str, asyncio.Task[None]] = {}
+        subs: dict[str, tuple[dict[str, Any], SubscriptionSpec | None]] = {}
+        loaded = 0.0
         async with httpx.AsyncClient(timeout=self.settings.subscription_timeout_seconds) as client:
             while not self._stop.is_set():
                 try:
-                    subs = await asyncio.to_thread(self._subscriptions)
-                    for sid, (res, _spec) in subs.items():
-                        if res.get("status") == "requested":
-                            await asyncio.to_thread(self._set_status, sid, "active")
+                    if self._dirty or time.monotonic() - loaded >= self.reload:  # status changes seen within this
+                        self._dirty = False
+                        subs = await asyncio.to_thread(self._subscriptions)
+                        loaded = time.monotonic()
+                        for sid, (res, _spec) in subs.items():
+                            if res.get("status") == "requested":
+                                await asyncio.to_thread(self._set_status, sid, "active")
                     due = await asyncio.to_thread(self._due)
                     for ev in due:
                         sid = ev["subscription_id"]
