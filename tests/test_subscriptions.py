@@ -83,6 +83,11 @@ class Receiver:
             return [(int(g["headers"]["X-Subscription-Event"]), g) for g in self.got
                     if g["headers"].get("X-Subscription-Id") == sid]
 
+    def events_of(self, sid: str) -> list[dict[str, Any]]:
+        """Notification Bundles (Backport) for one subscription, in arrival order."""
+        with self.lock:
+            return [g["body"] for g in self.got if g["headers"].get("X-Subscription-Id") == sid and g["body"]]
+
     def arrival(self, sid: str) -> list[float]:
         with self.lock:
             return [g["at"] for g in self.got if g["headers"].get("X-Subscription-Id") == sid]
@@ -266,3 +271,99 @@ def _up(port: int) -> bool:
         return httpx.get(f"http://127.0.0.1:{port}/metadata", timeout=2).status_code == 200
     except httpx.TransportError:
         return False
+
+
+BACKPORT = "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/"
+TOPIC = "https://w3id.org/pedall-fhir/SubscriptionTopic/mrd-result"
+
+
+def _param(params: dict[str, Any], name: str) -> Any:
+    p = next(p for p in params["parameter"] if p["name"] == name)
+    return next((v for k, v in p.items() if k.startswith("value")), p.get("part"))
+
+
+def test_backport_topic_subscription_handshake_heartbeat_notifications_status_and_events(
+        tmp_path: Path, settings: Settings) -> None:
+    import jsonschema_rs
+
+    schema = jsonschema_rs.validator_for(json.loads((ROOT / "profiles" / "fhir.r4.schema.json").read_text()))
+    rx = Receiver()
+    rx.failing.add("/refuse")
+    port = _free_port()
+    env = {**os.environ, "ADAPTER_DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}", "ADAPTER_ID_KEY": settings.id_key,
+           "ADAPTER_EXPORT_DIR": str(tmp_path / "exports")}
+    proc = _serve(env, port)
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as c:
+            assert _post_export(c, UK / "uk_infant_blinatumomab_registry.csv", "uk-infants", "registry").status_code == 200
+            patient = c.get("/Patient", params={"_count": "1"}).json()["entry"][0]["resource"]["id"]
+
+            def backport(endpoint: str, content: str, flt: str, heartbeat: int | None = None) -> dict[str, Any]:
+                channel: dict[str, Any] = {"type": "rest-hook", "endpoint": endpoint, "payload": "application/fhir+json",
+                                           "_payload": {"extension": [{"url": BACKPORT + "backport-payload-content",
+                                                                       "valueCode": content}]}}
+                if heartbeat:
+                    channel["extension"] = [{"url": BACKPORT + "backport-heartbeat-period", "valueUnsignedInt": heartbeat}]
+                return {"resourceType": "Subscription", "meta": {"profile": [BACKPORT + "backport-subscription"]},
+                        "status": "requested", "reason": "MRD results of one patient", "criteria": TOPIC,
+                        "_criteria": {"extension": [{"url": BACKPORT + "backport-filter-criteria", "valueString": flt}]},
+                        "channel": channel}
+
+            base = f"http://127.0.0.1:{rx.port}"
+            r = c.post("/Subscription", json=backport(f"{base}/bp", "full-resource", f"Observation?patient=Patient/{patient}",
+                                                      heartbeat=1))
+            assert r.status_code == 201, r.text
+            sid = r.json()["id"]
+            refused = c.post("/Subscription", json=backport(f"{base}/refuse", "id-only", "Observation?interpretation=POS")).json()["id"]
+            assert c.post("/Subscription", json={**backport(base, "empty", "Observation?patient=x"),
+                                                 "criteria": "https://example.org/other-topic"}).status_code == 422
+
+            # handshake: active when the endpoint accepts it, error when it does not
+            _wait_for(lambda: c.get(f"/Subscription/{sid}").json()["status"] == "active")
+            _wait_for(lambda: c.get(f"/Subscription/{refused}").json()["status"] == "error")
+            assert "handshake" in c.get(f"/Subscription/{refused}").json()["error"]
+            hs = rx.events_of(sid)[0]
+            assert _param(hs["entry"][0]["resource"], "type") == "handshake"
+
+            # heartbeats while nothing happens
+            _wait_for(lambda: any(_param(b["entry"][0]["resource"], "type") == "heartbeat" for b in rx.events_of(sid)),
+                      timeout=10)
+
+            assert _post_export(c, UK / "uk_mrd_lab_ORU_R01.hl7", "uk-infants", "mrd_lab").status_code == 200
+            mine = c.get("/Observation", params={"code": MRD, "patient": f"Patient/{patient}"}).json()["total"]
+            assert mine >= 1
+
+            def notes() -> list[dict[str, Any]]:
+                return [b for b in rx.events_of(sid) if _param(b["entry"][0]["resource"], "type") == "event-notification"]
+
+            _wait_for(lambda: len(notes()) == mine)
+            numbers = []
+            for b in rx.events_of(sid):
+                assert b["resourceType"] == "Bundle" and b["type"] == "history"
+                assert not [e.message for e in schema.iter_errors(b)][:1]
+                status = b["entry"][0]["resource"]
+                assert _param(status, "subscription")["reference"].endswith(f"Subscription/{sid}")
+                assert _param(status, "topic") == TOPIC
+            for b in notes():
+                event = _param(b["entry"][0]["resource"], "notification-event")
+                numbers.append(int(next(p["valueString"] for p in event if p["name"] == "event-number")))
+                focus = next(p["valueReference"]["reference"] for p in event if p["name"] == "focus")
+                assert b["entry"][1]["resource"]["id"] == focus.split("/")[1]  # full-resource
+                assert b["entry"][1]["resource"]["subject"]["reference"] == f"Patient/{patient}"
+            assert numbers == list(range(1, mine + 1))
+
+            # $status and $events
+            st = c.get(f"/Subscription/{sid}/$status").json()
+            assert not [e.message for e in schema.iter_errors(st)][:1]
+            params = st["entry"][0]["resource"]
+            assert _param(params, "type") == "query-status" and _param(params, "events-since-subscription-start") == str(mine)
+            ev = c.get(f"/Subscription/{sid}/$events", params={"eventsSinceNumber": "1", "eventsUntilNumber": "1",
+                                                                "content": "id-only"}).json()
+            assert not [e.message for e in schema.iter_errors(ev)][:1]
+            assert ev["type"] == "history" and _param(ev["entry"][0]["resource"], "type") == "query-event"
+            assert len(ev["entry"]) == 2 and "resource" not in ev["entry"][1]
+            assert c.get("/Subscription/nope/$status").status_code == 404
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        rx.stop()

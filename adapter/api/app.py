@@ -268,6 +268,53 @@ def _routes(app: FastAPI, settings: Settings, store: Store, validator: Validator
                   "entry": [{"fullUrl": f"{base}/{r['resourceType']}/{r['id']}", "resource": r} for r in res]}
         return FHIRResponse(_deidentified_bundle(bundle, settings) if _wants_deid(request) else bundle)
 
+    def _subscription(sid: str) -> tuple[dict[str, Any], Any]:
+        from adapter.subscriptions.spec import SubscriptionError, parse_subscription
+
+        res = store.read("Subscription", sid)
+        if res is None:
+            raise FHIRError(404, "not-found", f"Subscription/{sid} is not known")
+        try:
+            return res, parse_subscription(res)
+        except SubscriptionError as exc:
+            raise FHIRError(422, "processing", f"Subscription/{sid}: {exc}") from None
+
+    @app.get("/Subscription/{sid}/$status", summary="Subscription status (Subscriptions Backport IG $status)")
+    def subscription_status(request: Request, sid: str) -> FHIRResponse:
+        from adapter.store.outbox import event_count
+        from adapter.subscriptions.notify import status_parameters
+
+        res, spec = _subscription(sid)
+        with store.engine.connect() as conn:
+            since = event_count(conn, sid)
+        params = status_parameters(sid, spec.topic or res.get("criteria", ""), res.get("status", ""), "query-status", since, [])
+        if res.get("error"):
+            params["parameter"].append({"name": "error", "valueCodeableConcept": {"text": res["error"]}})
+        return FHIRResponse({"resourceType": "Bundle", "type": "searchset", "total": 1,
+                             "entry": [{"fullUrl": f"urn:uuid:{params['id']}", "resource": params,
+                                        "search": {"mode": "match"}}]})
+
+    @app.get("/Subscription/{sid}/$events", summary="Replay a Subscription's events by number (Backport IG $events)")
+    def subscription_events(request: Request, sid: str, eventsSinceNumber: int | None = None,  # noqa: N803
+                            eventsUntilNumber: int | None = None, content: str | None = None) -> FHIRResponse:  # noqa: N803
+        from adapter.store.outbox import event_count, events_between
+        from adapter.subscriptions.notify import Event, notification_bundle
+
+        res, spec = _subscription(sid)
+        content = content or spec.content if spec.topic else content or ("full-resource" if spec.full_resource else "id-only")
+        if content not in ("empty", "id-only", "full-resource"):
+            raise FHIRError(400, "invalid", "content must be empty, id-only or full-resource")
+        with store.engine.connect() as conn:
+            total = event_count(conn, sid)
+            first = max(1, eventsSinceNumber or 1)
+            last = min(total, eventsUntilNumber if eventsUntilNumber is not None else total)
+            rows = events_between(conn, sid, first, last) if first <= last else []
+        events = [Event(r["event_number"], r["created"], f"{r['resource_type']}/{r['resource_id']}",
+                        store.vread(r["resource_type"], r["resource_id"], r["version_id"])[1]
+                        if content == "full-resource" else None) for r in rows]
+        return FHIRResponse(notification_bundle(sid, spec.topic or res.get("criteria", ""), res.get("status", ""),
+                                                "query-event", total, events, content))
+
     @app.post("/{rtype}/$validate", summary="Validate a resource (R4 schema, R4B model, profiles)")
     async def validate(rtype: str, request: Request) -> FHIRResponse:
         doc = parse_json_body(await request.body())

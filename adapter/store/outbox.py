@@ -117,3 +117,17 @@ def pending(conn: Connection, now: str) -> list[dict[str, Any]]:
                                           & (head.c.n == subscription_events.c.event_number))
          .where(subscription_events.c.next_attempt <= now))
     return [dict(r._mapping) for r in conn.execute(q)]
+
+
+def event_count(conn: Connection, subscription_id: str) -> int:
+    """Events recorded for a subscription since it started (the highest event number)."""
+    return int(conn.execute(select(func.max(subscription_events.c.event_number))
+                            .where(subscription_events.c.subscription_id == subscription_id)).scalar() or 0)
+
+
+def events_between(conn: Connection, subscription_id: str, first: int, last: int) -> list[dict[str, Any]]:
+    """A subscription's events numbered ``first`` to ``last`` (inclusive), in order ($events)."""
+    q = (select(subscription_events).where(subscription_events.c.subscription_id == subscription_id,
+                                           subscription_events.c.event_number.between(first, last))
+         .order_by(subscription_events.c.event_number))
+    return [dict(r._mapping) for r in conn.execute(q)]

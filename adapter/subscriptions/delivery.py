@@ -38,8 +38,9 @@ from sqlalchemy import update
 from adapter.config import Settings
 from adapter.store import Store
 from adapter.store.db import now_instant
-from adapter.store.outbox import pending
+from adapter.store.outbox import event_count, pending
 from adapter.store.schema import subscription_events
+from adapter.subscriptions.notify import Event, notification_bundle
 from adapter.subscriptions.spec import DELIVERING, SubscriptionError, SubscriptionSpec, parse_subscription
 
 log = logging.getLogger("adapter.subscriptions")
@@ -57,6 +58,7 @@ class DeliveryWorker:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._dirty = False
+        self._last_sent: dict[str, float] = {}  # subscription id -> when a notification last went out
 
     # ------------------------------------------------------------------------------ database side
 
@@ -113,23 +115,69 @@ class DeliveryWorker:
 
     # ------------------------------------------------------------------------------ delivery side
 
-    async def _send(self, client: httpx.AsyncClient, spec: SubscriptionSpec, ev: dict[str, Any]) -> str | None:
-        """Send one notification; ``None`` on success, else the reason."""
+    def _count(self, sid: str) -> int:
+        with self.store.engine.connect() as conn:
+            return event_count(conn, sid)
+
+    def _bundle(self, spec: SubscriptionSpec, kind: str, ev: dict[str, Any] | None) -> dict[str, Any]:
+        events = []
+        if ev is not None:
+            res = self._payload(ev) if spec.content == "full-resource" else None
+            events.append(Event(ev["event_number"], ev["created"], f"{ev['resource_type']}/{ev['resource_id']}", res))
+        since = ev["event_number"] if ev is not None else self._count(spec.id)
+        status = "requested" if kind == "handshake" else "active"
+        return notification_bundle(spec.id, spec.topic or "", status, kind, since, events, spec.content)
+
+    async def _post(self, client: httpx.AsyncClient, spec: SubscriptionSpec, body: bytes | None,
+                    extra: dict[str, str], put_url: str | None = None) -> str | None:
         headers = {k: v for k, v in spec.headers}
-        headers.update({"X-Subscription-Id": ev["subscription_id"], "X-Subscription-Event": str(ev["event_number"])})
+        headers.update(extra)
+        if body is not None:
+            headers["Content-Type"] = "application/fhir+json"
+        timeout = spec.timeout or self.settings.subscription_timeout_seconds
+        self._last_sent[spec.id] = time.monotonic()
         try:
-            if spec.full_resource:
-                res = await asyncio.to_thread(self._payload, ev)
-                if res is None:
-                    return None  # the version is gone (history pruned): nothing left to send
-                url = f"{spec.endpoint.rstrip('/')}/{ev['resource_type']}/{ev['resource_id']}"
-                headers["Content-Type"] = "application/fhir+json"
-                r = await client.put(url, content=orjson.dumps(res), headers=headers)
+            if put_url:
+                r = await client.put(put_url, content=body, headers=headers, timeout=timeout)
             else:
-                r = await client.post(spec.endpoint, headers=headers)
+                r = await client.post(spec.endpoint, content=body, headers=headers, timeout=timeout)
         except httpx.HTTPError as exc:
             return f"{exc.__class__.__name__}"
         return None if 200 <= r.status_code < 300 else f"HTTP {r.status_code}"
+
+    async def _send(self, client: httpx.AsyncClient, spec: SubscriptionSpec, ev: dict[str, Any]) -> str | None:
+        """Send one event's notification; ``None`` on success, else the reason. R4 core: an empty
+        POST, or PUT [endpoint]/[type]/[id] with the resource. Backport: a notification Bundle."""
+        extra = {"X-Subscription-Id": ev["subscription_id"], "X-Subscription-Event": str(ev["event_number"])}
+        if spec.topic:
+            bundle = await asyncio.to_thread(self._bundle, spec, "event-notification", ev)
+            return await self._post(client, spec, orjson.dumps(bundle), extra)
+        if spec.full_resource:
+            res = await asyncio.to_thread(self._payload, ev)
+            if res is None:
+                return None  # the version is gone (history pruned): nothing left to send
+            url = f"{spec.endpoint.rstrip('/')}/{ev['resource_type']}/{ev['resource_id']}"
+            return await self._post(client, spec, orjson.dumps(res), extra, put_url=url)
+        return await self._post(client, spec, None, extra)
+
+    async def _handshake(self, client: httpx.AsyncClient, spec: SubscriptionSpec) -> None:
+        """Backport: a ``handshake`` Bundle; the Subscription becomes ``active`` when it is
+        accepted (2xx), else ``error``. R4 core subscriptions become ``active`` at once."""
+        if spec.topic:
+            bundle = await asyncio.to_thread(self._bundle, spec, "handshake", None)
+            error = await self._post(client, spec, orjson.dumps(bundle), {"X-Subscription-Id": spec.id})
+            if error:
+                await asyncio.to_thread(self._set_status, spec.id, "error", f"handshake failed: {error}")
+                self._dirty = True
+                return
+        await asyncio.to_thread(self._set_status, spec.id, "active")
+        self._dirty = True
+
+    async def _heartbeat(self, client: httpx.AsyncClient, spec: SubscriptionSpec) -> None:
+        bundle = await asyncio.to_thread(self._bundle, spec, "heartbeat", None)
+        error = await self._post(client, spec, orjson.dumps(bundle), {"X-Subscription-Id": spec.id})
+        if error:
+            log.info("subscription %s: heartbeat not delivered (%s)", spec.id, error)
 
     async def _run_subscription(self, client: httpx.AsyncClient, sid: str, spec: SubscriptionSpec) -> None:
         while not self._stop.is_set():
@@ -165,9 +213,16 @@ class DeliveryWorker:
                         self._dirty = False
                         subs = await asyncio.to_thread(self._subscriptions)
                         loaded = time.monotonic()
-                        for sid, (res, _spec) in subs.items():
-                            if res.get("status") == "requested":
-                                await asyncio.to_thread(self._set_status, sid, "active")
+                    for sid, (res, spec) in subs.items():
+                        busy = sid in tasks and not tasks[sid].done()
+                        if busy or spec is None:
+                            continue
+                        if res.get("status") == "requested":
+                            tasks[sid] = asyncio.create_task(self._handshake(client, spec))
+                            res["status"] = "handshake"  # not again before the reload
+                        elif (res.get("status") == "active" and spec.heartbeat
+                              and time.monotonic() - self._last_sent.setdefault(sid, time.monotonic()) >= spec.heartbeat):
+                            tasks[sid] = asyncio.create_task(self._heartbeat(client, spec))
                     due = await asyncio.to_thread(self._due)
                     for ev in due:
                         sid = ev["subscription_id"]

@@ -31,9 +31,22 @@ class SubscriptionError(ValueError):
     """A Subscription asks for something this server cannot do (answered 422 with an OperationOutcome)."""
 
 
+BACKPORT = "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/"
+#: Our SubscriptionTopic (Backport IG 1.1.0): an MRD result (pedall-mrd Observation) is created or
+#: updated. Filters (``backport-filter-criteria``) may use any Observation search parameter, e.g.
+#: ``patient`` and ``interpretation``.
+MRD_TOPIC = "https://w3id.org/pedall-fhir/SubscriptionTopic/mrd-result"
+MRD_CODE = "https://w3id.org/pedall-fhir/CodeSystem/observation-code|mrd"
+CONTENTS = ("empty", "id-only", "full-resource")
+
+
 @dataclass(frozen=True)
 class SubscriptionSpec:
-    """A stored Subscription, parsed: ``query`` is the criteria as a search on ``query.type``."""
+    """A stored Subscription, parsed: ``query`` is the criteria as a search on ``query.type``.
+
+    For a Backport IG subscription (``topic`` set): ``content`` is the payload content (``empty``,
+    ``id-only``, ``full-resource``), ``heartbeat`` the heartbeat period and ``timeout`` the delivery
+    timeout in seconds (``None``: not asked for)."""
 
     id: str
     status: str
@@ -41,6 +54,42 @@ class SubscriptionSpec:
     endpoint: str
     headers: tuple[tuple[str, str], ...]
     full_resource: bool
+    topic: str | None = None
+    content: str = "empty"
+    heartbeat: int | None = None
+    timeout: int | None = None
+
+
+def _ext(node: dict[str, Any] | None, name: str) -> Any:
+    for e in (node or {}).get("extension") or []:
+        if e.get("url") == BACKPORT + name:
+            return next((v for k, v in e.items() if k.startswith("value")), None)
+    return None
+
+
+def _backport(resource: dict[str, Any]) -> tuple[str, str, str, int | None, int | None]:
+    """(topic, filter query string, payload content, heartbeat, timeout) of a Backport subscription."""
+    topic = resource.get("criteria") or ""
+    if topic != MRD_TOPIC:
+        raise SubscriptionError(f"topic '{topic[:80]}' is not known here; the topic is {MRD_TOPIC}")
+    filters = [e.get("valueString", "") for e in (resource.get("_criteria") or {}).get("extension") or []
+               if e.get("url") == BACKPORT + "backport-filter-criteria"]
+    q = f"code={MRD_CODE}"
+    for f in filters:
+        rtype, _, rest = f.partition("?")
+        if rtype not in ("Observation", ""):
+            raise SubscriptionError(f"backport-filter-criteria '{f[:80]}' must filter Observation")
+        q += "&" + rest if rest else ""
+    channel = resource.get("channel") or {}
+    content = _ext(channel.get("_payload"), "backport-payload-content") or "id-only"
+    if content not in CONTENTS:
+        raise SubscriptionError(f"backport-payload-content '{content}' is not one of {', '.join(CONTENTS)}")
+    heartbeat = _ext(channel, "backport-heartbeat-period")
+    timeout = _ext(channel, "backport-timeout")
+    for name, v in (("heartbeat-period", heartbeat), ("timeout", timeout)):
+        if v is not None and (not isinstance(v, int) or v < 1):
+            raise SubscriptionError(f"backport-{name} must be a positive number of seconds")
+    return topic, q, content, heartbeat, timeout
 
 
 def _loopback(host: str) -> bool:
@@ -58,8 +107,14 @@ def parse_subscription(resource: dict[str, Any], *, development: bool = True,
     channel = resource.get("channel") or {}
     if channel.get("type") != "rest-hook":
         raise SubscriptionError(f"channel.type '{channel.get('type')}' is not supported; use rest-hook")
-    criteria = resource.get("criteria") or ""
-    rtype, _, q = criteria.partition("?")
+    profiles = (resource.get("meta") or {}).get("profile") or []
+    backport = BACKPORT + "backport-subscription" in profiles or resource.get("criteria") == MRD_TOPIC
+    topic, content, heartbeat, timeout = None, "empty", None, None
+    if backport:
+        topic, q, content, heartbeat, timeout = _backport(resource)
+        rtype = "Observation"
+    else:
+        rtype, _, q = (resource.get("criteria") or "").partition("?")
     items = parse_qsl(q, keep_blank_values=True)
     if any(k.split(":")[0] in RESULT_PARAMS for k, _ in items):
         raise SubscriptionError(f"criteria: result parameters ({', '.join(RESULT_PARAMS)}) are not allowed")
@@ -72,10 +127,12 @@ def parse_subscription(resource: dict[str, Any], *, development: bool = True,
     if url.scheme not in ("http", "https") or not url.hostname:
         raise SubscriptionError(f"channel.endpoint '{endpoint[:80]}' is not an http(s) URL")
     payload = channel.get("payload")
-    if payload not in (None, "application/fhir+json"):
+    if backport and payload not in ("application/fhir+json", "application/json"):
+        raise SubscriptionError("channel.payload of a Backport subscription is application/fhir+json (notification Bundles)")
+    if not backport and payload not in (None, "application/fhir+json"):
         raise SubscriptionError(f"channel.payload '{str(payload)[:40]}' is not supported; leave it out or use application/fhir+json")
     loop = _loopback(url.hostname)
-    if payload and url.scheme != "https" and not (development and loop):
+    if (content == "full-resource" if backport else payload) and url.scheme != "https" and not (development and loop):
         raise SubscriptionError("a payload with the resource is sent only to https endpoints "
                                 "(or to a loopback host in development mode)")
     if not development and not any(endpoint.startswith(a) for a in allowlist):
@@ -87,4 +144,4 @@ def parse_subscription(resource: dict[str, Any], *, development: bool = True,
             raise SubscriptionError("channel.header entries must be 'Name: value'")
         headers.append((name.strip(), value.strip()))
     return SubscriptionSpec(resource.get("id", ""), resource.get("status", ""), query, endpoint, tuple(headers),
-                            payload is not None)
+                            payload is not None and not backport, topic, content, heartbeat, timeout)

@@ -292,8 +292,11 @@ class ProfileSet:
         rtype = resource.get("resourceType", "?")
         meta = resource.get("meta")
         profiles = (meta.get("profile") if isinstance(meta, dict) else None) or []
-        if not profiles and rtype in INFRASTRUCTURE:
-            return out  # not clinical data: the R4 schema and the R4B model check it
+        if rtype in INFRASTRUCTURE:  # not clinical data: the R4 schema and the R4B model check it; a
+            # profile of another IG (e.g. the Subscriptions Backport IG's) is the client's declaration
+            profiles = [u for u in profiles if isinstance(u, str) and u.startswith(CANONICAL)]
+            if not profiles:
+                return out
         if not profiles:
             out.append(ProfileFinding(f"{rtype}.meta.profile", "no meta.profile"))
         for url in profiles:
