@@ -367,3 +367,32 @@ def test_backport_topic_subscription_handshake_heartbeat_notifications_status_an
         proc.terminate()
         proc.wait(10)
         rx.stop()
+
+
+def test_two_adapter_processes_share_the_outbox_on_postgresql(tmp_path: Path, settings: Settings) -> None:
+    """Two `adapter serve` processes on one PostgreSQL database deliver from the same outbox: every
+    event once, each subscription's in order (FOR UPDATE SKIP LOCKED on the head event)."""
+    with _store_on("postgresql", tmp_path) as store:
+        url = store.engine.url.render_as_string(hide_password=False)
+        store.engine.dispose()
+        env = {**os.environ, "ADAPTER_DATABASE_URL": url, "ADAPTER_ID_KEY": settings.id_key,
+               "ADAPTER_EXPORT_DIR": str(tmp_path / "exports")}
+        rx = Receiver()
+        ports = [_free_port(), _free_port()]
+        procs = [_serve(env, p) for p in ports]
+        try:
+            with httpx.Client(base_url=f"http://127.0.0.1:{ports[0]}", timeout=60) as c:
+                subs = [_subscribe(c, f"Observation?code={MRD}", f"http://127.0.0.1:{rx.port}/fhir", payload=k == 0)
+                        for k in range(3)]
+                assert _post_export(c, UK / "uk_mrd_lab_ORU_R01.hl7", "uk-infants", "mrd_lab").status_code == 200
+                assert _post_export(c, EXAMPLES / "hito" / "hito_erm_citometria.csv", "hito", "erm_citometria").status_code == 200
+                total = c.get("/Observation", params={"code": MRD, "_summary": "count"}).json()["total"]
+            _wait_for(lambda: all(len(rx.events(s)) >= total for s in subs), timeout=60)
+            time.sleep(1)
+            for s in subs:
+                _in_order_once(rx.events(s))  # no duplicate, none missing, in order
+        finally:
+            for p in procs:
+                p.terminate()
+                p.wait(10)
+            rx.stop()

@@ -28,12 +28,13 @@ import logging
 import random
 import threading
 import time
+from contextlib import nullcontext
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
 import orjson
-from sqlalchemy import update
+from sqlalchemy import func, select, update
 
 from adapter.config import Settings
 from adapter.store import Store
@@ -90,11 +91,12 @@ class DeliveryWorker:
         with self.store.engine.connect() as conn:
             return pending(conn, now_instant())
 
-    def _mark(self, ev: dict[str, Any], ok: bool, error: str | None) -> int:
-        """Record an attempt; returns the failures in a row so far."""
+    def _mark(self, ev: dict[str, Any], ok: bool, error: str | None, held: Any = None) -> int:
+        """Record an attempt (in ``held``, the claiming transaction, when given); returns the
+        failures in a row so far."""
         key = (subscription_events.c.subscription_id == ev["subscription_id"]) & (
             subscription_events.c.event_number == ev["event_number"])
-        with self.store.engine.begin() as conn:
+        with nullcontext(held) if held is not None else self.store.engine.begin() as conn:
             if ok:
                 conn.execute(update(subscription_events).where(key).values(delivered=now_instant(), last_error=None))
                 return 0
@@ -179,13 +181,46 @@ class DeliveryWorker:
         if error:
             log.info("subscription %s: heartbeat not delivered (%s)", spec.id, error)
 
+    def _claim(self, sid: str) -> tuple[Any, dict[str, Any] | None]:
+        """PostgreSQL: lock the subscription's head event (``FOR UPDATE SKIP LOCKED``) in a
+        transaction kept open while it is sent, so that worker processes sharing the outbox never
+        send one subscription's events at once or out of order: another worker finds the head
+        locked and passes the subscription over. Returns (connection, event) or (None, None)."""
+        se = subscription_events
+        conn = self.store.engine.connect()
+        conn.begin()
+        head = (select(func.min(se.c.event_number)).where(se.c.subscription_id == sid, se.c.delivered.is_(None))
+                .scalar_subquery())
+        row = conn.execute(select(se).where(se.c.subscription_id == sid, se.c.event_number == head,
+                                            se.c.next_attempt <= now_instant())
+                           .with_for_update(skip_locked=True)).first()
+        if row is None:
+            conn.rollback()
+            conn.close()
+            return None, None
+        return conn, dict(row._mapping)
+
+    def _release(self, conn: Any, ev: dict[str, Any], ok: bool, error: str | None) -> int:
+        try:
+            failures = self._mark(ev, ok, error, conn)
+            conn.commit()
+            return failures
+        finally:
+            conn.close()
+
     async def _run_subscription(self, client: httpx.AsyncClient, sid: str, spec: SubscriptionSpec) -> None:
+        shared = self.store.engine.dialect.name == "postgresql"
         while not self._stop.is_set():
-            ev = await asyncio.to_thread(self._head, sid)
+            conn = None
+            if shared:
+                conn, ev = await asyncio.to_thread(self._claim, sid)
+            else:  # SQLite: one worker process; a lock held across the send would block every writer
+                ev = await asyncio.to_thread(self._head, sid)
             if ev is None:
                 return
             error = await self._send(client, spec, ev)
-            failures = await asyncio.to_thread(self._mark, ev, error is None, error)
+            failures = await asyncio.to_thread(self._release, conn, ev, error is None, error) if conn is not None \
+                else await asyncio.to_thread(self._mark, ev, error is None, error)
             if error is None:
                 continue
             log.info("subscription %s: event %d not delivered (%s), attempt %d", sid, ev["event_number"], error, failures)
