@@ -366,3 +366,13 @@ def test_access_log_never_holds_a_record_number(api: Server, caplog: pytest.LogC
     lines = [r.getMessage() for r in caplog.records if r.name == "uvicorn.access"]
     assert lines and all(mrn not in line for line in lines)
     assert any("GET /Patient?" in line for line in lines)
+
+
+def test_site_search_parameter(api: Server) -> None:
+    """_site (ours, in the CapabilityStatement) selects the resources of one site's compartment."""
+    for site in ("hito", "huanl"):
+        b = api.client.get("/Observation", params={"_site": site, "_summary": "count"}).json()
+        assert b["total"] == api.store.counts(site)["Observation"] > 0
+    both = api.client.get("/Observation", params={"_site": "hito,huanl", "_summary": "count"}).json()["total"]
+    assert both == sum(api.store.counts(s)["Observation"] for s in ("hito", "huanl"))
+    assert any(p["name"] == "_site" for p in api.client.get("/metadata").json()["rest"][0]["resource"][0]["searchParam"])

@@ -53,6 +53,8 @@ def capability_statement(base: str, profiles_dir: Path) -> dict[str, Any]:
             "searchParam": [
                 {"name": "_id", "type": "token", "definition": _SP_DEFINITION + "Resource-id"},
                 {"name": "_lastUpdated", "type": "date", "definition": _SP_DEFINITION + "Resource-lastUpdated"},
+                {"name": "_site", "type": "token", "definition": f"{CANONICAL}/SearchParameter/site",
+                 "documentation": "the participating site whose compartment holds the resource (site code)"},
                 *({"name": p.name, "type": p.type if p.type != "string" else "string",
                    "definition": f"{_SP_DEFINITION}{rtype}-{p.name}",
                    **({"documentation": p.description} if p.description else {})} for p in params.values()),

@@ -182,7 +182,7 @@ PARAMS: dict[str, dict[str, SearchParam]] = {t: {p.name: p for p in ps} for t, p
 }.items()}
 
 #: Parameters that every type supports (R4 §3.1.1.5 "Parameters for all resources").
-COMMON = ("_id", "_lastUpdated")
+COMMON = ("_id", "_lastUpdated", "_site")  # _site: ours, the site (compartment owner) a resource belongs to
 
 
 def _values(node: Any, parts: list[str]) -> Iterator[Any]:

@@ -105,7 +105,7 @@ def _split_prefix(v: str) -> tuple[str, str]:
 
 
 def _parse_value(p: SearchParam | None, kind: str, raw: str, name: str) -> Token | Reference | DateRange | Number | Text | str:
-    if kind == "id":
+    if kind in ("id", "site"):
         return raw
     if kind in ("date", "lastUpdated"):
         prefix, text = _split_prefix(raw)
@@ -182,7 +182,7 @@ def parse(rtype: str, items: list[tuple[str, str]], lenient: bool = False) -> Qu
         if raw == "":
             raise SearchError(f"{name}: empty value")
         p = known.get(name)
-        kind = "id" if name == "_id" else "lastUpdated" if name == "_lastUpdated" else p.type  # type: ignore[union-attr]
+        kind = {"_id": "id", "_lastUpdated": "lastUpdated", "_site": "site"}.get(name) or p.type  # type: ignore[union-attr]
         values = tuple(_parse_value(p, kind, v, name) for v in raw.split(","))
         for v in values:
             if isinstance(v, DateRange | Number) and v.prefix not in PREFIXES:

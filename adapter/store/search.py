@@ -97,6 +97,8 @@ def _value_cond(value: Any) -> ColumnElement[bool]:
 def _clause(rtype: str, c: Clause) -> ColumnElement[bool]:
     if c.kind == "id":
         return resources.c.id.in_([str(v) for v in c.values])
+    if c.kind == "site":
+        return resources.c.site.in_([str(v) for v in c.values])
     if c.kind == "lastUpdated":
         stamp = func.substr(resources.c.last_updated, 1, 26)
         return or_(*[_date_cond(stamp, stamp, v) for v in c.values if isinstance(v, DateRange)])
