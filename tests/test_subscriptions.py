@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -258,6 +259,15 @@ def test_a_hanging_endpoint_delays_no_one_else_and_failures_set_error_then_resum
                 _wait_for(lambda: len(rx.events(fail)) == mrd, timeout=20)
                 _in_order_once(rx.events(fail))
                 assert rx.events(hang) == []
+                # the hanging subscription's events stay until it is deleted, then go with it
+                db = tmp_path / "db.sqlite3"
+                pending_for = "SELECT count(*) FROM subscription_events WHERE subscription_id = ? AND delivered IS NULL"
+                with sqlite3.connect(db) as conn:
+                    assert conn.execute(pending_for, (hang,)).fetchone()[0] == mrd
+                assert c.delete(f"/Subscription/{hang}").status_code in (200, 204)
+                with sqlite3.connect(db) as conn:
+                    assert conn.execute("SELECT count(*) FROM subscription_events WHERE subscription_id = ?",
+                                        (hang,)).fetchone()[0] == 0
         finally:
             proc.terminate()
             proc.wait(10)
