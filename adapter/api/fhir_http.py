@@ -79,14 +79,38 @@ def resource_headers(resource: dict[str, Any], base: str) -> dict[str, str]:
     return h
 
 
+#: Largest JSON request body (bytes) and deepest nesting the API accepts. A FHIR Bundle of our
+#: resources nests about 12 levels; 64 leaves room and stops recursion bombs early.
+MAX_JSON_BYTES = 20 * 1024 * 1024
+MAX_JSON_DEPTH = 64
+
+
+def json_depth(node: Any) -> int:
+    """Nesting depth of decoded JSON (a scalar is 0), computed without recursion."""
+    deepest, stack = 0, [(node, 0)]
+    while stack:
+        n, d = stack.pop()
+        if isinstance(n, dict | list):
+            d += 1
+            deepest = max(deepest, d)
+            stack.extend((c, d) for c in (n.values() if isinstance(n, dict) else n))
+    return deepest
+
+
 def parse_json_body(body: bytes) -> Any:
-    """Decode a request body. Raises :class:`FHIRError` (400) with the parser's message."""
+    """Decode a request body. Raises :class:`FHIRError`: 400 with the parser's message, 413 past
+    :data:`MAX_JSON_BYTES`, 400 past :data:`MAX_JSON_DEPTH` levels of nesting."""
     if not body:
         raise FHIRError(400, "invalid", "the request body is empty; a FHIR JSON resource was expected")
+    if len(body) > MAX_JSON_BYTES:
+        raise FHIRError(413, "too-long", f"the JSON body is larger than the limit of {MAX_JSON_BYTES} bytes")
     try:
-        return orjson.loads(body)
+        doc = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise FHIRError(400, "invalid", f"the request body is not valid JSON: {exc}") from None
+    if json_depth(doc) > MAX_JSON_DEPTH:
+        raise FHIRError(400, "invalid", f"the JSON body nests deeper than {MAX_JSON_DEPTH} levels")
+    return doc
 
 
 def require_resource(doc: Any, rtype: str | None = None) -> dict[str, Any]:

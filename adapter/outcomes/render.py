@@ -43,15 +43,32 @@ def flatten(figures: dict[str, Any], prefix: str = "") -> list[tuple[str, Any, A
     return rows
 
 
+_FORMULA = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_safe(value: Any) -> Any:
+    """A text cell that a spreadsheet would run as a formula (it starts with ``=``, ``+``, ``-``,
+    ``@``, tab or carriage return; OWASP "CSV injection") gets a leading ``'``; numbers, and text
+    that is a number (``-0.5``), are left as they are."""
+    if not isinstance(value, str) or not value.startswith(_FORMULA):
+        return value
+    try:
+        float(value)
+        return value
+    except ValueError:
+        return "'" + value
+
+
 def to_csv(report: dict[str, Any]) -> str:
-    """The report as CSV (one row per figure, per site and pooled)."""
+    """The report as CSV (one row per figure, per site and pooled); text cells are made safe for
+    spreadsheets (:func:`csv_safe`)."""
     out = io.StringIO()
     w = csv.writer(out, lineterminator="\n")
     w.writerow(CSV_COLUMNS)
     groups = [*report["sites"].items(), ("pooled", report["pooled"])]
     for group, figures in groups:
         for row in flatten(figures):
-            w.writerow((group, *row))
+            w.writerow([csv_safe(c) for c in (group, *row)])
     return out.getvalue()
 
 
