@@ -191,8 +191,10 @@ class DeliveryWorker:
         conn.begin()
         head = (select(func.min(se.c.event_number)).where(se.c.subscription_id == sid, se.c.delivered.is_(None))
                 .scalar_subquery())
+        # "delivered IS NULL" on the row itself: PostgreSQL re-checks it on the row version it locks,
+        # so an event another worker delivered while this statement waited is not taken again
         row = conn.execute(select(se).where(se.c.subscription_id == sid, se.c.event_number == head,
-                                            se.c.next_attempt <= now_instant())
+                                            se.c.delivered.is_(None), se.c.next_attempt <= now_instant())
                            .with_for_update(skip_locked=True)).first()
         if row is None:
             conn.rollback()
