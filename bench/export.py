@@ -19,7 +19,6 @@ import sys
 import tempfile
 import time
 import tracemalloc
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +27,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import orjson  # noqa: E402
+from pgdb import throwaway_database  # noqa: E402
 from serve import _rewrite, templates  # noqa: E402
-from sqlalchemy import create_engine, text  # noqa: E402
 
 from adapter.bulk.request import ExportRequest  # noqa: E402
 from adapter.bulk.runner import write_export  # noqa: E402
@@ -100,16 +99,12 @@ def main() -> None:
     ap.add_argument("--large", type=int, default=200_000)
     ap.add_argument("--postgres", default="postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
     args = ap.parse_args()
-    admin = create_engine(args.postgres, isolation_level="AUTOCOMMIT")
     with tempfile.TemporaryDirectory() as d:
         settings = Settings(database_url="sqlite://", id_key="bench", export_dir=Path(d))
         tmpl = templates(settings, d)
         for size in (args.small, args.large):
-            name = f"bench_export_{uuid.uuid4().hex[:8]}"
-            with admin.connect() as c:
-                c.execute(text(f'CREATE DATABASE "{name}"'))
-            try:
-                store = Store(args.postgres.rsplit("/", 1)[0] + "/" + name)
+            with throwaway_database(args.postgres, "bench_export") as url:
+                store = Store(url)
                 store.migrate()
                 fill(store, tmpl, size)
                 dt, peak = measure(lambda: streaming(store, settings, Path(d) / f"s{size}"))  # noqa: B023
@@ -119,10 +114,6 @@ def main() -> None:
                     print(f"naive baseline (all in memory), {size:,} resources: {size / dt:,.0f} resources/s, "
                           f"peak {peak:.1f} MiB")
                 store.engine.dispose()
-            finally:
-                with admin.connect() as c:
-                    c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-
 
 if __name__ == "__main__":
     main()

@@ -26,14 +26,15 @@ import io
 import sys
 import tempfile
 import time
-import uuid
 from datetime import datetime, timedelta
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
-from sqlalchemy import create_engine, text  # noqa: E402
+from pgdb import throwaway_database  # noqa: E402
+from sqlalchemy import text  # noqa: E402
 
 from adapter.config import Settings  # noqa: E402
 from adapter.ingest import ingest_file  # noqa: E402
@@ -181,25 +182,6 @@ def run_naive(csv: Path, url: str, settings: Settings, rows: int,
     return n / dt
 
 
-class _PgDatabase:
-    """A throwaway PostgreSQL database (created and dropped with FORCE) for one measurement."""
-
-    def __init__(self, admin_url: str) -> None:
-        self.admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
-        self.name = f"bench_{uuid.uuid4().hex[:8]}"
-        self.url = admin_url.rsplit("/", 1)[0] + "/" + self.name
-
-    def __enter__(self) -> str:
-        with self.admin.connect() as c:
-            c.execute(text(f'CREATE DATABASE "{self.name}"'))
-        return self.url
-
-    def __exit__(self, *exc: object) -> None:
-        with self.admin.connect() as c:
-            c.execute(text(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)'))
-        self.admin.dispose()
-
-
 def bench_csv(d: str, args: argparse.Namespace) -> None:
     csv = make_csv(args.rows, Path(d) / "hito_erm_citometria_bench.csv")
     settings = Settings(database_url=f"sqlite:///{d}/x.sqlite3", id_key="bench")
@@ -208,7 +190,7 @@ def bench_csv(d: str, args: argparse.Namespace) -> None:
     print(f"  naive baseline (model + dump + INSERT per row), SQLite: {naive:,.0f} rows/s ({args.baseline_rows} rows)")
     sqlite = run_adapter(csv, f"sqlite:///{d}/bench.sqlite3", settings)
     print(f"  adapter, SQLite:     {sqlite:,.0f} rows/s  = {sqlite / naive:.1f}x baseline")
-    with _PgDatabase(args.postgres) as url:
+    with throwaway_database(args.postgres) as url:
         pg = run_adapter(csv, url, settings)
     print(f"  adapter, PostgreSQL: {pg:,.0f} rows/s  = {pg / naive:.1f}x baseline")
 
@@ -224,7 +206,7 @@ def bench_hl7(d: str, args: argparse.Namespace) -> None:
     print(f"  naive baseline (model + dump + INSERT per message), SQLite: {naive:,.0f} msg/s ({args.baseline_rows} messages)")
     sqlite, reg = run_adapter_hl7(feed, registry, f"sqlite:///{d}/bench_hl7.sqlite3", settings)
     print(f"  adapter, SQLite:     {sqlite:,.0f} msg/s  = {sqlite / naive:.1f}x baseline  (registry first, untimed: {reg:.0f} s)")
-    with _PgDatabase(args.postgres) as url:
+    with throwaway_database(args.postgres) as url:
         pg, reg = run_adapter_hl7(feed, registry, url, settings)
     print(f"  adapter, PostgreSQL: {pg:,.0f} msg/s  = {pg / naive:.1f}x baseline  (registry first, untimed: {reg:.0f} s)")
     print("  target: >= 5,000 msg/s per core (the ingest runs on one core)")

@@ -22,16 +22,16 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
 import httpx  # noqa: E402
 import uvicorn  # noqa: E402
-from sqlalchemy import create_engine, text  # noqa: E402
+from pgdb import throwaway_database  # noqa: E402
 
 from adapter.api import create_app  # noqa: E402
 from adapter.config import Settings  # noqa: E402
@@ -127,14 +127,10 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=300)
     ap.add_argument("--postgres", default="postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
     args = ap.parse_args()
-    name = f"bench_serve_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(args.postgres, isolation_level="AUTOCOMMIT")
-    with admin.connect() as c:
-        c.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
+    with throwaway_database(args.postgres, "bench_serve") as db_url:
         with tempfile.TemporaryDirectory() as d:
             settings = Settings(database_url=f"sqlite:///{d}/unused.sqlite3", id_key="bench")
-            store = Store(args.postgres.rsplit("/", 1)[0] + "/" + name)
+            store = Store(db_url)
             store.migrate()
             t = time.perf_counter()
             n, pids = load(store, templates(settings, d), args.patients, args.per_patient)
@@ -161,7 +157,7 @@ def main() -> None:
                 runs = []
                 for _ in range(3):
                     t = time.perf_counter()
-                    rep = client.get("/outcomes", params={"timepoint": 36}).raise_for_status().json()
+                    rep = client.get("/outcomes", params={"timepoint": 36, "suppress": "false"}).raise_for_status().json()
                     runs.append(time.perf_counter() - t)
                 print(f"  pooled outcomes     {statistics.median(runs):.2f} s (median of 3; {', '.join(f'{r:.2f}' for r in runs)})"
                       f" for {rep['pooled']['n']:,} patients, from the patient_course table")
@@ -171,9 +167,6 @@ def main() -> None:
                   f" for {old['pooled']['n']:,} patients; same figures: {old['pooled'] == rep['pooled']}")
             server.should_exit = True
             store.engine.dispose()
-    finally:
-        with admin.connect() as c:
-            c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
+from contextlib import nullcontext
 from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -36,9 +36,10 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
 import httpx  # noqa: E402
-from sqlalchemy import create_engine, text  # noqa: E402
+from pgdb import throwaway_database  # noqa: E402
 
 MRD = "https://w3id.org/pedall-fhir/CodeSystem/observation-code|mrd"
 
@@ -100,15 +101,9 @@ def main() -> None:
     ap.add_argument("--postgres", default="postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
     args = ap.parse_args()
     template = json.loads((ROOT / "profiles" / "examples" / "pedall-mrd-1.json").read_text())
-    admin = create_engine(args.postgres, isolation_level="AUTOCOMMIT")
-    name = f"bench_subs_{uuid.uuid4().hex[:8]}"
-    with tempfile.TemporaryDirectory() as d:
-        if args.sqlite:
-            url = f"sqlite:///{d}/subs.sqlite3"
-        else:
-            with admin.connect() as c:
-                c.execute(text(f'CREATE DATABASE "{name}"'))
-            url = args.postgres.rsplit("/", 1)[0] + "/" + name
+    with tempfile.TemporaryDirectory() as d, (
+            nullcontext(f"sqlite:///{d}/subs.sqlite3") if args.sqlite
+            else throwaway_database(args.postgres, "bench_subs")) as url:
         rx = Receiver()
         port = _free_port()
         env = {**os.environ, "ADAPTER_DATABASE_URL": url, "ADAPTER_EXPORT_DIR": f"{d}/exports"}
@@ -189,9 +184,6 @@ def main() -> None:
         finally:
             proc.terminate()
             proc.wait(10)
-            if not args.sqlite:
-                with admin.connect() as c2:
-                    c2.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 if __name__ == "__main__":

@@ -77,29 +77,20 @@ def add_bulk_routes(app: FastAPI, store: Store, settings: Settings, base_of: Any
                             status_code=202, media_type="application/fhir+json",
                             headers={"Content-Location": f"{base}/$export-poll-status/{job_id}"})
 
-    @app.get("/$export", summary="Bulk Data system-level export (kick-off)", status_code=202)
+    # GET with query parameters, or POST with a Parameters body (Bulk Data STU2 §Bulk Data Kick-off Request)
+    @app.api_route("/$export", methods=["GET", "POST"], summary="Bulk Data system-level export (kick-off)",
+                   status_code=202)
     async def export_system(request: Request) -> Response:
         return await kickoff(request, "system")
 
-    @app.post("/$export", summary="Bulk Data system-level export (kick-off, Parameters body)", status_code=202)
-    async def export_system_post(request: Request) -> Response:
-        return await kickoff(request, "system")
-
-    @app.get("/Patient/$export", summary="Bulk Data patient-level export (kick-off)", status_code=202)
+    @app.api_route("/Patient/$export", methods=["GET", "POST"], summary="Bulk Data patient-level export (kick-off)",
+                   status_code=202)
     async def export_patients(request: Request) -> Response:
         return await kickoff(request, "patient")
 
-    @app.post("/Patient/$export", summary="Bulk Data patient-level export (kick-off, Parameters body)", status_code=202)
-    async def export_patients_post(request: Request) -> Response:
-        return await kickoff(request, "patient")
-
-    @app.get("/Group/{gid}/$export", summary="Bulk Data export of a Group's members (kick-off)", status_code=202)
+    @app.api_route("/Group/{gid}/$export", methods=["GET", "POST"],
+                   summary="Bulk Data export of a Group's members (kick-off)", status_code=202)
     async def export_group(gid: str, request: Request) -> Response:
-        return await kickoff(request, "group", gid)
-
-    @app.post("/Group/{gid}/$export", summary="Bulk Data export of a Group's members (kick-off, Parameters body)",
-              status_code=202)
-    async def export_group_post(gid: str, request: Request) -> Response:
         return await kickoff(request, "group", gid)
 
     def _job_or_404(jid: str) -> Any:
