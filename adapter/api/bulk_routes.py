@@ -78,18 +78,24 @@ def add_bulk_routes(app: FastAPI, store: Store, settings: Settings, base_of: Any
                             headers={"Content-Location": f"{base}/$export-poll-status/{job_id}"})
 
     # GET with query parameters, or POST with a Parameters body (Bulk Data STU2 §Bulk Data Kick-off Request)
-    @app.api_route("/$export", methods=["GET", "POST"], summary="Bulk Data system-level export (kick-off)",
-                   status_code=202)
+    def kickoff_route(path: str, name: str, summary: str):
+        """Register GET and POST of one kick-off path, each with its own OpenAPI operationId."""
+        def register(func):
+            for method in ("get", "post"):
+                getattr(app, method)(path, summary=summary, status_code=202,
+                                     operation_id=f"{name}_{method}")(func)
+            return func
+        return register
+
+    @kickoff_route("/$export", "export_system", "Bulk Data system-level export (kick-off)")
     async def export_system(request: Request) -> Response:
         return await kickoff(request, "system")
 
-    @app.api_route("/Patient/$export", methods=["GET", "POST"], summary="Bulk Data patient-level export (kick-off)",
-                   status_code=202)
+    @kickoff_route("/Patient/$export", "export_patients", "Bulk Data patient-level export (kick-off)")
     async def export_patients(request: Request) -> Response:
         return await kickoff(request, "patient")
 
-    @app.api_route("/Group/{gid}/$export", methods=["GET", "POST"],
-                   summary="Bulk Data export of a Group's members (kick-off)", status_code=202)
+    @kickoff_route("/Group/{gid}/$export", "export_group", "Bulk Data export of a Group's members (kick-off)")
     async def export_group(gid: str, request: Request) -> Response:
         return await kickoff(request, "group", gid)
 
