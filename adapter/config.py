@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 CANONICAL = "https://w3id.org/pedall-fhir"
 
 DEV_ID_KEY = "development-only-id-key-change-me"
+DEFAULT_DATABASE_URL = f"sqlite:///{ROOT / '.adapter-data' / 'adapter.sqlite3'}"
 
 
 class Settings(BaseSettings):
@@ -63,12 +64,19 @@ class Settings(BaseSettings):
         export_stale_seconds: a running export whose worker has not reported for this long was cut
             off (server killed) and is run again by another worker.
         export_deidentify: force ``_deidentify=true`` on every bulk export (exports leave the network).
+        auth: require SMART Backend Services bearer tokens (adapter/auth). Default: on in production,
+            off in development (the local demo); production refuses ``false``.
+        token_key: the secret that signs our access tokens (HS256). Development mode makes a random
+            one per process when unset; production refuses to start without it.
+        token_lifetime_seconds: how long an access token lasts (SMART recommends at most 5 minutes).
+        max_body_bytes: largest request body (JSON, form) outside ``$ingest``; larger: HTTP 413, told
+            by ``Content-Length`` before anything is read, or as soon as a streamed body passes it.
     """
 
     model_config = SettingsConfigDict(env_prefix="ADAPTER_", env_file=".env", extra="ignore")
 
     env: Literal["development", "production"] = "development"
-    database_url: str = f"sqlite:///{ROOT / '.adapter-data' / 'adapter.sqlite3'}"
+    database_url: str = DEFAULT_DATABASE_URL
     id_key: str = DEV_ID_KEY
     mappings_dir: Path = ROOT / "mappings"
     profiles_dir: Path = ROOT / "profiles"
@@ -97,11 +105,34 @@ class Settings(BaseSettings):
     export_max_rows_per_second: int = 0
     export_stale_seconds: float = 30
     export_deidentify: bool = False
+    auth: bool | None = None
+    token_key: str | None = None
+    token_lifetime_seconds: int = Field(default=300, ge=30, le=3600)
+    max_body_bytes: int = 20 * 1024 * 1024
+
+    @property
+    def auth_enabled(self) -> bool:
+        """Whether requests need a bearer token (always in production)."""
+        return self.auth if self.auth is not None else self.env == "production"
 
     @model_validator(mode="after")
     def _refuse_unsafe_defaults(self) -> Settings:
-        if self.env == "production" and self.id_key == DEV_ID_KEY:
-            raise ValueError("ADAPTER_ID_KEY must be set to a secret in production")
+        """Fail fast outside development mode: every secret set, the database chosen, auth on."""
+        if self.env != "production":
+            return self
+        missing = []
+        if self.id_key == DEV_ID_KEY:
+            missing.append("ADAPTER_ID_KEY (the id secret; not the development default)")
+        if not self.pseudonym_key:
+            missing.append("ADAPTER_PSEUDONYM_KEY (the network's pseudonym secret)")
+        if not self.token_key or len(self.token_key) < 32:
+            missing.append("ADAPTER_TOKEN_KEY (the access-token signing key, at least 32 characters)")
+        if self.database_url == DEFAULT_DATABASE_URL:
+            missing.append("ADAPTER_DATABASE_URL (the production database; not the embedded SQLite default)")
+        if self.auth is False:
+            missing.append("ADAPTER_AUTH cannot be false in production")
+        if missing:
+            raise ValueError("production settings are incomplete: " + "; ".join(missing))
         return self
 
 

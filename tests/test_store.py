@@ -19,7 +19,7 @@ from tests.conftest import EXAMPLE_FILES
 
 
 def test_migrations_match_table_definitions(store: Store) -> None:
-    assert store.schema_revision() == "0005"
+    assert store.schema_revision() == "0006"
     with store.engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), metadata)
     assert diff == []
@@ -97,6 +97,8 @@ def test_migration_backfills_the_courses(tmp_path: Path, settings: Settings) -> 
         conn.execute(text("DROP TABLE patient_course"))
         conn.execute(text("DROP TABLE export_jobs"))
         conn.execute(text("DROP TABLE subscription_events"))
+        for table in ("auth_clients", "auth_jti", "audit_events"):
+            conn.execute(text(f"DROP TABLE {table}"))
         conn.execute(text("UPDATE alembic_version SET version_num = '0002'"))
     assert s.schema_revision() == "0002"
     s.migrate()

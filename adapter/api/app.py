@@ -32,6 +32,7 @@ from adapter.api.fhir_http import (
     require_resource,
     resource_headers,
 )
+from adapter.api.security import principal, require
 from adapter.config import Settings, get_settings
 from adapter.errors import AdapterError, ConfigError, IngestRejected, ReaderError
 from adapter.privacy import PseudonymKeyMissing, deidentify
@@ -74,6 +75,10 @@ def create_app(settings: Settings | None = None, store: Store | None = None, val
         access.addFilter(_NoQueryInAccessLog())
     _errors(app)
     _openapi(app)
+    from adapter.api.security import SecurityMiddleware, add_security_routes
+
+    app.add_middleware(SecurityMiddleware, settings=settings, store=store)
+    add_security_routes(app, store, settings, lambda request: _base(request, settings))
     from adapter.api.outcomes_routes import add_outcome_routes
 
     add_outcome_routes(app, store, settings)  # before the generic /{type} routes
@@ -117,7 +122,7 @@ def _openapi(app: FastAPI) -> None:
         if app.openapi_schema:
             return app.openapi_schema
         doc = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
-        for ops in doc["paths"].values():
+        for path, ops in doc["paths"].items():
             for op in ops.values():
                 for resp in op.get("responses", {}).values():
                     content = resp.get("content", {})
@@ -125,6 +130,9 @@ def _openapi(app: FastAPI) -> None:
                         content["application/fhir+json"]["schema"] = _RESOURCE_SCHEMA
                 op["responses"]["4XX"] = {"description": "OperationOutcome",
                                           "content": {"application/fhir+json": {"schema": _OUTCOME_SCHEMA}}}
+                if path == "/auth/token":  # OAuth 2.0 errors (RFC 6749 §5.2), not FHIR
+                    op["responses"]["4XX"] = {"description": "OAuth 2.0 error", "content": {"application/json": {
+                        "schema": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}}}}}
                 op["responses"].pop("422", None)
         app.openapi_schema = doc
         return doc
@@ -188,6 +196,9 @@ def _routes(app: FastAPI, settings: Settings, store: Store, validator: Validator
                dry_run: Annotated[bool, Form()] = False) -> FHIRResponse:
         from adapter.ingest import ingest_file
 
+        who = require(request, "ingest")
+        if who.site_scope is not None and site != who.site_scope:
+            raise FHIRError(403, "forbidden", f"a client of site {who.site_scope} ingests for its own site only")
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > settings.max_upload_bytes + 64 * 1024:
             raise FHIRError(413, "too-long", f"the upload is larger than the limit of {settings.max_upload_bytes} bytes")
@@ -213,21 +224,29 @@ def _routes(app: FastAPI, settings: Settings, store: Store, validator: Validator
 
     @app.post("/", summary="Batch or transaction Bundle")
     async def bundle(request: Request) -> FHIRResponse:
+        who = principal(request)
         doc = _body_resource(await request.body(), "Bundle")
         base = _base(request, settings)
-        return FHIRResponse(await _threaded(writes.process_bundle, store, validator, doc, base))
+
+        def allow(op: str, rtype: str) -> None:
+            if not who.allows(op, rtype):
+                raise FHIRError(403, "forbidden", f"the {who.role} role or the token's scopes do not allow {op} on {rtype}")
+
+        return FHIRResponse(await _threaded(lambda: writes.process_bundle(store, validator, doc, base, allow=allow,
+                                                                          site=who.site_scope)))
 
     @app.get("/Patient/{rid}/$everything", summary="Everything about one patient")
     def everything(request: Request, rid: str) -> FHIRResponse:
-        state, patient = store.read_state("Patient", rid)
+        site = require(request, "everything", "Patient").site_scope
+        state, patient = store.read_state("Patient", rid, site)
         if patient is None:
             raise FHIRError(410 if state == "deleted" else 404, "deleted" if state == "deleted" else "not-found",
                             f"Patient/{rid} is {'deleted' if state == 'deleted' else 'not known'}")
         base = _base(request, settings)
-        res = [patient, *store.compartment(rid)]
+        res = [patient, *store.compartment(rid, site)]
         org = (patient.get("managingOrganization") or {}).get("reference", "")
         if org.startswith("Organization/"):
-            o = store.read("Organization", org.split("/", 1)[1])
+            o = store.read("Organization", org.split("/", 1)[1], site)
             if o:
                 res.append(o)
         entries = [{"fullUrl": f"{base}/{r['resourceType']}/{r['id']}", "resource": r, "search": {"mode": "match"}}
@@ -243,7 +262,8 @@ def _routes(app: FastAPI, settings: Settings, store: Store, validator: Validator
         refused (413) in favour of ``/Group/{id}/$export``, which streams."""
         from adapter.bulk.runner import group_members
 
-        group = store.read("Group", gid)
+        site = require(request, "everything", "Group").site_scope
+        group = store.read("Group", gid, site)
         if group is None:
             raise FHIRError(404, "not-found", f"Group/{gid} is not known")
         members = group_members(store, gid)
@@ -254,13 +274,13 @@ def _routes(app: FastAPI, settings: Settings, store: Store, validator: Validator
         res: list[dict[str, Any]] = [group]
         orgs: dict[str, dict[str, Any]] = {}
         for pid in members:
-            patient = store.read("Patient", pid)
-            if patient is None:  # a member deleted since the Group was written
+            patient = store.read("Patient", pid, site)
+            if patient is None:  # a member deleted since the Group was written (or of another site)
                 continue
-            res += [patient, *store.compartment(pid)]
+            res += [patient, *store.compartment(pid, site)]
             org = (patient.get("managingOrganization") or {}).get("reference", "")
             if org.startswith("Organization/") and org not in orgs:
-                found = store.read("Organization", org.split("/", 1)[1])
+                found = store.read("Organization", org.split("/", 1)[1], site)
                 if found:
                     orgs[org] = found
         res += orgs.values()
@@ -268,10 +288,10 @@ def _routes(app: FastAPI, settings: Settings, store: Store, validator: Validator
                   "entry": [{"fullUrl": f"{base}/{r['resourceType']}/{r['id']}", "resource": r} for r in res]}
         return FHIRResponse(_deidentified_bundle(bundle, settings) if _wants_deid(request) else bundle)
 
-    def _subscription(sid: str) -> tuple[dict[str, Any], Any]:
+    def _subscription(request: Request, sid: str) -> tuple[dict[str, Any], Any]:
         from adapter.subscriptions.spec import SubscriptionError, parse_subscription
 
-        res = store.read("Subscription", sid)
+        res = store.read("Subscription", sid, require(request, "subscription-op", "Subscription").site_scope)
         if res is None:
             raise FHIRError(404, "not-found", f"Subscription/{sid} is not known")
         try:
@@ -284,7 +304,7 @@ def _routes(app: FastAPI, settings: Settings, store: Store, validator: Validator
         from adapter.store.outbox import event_count
         from adapter.subscriptions.notify import status_parameters
 
-        res, spec = _subscription(sid)
+        res, spec = _subscription(request, sid)
         with store.engine.connect() as conn:
             since = event_count(conn, sid)
         params = status_parameters(sid, spec.topic or res.get("criteria", ""), res.get("status", ""), "query-status", since, [])
@@ -300,7 +320,7 @@ def _routes(app: FastAPI, settings: Settings, store: Store, validator: Validator
         from adapter.store.outbox import event_count, events_between
         from adapter.subscriptions.notify import Event, notification_bundle
 
-        res, spec = _subscription(sid)
+        res, spec = _subscription(request, sid)
         content = content or spec.content if spec.topic else content or ("full-resource" if spec.full_resource else "id-only")
         if content not in ("empty", "id-only", "full-resource"):
             raise FHIRError(400, "invalid", "content must be empty, id-only or full-resource")
@@ -317,6 +337,7 @@ def _routes(app: FastAPI, settings: Settings, store: Store, validator: Validator
 
     @app.post("/{rtype}/$validate", summary="Validate a resource (R4 schema, R4B model, profiles)")
     async def validate(rtype: str, request: Request) -> FHIRResponse:
+        require(request, "validate")
         doc = parse_json_body(await request.body())
         if isinstance(doc, dict) and doc.get("resourceType") == "Parameters":  # $validate's Parameters form
             doc = next((p.get("resource") for p in doc.get("parameter", []) if p.get("name") == "resource"), None)
@@ -338,6 +359,7 @@ def _routes(app: FastAPI, settings: Settings, store: Store, validator: Validator
         return _search(request, _served(rtype), items)
 
     def _search(request: Request, rtype: str, items: list[tuple[str, str]]) -> FHIRResponse:
+        site = require(request, "search", rtype).site_scope
         lenient = "handling=lenient" in request.headers.get("prefer", "")
         deid = _deid_flag([v for k, v in items if k == "_deidentify"])
         items = [(k, v) for k, v in items if k != "_deidentify"]
@@ -346,15 +368,21 @@ def _routes(app: FastAPI, settings: Settings, store: Store, validator: Validator
         except SearchError as exc:
             raise FHIRError(400, "invalid", str(exc)) from None
         snapshot = q.snapshot or now_instant()
-        result = store.search(q, snapshot)
+        who = principal(request)
+        for t in [*(i.target for i in q.include if i.target), *(r.source for r in q.revinclude)]:
+            require(request, "read", t)  # included types need read access too
+        result = store.search(q, snapshot, site)
+        if any(not who.allows("read", r["resourceType"]) for r in result.included):  # _include without a target type
+            result.included = [r for r in result.included if who.allows("read", r["resourceType"])]
         bundle = _searchset(q, result, snapshot, _base(request, settings))
         return FHIRResponse(_deidentified_bundle(bundle, settings) if deid else bundle)
 
     @app.post("/{rtype}", summary="Create")
     async def create(rtype: str, request: Request,
                      if_none_exist: Annotated[str | None, Header()] = None) -> FHIRResponse:
-        res = _body_resource(await request.body(), _served(rtype))
-        w = await _threaded(_write, store, lambda tx: writes.create(tx, validator, res, if_none_exist))
+        site = require(request, "create", _served(rtype)).site_scope
+        res = _body_resource(await request.body(), rtype)
+        w = await _threaded(_write, store, lambda tx: writes.create(tx, validator, res, if_none_exist), site)
         return _written(w, _base(request, settings))
 
     @app.put("/{rtype}", summary="Conditional update (PUT Type?search)")
@@ -362,27 +390,30 @@ def _routes(app: FastAPI, settings: Settings, store: Store, validator: Validator
         query = request.url.query
         if not query:
             raise FHIRError(400, "invalid", "PUT needs Type/id or Type?search")
-        res = _body_resource(await request.body(), _served(rtype))
-        w = await _threaded(_write, store, lambda tx: writes.conditional_update(tx, validator, rtype, query, res))
+        site = require(request, "update", _served(rtype)).site_scope
+        res = _body_resource(await request.body(), rtype)
+        w = await _threaded(_write, store, lambda tx: writes.conditional_update(tx, validator, rtype, query, res), site)
         return _written(w, _base(request, settings))
 
     @app.put("/{rtype}/{rid}", summary="Update (If-Match for version-aware updates)")
     async def update(rtype: str, rid: str, request: Request, if_match: Annotated[str | None, Header()] = None) -> FHIRResponse:
-        res = _body_resource(await request.body(), _served(rtype))
+        site = require(request, "update", _served(rtype)).site_scope
+        res = _body_resource(await request.body(), rtype)
         version = parse_if_match(if_match)
-        w = await _threaded(_write, store, lambda tx: writes.update(tx, validator, rtype, rid, res, version))
+        w = await _threaded(_write, store, lambda tx: writes.update(tx, validator, rtype, rid, res, version), site)
         return _written(w, _base(request, settings))
 
     @app.delete("/{rtype}/{rid}", summary="Delete (If-Match for version-aware deletes)")
-    async def delete(rtype: str, rid: str, if_match: Annotated[str | None, Header()] = None) -> FHIRResponse:
+    async def delete(rtype: str, rid: str, request: Request, if_match: Annotated[str | None, Header()] = None) -> FHIRResponse:
         version = parse_if_match(if_match)
-        _served(rtype)
-        await _threaded(_write, store, lambda tx: writes.delete(tx, rtype, rid, version))
+        site = require(request, "delete", _served(rtype)).site_scope
+        await _threaded(_write, store, lambda tx: writes.delete(tx, rtype, rid, version), site)
         return FHIRResponse(operation_outcome("informational", f"{rtype}/{rid} deleted", severity="information"))
 
     @app.get("/{rtype}/{rid}", summary="Read")
     def read(rtype: str, rid: str, request: Request) -> FHIRResponse:
-        state, res = store.read_state(_served(rtype), rid)
+        site = require(request, "read", _served(rtype)).site_scope
+        state, res = store.read_state(rtype, rid, site)
         if res is not None and _wants_deid(request):
             res = _deidentify(res, settings)
         return _one(state, res, f"{rtype}/{rid}", _base(request, settings))
@@ -391,12 +422,14 @@ def _routes(app: FastAPI, settings: Settings, store: Store, validator: Validator
     def vread(rtype: str, rid: str, vid: str, request: Request) -> FHIRResponse:
         if not vid.isdigit():
             raise FHIRError(400, "invalid", f"version '{vid}' is not a number")
-        state, res = store.vread(_served(rtype), rid, int(vid))
+        site = require(request, "vread", _served(rtype)).site_scope
+        state, res = store.vread(rtype, rid, int(vid), site)
         return _one(state, res, f"{rtype}/{rid}/_history/{vid}", _base(request, settings))
 
     @app.get("/{rtype}/{rid}/_history", summary="Instance history")
     def history(rtype: str, rid: str, request: Request) -> FHIRResponse:
-        versions = store.history_entries(_served(rtype), rid)
+        site = require(request, "history", _served(rtype)).site_scope
+        versions = store.history_entries(rtype, rid, site)
         if not versions:
             raise FHIRError(404, "not-found", f"{rtype}/{rid} is not known")
         base = _base(request, settings)
@@ -424,8 +457,8 @@ def _one(state: str, res: dict[str, Any] | None, what: str, base: str) -> FHIRRe
     return FHIRResponse(res, headers=h)
 
 
-def _write(store: Store, fn: Any) -> writes.Written:
-    with store.transaction() as tx:
+def _write(store: Store, fn: Any, site: str | None = None) -> writes.Written:
+    with store.transaction(site=site) as tx:
         return fn(tx)
 
 

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import shutil
 import uuid
@@ -22,6 +23,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 
 from adapter.api.fhir_http import FHIRError, http_date, operation_outcome, parse_json_body
+from adapter.api.security import principal, require
 from adapter.bulk.request import ExportRequestError, parameters_items, parse_kickoff
 from adapter.config import Settings
 from adapter.store import Store
@@ -50,6 +52,7 @@ def add_bulk_routes(app: FastAPI, store: Store, settings: Settings, base_of: Any
     jobs = ExportJobs(store)
 
     async def kickoff(request: Request, level: str, group_id: str | None = None) -> Response:
+        who = require(request, "export", "*", level)
         lenient = _check_headers(request)
         if request.method == "POST":
             body = parse_json_body(await request.body())
@@ -60,17 +63,19 @@ def add_bulk_routes(app: FastAPI, store: Store, settings: Settings, base_of: Any
         else:
             items = list(request.query_params.multi_items())
         try:
-            req = parse_kickoff(level, items, group_id=group_id, lenient=lenient, force_deidentify=settings.export_deidentify)
+            req = parse_kickoff(level, items, group_id=group_id, lenient=lenient,
+                                force_deidentify=settings.export_deidentify or who.role == "coordinator")
         except ExportRequestError as exc:
             raise FHIRError(400, "not-supported" if "not supported" in str(exc) else "invalid", str(exc)) from None
         if req.deidentify and not settings.pseudonym_key:
             raise FHIRError(503, "security", "de-identified exports need the network's pseudonym secret "
                             "(ADAPTER_PSEUDONYM_KEY), which this server does not have")
-        if group_id is not None and store.read("Group", group_id) is None:
+        req = dataclasses.replace(req, site=who.site_scope)
+        if group_id is not None and store.read("Group", group_id, who.site_scope) is None:
             raise FHIRError(404, "not-found", f"Group/{group_id} is not known")
         base = base_of(request)
         job_id = str(uuid.uuid4())
-        if not jobs.create(job_id, str(request.url), {"request": req.to_json(), "base": base}, settings.export_max_jobs):
+        if not jobs.create(job_id, str(request.url), {"request": req.to_json(), "base": base, "owner": who.client_id}, settings.export_max_jobs):
             raise FHIRError(429, "throttled", f"{settings.export_max_jobs} export(s) are already running; retry later",
                             headers={"Retry-After": "30"})
         return JSONResponse(operation_outcome("informational", f"export {job_id} accepted", severity="information"),
@@ -99,15 +104,16 @@ def add_bulk_routes(app: FastAPI, store: Store, settings: Settings, base_of: Any
     async def export_group(gid: str, request: Request) -> Response:
         return await kickoff(request, "group", gid)
 
-    def _job_or_404(jid: str) -> Any:
+    def _job_or_404(request: Request, jid: str) -> Any:
+        """The job, when it exists and was kicked off by the same client (else 404)."""
         job = jobs.get(jid)
-        if job is None or job.status in ("cancelled", "expired"):
+        if job is None or job.status in ("cancelled", "expired") or job.params.get("owner") != principal(request).client_id:
             raise FHIRError(404, "not-found", f"no export {jid[:40]} (unknown, cancelled or expired)")
         return job
 
     @app.get("/$export-poll-status/{jid}", summary="Bulk Data export status (manifest when complete)")
-    def export_status(jid: str) -> Response:
-        job = _job_or_404(jid)
+    def export_status(jid: str, request: Request) -> Response:
+        job = _job_or_404(request, jid)
         if job.status in ("accepted", "in-progress"):
             return Response(status_code=202, headers={"X-Progress": job.progress or "queued", "Retry-After": "1"})
         if job.status == "failed":
@@ -116,8 +122,8 @@ def add_bulk_routes(app: FastAPI, store: Store, settings: Settings, base_of: Any
         return JSONResponse(job.manifest, headers={"Expires": http_date(expires.isoformat())})
 
     @app.delete("/$export-poll-status/{jid}", summary="Cancel a Bulk Data export, or delete its files")
-    def export_cancel(jid: str) -> Response:
-        _job_or_404(jid)
+    def export_cancel(jid: str, request: Request) -> Response:
+        _job_or_404(request, jid)
         if not jobs.cancel(jid):
             raise FHIRError(404, "not-found", f"no export {jid[:40]} to cancel")
         shutil.rmtree(settings.export_dir / jid, ignore_errors=True)
@@ -125,8 +131,8 @@ def add_bulk_routes(app: FastAPI, store: Store, settings: Settings, base_of: Any
                                               severity="information"), status_code=202, media_type="application/fhir+json")
 
     @app.get("/$export-file/{jid}/{name}", summary="A Bulk Data export file (NDJSON)")
-    def export_file(jid: str, name: str) -> Response:
-        job = _job_or_404(jid)
+    def export_file(jid: str, name: str, request: Request) -> Response:
+        job = _job_or_404(request, jid)
         listed = {o["url"].rsplit("/", 1)[1] for o in (job.manifest or {}).get("output", [])}
         if job.status != "completed" or not _FILE.match(name) or name not in listed:
             raise FHIRError(404, "not-found", f"export {jid[:40]} has no file {name[:80]}")

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import FastAPI, Query
+from fastapi import Depends, FastAPI, Query, Request
 from fastapi.responses import JSONResponse, Response
 
 from adapter.api.fhir_http import FHIRError, FHIRResponse
+from adapter.api.security import require
 from adapter.config import Settings
 from adapter.outcomes import STRATA, outcomes_report
 from adapter.outcomes.cohort import PatientCourse
@@ -31,6 +32,15 @@ Suppress = Annotated[bool | None, Query(description="small-cell suppression of c
                                      "(default: on for network views, off for one site's own view)")]
 Stratify = Annotated[str | None, Query(description=f"survival strata and log-rank test: one of {', '.join(STRATA)}")]
 Timepoint = Annotated[float, Query(description="months at which KM estimates are read", gt=0, le=600)]
+
+
+def _allowed(request: Request) -> bool | None:
+    """403 unless the role may see outcomes; a coordinator always gets small-cell suppression."""
+    who = require(request, "outcomes", "MeasureReport")
+    return True if who.role == "coordinator" else None
+
+
+Allowed = Annotated[bool | None, Depends(_allowed)]
 
 
 def _cohort(store: Store, site: str | None, sites: str | None = None) -> list[PatientCourse]:
@@ -68,29 +78,32 @@ def add_outcome_routes(app: FastAPI, store: Store, settings: Settings) -> None:
     load_libraries()  # the first outcomes request should not pay for importing lifelines
 
     @app.get("/outcomes", response_class=JSONResponse, summary="Outcome figures per site and pooled (JSON)")
-    def outcomes(site: Site = None, sites: Sites = None, stratify: Stratify = None, timepoint: Timepoint = 36.0,
-                 suppress: Suppress = None) -> JSONResponse:
+    def outcomes(forced: Allowed, site: Site = None, sites: Sites = None, stratify: Stratify = None,
+                 timepoint: Timepoint = 36.0, suppress: Suppress = None) -> JSONResponse:
+        suppress = forced or suppress
         report = outcomes_report(_cohort(store, site, sites), timepoint, _stratify(stratify),
                                  drug_costs=load_drug_costs(settings.mappings_dir))
         return JSONResponse(_suppressed(report, site, suppress, settings))
 
     @app.get("/outcomes.csv", response_class=Response, summary="Outcome figures as CSV")
-    def outcomes_csv(site: Site = None, sites: Sites = None, stratify: Stratify = None, timepoint: Timepoint = 36.0,
-                     suppress: Suppress = None) -> Response:
+    def outcomes_csv(forced: Allowed, site: Site = None, sites: Sites = None, stratify: Stratify = None,
+                     timepoint: Timepoint = 36.0, suppress: Suppress = None) -> Response:
+        suppress = forced or suppress
         report = _suppressed(outcomes_report(_cohort(store, site, sites), timepoint, _stratify(stratify),
                                              drug_costs=load_drug_costs(settings.mappings_dir)), site, suppress, settings)
         return Response(to_csv(report), media_type="text/csv; charset=utf-8",
                         headers={"Content-Disposition": 'attachment; filename="outcomes.csv"'})
 
     @app.get("/Measure/{mid}", summary="Read one of our Measures (profiles/Measure-*.json)")
-    def read_measure(mid: str) -> FHIRResponse:
+    def read_measure(mid: str, request: Request) -> FHIRResponse:
+        require(request, "read", "Measure")
         m = load_measures(str(settings.profiles_dir)).get(mid)
         if m is None:
             raise FHIRError(404, "not-found", f"Measure/{mid} is not known (Measures: {', '.join(load_measures(str(settings.profiles_dir)))})")
         return FHIRResponse(m)
 
     @app.get("/Measure/{mid}/$evaluate-measure", summary="MeasureReport of the outcome figures (per site and pooled)")
-    def evaluate_measure(mid: str, periodStart: Annotated[str | None, Query()] = None,  # noqa: N803 (FHIR names)
+    def evaluate_measure(mid: str, _: Allowed, periodStart: Annotated[str | None, Query()] = None,  # noqa: N803 (FHIR names)
                          periodEnd: Annotated[str | None, Query()] = None, site: Site = None,  # noqa: N803
                          timepoint: Timepoint = 36.0) -> FHIRResponse:
         m = load_measures(str(settings.profiles_dir)).get(mid)
@@ -113,7 +126,7 @@ def add_outcome_routes(app: FastAPI, store: Store, settings: Settings) -> None:
         return FHIRResponse(measure_report(m, report, period, now_instant()))
 
     @app.get("/outcomes/km.{fmt}", response_class=Response, summary="Kaplan-Meier plot (png or svg)")
-    def km(fmt: str, endpoint: Annotated[str, Query(pattern="^(os|rfs)$")] = "os", site: Site = None,
+    def km(fmt: str, _: Allowed, endpoint: Annotated[str, Query(pattern="^(os|rfs)$")] = "os", site: Site = None,
            sites: Sites = None, stratify: Stratify = None, timepoint: Timepoint = 36.0) -> Response:
         if fmt not in ("png", "svg"):
             raise FHIRError(404, "not-found", f"plots are served as km.png or km.svg, not km.{fmt}")

@@ -24,7 +24,7 @@ import orjson
 from adapter.api.fhir_http import FHIRError, operation_outcome, require_resource
 from adapter.search.query import SearchError, parse
 from adapter.store import Store
-from adapter.store.db import Transaction, VersionConflict
+from adapter.store.db import OutsideSite, Transaction, VersionConflict
 from adapter.validation import Validator
 
 ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
@@ -67,7 +67,10 @@ def validate(validator: Validator, resource: dict[str, Any]) -> None:
 def _site_of(tx: Transaction, resource: dict[str, Any]) -> str:
     """The site (compartment owner) of a resource written through the API: for a Patient, its
     managing Organization when that is a site's Organization; for other resources, the site of the
-    Patient they are about; otherwise empty (no site)."""
+    Patient they are about; a Subscription belongs to the site of the client that writes it (its
+    notifications are confined to that site, adapter/store/outbox.py); otherwise empty (no site)."""
+    if resource["resourceType"] == "Subscription":
+        return tx.site_scope or ""
     if resource["resourceType"] == "Patient":
         ref = (resource.get("managingOrganization") or {}).get("reference", "")
         if ref.startswith("Organization/"):
@@ -82,6 +85,17 @@ def _site_of(tx: Transaction, resource: dict[str, Any]) -> str:
         if cur is not None:
             return cur[2]
     return ""
+
+
+def _put(tx: Transaction, resource: dict[str, Any], if_match: int | None) -> Any:
+    """``tx.put`` with the store's refusals as HTTP errors: 412 (version conflict), 404 (another
+    site's resource, for a site-bound client), 403 (a new resource outside the client's site)."""
+    try:
+        return tx.put(resource, _site_of(tx, resource), if_match=if_match)
+    except VersionConflict as exc:
+        raise FHIRError(412, "conflict", str(exc)) from None
+    except OutsideSite as exc:
+        raise FHIRError(403 if exc.found else 404, "forbidden" if exc.found else "not-found", str(exc)) from None
 
 
 def _read_back(tx: Transaction, rtype: str, rid: str) -> dict[str, Any]:
@@ -122,7 +136,7 @@ def create(tx: Transaction, validator: Validator, resource: dict[str, Any], if_n
             return Written(200, found[0])
     resource = {**resource, "id": rid or str(uuid.uuid4())}
     validate(validator, resource)
-    tx.put(resource, _site_of(tx, resource))
+    _put(tx, resource, None)
     return Written(201, _read_back(tx, rtype, resource["id"]))
 
 
@@ -134,10 +148,7 @@ def update(tx: Transaction, validator: Validator, rtype: str, rid: str, resource
     if resource.get("id") != rid:
         raise FHIRError(400, "invalid", f"the resource id {resource.get('id')!r} does not match the URL id {rid!r}")
     validate(validator, resource)
-    try:
-        out = tx.put(dict(resource), _site_of(tx, resource), if_match=if_match)
-    except VersionConflict as exc:
-        raise FHIRError(412, "conflict", str(exc)) from None
+    out = _put(tx, dict(resource), if_match)
     return Written(201 if out.outcome == "created" else 200, _read_back(tx, rtype, rid))
 
 
@@ -194,13 +205,18 @@ def _entry_request(i: int, entry: Any) -> tuple[str, str, dict[str, Any]]:
     return method, url.lstrip("/"), req
 
 
+_OP = {"POST": "create", "PUT": "update", "PATCH": "update", "DELETE": "delete", "GET": "read", "HEAD": "read"}
+
+
 def _run_entry(tx: Transaction, validator: Validator, i: int, entry: dict[str, Any], method: str, url: str,
-               req: dict[str, Any], ids: dict[str, str]) -> Written:
+               req: dict[str, Any], ids: dict[str, str], allow: Any = None) -> Written:
     path, _, query = url.partition("?")
     parts = path.split("/")
     rtype = parts[0]
     where = f"Bundle.entry[{i}]"
     try:
+        if allow is not None:
+            allow(_OP[method], rtype)
         if method in ("POST", "PUT"):
             res = require_resource(entry.get("resource"), rtype)
             res = _rewrite(res, ids)
@@ -251,10 +267,15 @@ def _response_entry(w: Written, base: str) -> dict[str, Any]:
     return entry
 
 
-def process_bundle(store: Store, validator: Validator, bundle: dict[str, Any], base: str) -> dict[str, Any]:
+def process_bundle(store: Store, validator: Validator, bundle: dict[str, Any], base: str, *,
+                   allow: Any = None, site: str | None = None) -> dict[str, Any]:
     """Run a ``transaction`` (atomic: all entries or none) or ``batch`` (each entry on its own) Bundle
     and return the ``transaction-response`` / ``batch-response`` Bundle, entries in request order.
-    Raises :class:`FHIRError` for a transaction entry that fails (nothing is written)."""
+    Raises :class:`FHIRError` for a transaction entry that fails (nothing is written).
+
+    ``allow(op, type)`` raises :class:`FHIRError` (403) for an entry the client may not run; ``site``
+    confines every entry to one site (adapter/store/db.py ``Transaction``). In a transaction one
+    refused entry fails the whole Bundle."""
     btype = bundle.get("type")
     entries = bundle.get("entry") or []
     if btype not in ("transaction", "batch"):
@@ -269,7 +290,7 @@ def process_bundle(store: Store, validator: Validator, bundle: dict[str, Any], b
             full = e.get("fullUrl")
             if parsed[i][0] == "POST" and isinstance(full, str) and full.startswith("urn:uuid:"):
                 ids[full] = f"{parsed[i][1].split('?')[0]}/{uuid.uuid4()}"
-        with store.transaction() as tx:
+        with store.transaction(site=site) as tx:
             # DELETE, then conditional creates (their match may replace a promised id), POST, PUT, GET
             def order(k: int) -> tuple[int, int]:
                 method, _, req = parsed[k]
@@ -281,6 +302,8 @@ def process_bundle(store: Store, validator: Validator, bundle: dict[str, Any], b
                 full = entry.get("fullUrl")
                 if method == "POST" and full in ids:  # create with the id promised to references
                     try:
+                        if allow is not None:
+                            allow("create", url.split("?")[0])
                         res = _rewrite(require_resource(entry.get("resource"), url.split("?")[0]), ids)
                         w = create(tx, validator, res, req.get("ifNoneExist"), rid=ids[full].split("/")[1])
                     except FHIRError as exc:
@@ -289,14 +312,14 @@ def process_bundle(store: Store, validator: Validator, bundle: dict[str, Any], b
                     if w.status == 200 and w.resource is not None:  # an existing match stands in for it
                         ids[full] = f"{w.resource['resourceType']}/{w.resource['id']}"
                 else:
-                    w = _run_entry(tx, validator, i, entry, method, url, req, ids)
+                    w = _run_entry(tx, validator, i, entry, method, url, req, ids, allow)
                 results[i] = _response_entry(w, base)
         return {"resourceType": "Bundle", "type": "transaction-response", "entry": results}
     for i, e in enumerate(entries):
         method, url, req = parsed[i]
         try:
-            with store.transaction() as tx:
-                results[i] = _response_entry(_run_entry(tx, validator, i, e, method, url, req, {}), base)
+            with store.transaction(site=site) as tx:
+                results[i] = _response_entry(_run_entry(tx, validator, i, e, method, url, req, {}, allow), base)
         except FHIRError as exc:
             results[i] = {"response": {"status": str(exc.status), "outcome": exc.outcome()}}
     return {"resourceType": "Bundle", "type": "batch-response", "entry": results}

@@ -44,6 +44,8 @@ class ExportRequest:
     type_filters: dict[str, list[str]] = field(default_factory=dict)
     deidentify: bool = False
     ignored: list[str] = field(default_factory=list)
+    #: Only this site's resources (the export of a site-bound client, adapter/auth/policy.py).
+    site: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

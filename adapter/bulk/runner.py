@@ -131,7 +131,7 @@ def count_export(store: Store, req: ExportRequest, transaction_time: str) -> int
     """How many resources :func:`write_export` will write (for a progress bar)."""
     patients = group_members(store, req.group_id) if req.level == "group" else None
     return sum(count(store, rtype, until=transaction_time, since=req.since, patients=patients,
-                     patient_level=req.level != "system", where=_where(req, rtype))
+                     patient_level=req.level != "system", where=_where(req, rtype), site=req.site)
                for rtype in _types(store, req))
 
 
@@ -160,7 +160,7 @@ def write_export(store: Store, settings: Settings, req: ExportRequest, folder: P
         writer = _Writer(folder, rtype, settings.export_max_file_bytes, url_for)
         try:
             for res in stream(store, rtype, until=transaction_time, since=req.since, patients=patients,
-                              patient_level=req.level != "system", where=_where(req, rtype)):
+                              patient_level=req.level != "system", where=_where(req, rtype), site=req.site):
                 if req.deidentify:
                     res = deidentify(res, settings.pseudonym_key, settings.deidentify_birth_date,
                                      settings.deidentify_date_shift_days)
@@ -183,7 +183,7 @@ def write_export(store: Store, settings: Settings, req: ExportRequest, folder: P
     manifest: dict[str, Any] = {
         "transactionTime": transaction_time,
         "request": request_url,
-        "requiresAccessToken": False,
+        "requiresAccessToken": settings.auth_enabled,
         "output": outputs,
         "error": [],
     }

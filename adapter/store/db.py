@@ -76,8 +76,11 @@ class WriteOutcome:
 class Transaction:
     """Writes inside one database transaction (see :meth:`Store.transaction`)."""
 
-    def __init__(self, conn: Connection) -> None:
+    def __init__(self, conn: Connection, site: str | None = None) -> None:
         self.conn = conn
+        #: When set, this transaction acts for a client bound to this site: resources of other
+        #: sites read as missing and cannot be written (:class:`OutsideSite`).
+        self.site_scope = site
         #: Patients whose compartment this transaction changed (their course is rebuilt at commit)
         self.touched_patients: set[str] = set()
         if conn.dialect.name == "postgresql":
@@ -197,7 +200,14 @@ class Transaction:
     # ------------------------------------------------------------- single-resource writes (REST API)
 
     def current(self, rtype: str, rid: str) -> tuple[int, bool, str] | None:
-        """``(version, deleted, site)`` of a stored resource, or ``None`` when it never existed."""
+        """``(version, deleted, site)`` of a stored resource, or ``None`` when it never existed
+        (or, in a site-scoped transaction, belongs to another site)."""
+        row = self._row(rtype, rid)
+        if row is None or (self.site_scope is not None and row[2] != self.site_scope):
+            return None
+        return row
+
+    def _row(self, rtype: str, rid: str) -> tuple[int, bool, str] | None:
         row = self.conn.execute(select(resources.c.version_id, resources.c.deleted, resources.c.site).where(
             resources.c.type == rtype, resources.c.id == rid)).first()
         return None if row is None else (int(row[0]), bool(row[1]), row[2])
@@ -205,7 +215,17 @@ class Transaction:
     def put(self, resource: dict[str, Any], site: str, if_match: int | None = None) -> WriteOutcome:
         """Create or update one resource (FHIR R4 §3.1.0.4 update; §3.1.0.5 "version-aware updates").
         ``if_match`` is the version the client last saw; a different current version (or a missing
-        resource) raises :class:`VersionConflict`. Unchanged content keeps its version."""
+        resource) raises :class:`VersionConflict`. Unchanged content keeps its version.
+
+        In a site-scoped transaction, raises :class:`OutsideSite` when the resource exists in
+        another site (it is reported as not found) or would be stored in another site."""
+        if self.site_scope is not None:
+            raw = self._row(resource["resourceType"], resource["id"])
+            if raw is not None and raw[2] != self.site_scope:
+                raise OutsideSite(f"{resource['resourceType']}/{resource['id']} is not known", found=False)
+            if raw is None and site != self.site_scope:
+                raise OutsideSite(f"a {resource['resourceType']} written by a client of site {self.site_scope} must "
+                                  f"belong to that site (its subject must be one of the site's Patients)", found=True)
         cur = self.current(resource["resourceType"], resource["id"])
         if if_match is not None and (cur is None or cur[1] or cur[0] != if_match):
             found = "no current version" if cur is None or cur[1] else f"version {cur[0]}"
@@ -250,7 +270,17 @@ class Transaction:
         """Run a search inside this transaction (for conditional operations)."""
         from adapter.store.search import run_search
 
-        return run_search(self.conn, query, snapshot or now_instant())
+        return run_search(self.conn, query, snapshot or now_instant(), self.site_scope)
+
+
+class OutsideSite(StoreError):
+    """A site-scoped write that touches another site's data: ``found=False`` means the target
+    reads as missing (HTTP 404); ``found=True`` that the new resource would belong to another site
+    (HTTP 403)."""
+
+    def __init__(self, message: str, found: bool) -> None:
+        super().__init__(message)
+        self.found = found
 
 
 class VersionConflict(StoreError):
@@ -299,14 +329,15 @@ class Store:
             return MigrationContext.configure(conn).get_current_revision()
 
     @contextmanager
-    def transaction(self) -> Iterator[Transaction]:
+    def transaction(self, site: str | None = None) -> Iterator[Transaction]:
         """One database transaction. Commits on success; rolls back on any exception (re-raised,
-        except :class:`Rollback`). Database errors become :class:`StoreError`."""
+        except :class:`Rollback`). Database errors become :class:`StoreError`. ``site``: the
+        transaction acts for a client bound to that site (see :class:`Transaction`)."""
         try:
             with self.engine.connect() as conn:
                 conn.execution_options(adapter_write=True)
                 with conn.begin():
-                    tx = Transaction(conn)
+                    tx = Transaction(conn, site)
                     yield tx
                     refresh_courses(conn, tx.touched_patients)
         except Rollback:
@@ -316,49 +347,55 @@ class Store:
 
     # -------------------------------------------------------------------------------------- reads
 
-    def read(self, rtype: str, rid: str) -> dict[str, Any] | None:
-        """The current version of a resource, or ``None``."""
+    def read(self, rtype: str, rid: str, site: str | None = None) -> dict[str, Any] | None:
+        """The current version of a resource, or ``None`` (also when ``site`` is given and the
+        resource belongs to another site)."""
         with self.engine.connect() as conn:
             text = conn.execute(select(resources.c.resource).where(
-                resources.c.type == rtype, resources.c.id == rid, resources.c.deleted.is_(False))).scalar()
+                resources.c.type == rtype, resources.c.id == rid, resources.c.deleted.is_(False),
+                *_in_site(site))).scalar()
         return None if text is None else orjson.loads(text)
 
-    def read_state(self, rtype: str, rid: str) -> tuple[str, dict[str, Any] | None]:
-        """``("ok", resource)``, ``("deleted", None)`` (FHIR: 410 Gone) or ``("missing", None)``."""
+    def read_state(self, rtype: str, rid: str, site: str | None = None) -> tuple[str, dict[str, Any] | None]:
+        """``("ok", resource)``, ``("deleted", None)`` (FHIR: 410 Gone) or ``("missing", None)``
+        (also for another site's resource when ``site`` is given)."""
         with self.engine.connect() as conn:
             row = conn.execute(select(resources.c.resource, resources.c.deleted).where(
-                resources.c.type == rtype, resources.c.id == rid)).first()
+                resources.c.type == rtype, resources.c.id == rid, *_in_site(site))).first()
         if row is None:
             return "missing", None
         return ("deleted", None) if row[1] else ("ok", orjson.loads(row[0]))
 
-    def vread(self, rtype: str, rid: str, version: int) -> tuple[str, dict[str, Any] | None]:
+    def vread(self, rtype: str, rid: str, version: int, site: str | None = None) -> tuple[str, dict[str, Any] | None]:
         """One version: ``("ok", resource)``, ``("deleted", None)`` when that version is a deletion,
-        or ``("missing", None)``."""
+        or ``("missing", None)`` (also for another site's resource when ``site`` is given)."""
         with self.engine.connect() as conn:
             row = conn.execute(select(resource_history.c.resource, resource_history.c.method).where(
                 resource_history.c.type == rtype, resource_history.c.id == rid,
-                resource_history.c.version_id == version)).first()
+                resource_history.c.version_id == version, *_history_in_site(site))).first()
         if row is None:
             return "missing", None
         return ("deleted", None) if row[1] == "DELETE" else ("ok", orjson.loads(row[0]))
 
-    def history_entries(self, rtype: str, rid: str) -> list[tuple[int, str, str, dict[str, Any]]]:
+    def history_entries(self, rtype: str, rid: str, site: str | None = None) -> list[tuple[int, str, str, dict[str, Any]]]:
         """Every version, newest first (FHIR R4 §3.1.0.9 history order): ``(version, lastUpdated,
-        method, resource)``; for a deletion, ``resource`` is the body that was deleted."""
+        method, resource)``; for a deletion, ``resource`` is the body that was deleted. With
+        ``site``, another site's resource has no history (empty list)."""
         with self.engine.connect() as conn:
             rows = conn.execute(select(resource_history.c.version_id, resource_history.c.last_updated,
                                        resource_history.c.method, resource_history.c.resource).where(
-                resource_history.c.type == rtype, resource_history.c.id == rid).order_by(resource_history.c.version_id.desc()))
+                resource_history.c.type == rtype, resource_history.c.id == rid, *_history_in_site(site))
+                .order_by(resource_history.c.version_id.desc()))
             return [(int(v), lu, m, orjson.loads(t)) for v, lu, m, t in rows]
 
-    def search(self, query: Any, snapshot: str | None = None) -> Any:
+    def search(self, query: Any, snapshot: str | None = None, site: str | None = None) -> Any:
         """Run a parsed search (:class:`adapter.search.query.Query`) as of ``snapshot`` (default: now);
-        returns :class:`adapter.store.search.SearchResult`."""
+        returns :class:`adapter.store.search.SearchResult`. With ``site``, matches and included
+        resources are only that site's."""
         from adapter.store.search import run_search
 
         with self.engine.connect() as conn:
-            return run_search(conn, query, snapshot or now_instant())
+            return run_search(conn, query, snapshot or now_instant(), site)
 
     def history(self, rtype: str, rid: str) -> list[dict[str, Any]]:
         """Every version of a resource, oldest first."""
@@ -391,11 +428,11 @@ class Store:
                     q.order_by(resources.c.type, resources.c.id)):
                 yield orjson.loads(text)
 
-    def compartment(self, patient_id: str) -> list[dict[str, Any]]:
+    def compartment(self, patient_id: str, site: str | None = None) -> list[dict[str, Any]]:
         """Current resources in a Patient's compartment (``subject``/``patient`` = the Patient),
-        the Patient itself excluded, in (type, id) order."""
+        the Patient itself excluded, in (type, id) order (only ``site``'s when given)."""
         q = (select(resources.c.resource).where(resources.c.patient_id == patient_id, resources.c.deleted.is_(False),
-                                                resources.c.type != "Patient")
+                                                resources.c.type != "Patient", *_in_site(site))
              .order_by(resources.c.type, resources.c.id))
         with self.engine.connect() as conn:
             return [orjson.loads(t) for (t,) in conn.execute(q)]
@@ -423,6 +460,19 @@ class Store:
             q = q.where(ingestions.c.site == site)
         with self.engine.connect() as conn:
             return [orjson.loads(t) for (t,) in conn.execute(q)]
+
+
+def _in_site(site: str | None) -> list[Any]:
+    """The condition that confines a query on ``resources`` to one site (none when ``site`` is None)."""
+    return [] if site is None else [resources.c.site == site]
+
+
+def _history_in_site(site: str | None) -> list[Any]:
+    """The same for ``resource_history``: its resource's current row is in ``site``."""
+    if site is None:
+        return []
+    return [select(resources.c.site).where(resources.c.type == resource_history.c.type,
+                                           resources.c.id == resource_history.c.id).scalar_subquery() == site]
 
 
 def _sqlite_begin(conn: Connection) -> None:

@@ -149,8 +149,11 @@ def resource_types(store: Store, patient_level: bool) -> list[str]:
     return sorted(types, key=lambda t: (t != "Patient", t))
 
 
-def _conditions(rtype: str, until: str, since: str | None, patient_level: bool, where: list[Any] | None) -> list[Any]:
+def _conditions(rtype: str, until: str, since: str | None, patient_level: bool, where: list[Any] | None,
+                site: str | None = None) -> list[Any]:
     base = [resources.c.type == rtype, resources.c.deleted == false(), resources.c.last_updated <= until]
+    if site is not None:
+        base.append(resources.c.site == site)
     if since:
         base.append(resources.c.last_updated > since)
     if patient_level:
@@ -167,12 +170,12 @@ def _chunks(patients: list[str] | None) -> list[list[str] | None]:
 
 
 def count(store: Store, rtype: str, *, until: str, since: str | None = None, patients: list[str] | None = None,
-          patient_level: bool = False, where: list[Any] | None = None) -> int:
+          patient_level: bool = False, where: list[Any] | None = None, site: str | None = None) -> int:
     """How many resources :func:`stream` yields for the same arguments."""
     total = 0
     with store.engine.connect() as conn:
         for chunk in _chunks(patients):
-            conds = _conditions(rtype, until, since, patient_level, where)
+            conds = _conditions(rtype, until, since, patient_level, where, site)
             if chunk is not None:
                 conds.append(resources.c.patient_id.in_(chunk))
             total += int(conn.execute(select(func.count()).select_from(resources).where(*conds)).scalar() or 0)
@@ -180,17 +183,19 @@ def count(store: Store, rtype: str, *, until: str, since: str | None = None, pat
 
 
 def stream(store: Store, rtype: str, *, until: str, since: str | None = None, patients: list[str] | None = None,
-           patient_level: bool = False, where: list[Any] | None = None, batch: int = 500) -> Iterator[dict[str, Any]]:
+           patient_level: bool = False, where: list[Any] | None = None, batch: int = 500,
+           site: str | None = None) -> Iterator[dict[str, Any]]:
     """Current resources of one type as of ``until`` (last updated at or before it, not deleted),
     changed after ``since`` when given, in id order, decoded one by one from a server-side cursor
     (PostgreSQL) or SQLite's lazy cursor: memory stays bounded whatever the export's size.
 
     ``patients``: only these Patients' compartments (Group export), queried in chunks of 500 ids.
     ``patient_level``: only resources in some Patient's compartment. ``where``: extra SQL
-    conditions from ``_typeFilter`` searches, OR-ed (Bulk Data STU2 §_typeFilter)."""
+    conditions from ``_typeFilter`` searches, OR-ed (Bulk Data STU2 §_typeFilter). ``site``: only
+    that site's resources (a site-bound client's export)."""
     with store.engine.connect() as conn:
         for chunk in _chunks(patients):
-            conds = _conditions(rtype, until, since, patient_level, where)
+            conds = _conditions(rtype, until, since, patient_level, where, site)
             if chunk is not None:
                 conds.append(resources.c.patient_id.in_(chunk))
             q = select(resources.c.resource).where(*conds).order_by(resources.c.id)

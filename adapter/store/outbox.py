@@ -25,10 +25,13 @@ log = logging.getLogger("adapter.subscriptions")
 _PARSED: dict[str, tuple[int, SubscriptionSpec | None]] = {}
 
 
-def collecting_subscriptions(conn: Connection) -> list[SubscriptionSpec]:
-    """Stored Subscriptions whose status collects events (``requested``, ``active``, ``error``)."""
+def collecting_subscriptions(conn: Connection) -> list[tuple[SubscriptionSpec, str]]:
+    """Stored Subscriptions whose status collects events (``requested``, ``active``, ``error``),
+    each with its site (empty: a network-wide subscription; otherwise it only ever matches that
+    site's resources, whatever its criteria say)."""
     out = []
-    for sid, version, status in conn.execute(select(resources.c.id, resources.c.version_id, resources.c.status).where(
+    for sid, version, status, site in conn.execute(select(resources.c.id, resources.c.version_id, resources.c.status,
+                                                          resources.c.site).where(
             resources.c.type == "Subscription", resources.c.deleted.is_(False))):
         if status not in COLLECTING:
             continue
@@ -43,7 +46,7 @@ def collecting_subscriptions(conn: Connection) -> list[SubscriptionSpec]:
                 cached = (version, None)
             _PARSED[sid] = cached
         if cached[1] is not None:
-            out.append(cached[1])
+            out.append((cached[1], site))
     return out
 
 
@@ -75,9 +78,9 @@ def record_events(conn: Connection, written: list[tuple[str, str, int, str | Non
             patient_of[(rtype, rid)] = pid
     if not by_type:
         return 0
-    subs = [s for s in collecting_subscriptions(conn) if s.query.type in by_type]
+    subs = [(s, site) for s, site in collecting_subscriptions(conn) if s.query.type in by_type]
     added = 0
-    for sub in subs:
+    for sub, site in subs:
         versions = by_type[sub.query.type]
         allowed = _patients_of(sub)
         ids = [r for r in versions if allowed is None or patient_of[(sub.query.type, r)] in allowed]
@@ -86,7 +89,8 @@ def record_events(conn: Connection, written: list[tuple[str, str, int, str | Non
         matched: list[str] = []
         for i in range(0, len(ids), 500):
             matched += [r for (r,) in conn.execute(select(resources.c.id).where(
-                resources.c.type == sub.query.type, resources.c.id.in_(ids[i:i + 500]), query_condition(sub.query)))]
+                resources.c.type == sub.query.type, resources.c.id.in_(ids[i:i + 500]), query_condition(sub.query),
+                *([resources.c.site == site] if site else [])))]
         if not matched:
             continue
         if conn.dialect.name == "postgresql":  # event numbers of one subscription: one writer at a time

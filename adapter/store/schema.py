@@ -125,3 +125,48 @@ subscription_events = Table(
     Column("last_error", Text),
     Index("ix_subscription_events_pending", "delivered", "next_attempt"),
 )
+
+#: SMART Backend Services clients (adapter/auth): each has a role (``site``, ``coordinator``,
+#: ``subscriber``, ``admin``), a site for site-bound roles, the SMART v2 system scopes it may be
+#: granted, and its public JWKS (RS384 / ES384 keys) that verify its client assertions.
+auth_clients = Table(
+    "auth_clients", metadata,
+    Column("client_id", String(64), primary_key=True),
+    Column("name", String(200), nullable=False),
+    Column("role", String(16), nullable=False),
+    Column("site", String(32)),
+    Column("scopes", Text, nullable=False),
+    Column("jwks", Text, nullable=False),
+    Column("created", String(40), nullable=False),
+    Column("revoked", String(40)),
+)
+
+#: Client-assertion ids already used (RFC 7523 §3 ``jti``), kept until the assertion expires: a
+#: replayed assertion is refused.
+auth_jti = Table(
+    "auth_jti", metadata,
+    Column("client_id", String(64), primary_key=True),
+    Column("jti", String(255), primary_key=True),
+    Column("expires", Integer, nullable=False),
+)
+
+#: The audit trail: one FHIR R4 AuditEvent per request (and per authentication failure), with the
+#: columns its search needs. Append-only: database triggers refuse UPDATE and DELETE.
+audit_events = Table(
+    "audit_events", metadata,
+    Column("id", String(36), primary_key=True),
+    Column("recorded", String(40), nullable=False),
+    Column("client_id", String(64)),
+    Column("role", String(16)),
+    Column("site", String(32)),
+    Column("action", String(1), nullable=False),
+    Column("subtype", String(32), nullable=False),
+    Column("outcome", String(2), nullable=False),
+    Column("status", Integer, nullable=False),
+    Column("method", String(8), nullable=False),
+    Column("path", String(500), nullable=False),
+    Column("entity", String(200)),
+    Column("resource", Text, nullable=False),
+    Index("ix_audit_events_recorded", "recorded"),
+    Index("ix_audit_events_client", "client_id", "recorded"),
+)

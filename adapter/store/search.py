@@ -112,9 +112,10 @@ def query_condition(q: Query) -> ColumnElement[bool]:
     return and_(true(), *[_clause(q.type, c) for c in q.clauses])
 
 
-def _filters(q: Query, snapshot: str) -> list[ColumnElement[bool]]:
+def _filters(q: Query, snapshot: str, site: str | None = None) -> list[ColumnElement[bool]]:
     conds: list[ColumnElement[bool]] = [
         resources.c.type == q.type,
+        *([] if site is None else [resources.c.site == site]),
         resources.c.created <= snapshot,
         or_(resources.c.deleted == false(), resources.c.last_updated > snapshot),
     ]
@@ -137,18 +138,19 @@ def _order(q: Query) -> list[Any]:
     return out
 
 
-def run_search(conn: Connection, q: Query, snapshot: str) -> SearchResult:
-    """Run ``q`` as of ``snapshot`` (an instant, see the module docstring)."""
-    where = _filters(q, snapshot)
+def run_search(conn: Connection, q: Query, snapshot: str, site: str | None = None) -> SearchResult:
+    """Run ``q`` as of ``snapshot`` (an instant, see the module docstring). ``site``: only that
+    site's resources match or are included (``_include``/``_revinclude``)."""
+    where = _filters(q, snapshot, site)
     total = int(conn.execute(select(func.count()).select_from(resources).where(*where)).scalar() or 0)
     if q.summary_count or q.count == 0:
         return SearchResult(total)
     rows = conn.execute(select(resources.c.resource).where(*where).order_by(*_order(q)).offset(q.offset).limit(q.count))
     matches = [orjson.loads(t) for (t,) in rows]
-    return SearchResult(total, matches, _includes(conn, q, matches))
+    return SearchResult(total, matches, _includes(conn, q, matches, site))
 
 
-def _fetch(conn: Connection, keys: set[tuple[str, str]]) -> list[dict[str, Any]]:
+def _fetch(conn: Connection, keys: set[tuple[str, str]], site: str | None = None) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     by_type: dict[str, list[str]] = {}
     for t, i in sorted(keys):
@@ -156,13 +158,14 @@ def _fetch(conn: Connection, keys: set[tuple[str, str]]) -> list[dict[str, Any]]
     for t, ids in by_type.items():
         for n in range(0, len(ids), 500):
             rows = conn.execute(select(resources.c.resource).where(
-                resources.c.type == t, resources.c.id.in_(ids[n:n + 500]), resources.c.deleted == false())
+                resources.c.type == t, resources.c.id.in_(ids[n:n + 500]), resources.c.deleted == false(),
+                *([] if site is None else [resources.c.site == site]))
                 .order_by(resources.c.id))
             out.extend(orjson.loads(text) for (text,) in rows)
     return out
 
 
-def _includes(conn: Connection, q: Query, matches: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _includes(conn: Connection, q: Query, matches: list[dict[str, Any]], site: str | None = None) -> list[dict[str, Any]]:
     if not matches or not (q.include or q.revinclude):
         return []
     ids = [m["id"] for m in matches]
@@ -180,4 +183,4 @@ def _includes(conn: Connection, q: Query, matches: list[dict[str, Any]]) -> list
             continue
         rows = conn.execute(select(si.c.id).where(si.c.type == rev.source, si.c.name == rev.param, si.c.value.in_(keys)))
         wanted.update((rev.source, i) for (i,) in rows)
-    return _fetch(conn, wanted - seen)
+    return _fetch(conn, wanted - seen, site)
