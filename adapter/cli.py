@@ -17,6 +17,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.panel import Panel
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -449,12 +450,99 @@ def serve(
     from adapter.api import create_app
 
     settings = get_settings()
+    host = host or settings.host
+    if settings.env == "development":
+        if host not in ("127.0.0.1", "localhost", "::1"):
+            _fail(ConfigError(f"development mode serves on 127.0.0.1 only, not {host}: set ADAPTER_ENV=production "
+                              "(with its secrets) to listen on other interfaces"))
+        err_console.print(Panel.fit(
+            "[bold]DEVELOPMENT MODE[/] — for the local demo, not for patient data.\n"
+            f"Authentication is {'ON' if settings.auth_enabled else 'OFF (every request acts as an unrestricted development client)'}; "
+            "development secrets are in use; listening on 127.0.0.1 only.\n"
+            "Production: ADAPTER_ENV=production with ADAPTER_ID_KEY, ADAPTER_PSEUDONYM_KEY, ADAPTER_TOKEN_KEY "
+            "and ADAPTER_DATABASE_URL (README: Security).", border_style="yellow"))
     try:
         api = create_app(settings)
     except AdapterError as exc:
         _fail(exc)
-    console.print(f"serving FHIR R4 at http://{host or settings.host}:{port or settings.port}/metadata")
-    uvicorn.run(api, host=host or settings.host, port=port or settings.port, log_level="info")
+    console.print(f"serving FHIR R4 at http://{host}:{port or settings.port}/metadata")
+    uvicorn.run(api, host=host, port=port or settings.port, log_level="info")
+
+
+clients_app = typer.Typer(no_args_is_help=True, help="Register, list and revoke SMART Backend Services clients.")
+app.add_typer(clients_app, name="clients")
+
+
+@clients_app.command("add")
+def clients_add(
+    name: Annotated[str, typer.Option(help="who the client is (e.g. 'HITO integration engine')")],
+    role: Annotated[str, typer.Option(help="site | coordinator | subscriber | admin")],
+    jwks: Annotated[Path, typer.Option(help="the client's public JWKS (JSON file; RS384 or ES384 keys)")],
+    site: Annotated[str | None, typer.Option(help="the site a site or subscriber client is bound to")] = None,
+    scope: Annotated[list[str] | None, typer.Option(help="SMART system scope it may get (repeat; default: the role's)")] = None,
+) -> None:
+    """Register a client; prints its client_id (exit 2 when the registration is not valid)."""
+    from adapter.auth.clients import RegistrationError, check_registration
+    from adapter.store.security import ClientRegistry
+
+    try:
+        doc = json.loads(jwks.read_text(encoding="utf-8"))
+        scopes = check_registration(role, site, scope, doc)
+    except (OSError, ValueError, RegistrationError) as exc:
+        _fail(ConfigError(f"{jwks}: {exc}"))
+    client = ClientRegistry(_store()).add(name, role, site, scopes, doc)
+    console.print(f"client_id: {client.client_id}")
+    console.print(f"role: {role}{f' (site {site})' if site else ''}; scopes: {' '.join(scopes)}", highlight=False)
+
+
+@clients_app.command("list")
+def clients_list(as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False) -> None:
+    """List registered clients (ids, roles, sites, scopes, key ids; never keys)."""
+    from adapter.store.security import ClientRegistry
+
+    rows = [c.summary() for c in ClientRegistry(_store()).all()]
+    if as_json:
+        print(json.dumps(rows, indent=2))  # noqa: T201
+        return
+    table = Table("client_id", "name", "role", "site", "scopes", "created", "revoked")
+    for r in rows:
+        table.add_row(r["client_id"], r["name"], r["role"], r["site"] or "", " ".join(r["scopes"]), r["created"][:19],
+                      (r["revoked"] or "")[:19])
+    console.print(table)
+
+
+@clients_app.command("revoke")
+def clients_revoke(client_id: Annotated[str, typer.Argument(help="the client to revoke")]) -> None:
+    """Revoke a client: its assertions and its current access tokens stop working (exit 2 if unknown)."""
+    from adapter.store.security import ClientRegistry
+
+    if not ClientRegistry(_store()).revoke(client_id):
+        _fail(ConfigError(f"no active client {client_id}"))
+    console.print(f"revoked {client_id}")
+
+
+@clients_app.command("assertion")
+def clients_assertion(
+    client_id: Annotated[str, typer.Option(help="the registered client_id")],
+    key: Annotated[Path, typer.Option(help="the client's private key (PEM)")],
+    token_url: Annotated[str, typer.Option(help="the server's token endpoint, e.g. http://127.0.0.1:8000/auth/token")],
+    kid: Annotated[str | None, typer.Option(help="the key id registered in the JWKS")] = None,
+    alg: Annotated[str, typer.Option(help="RS384 or ES384")] = "RS384",
+) -> None:
+    """Print a signed client assertion (5-minute JWT) for the token endpoint: a tool for a client's
+    operator testing with curl; the key stays on the client's side."""
+    import time
+    import uuid
+
+    import jwt
+
+    now = int(time.time())
+    claims = {"iss": client_id, "sub": client_id, "aud": token_url, "exp": now + 240, "jti": str(uuid.uuid4())}
+    try:
+        token = jwt.encode(claims, key.read_bytes(), algorithm=alg, headers={"kid": kid} if kid else None)
+    except (OSError, ValueError, jwt.PyJWTError) as exc:
+        _fail(ConfigError(f"{key}: cannot sign with it ({exc.__class__.__name__})"))
+    print(token)  # noqa: T201
 
 
 def main() -> None:
@@ -467,6 +555,12 @@ def main() -> None:
         sys.exit(e.exit_code)
     except Exception as e:  # click usage errors
         import click
+        from pydantic import ValidationError
+
+        if isinstance(e, ValidationError):  # settings that fail fast (adapter/config.py)
+            err_console.print(f"[bold red]error[/] (settings, exit 2): {'; '.join(str(x['msg']) for x in e.errors())}",
+                              highlight=False)
+            sys.exit(2)
 
         if isinstance(e, click.exceptions.UsageError):
             e.show()

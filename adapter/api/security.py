@@ -141,6 +141,8 @@ class SecurityMiddleware:
             await self.app(scope, limited_receive, send_status)
         finally:
             failure = failure or scope.get("adapter.auth_failure")
+            if who is None and scope.get("adapter.auth_client"):  # the token endpoint names its client
+                who = Principal(scope["adapter.auth_client"], "", None)
             await anyio.to_thread.run_sync(self._record, method, path, status["code"], who, address, failure)
 
     def _authenticate(self, scope: dict[str, Any]) -> tuple[Principal | None, str | None]:
@@ -161,10 +163,10 @@ class SecurityMiddleware:
                 failure: str | None) -> None:
         try:
             ev = audit_event(recorded=now_instant(), method=method, path=path, status=status,
-                             client_id=who.client_id if who else None, role=who.role if who else None,
+                             client_id=who.client_id if who else None, role=(who.role or None) if who else None,
                              site=who.site if who else None, address=address, auth_failure=failure)
             what = ev["entity"][0]["what"]
-            self.audit.append(ev, client_id=who.client_id if who else None, role=who.role if who else None,
+            self.audit.append(ev, client_id=who.client_id if who else None, role=(who.role or None) if who else None,
                               site=who.site if who else None, status=status, method=method, path=path,
                               entity=what.get("reference") or what.get("display"))
         except Exception as exc:  # noqa: BLE001  (the response is already sent; the failure is logged)
@@ -213,14 +215,16 @@ def add_security_routes(app: FastAPI, store: Store, settings: Settings, base_of:
             return _oauth_error(400, "invalid_request", f"client_assertion_type must be {ASSERTION_TYPE}, with a client_assertion")
         base = base_of(request)
         try:
-            return await anyio.to_thread.run_sync(_grant, form, base)
+            return await anyio.to_thread.run_sync(_grant, form, base, request.scope)
         except TokenError as exc:
             request.scope["adapter.auth_failure"] = exc.message
             return _oauth_error(401 if exc.error == "invalid_client" else 400, exc.error, exc.message)
 
-    def _grant(form: dict[str, str], base: str) -> JSONResponse:
+    def _grant(form: dict[str, str], base: str, scope: dict[str, Any]) -> JSONResponse:
         client_id = unverified_client_id(form["client_assertion"])
         client = clients.get(client_id)
+        if client is not None:  # the audit event names a registered client (never an arbitrary iss)
+            scope["adapter.auth_client"] = client.client_id
         if client is None or client.revoked:
             raise TokenError("invalid_client", "the client is unknown or revoked")
         assertion = _verify_assertion(form["client_assertion"], client.jwks, client.client_id, f"{base}/auth/token")

@@ -6,7 +6,6 @@ no resources and one :class:`RowIssue` per problem, each naming file, sheet, row
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
@@ -14,6 +13,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from adapter.errors import RowIssue, TransformError
+from adapter.mapping import patterns
 from adapter.mapping.base import SiteContext
 from adapter.mapping.transforms import TransformContext
 from adapter.readers.base import Row, is_blank
@@ -53,10 +53,14 @@ def _holds(w: When, row: Row) -> bool:
     text = _raw_text(row.cells.get(w.column))
     if w.present is not None and (text != "") != w.present:
         return False
-    if w.matches is not None and re.search(w.matches, text, re.IGNORECASE) is None:
-        return False
-    if w.not_matches is not None and re.search(w.not_matches, text, re.IGNORECASE) is not None:
-        return False
+    try:
+        if w.matches is not None and patterns.search(w.matches, text) is None:
+            return False
+        if w.not_matches is not None and patterns.search(w.not_matches, text) is not None:
+            return False
+    except TransformError as exc:
+        exc.column = w.column  # type: ignore[attr-defined]
+        raise
     if w.in_ is not None and text not in w.in_:
         return False
     return not (w.not_in is not None and text in w.not_in)
@@ -98,7 +102,13 @@ def map_row(row: Row, sheet: CompiledSheet, ctx: TransformContext, site: SiteCon
         return result
     applied = 0
     for block in sheet.blocks:
-        if not _when(block, row):
+        try:
+            if not _when(block, row):
+                continue
+        except TransformError as exc:  # a when-pattern that ran out of time
+            col = getattr(exc, "column", None)
+            result.issues.append(_issue(row, col, row.cells.get(col) if col else None, f"when: {exc.reason}",
+                                        code="too-costly"))
             continue
         applied += 1
         values: dict[str, Any] = {}

@@ -22,6 +22,7 @@ from functools import lru_cache
 from typing import Any
 
 from adapter.errors import TransformError
+from adapter.mapping import patterns
 
 # ---------------------------------------------------------------------------------------------- values
 
@@ -168,12 +169,12 @@ def text(value: Any, *, ctx: TransformContext) -> str:
 @transform("regex")
 def regex(value: Any, *, ctx: TransformContext, pattern: str, group: int | str = 1,
           optional: bool = False, ignorecase: bool = True) -> str | None:
-    """Capture ``group`` of the first match of ``pattern`` (Python ``re`` syntax) in the text.
+    """Capture ``group`` of the first match of ``pattern`` (Python ``re`` syntax) in the text; the
+    pattern runs with a time limit (adapter/mapping/patterns.py).
 
     No match raises, unless ``optional: true``, which yields ``None`` (the field is then absent).
     """
-    flags = re.IGNORECASE if ignorecase else 0
-    m = re.search(pattern, str(value), flags)
+    m = patterns.search(pattern, str(value), ignorecase)
     if m is None:
         if optional:
             return None
@@ -198,7 +199,7 @@ def split(value: Any, *, ctx: TransformContext, sep: str, index: int) -> str:
 @transform("matches")
 def matches(value: Any, *, ctx: TransformContext, pattern: str, ignorecase: bool = True) -> bool:
     """``True`` when ``pattern`` occurs in the text, else ``False`` (never raises)."""
-    return re.search(pattern, str(value), re.IGNORECASE if ignorecase else 0) is not None
+    return patterns.search(pattern, str(value), ignorecase) is not None
 
 
 @transform("boolean")

@@ -1,0 +1,543 @@
+"""Security (issue 7), on a real server with authentication on, both backends: SMART Backend
+Services tokens, each role against each operation, site isolation route by route, the audit trail.
+
+Clients are registered with real RSA (RS384) and EC P-384 (ES384) keys; every token comes from the
+token endpoint with a signed client assertion, as a hospital's integration engine would get it.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import jsonschema_rs
+import jwt
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from sqlalchemy import select, text
+
+from adapter.auth.clients import check_registration
+from adapter.auth.tokens import ASSERTION_TYPE
+from adapter.config import ROOT, Settings
+from adapter.ingest import ingest_file
+from adapter.store import Store
+from adapter.store.schema import audit_events, resources
+from adapter.store.security import ClientRegistry
+from tests.conftest import EXAMPLE_FILES, EXAMPLES, _store_on
+from tests.server import Server
+
+TOKEN_KEY = "test-token-signing-key-of-at-least-32-characters"
+ASYNC = {"Prefer": "respond-async", "Accept": "application/fhir+json"}
+FHIR_JSON = {"content-type": "application/fhir+json"}
+
+
+def _keypair(kind: str) -> tuple[Any, dict[str, Any], str]:
+    """(private key, public JWK, alg) for RS384 or ES384."""
+    if kind == "RS384":
+        key: Any = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(key.public_key()))
+    else:
+        key = ec.generate_private_key(ec.SECP384R1())
+        jwk = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(key.public_key()))
+    kid = uuid.uuid4().hex[:8]
+    return key, {**jwk, "kid": kid, "alg": kind, "use": "sig"}, kind
+
+
+@dataclass
+class Client:
+    client_id: str
+    key: Any
+    kid: str
+    alg: str
+    role: str
+    site: str | None
+    token: str = ""
+
+
+@dataclass
+class Secure:
+    """The running server, its store, the registered clients and example ids."""
+
+    srv: Server
+    store: Store
+    settings: Settings
+    clients: dict[str, Client] = field(default_factory=dict)
+    ids: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def token_url(self) -> str:
+        return f"{self.srv.base}/auth/token"
+
+    def assertion(self, c: Client, **over: Any) -> str:
+        now = int(time.time())
+        claims = {"iss": c.client_id, "sub": c.client_id, "aud": self.token_url, "exp": now + 240,
+                  "jti": str(uuid.uuid4()), **over}
+        return jwt.encode(claims, c.key, algorithm=c.alg, headers={"kid": c.kid})
+
+    def get_token(self, c: Client, assertion: str | None = None, scope: str | None = None) -> httpx.Response:
+        return self.srv.client.post("/auth/token", data={
+            "grant_type": "client_credentials", "client_assertion_type": ASSERTION_TYPE,
+            "client_assertion": assertion or self.assertion(c),
+            "scope": scope or {"site": "system/*.cruds", "subscriber": "system/Subscription.cruds system/Observation.rs "
+                               "system/Patient.rs", "coordinator": "system/*.rs", "admin": "system/AuditEvent.rs"}[c.role]})
+
+    def register(self, name: str, role: str, site: str | None, alg: str = "RS384") -> Client:
+        key, jwk, alg = _keypair(alg)
+        jwks = {"keys": [jwk]}
+        scopes = check_registration(role, site, None, jwks)
+        reg = ClientRegistry(self.store).add(name, role, site, scopes, jwks)
+        return Client(reg.client_id, key, jwk["kid"], alg, role, site)
+
+    def http(self, who: str) -> httpx.Client:
+        """An HTTP client carrying ``who``'s bearer token (fetched once per module)."""
+        c = self.clients[who]
+        if not c.token:
+            r = self.get_token(c)
+            assert r.status_code == 200, r.text
+            c.token = r.json()["access_token"]
+        return httpx.Client(base_url=self.srv.base, timeout=60, headers={"Authorization": f"Bearer {c.token}"})
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def secure(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, settings: Settings) -> Iterator[Secure]:
+    with _store_on(request.param, tmp_path_factory.mktemp("secure")) as store:
+        for site, mapping, path in EXAMPLE_FILES:
+            assert ingest_file(path, site, mapping, store, settings=settings).rows_rejected == 0
+        s = settings.model_copy(update={"auth": True, "token_key": TOKEN_KEY, "max_upload_bytes": 1_000_000,
+                                        "export_max_jobs": 50, "export_dir": tmp_path_factory.mktemp("sec-exports")})
+        srv = Server(store, s)
+        sec = Secure(srv, store, s)
+        try:
+            sec.clients = {"site": sec.register("HITO engine", "site", "hito"),
+                           "site-huanl": sec.register("HUANL engine", "site", "huanl", "ES384"),
+                           "subscriber": sec.register("HITO EHR", "subscriber", "hito"),
+                           "coordinator": sec.register("Study coordination", "coordinator", None, "ES384"),
+                           "admin": sec.register("Security officer", "admin", None)}
+            for site in ("hito", "huanl"):
+                pats = sorted(r["id"] for r in store.iter_resources("Patient", site=site))
+                obs = sorted(r["id"] for r in store.iter_resources("Observation", site=site))
+                sec.ids[f"{site}-patient"], sec.ids[f"{site}-observation"] = pats[0], obs[0]
+            yield sec
+        finally:
+            srv.stop()
+
+
+# ---------------------------------------------------------------------------------- discovery
+
+
+def test_discovery_and_the_token_flow(secure: Secure) -> None:
+    anon = secure.srv.client
+    conf = anon.get("/.well-known/smart-configuration").json()
+    assert conf["token_endpoint"] == secure.token_url
+    assert conf["token_endpoint_auth_signing_alg_values_supported"] == ["RS384", "ES384"]
+    assert "client-confidential-asymmetric" in conf["capabilities"]
+    assert anon.get("/metadata").status_code == 200  # capabilities stay public
+    r = secure.get_token(secure.clients["subscriber"], scope="system/Observation.rs system/Observation.c")
+    assert r.status_code == 200 and r.headers["cache-control"] == "no-store"
+    body = r.json()
+    assert body["token_type"] == "bearer" and body["expires_in"] == 300
+    assert body["scope"] == "system/Observation.rs"  # narrowed to what the subscriber role allows
+    r = secure.get_token(secure.clients["subscriber"], scope="system/AuditEvent.rs")
+    assert r.status_code == 400 and r.json()["error"] == "invalid_scope"
+
+
+# ------------------------------------------------------------------------------- bad tokens
+
+
+def _b64(d: dict[str, Any]) -> str:
+    return base64.urlsafe_b64encode(json.dumps(d).encode()).rstrip(b"=").decode()
+
+
+def _access_claims(secure: Secure, **over: Any) -> dict[str, Any]:
+    now = int(time.time())
+    c = secure.clients["site"]
+    return {"iss": secure.srv.base, "aud": secure.srv.base, "sub": c.client_id, "role": "site", "site": "hito",
+            "scope": "system/*.cruds", "iat": now, "exp": now + 300, **over}
+
+
+@pytest.mark.parametrize("kind", ["missing", "expired", "wrong-signature", "alg-none", "wrong-audience", "revoked-client",
+                                  "unknown-client"])
+def test_bad_access_tokens_get_401_with_an_operation_outcome(secure: Secure, kind: str) -> None:
+    now = int(time.time())
+    if kind == "missing":
+        token = None
+    elif kind == "expired":
+        token = jwt.encode(_access_claims(secure, iat=now - 900, exp=now - 600), TOKEN_KEY, algorithm="HS256")
+    elif kind == "wrong-signature":
+        token = jwt.encode(_access_claims(secure), "another-key-another-key-another-key!", algorithm="HS256")
+    elif kind == "alg-none":
+        token = f"{_b64({'alg': 'none', 'typ': 'JWT'})}.{_b64(_access_claims(secure))}."
+    elif kind == "wrong-audience":
+        other = "http://other-server.example/fhir"
+        token = jwt.encode(_access_claims(secure, aud=other, iss=other), TOKEN_KEY, algorithm="HS256")
+    elif kind == "revoked-client":
+        c = secure.register("to be revoked", "site", "hito")
+        token = secure.get_token(c).json()["access_token"]
+        assert ClientRegistry(secure.store).revoke(c.client_id)
+    else:
+        token = jwt.encode(_access_claims(secure, sub=str(uuid.uuid4())), TOKEN_KEY, algorithm="HS256")
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    r = secure.srv.client.get(f"/Observation/{secure.ids['hito-observation']}", headers=headers)
+    assert r.status_code == 401, r.text
+    assert r.json()["resourceType"] == "OperationOutcome"
+    assert r.headers["www-authenticate"].startswith("Bearer ")
+    assert (token or "") not in r.text or not token
+
+
+@pytest.mark.parametrize("kind", ["expired", "wrong-signature", "alg-none", "replayed-jti", "wrong-audience",
+                                  "unknown-client", "too-long-lived", "sub-not-client"])
+def test_bad_client_assertions_are_refused(secure: Secure, kind: str) -> None:
+    c = secure.clients["site"]
+    now = int(time.time())
+    if kind == "expired":
+        a = secure.assertion(c, exp=now - 120)
+    elif kind == "wrong-signature":
+        other, _, _ = _keypair("RS384")
+        a = jwt.encode({"iss": c.client_id, "sub": c.client_id, "aud": secure.token_url, "exp": now + 200,
+                        "jti": str(uuid.uuid4())}, other, algorithm="RS384", headers={"kid": c.kid})
+    elif kind == "alg-none":
+        a = f"{_b64({'alg': 'none', 'typ': 'JWT'})}.{_b64({'iss': c.client_id, 'sub': c.client_id, 'aud': secure.token_url, 'exp': now + 200, 'jti': 'x'})}."
+    elif kind == "replayed-jti":
+        a = secure.assertion(c)
+        assert secure.get_token(c, a).status_code == 200
+    elif kind == "wrong-audience":
+        a = secure.assertion(c, aud="https://other-server.example/auth/token")
+    elif kind == "unknown-client":
+        ghost = str(uuid.uuid4())
+        a = secure.assertion(c, iss=ghost, sub=ghost)
+    elif kind == "too-long-lived":
+        a = secure.assertion(c, exp=now + 3600)
+    else:
+        a = secure.assertion(c, sub="someone-else")
+    r = secure.get_token(c, a)
+    assert r.status_code == 401, r.text
+    assert r.json()["error"] == "invalid_client"
+
+
+# ------------------------------------------------------------------------------- role matrix
+
+ROLES = ("site", "subscriber", "coordinator", "admin")
+
+
+def _subscription(criteria: str) -> dict[str, Any]:
+    return {"resourceType": "Subscription", "status": "off", "reason": "MRD results for the EHR", "criteria": criteria,
+            "channel": {"type": "rest-hook", "endpoint": "http://127.0.0.1:9/hook", "payload": "application/fhir+json"}}
+
+
+def _op_read(s: Secure, c: httpx.Client) -> httpx.Response:
+    return c.get(f"/Observation/{s.ids['hito-observation']}")
+
+
+def _op_search_include(s: Secure, c: httpx.Client) -> httpx.Response:
+    return c.get("/Observation", params={"_include": "Observation:subject", "_count": "5"})
+
+
+def _op_search_revinclude(s: Secure, c: httpx.Client) -> httpx.Response:
+    return c.get("/Patient", params={"_revinclude": "Observation:subject", "_count": "2"})
+
+
+def _op_history(s: Secure, c: httpx.Client) -> httpx.Response:
+    return c.get(f"/Patient/{s.ids['hito-patient']}/_history")
+
+
+def _op_transaction(s: Secure, c: httpx.Client) -> httpx.Response:
+    obs = s.store.read("Observation", s.ids["hito-observation"])
+    assert obs is not None
+    return c.post("/", json={"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": obs, "request": {"method": "PUT", "url": f"Observation/{obs['id']}"}}]})
+
+
+def _op_everything(s: Secure, c: httpx.Client) -> httpx.Response:
+    return c.get(f"/Patient/{s.ids['hito-patient']}/$everything")
+
+
+def _op_group_export(s: Secure, c: httpx.Client) -> httpx.Response:
+    return c.get("/Group/site-hito/$export", headers=ASYNC)
+
+
+def _op_system_export(s: Secure, c: httpx.Client) -> httpx.Response:
+    return c.get("/$export", headers=ASYNC, params={"_type": "Patient"})
+
+
+def _op_subscription_create(s: Secure, c: httpx.Client) -> httpx.Response:
+    return c.post("/Subscription", json=_subscription("Observation?_site=hito"))
+
+
+def _op_outcomes(s: Secure, c: httpx.Client) -> httpx.Response:
+    return c.get("/outcomes", params={"timepoint": "12"})
+
+
+def _op_audit_search(s: Secure, c: httpx.Client) -> httpx.Response:
+    return c.get("/AuditEvent", params={"_count": "5"})
+
+
+def _op_ingest(s: Secure, c: httpx.Client) -> httpx.Response:
+    path = EXAMPLES / "hito" / "hito_erm_citometria.csv"
+    with path.open("rb") as fh:
+        return c.post("/$ingest", files={"file": (path.name, fh)}, data={"site": "hito", "mapping": "erm_citometria"})
+
+
+#: operation -> expected status for (site, subscriber, coordinator, admin); site and subscriber are HITO's
+MATRIX: dict[str, tuple[Any, tuple[int, int, int, int]]] = {
+    "read": (_op_read, (200, 200, 403, 403)),
+    "search+_include": (_op_search_include, (200, 200, 403, 403)),
+    "search+_revinclude": (_op_search_revinclude, (200, 200, 403, 403)),
+    "history": (_op_history, (200, 200, 403, 403)),
+    "transaction": (_op_transaction, (200, 403, 403, 403)),
+    "$everything": (_op_everything, (200, 403, 403, 403)),
+    "Group $export": (_op_group_export, (202, 403, 202, 403)),
+    "system $export": (_op_system_export, (202, 403, 403, 403)),
+    "subscription create": (_op_subscription_create, (201, 201, 403, 403)),
+    "outcomes": (_op_outcomes, (403, 403, 200, 403)),
+    "audit search": (_op_audit_search, (403, 403, 403, 200)),
+    "$ingest": (_op_ingest, (200, 403, 403, 403)),
+}
+
+
+@pytest.mark.parametrize("role", ROLES)
+@pytest.mark.parametrize("operation", list(MATRIX))
+def test_each_role_gets_exactly_the_allowed_outcome(secure: Secure, operation: str, role: str) -> None:
+    fn, expected = MATRIX[operation]
+    with secure.http(role) as c:
+        r = fn(secure, c)
+    assert r.status_code == expected[ROLES.index(role)], r.text[:500]
+    if r.status_code >= 400:
+        assert r.json()["resourceType"] == "OperationOutcome"
+
+
+def test_a_coordinator_export_is_de_identified(secure: Secure) -> None:
+    with secure.http("coordinator") as c:
+        r = c.get("/Group/site-hito/$export", headers=ASYNC)
+        assert r.status_code == 202
+        manifest = _wait(c, r.headers["content-location"])
+        assert manifest["requiresAccessToken"] is True
+        assert manifest["extension"]["https://w3id.org/pedall-fhir/bulk"]["deidentification"]
+        patients = _lines(c, manifest, "Patient")
+    assert patients and all(i["system"].endswith("pseudonym") for p in patients for i in p.get("identifier", []))
+    assert all(len(p.get("birthDate", "")) <= 7 and "name" not in p for p in patients)
+
+
+def _wait(c: httpx.Client, url: str) -> dict[str, Any]:
+    deadline = time.monotonic() + 60
+    while True:
+        r = c.get(url)
+        if r.status_code == 200:
+            return r.json()
+        assert r.status_code == 202, r.text
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+
+
+def _lines(c: httpx.Client, manifest: dict[str, Any], rtype: str) -> list[dict[str, Any]]:
+    out = []
+    for o in manifest["output"]:
+        if o["type"] == rtype:
+            r = c.get(o["url"])
+            assert r.status_code == 200
+            out += [json.loads(line) for line in r.text.splitlines() if line]
+    return out
+
+
+# --------------------------------------------------------------- site A never sees site B
+
+
+def test_isolation_read_vread_and_history(secure: Secure) -> None:
+    obs, pat = secure.ids["hito-observation"], secure.ids["hito-patient"]
+    with secure.http("site-huanl") as c:
+        for url in (f"/Observation/{obs}", f"/Observation/{obs}/_history/1", f"/Observation/{obs}/_history",
+                    f"/Patient/{pat}", f"/Patient/{pat}/_history"):
+            r = c.get(url)
+            assert r.status_code == 404, (url, r.status_code)
+            assert r.json()["issue"][0]["code"] == "not-found"  # as for an id that never existed
+        assert c.get(f"/Observation/{secure.ids['huanl-observation']}").status_code == 200
+
+
+def test_isolation_search(secure: Secure) -> None:
+    huanl = {r["id"] for r in secure.store.iter_resources("Patient", site="huanl")}
+    with secure.http("site-huanl") as c:
+        r = c.get("/Observation", params={"_count": "500"}).json()
+        assert r["total"] == sum(1 for _ in secure.store.iter_resources("Observation", site="huanl"))
+        assert all(e["resource"]["subject"]["reference"].split("/")[1] in huanl for e in r["entry"])
+        assert c.get("/Observation", params={"_id": secure.ids["hito-observation"]}).json()["total"] == 0
+        assert c.get("/Observation", params={"_site": "hito"}).json()["total"] == 0
+
+
+def _cross_site_observation(secure: Secure) -> str:
+    """An Observation stored at HITO whose subject is a HUANL Patient (a mis-mapped cross-site
+    reference), written directly into the store."""
+    obs = dict(secure.store.read("Observation", secure.ids["hito-observation"]) or {})
+    oid = f"cross-{uuid.uuid4().hex[:8]}"
+    obs.update(id=oid, subject={"reference": f"Patient/{secure.ids['huanl-patient']}"})
+    obs.pop("meta", None)
+    with secure.store.transaction() as tx:
+        tx.upsert([(obs, "hito", None)])
+    return oid
+
+
+def test_isolation_revinclude_and_include(secure: Secure) -> None:
+    oid = _cross_site_observation(secure)
+    with secure.http("site-huanl") as c:
+        r = c.get("/Patient", params={"_id": secure.ids["huanl-patient"], "_revinclude": "Observation:subject"}).json()
+        ids = {e["resource"]["id"] for e in r["entry"]}
+        assert secure.ids["huanl-patient"] in ids and oid not in ids
+    with secure.http("site") as c:  # HITO sees its Observation, but not the HUANL Patient it points to
+        r = c.get("/Observation", params={"_id": oid, "_include": "Observation:subject"}).json()
+        assert [e["resource"]["id"] for e in r["entry"]] == [oid]
+
+
+def test_isolation_everything(secure: Secure) -> None:
+    with secure.http("site-huanl") as c:
+        assert c.get(f"/Patient/{secure.ids['hito-patient']}/$everything").status_code == 404
+        assert c.get("/Group/site-hito/$everything").status_code == 404
+        mine = c.get(f"/Patient/{secure.ids['huanl-patient']}/$everything").json()
+        assert all(e["resource"]["resourceType"] != "Patient" or e["resource"]["id"] == secure.ids["huanl-patient"]
+                   for e in mine["entry"])
+
+
+def _version(secure: Secure, rtype: str, rid: str) -> int:
+    with secure.store.engine.connect() as conn:
+        return conn.execute(select(resources.c.version_id).where(resources.c.type == rtype, resources.c.id == rid)).scalar_one()
+
+
+def test_isolation_crafted_transactions(secure: Secure) -> None:
+    hito_obs = secure.store.read("Observation", secure.ids["hito-observation"])
+    assert hito_obs is not None
+    before = _version(secure, "Observation", hito_obs["id"])
+    changed = {**hito_obs, "status": "amended"}
+    new_obs = {**{k: v for k, v in hito_obs.items() if k != "id"}, "meta": {"profile": hito_obs["meta"]["profile"]}}
+    huanl_obs = secure.store.read("Observation", secure.ids["huanl-observation"]) or {}
+    own = {**{k: v for k, v in huanl_obs.items() if k != "id"}, "meta": {"profile": huanl_obs["meta"]["profile"]}}
+    with secure.http("site-huanl") as c:
+        cases = [
+            ([{"request": {"method": "GET", "url": f"Observation/{hito_obs['id']}"}}], 404),
+            ([{"resource": changed, "request": {"method": "PUT", "url": f"Observation/{hito_obs['id']}"}}], 404),
+            ([{"resource": new_obs, "request": {"method": "POST", "url": "Observation"}}], 403),  # subject: a HITO patient
+            # an allowed entry and a forbidden one: the whole transaction fails, the allowed one is not written
+            ([{"fullUrl": "urn:uuid:" + str(uuid.uuid4()), "resource": {**own, "status": "preliminary"},
+               "request": {"method": "POST", "url": "Observation"}},
+              {"resource": changed, "request": {"method": "PUT", "url": f"Observation/{hito_obs['id']}"}}], 404),
+        ]
+        total = sum(1 for _ in secure.store.iter_resources("Observation"))
+        for entries, status in cases:
+            r = c.post("/", json={"resourceType": "Bundle", "type": "transaction", "entry": entries})
+            assert r.status_code == status, r.text[:400]
+            assert hito_obs["id"] not in r.text or "Bundle.entry" in r.text
+        r = c.request("DELETE", f"/Observation/{hito_obs['id']}")
+        assert r.status_code in (200, 204)  # nothing of another site is deleted (R4: delete of nothing is a success)
+    assert _version(secure, "Observation", hito_obs["id"]) == before
+    assert sum(1 for _ in secure.store.iter_resources("Observation")) == total
+    assert secure.store.read("Observation", hito_obs["id"])["status"] == hito_obs["status"]
+
+
+def test_isolation_subscription_criteria_cannot_widen_the_site(secure: Secure) -> None:
+    with secure.http("subscriber") as c:
+        sub = {**_subscription("Observation?_site=huanl"), "status": "requested"}
+        r = c.post("/Subscription", json=sub)
+        assert r.status_code == 201, r.text
+        sid = r.json()["id"]
+        wide = c.post("/Subscription", json={**_subscription("Observation"), "status": "requested"}).json()["id"]
+    for site in ("huanl", "hito"):  # one write at each site
+        obs = dict(secure.store.read("Observation", secure.ids[f"{site}-observation"]) or {})
+        obs["issued"] = f"2026-12-0{1 if site == 'huanl' else 2}T10:00:00Z"
+        with secure.store.transaction() as tx:
+            tx.upsert([(obs, site, None)])
+    with secure.store.engine.connect() as conn:
+        events = {s: [r for (r,) in conn.execute(text(
+            "SELECT resource_id FROM subscription_events WHERE subscription_id = :s"), {"s": s})] for s in (sid, wide)}
+    assert events[sid] == []  # criteria naming HUANL match nothing for a HITO subscriber
+    assert events[wide] == [secure.ids["hito-observation"]]  # a criteria-wide subscription sees HITO only
+    with secure.http("site-huanl") as c:
+        assert c.get(f"/Subscription/{sid}").status_code == 404
+        assert c.get(f"/Subscription/{sid}/$events").status_code == 404
+
+
+def test_isolation_export(secure: Secure) -> None:
+    huanl = {r["id"] for r in secure.store.iter_resources("Patient", site="huanl")}
+    with secure.http("site-huanl") as c:
+        assert c.get("/Group/site-hito/$export", headers=ASYNC).status_code == 404
+        r = c.get("/$export", headers=ASYNC, params={"_type": "Patient,Observation"})
+        assert r.status_code == 202
+        status_url = r.headers["content-location"]
+        manifest = _wait(c, status_url)
+        patients, observations = _lines(c, manifest, "Patient"), _lines(c, manifest, "Observation")
+    assert {p["id"] for p in patients} == huanl
+    assert observations and all(o["subject"]["reference"].split("/")[1] in huanl for o in observations)
+    with secure.http("site") as other:  # another client cannot poll or download it
+        assert other.get(status_url).status_code == 404
+        assert other.get(manifest["output"][0]["url"]).status_code == 404
+
+
+def test_a_site_client_ingests_only_for_its_site(secure: Secure) -> None:
+    path = EXAMPLES / "hito" / "hito_erm_citometria.csv"
+    with secure.http("site-huanl") as c, path.open("rb") as fh:
+        r = c.post("/$ingest", files={"file": (path.name, fh)}, data={"site": "hito", "mapping": "erm_citometria"})
+    assert r.status_code == 403 and r.json()["resourceType"] == "OperationOutcome"
+
+
+# ------------------------------------------------------------------------------------- audit
+
+
+def test_the_audit_trail_lists_every_call(secure: Secure) -> None:
+    c = secure.register("audited engine", "site", "hito")
+    secure.clients["audited"] = c
+    calls: list[tuple[str, str, int]] = []
+    with secure.http("audited") as h:
+        calls.append(("POST", "/auth/token", 200))
+        mrn = "014240"  # a HITO record number, searched for: never in the audit trail
+        for method, url in [("GET", f"/Patient/{secure.ids['hito-patient']}"), ("GET", f"/Patient?identifier={mrn}"),
+                            ("GET", "/Observation/does-not-exist"), ("GET", f"/Patient/{secure.ids['hito-patient']}/_history"),
+                            ("GET", "/AuditEvent"), ("DELETE", "/Observation/does-not-exist"), ("GET", "/Foo")]:
+            r = h.request(method, url)
+            calls.append((method, url.split("?")[0], r.status_code))
+    with secure.http("admin") as a:
+        r = a.get("/AuditEvent", params={"agent": c.client_id, "_count": "1000"})
+        assert r.status_code == 200
+        events = [e["resource"] for e in r.json()["entry"]]
+        seen = sorted((e["entity"][0]["description"].split(" ", 1)[0], e["entity"][0]["description"].split(" ", 1)[1],
+                       int(e["outcomeDesc"].split()[1].rstrip(":"))) for e in events)
+        assert seen == sorted(calls)
+        failed = a.get("/AuditEvent", params={"outcome": "12", "_count": "1000"}).json()
+    assert failed["total"] >= 1  # authentication failures are audited (outcome 12)
+    schema = jsonschema_rs.validator_for(json.loads((ROOT / "profiles" / "fhir.r4.schema.json").read_text()))
+    for e in events:
+        assert schema.is_valid(e), list(schema.iter_errors(e))[:1]
+        assert e["agent"][0]["who"]["identifier"]["value"] == c.client_id
+    with secure.store.engine.connect() as conn:
+        dump = "\n".join(t for (t,) in conn.execute(select(audit_events.c.resource)))
+    assert mrn not in dump
+    assert all(cl.token not in dump for cl in secure.clients.values() if cl.token)
+    names = {n for p in secure.store.iter_resources("Patient") for nm in p.get("name", []) for n in
+             [nm.get("family", ""), *nm.get("given", [])] if n}
+    assert not any(n in dump for n in names)
+
+
+def test_the_audit_trail_is_append_only(secure: Secure) -> None:
+    with secure.store.engine.connect() as conn:
+        assert conn.execute(select(audit_events.c.id).limit(1)).first() is not None
+    for stmt in ("UPDATE audit_events SET outcome = '0'", "DELETE FROM audit_events"):
+        with pytest.raises(Exception, match="append-only"), secure.store.engine.begin() as conn:
+            conn.execute(text(stmt))
+
+
+# ---------------------------------------------------------------------- schemathesis with auth
+
+
+def test_schemathesis_with_a_site_token_finds_no_server_error(secure: Secure, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    with secure.http("site") as c:
+        token = c.headers["authorization"]
+    st = Path(sys.executable).parent / "schemathesis"
+    proc = subprocess.run(  # noqa: S603  (our own virtualenv's executable, fixed arguments)
+        [str(st), "run", f"{secure.srv.base}/openapi.json", "-H", f"Authorization: {token}",
+         "--checks", "not_a_server_error", "--max-examples", "15", "--seed", "20261202", "--no-color"],
+        capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-4000:]
