@@ -5,14 +5,20 @@ from __future__ import annotations
 
 import io
 import json
+import select
+import shutil
+import socket
+import time
+import uuid
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import openpyxl.xml
 import pytest
 
 from adapter.api.fhir_http import MAX_JSON_DEPTH, json_depth
-from adapter.config import Settings
+from adapter.config import ROOT, Settings
 from adapter.errors import ReaderError
 from adapter.ingest import ingest_file
 from adapter.outcomes.render import csv_safe, to_csv
@@ -82,3 +88,117 @@ def test_csv_cells_cannot_run_as_formulas() -> None:
     text = to_csv(report)
     assert "\n'=cmd" in text and "\n=cmd" not in text
     assert io.StringIO(text).readline().strip()  # a header line
+
+
+# ------------------------------------------------------------------- hostile files over HTTP
+
+
+def _rss_mib() -> float:
+    """Resident memory of this process (the test server runs in it), in MiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+def _raw_post(api: Server, path: str, headers: dict[str, str], chunks: Any) -> tuple[int, int]:
+    """POST through a raw socket, sending ``chunks`` until the server answers; returns (status,
+    bytes of body sent). A real client (curl) behaves the same: it stops when the answer comes."""
+    sock = socket.create_connection(("127.0.0.1", api.port), timeout=30)
+    try:
+        head = f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n"
+        sock.sendall(head.encode())
+        sent = 0
+        for chunk in chunks:
+            if select.select([sock], [], [], 0)[0]:  # the answer came: stop sending
+                break
+            try:
+                sock.sendall(chunk)
+            except (BrokenPipeError, ConnectionResetError):
+                break
+            sent += len(chunk)
+        reply = b""
+        while b"\r\n" not in reply:
+            part = sock.recv(4096)
+            if not part:
+                break
+            reply += part
+        return int(reply.split(b" ", 2)[1]), sent
+    finally:
+        sock.close()
+
+
+def test_a_200_mb_csv_over_the_limit_gets_413_with_bounded_memory(api: Server) -> None:
+    """``$ingest`` with a 200 MB CSV (the limit here is 1 MB): a declared Content-Length is refused
+    before any byte is read; a streamed (chunked) body is cut off at the limit. Memory stays flat."""
+    rows = ("Folio;Expediente;Resultado\n" + "CF-1;000001;0,01\n" * 65536).encode()  # 1 MiB
+    boundary = "bnd" + uuid.uuid4().hex
+    pre = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"site\"\r\n\r\nhito\r\n"
+           f"--{boundary}\r\nContent-Disposition: form-data; name=\"mapping\"\r\n\r\nerm_citometria\r\n"
+           f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"big.csv\"\r\n\r\n").encode()
+    total = len(pre) + 200 * len(rows)
+    before = _rss_mib()
+    status, sent = _raw_post(api, "/$ingest", {"Content-Type": f"multipart/form-data; boundary={boundary}",
+                                               "Content-Length": str(total)}, iter([pre, *[rows] * 200]))
+    assert status == 413 and sent < 200 * len(rows)
+
+    def chunked() -> Any:
+        yield f"{len(pre):x}\r\n".encode() + pre + b"\r\n"
+        for _ in range(200):
+            yield f"{len(rows):x}\r\n".encode() + rows + b"\r\n"
+        yield b"0\r\n\r\n"
+
+    status, sent = _raw_post(api, "/$ingest", {"Content-Type": f"multipart/form-data; boundary={boundary}",
+                                               "Transfer-Encoding": "chunked"}, chunked())
+    assert status == 413
+    assert sent < 50 * len(rows)  # cut off near the limit, not after 200 MB
+    assert _rss_mib() - before < 100
+    assert api.client.get("/metadata").status_code == 200  # the server is fine
+
+
+def test_a_10000_deep_json_body_gets_400(api: Server) -> None:
+    body = '{"resourceType":"Organization","id":"deep","extension":' + '[{"extension":' * 10000 + "[]" + "}]" * 10000 + "}"
+    r = api.client.put("/Organization/deep", content=body, headers={"content-type": "application/fhir+json"})
+    assert r.status_code == 400 and r.json()["resourceType"] == "OperationOutcome"
+    assert api.client.get("/Organization/deep").status_code == 404
+
+
+@pytest.mark.parametrize("site,mapping", [("hito", "../../../etc/passwd"), ("../hito", "erm_citometria"),
+                                          ("hito", "erm_citometria/../../site"), ("hito", "..")])
+def test_mapping_and_site_names_cannot_traverse_paths(api: Server, site: str, mapping: str) -> None:
+    path = EXAMPLES / "hito" / "hito_erm_citometria.csv"
+    with path.open("rb") as fh:
+        r = api.client.post("/$ingest", files={"file": ("../../x.csv", fh)}, data={"site": site, "mapping": mapping})
+    assert 400 <= r.status_code < 500 and r.json()["resourceType"] == "OperationOutcome", r.text
+
+
+def test_hostile_xlsx_files_over_http_get_4xx(api: Server, tmp_path: Path) -> None:
+    bomb = _rewrite(WORKBOOK, tmp_path / "bomb.xlsx", {"xl/worksheets/sheet1.xml": b" " * (30 * 1024 * 1024)})
+    with bomb.open("rb") as fh:
+        r = api.client.post("/$ingest", files={"file": (bomb.name, fh)}, data={"site": "hito", "mapping": "seguimiento"})
+    assert r.status_code == 422 and "zip bomb" in r.text
+
+
+def test_a_catastrophically_backtracking_pattern_becomes_row_issues(tmp_path: Path, settings: Settings) -> None:
+    """A mapping whose regular expression backtracks catastrophically on the data (``^(.|.)*\\d$``
+    takes about 2^60 steps on these comments): each row gets an issue naming its row, column and
+    value, and the ingestion finishes."""
+    mdir = tmp_path / "mappings"
+    shutil.copytree(ROOT / "mappings", mdir)
+    spec = mdir / "hito" / "erm_citometria.yaml"
+    spec.write_text(spec.read_text(encoding="utf-8").replace(
+        "pattern: '^(Evaluación previa a blinatumomab|Control al término del ciclo)'", "pattern: '^(.|.)*\\d$'"),
+        encoding="utf-8")
+    src = EXAMPLES / "hito" / "hito_erm_citometria.csv"
+    small = tmp_path / "hito_erm_citometria.csv"
+    small.write_bytes(b"\n".join(src.read_bytes().splitlines()[:4]) + b"\n")
+    store = Store(f"sqlite:///{tmp_path}/s.sqlite3")
+    store.migrate()
+    started = time.monotonic()
+    report = ingest_file(small, "hito", "erm_citometria", store, settings=settings.model_copy(update={"mappings_dir": mdir}))
+    assert time.monotonic() - started < 60  # a hang guard, not a speed target
+    assert report.rows_rejected == 3
+    issues = report.operation_outcome()["issue"]
+    timed_out = [i for i in issues if "ran out of time" in i.get("diagnostics", "")]
+    assert len(timed_out) == 3
+    assert all("Comentario" in json.dumps(i) and "row" in json.dumps(i).lower() for i in timed_out), timed_out[0]

@@ -541,3 +541,82 @@ def test_schemathesis_with_a_site_token_finds_no_server_error(secure: Secure, tm
          "--checks", "not_a_server_error", "--max-examples", "15", "--seed", "20261202", "--no-color"],
         capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-4000:]
+
+
+# ------------------------------------------------------------------ settings, modes and the CLI
+
+
+def test_production_settings_fail_fast_without_secrets() -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError) as info:
+        Settings(env="production", _env_file=None)
+    msg = str(info.value)
+    for name in ("ADAPTER_ID_KEY", "ADAPTER_PSEUDONYM_KEY", "ADAPTER_TOKEN_KEY", "ADAPTER_DATABASE_URL"):
+        assert name in msg
+    with pytest.raises(ValidationError, match="ADAPTER_AUTH"):
+        Settings(env="production", id_key="k" * 32, pseudonym_key="p" * 32, token_key="t" * 32,
+                 database_url="postgresql+psycopg://db/adapter", auth=False, _env_file=None)
+    ok = Settings(env="production", id_key="k" * 32, pseudonym_key="p" * 32, token_key="t" * 32,
+                  database_url="postgresql+psycopg://db/adapter", _env_file=None)
+    assert ok.auth_enabled
+    assert not Settings(_env_file=None).auth_enabled  # development: the one-command demo needs no keys
+
+
+def _cli(args: list[str], env: dict[str, str], timeout: float = 120) -> Any:
+    import subprocess
+    import sys
+
+    exe = Path(sys.executable).parent / "adapter"
+    return subprocess.run([str(exe), *args], capture_output=True, text=True, env=env, timeout=timeout)  # noqa: S603
+
+
+def test_the_real_cli_refuses_production_without_secrets_and_dev_mode_on_other_interfaces(tmp_path: Path) -> None:
+    import os
+
+    env = {**os.environ, "ADAPTER_DATABASE_URL": f"sqlite:///{tmp_path}/a.sqlite3"}
+    r = _cli(["summary"], {**env, "ADAPTER_ENV": "production"})
+    assert r.returncode == 2 and "ADAPTER_TOKEN_KEY" in r.stderr
+    r = _cli(["serve", "--host", "0.0.0.0"], {**env, "ADAPTER_ENV": "development"})  # noqa: S104
+    assert r.returncode == 2 and "127.0.0.1 only" in r.stderr
+
+
+def test_clients_cli_adds_lists_and_revokes(tmp_path: Path) -> None:
+    import os
+
+    env = {**os.environ, "ADAPTER_DATABASE_URL": f"sqlite:///{tmp_path}/a.sqlite3"}
+    key, jwk, _ = _keypair("ES384")
+    (tmp_path / "jwks.json").write_text(json.dumps({"keys": [jwk]}))
+    r = _cli(["clients", "add", "--name", "HITO EHR", "--role", "subscriber", "--site", "hito", "--jwks",
+              str(tmp_path / "jwks.json")], env)
+    assert r.returncode == 0, r.stderr
+    client_id = r.stdout.split("client_id:")[1].split()[0]
+    listed = json.loads(_cli(["clients", "list", "--json"], env).stdout)
+    assert [(c["client_id"], c["role"], c["site"], c["kids"]) for c in listed] == [(client_id, "subscriber", "hito", [jwk["kid"]])]
+    assert "\"x\"" not in json.dumps(listed)  # keys are never printed
+    assert _cli(["clients", "revoke", client_id], env).returncode == 0
+    assert _cli(["clients", "revoke", client_id], env).returncode == 2  # already revoked
+    private = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(key))
+    (tmp_path / "private.json").write_text(json.dumps({"keys": [private]}))
+    for bad in (["--role", "site", "--jwks", str(tmp_path / "jwks.json")],  # a site client needs --site
+                ["--role", "admin", "--site", "hito", "--jwks", str(tmp_path / "jwks.json")],
+                ["--role", "site", "--site", "hito", "--jwks", str(tmp_path / "private.json")],  # private key material
+                ["--role", "subscriber", "--site", "hito", "--scope", "system/*.cruds", "--jwks", str(tmp_path / "jwks.json")]):
+        r = _cli(["clients", "add", "--name", "x", *bad], env)
+        assert r.returncode == 2, (bad, r.stdout, r.stderr)
+
+
+def test_a_client_assertion_from_the_cli_gets_a_token(secure: Secure, tmp_path: Path) -> None:
+    """The README's curl recipe: ``adapter clients assertion`` signs, the token endpoint answers."""
+    import os
+
+    from cryptography.hazmat.primitives import serialization
+
+    c = secure.clients["coordinator"]
+    pem = c.key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    (tmp_path / "key.pem").write_bytes(pem)
+    r = _cli(["clients", "assertion", "--client-id", c.client_id, "--key", str(tmp_path / "key.pem"), "--kid", c.kid,
+              "--alg", "ES384", "--token-url", secure.token_url], dict(os.environ))
+    assert r.returncode == 0, r.stderr
+    got = secure.get_token(c, r.stdout.strip(), scope="system/MeasureReport.rs")
+    assert got.status_code == 200 and got.json()["scope"] == "system/MeasureReport.rs"

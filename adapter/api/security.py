@@ -123,17 +123,24 @@ class SecurityMiddleware:
                 status["code"] = 413
                 await self._reply(send, 413, BodyTooLarge(limit).outcome(), {"connection": "close"})
                 return
-            seen = {"bytes": 0}
+            seen = {"bytes": 0, "cut": False}
 
             async def limited_receive() -> dict[str, Any]:
+                if seen["cut"]:
+                    return {"type": "http.disconnect"}
                 message = await receive()
                 if message["type"] == "http.request":
                     seen["bytes"] += len(message.get("body", b""))
-                    if seen["bytes"] > limit:
-                        raise BodyTooLarge(limit)
+                    if seen["bytes"] > limit:  # answer 413 now; the app sees the client leave
+                        seen["cut"] = True
+                        status["code"] = 413
+                        await self._reply(send, 413, BodyTooLarge(limit).outcome(), {"connection": "close"})
+                        return {"type": "http.disconnect"}
                 return message
 
             async def send_status(message: dict[str, Any]) -> None:
+                if seen["cut"]:  # the 413 is already sent; whatever the app answers is dropped
+                    return
                 if message["type"] == "http.response.start":
                     status["code"] = message["status"]
                 await send(message)
