@@ -138,7 +138,13 @@ def test_discovery_and_the_token_flow(secure: Secure) -> None:
     assert conf["token_endpoint"] == secure.token_url
     assert conf["token_endpoint_auth_signing_alg_values_supported"] == ["RS384", "ES384"]
     assert "client-confidential-asymmetric" in conf["capabilities"]
-    assert anon.get("/metadata").status_code == 200  # capabilities stay public
+    cap = anon.get("/metadata")  # capabilities stay public, and name the token endpoint
+    assert cap.status_code == 200
+    security = cap.json()["rest"][0]["security"]
+    assert security["service"][0]["coding"][0]["code"] == "SMART-on-FHIR"
+    assert security["extension"][0]["extension"][0]["valueUri"] == secure.token_url
+    schema = jsonschema_rs.validator_for(json.loads((ROOT / "profiles" / "fhir.r4.schema.json").read_text()))
+    assert schema.is_valid(cap.json())
     r = secure.get_token(secure.clients["subscriber"], scope="system/Observation.rs system/Observation.c")
     assert r.status_code == 200 and r.headers["cache-control"] == "no-store"
     body = r.json()

@@ -188,7 +188,7 @@ def _body_resource(body: bytes, rtype: str | None = None) -> dict[str, Any]:
 def _routes(app: FastAPI, settings: Settings, store: Store, validator: Validator) -> None:  # noqa: C901
     @app.get("/metadata", summary="CapabilityStatement")
     def metadata(request: Request) -> FHIRResponse:
-        return FHIRResponse(capability_statement(_base(request, settings), settings.profiles_dir))
+        return FHIRResponse(capability_statement(_base(request, settings), settings.profiles_dir, settings.auth_enabled))
 
     @app.post("/$ingest", summary="Ingest a site export (multipart: file, site, mapping)")
     def ingest(request: Request, file: Annotated[UploadFile, File()], site: Annotated[str, Form()],

@@ -29,8 +29,10 @@ def _profiles(folder: str) -> dict[str, list[str]]:
     return out
 
 
-def capability_statement(base: str, profiles_dir: Path) -> dict[str, Any]:
-    """The server's CapabilityStatement, for ``base`` (the service's public URL)."""
+def capability_statement(base: str, profiles_dir: Path, auth: bool = False) -> dict[str, Any]:
+    """The server's CapabilityStatement, for ``base`` (the service's public URL). With ``auth``,
+    ``rest.security`` declares SMART-on-FHIR with the token endpoint (SMART App Launch 2.0
+    §Conformance, the ``oauth-uris`` extension)."""
     profiles = _profiles(str(profiles_dir))
     resources = []
     for rtype in sorted(PARAMS):
@@ -83,6 +85,7 @@ def capability_statement(base: str, profiles_dir: Path) -> dict[str, Any]:
         "format": ["application/fhir+json", "json"],
         "rest": [{
             "mode": "server",
+            **({"security": _security(base)} if auth else {}),
             "resource": resources,
             "interaction": [{"code": "transaction"}, {"code": "batch"}],
             "searchParam": [{"name": "_count", "type": "number", "documentation": "page size (max 1000)"},
@@ -96,3 +99,12 @@ def capability_statement(base: str, profiles_dir: Path) -> dict[str, Any]:
             ],
         }],
     }
+
+
+def _security(base: str) -> dict[str, Any]:
+    return {"service": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/restful-security-service",
+                                     "code": "SMART-on-FHIR"}]}],
+            "extension": [{"url": "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris",
+                           "extension": [{"url": "token", "valueUri": f"{base}/auth/token"}]}],
+            "description": "SMART Backend Services (client credentials with a private_key_jwt assertion); "
+                           "roles site, subscriber, coordinator, admin; see /.well-known/smart-configuration"}
