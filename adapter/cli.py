@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -22,7 +24,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from adapter.config import get_settings
-from adapter.errors import AdapterError, ConfigError, IngestRejected, ValidationFailed
+from adapter.errors import AdapterError, ConfigError, IngestRejected, ReaderError, ValidationFailed
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="FHIR R4 adapter for multicenter pediatric leukemia outcome studies.")
@@ -36,6 +38,41 @@ def _store() -> Any:
     store = Store(get_settings().database_url)
     store.migrate()
     return store
+
+
+@contextmanager
+def _audited(store: Any, what: str) -> Iterator[None]:
+    """Record the command in the audit trail (adapter/auth/audit.py) when it ends: agent
+    ``cli:<OS user>``, ``what`` as the path (site, mapping, ids: never file names, which may hold a
+    patient's name), status 200, or 422/500 when it failed."""
+    import getpass
+
+    from adapter.auth.audit import audit_event
+    from adapter.store.db import now_instant
+    from adapter.store.security import AuditTrail
+
+    status = 500
+    try:
+        yield
+        status = 200
+    except (IngestRejected, ReaderError):
+        status = 422
+        raise
+    except ConfigError:
+        status = 400
+        raise
+    except typer.Exit as e:
+        status = 200 if not e.exit_code else 422
+        raise
+    finally:
+        who = f"cli:{getpass.getuser()}"
+        ev = audit_event(recorded=now_instant(), method="CLI", path=what, status=status, client_id=who, role="operator",
+                         site=None, address="localhost")
+        try:
+            AuditTrail(store).append(ev, client_id=who, role="operator", site=None, status=status, method="CLI",
+                                     path=what, entity=None)
+        except AdapterError:
+            err_console.print("[yellow]warning[/]: the audit event could not be written")
 
 
 def _fail(exc: AdapterError) -> None:
@@ -94,8 +131,9 @@ def ingest(
 
     try:
         store = _store()
-        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                      console=err_console, transient=True, disable=not err_console.is_terminal) as bar:
+        with _audited(store, f"adapter ingest --site {site[:40]} --mapping {mapping[:64]}" + (" --dry-run" if dry_run else "")), \
+                Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                         console=err_console, transient=True, disable=not err_console.is_terminal) as bar:
             task = bar.add_task(f"ingest {file.name}", total=None)
             report = ingest_file(file, site, mapping, store, strict=strict, dry_run=dry_run,
                                  full_validation=full_validation, show=show,
@@ -183,8 +221,9 @@ def export_ndjson(
         if out.exists() and any(out.iterdir()):
             _fail(ConfigError(f"{out} is not empty; give a new folder"))
         out.mkdir(parents=True, exist_ok=True)
-        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                      console=err_console, transient=True) as bar:
+        with _audited(store, f"adapter export {path}" + (" _deidentify=true" if req.deidentify else "")), \
+                Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                         console=err_console, transient=True) as bar:
             task = bar.add_task("exporting", total=total)
 
             def beat(progress: str, force: bool) -> bool:
@@ -490,7 +529,9 @@ def clients_add(
         scopes = check_registration(role, site, scope, doc)
     except (OSError, ValueError, RegistrationError) as exc:
         _fail(ConfigError(f"{jwks}: {exc}"))
-    client = ClientRegistry(_store()).add(name, role, site, scopes, doc)
+    store = _store()
+    with _audited(store, f"adapter clients add --role {role} --site {site or '-'}"):
+        client = ClientRegistry(store).add(name, role, site, scopes, doc)
     console.print(f"client_id: {client.client_id}")
     console.print(f"role: {role}{f' (site {site})' if site else ''}; scopes: {' '.join(scopes)}", highlight=False)
 
@@ -516,8 +557,10 @@ def clients_revoke(client_id: Annotated[str, typer.Argument(help="the client to 
     """Revoke a client: its assertions and its current access tokens stop working (exit 2 if unknown)."""
     from adapter.store.security import ClientRegistry
 
-    if not ClientRegistry(_store()).revoke(client_id):
-        _fail(ConfigError(f"no active client {client_id}"))
+    store = _store()
+    with _audited(store, f"adapter clients revoke {client_id[:64]}"):
+        if not ClientRegistry(store).revoke(client_id):
+            _fail(ConfigError(f"no active client {client_id}"))
     console.print(f"revoked {client_id}")
 
 

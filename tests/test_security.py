@@ -627,3 +627,24 @@ def test_a_client_assertion_from_the_cli_gets_a_token(secure: Secure, tmp_path: 
     assert r.returncode == 0, r.stderr
     got = secure.get_token(c, r.stdout.strip(), scope="system/MeasureReport.rs")
     assert got.status_code == 200 and got.json()["scope"] == "system/MeasureReport.rs"
+
+
+def test_cli_ingest_and_client_changes_are_audited(tmp_path: Path) -> None:
+    import os
+
+    db = f"sqlite:///{tmp_path}/a.sqlite3"
+    env = {**os.environ, "ADAPTER_DATABASE_URL": db}
+    path = EXAMPLES / "hito" / "hito_erm_citometria.csv"
+    assert _cli(["ingest", str(path), "--site", "hito", "--mapping", "erm_citometria"], env).returncode == 0
+    assert _cli(["ingest", str(path), "--site", "hito", "--mapping", "no-such-mapping"], env).returncode == 2
+    assert _cli(["clients", "revoke", "nobody"], env).returncode == 2
+    store = Store(db)
+    with store.engine.connect() as conn:
+        rows = conn.execute(select(audit_events.c.method, audit_events.c.path, audit_events.c.status, audit_events.c.client_id)
+                            .order_by(audit_events.c.recorded)).all()
+    assert [(m, p, s) for m, p, s, _ in rows] == [
+        ("CLI", "adapter ingest --site hito --mapping erm_citometria", 200),
+        ("CLI", "adapter ingest --site hito --mapping no-such-mapping", 400),
+        ("CLI", "adapter clients revoke nobody", 422)]
+    assert all(c.startswith("cli:") for *_, c in rows)
+    assert not any(path.name in p for _, p, _, _ in rows)  # file names can hold a patient's name: never recorded
