@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test ingest-examples lint bench bench-serve bench-export bench-subscriptions clean
+.PHONY: run test ingest-examples lint bench bench-serve bench-export bench-subscriptions bench-security clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +48,10 @@ bench-export: $(STAMP)
 
 bench-subscriptions: $(STAMP)
 	$(BIN)/python bench/subscriptions.py
+
+bench-security: $(STAMP)
+	$(BIN)/python bench/security.py
+	$(BIN)/python bench/security.py --postgres postgresql+psycopg://postgres@127.0.0.1:5432/postgres
 
 clean:
 	rm -rf $(VENV) .adapter-data .pytest_cache .hypothesis
