@@ -505,7 +505,11 @@ def serve(
     except AdapterError as exc:
         _fail(exc)
     console.print(f"serving FHIR R4 at http://{host}:{port or settings.port}/metadata")
-    uvicorn.run(api, host=host, port=port or settings.port, log_level="info")
+    from adapter.logs import configure_logging
+
+    configure_logging()
+    # our request lines (adapter.access, with request ids) replace uvicorn's access log
+    uvicorn.run(api, host=host, port=port or settings.port, log_level="info", log_config=None, access_log=False)
 
 
 clients_app = typer.Typer(no_args_is_help=True, help="Register, list and revoke SMART Backend Services clients.")

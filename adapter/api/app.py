@@ -79,6 +79,9 @@ def create_app(settings: Settings | None = None, store: Store | None = None, val
 
     app.add_middleware(SecurityMiddleware, settings=settings, store=store)
     add_security_routes(app, store, settings, lambda request: _base(request, settings))
+    from adapter.api.ops import add_ops
+
+    delivery_seconds = add_ops(app, store)  # health, metrics, request ids (outermost)
     from adapter.api.outcomes_routes import add_outcome_routes
 
     add_outcome_routes(app, store, settings)  # before the generic /{type} routes
@@ -91,6 +94,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None, val
     from adapter.subscriptions.delivery import DeliveryWorker
 
     app.state.delivery_worker = DeliveryWorker(store, settings)
+    app.state.delivery_worker.on_delivered = delivery_seconds.observe
     return app
 
 

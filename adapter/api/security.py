@@ -38,9 +38,10 @@ from adapter.store.security import AuditTrail, ClientRegistry
 log = logging.getLogger("adapter.security")
 
 PRINCIPAL = "adapter.principal"
-#: Paths served without a token (SMART discovery, the token endpoint, capabilities, API docs).
+#: Paths served without a token (SMART discovery, the token endpoint, capabilities, API docs, and
+#: the operator's health checks and metrics, which hold no patient data).
 PUBLIC = frozenset({"/metadata", "/.well-known/smart-configuration", "/auth/token", "/docs", "/openapi.json",
-                    "/docs/oauth2-redirect", "/redoc"})
+                    "/docs/oauth2-redirect", "/redoc", "/health/live", "/health/ready", "/metrics"})
 
 
 def principal(request: Request) -> Principal:

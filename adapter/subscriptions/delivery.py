@@ -60,6 +60,8 @@ class DeliveryWorker:
         self._thread: threading.Thread | None = None
         self._dirty = False
         self._last_sent: dict[str, float] = {}  # subscription id -> when a notification last went out
+        #: Called with the seconds from an event's commit to its delivery (the service's metrics).
+        self.on_delivered: Any = None
 
     # ------------------------------------------------------------------------------ database side
 
@@ -224,6 +226,9 @@ class DeliveryWorker:
             failures = await asyncio.to_thread(self._release, conn, ev, error is None, error) if conn is not None \
                 else await asyncio.to_thread(self._mark, ev, error is None, error)
             if error is None:
+                if self.on_delivered is not None:
+                    self.on_delivered(max(0.0, (datetime.now(UTC) - datetime.fromisoformat(
+                        ev["created"].replace("Z", "+00:00"))).total_seconds()))
                 continue
             log.info("subscription %s: event %d not delivered (%s), attempt %d", sid, ev["event_number"], error, failures)
             if failures >= self.settings.subscription_max_failures:
