@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test ingest-examples lint bench bench-serve bench-export bench-subscriptions bench-security clean
+.PHONY: run test ingest-examples lint bench bench-serve bench-export bench-subscriptions bench-security docker-smoke clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,10 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check adapter tests bench
 	$(BIN)/python -m pytest -n 2 --dist loadfile
+
+## make docker-smoke: replay the Dockerfile's install and start commands in a fresh venv, check /health/ready
+docker-smoke: $(STAMP)
+	$(BIN)/python tests/docker_smoke.py
 
 bench: $(STAMP)
 	$(BIN)/python bench/ingest.py

@@ -27,8 +27,8 @@ def configure_logging(level: str = "INFO") -> None:
                         logger_factory=structlog.stdlib.LoggerFactory(), cache_logger_on_first_use=True)
     formatter = structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=[*_SHARED, structlog.stdlib.ExtraAdder()],
-        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, structlog.processors.format_exc_info,
-                    structlog.processors.JSONRenderer()])
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, _drop_color,
+                    structlog.processors.format_exc_info, structlog.processors.JSONRenderer()])
     handler = logging.StreamHandler()
     handler.setFormatter(formatter)
     root = logging.getLogger()
@@ -37,3 +37,9 @@ def configure_logging(level: str = "INFO") -> None:
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logging.getLogger(name).handlers = []
         logging.getLogger(name).propagate = True
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # readiness checks would log the migration context
+
+
+def _drop_color(_: object, __: str, event: dict[str, object]) -> dict[str, object]:
+    event.pop("color_message", None)  # uvicorn's terminal-coloured copy of the message
+    return event
