@@ -11,6 +11,7 @@ Exit codes (also in README.md; ``adapter.errors`` draws the hierarchy):
 from __future__ import annotations
 
 import json
+import re
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -26,7 +27,7 @@ from rich.table import Table
 from adapter.config import get_settings
 from adapter.errors import AdapterError, ConfigError, IngestRejected, ReaderError, ValidationFailed
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+app = typer.Typer(add_completion=True, no_args_is_help=True,
                   help="FHIR R4 adapter for multicenter pediatric leukemia outcome studies.")
 console = Console()
 err_console = Console(stderr=True)
@@ -161,7 +162,10 @@ def export_bundle(
     try:
         store = _store()
         n = 0
-        with out.open("wb") as fh:
+        total = sum(store.counts(site).values())
+        with out.open("wb") as fh, Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                             TimeElapsedColumn(), console=err_console, transient=True) as bar:
+            task = bar.add_task(f"writing {out.name}", total=total)
             fh.write(b'{"resourceType":"Bundle","type":"collection","timestamp":')
             from adapter.store.db import now_instant
 
@@ -171,6 +175,7 @@ def export_bundle(
                     fh.write(b",")
                 fh.write(orjson.dumps({"fullUrl": f"{res['resourceType']}/{res['id']}", "resource": res}))
                 n += 1
+                bar.advance(task)
             fh.write(b"]}")
     except AdapterError as exc:
         _fail(exc)
@@ -323,8 +328,9 @@ def outcomes(
         store = _store()
         if site is not None and site not in store.sites():
             raise ConfigError(f"no data for site {site!r} (sites: {', '.join(store.sites())})")
-        report = outcomes_report(store.cohort(site), timepoint, stratify,
-                                 drug_costs=load_drug_costs(get_settings().mappings_dir))
+        with err_console.status("computing outcomes (Kaplan–Meier, confidence intervals)"):
+            report = outcomes_report(store.cohort(site), timepoint, stratify,
+                                     drug_costs=load_drug_costs(get_settings().mappings_dir))
     except AdapterError as exc:
         _fail(exc)
     if fmt == "json":
@@ -336,61 +342,16 @@ def outcomes(
     _print_outcomes(report)
 
 
-def _fmt_prop(p: dict[str, Any]) -> str:
-    if p.get("rate") is None:
-        return f"{p['count']}/{p['n']}"
-    lo, hi = p["ci95"]
-    return f"{p['count']}/{p['n']} ({p['rate'] * 100:.1f}%, {lo * 100:.1f}–{hi * 100:.1f})"
-
-
-def _fmt_km(k: dict[str, Any]) -> str:
-    if k.get("survival") is None:
-        return "–"
-    lo, hi = k["ci95"]
-    return f"{k['survival'] * 100:.1f}% ({lo * 100:.1f}–{hi * 100:.1f})"
-
-
-def _fmt_share(x: float | None) -> str:
-    return "–" if x is None else f"{x * 100:.1f}%"
-
-
-def _fmt_vials(f: dict[str, Any]) -> str:
-    v = f["exposure"]["vials"]
-    if "standard_course" not in v:
-        return "–" if "used" not in v else str(v["used"]["total"])
-    return f"{v['used']['total']} / {v['standard_course']['total']} (-{_fmt_share(v['saving_share'])})"
-
-
-def _fmt_cost(f: dict[str, Any]) -> str:
-    usd = f["exposure"]["vials"].get("cost", {}).get("usd")
-    return "–" if usd is None else f"{usd['used']:,.0f} / {usd['standard_course']:,.0f}"
-
-
 def _print_outcomes(report: dict[str, Any]) -> None:
-    groups = [*report["sites"].items(), ("pooled", report["pooled"])]
+    from adapter.outcomes.render import outcome_table
+
+    columns, rows = outcome_table(report)
     t = Table(title=f"outcomes (KM at {report['timepoint_months']:g} months; 95% CI)")
     t.add_column("figure")
-    for name, _ in groups:
+    for name in columns:
         t.add_column(name, justify="right")
-    rows: list[tuple[str, Any]] = [
-        ("patients", lambda f: str(f["n"])),
-        ("CR (CR MRD-neg + MRD clearance)", lambda f: _fmt_prop(f["response"]["cr"])),
-        ("MRD-negative after blinatumomab", lambda f: _fmt_prop(f["response"]["mrd_negative_after"])),
-        ("MRD clearance (MRD+ <1% at start)", lambda f: _fmt_prop(f["response"]["mrd_clearance_among_mrd_positive_below_1_percent"])),
-        ("HSCT", lambda f: _fmt_prop(f["hsct"])),
-        ("CRS any grade", lambda f: _fmt_prop(f["toxicity"]["crs_any"])),
-        ("CRS grade >= 3", lambda f: _fmt_prop(f["toxicity"]["crs_grade_3_plus"])),
-        ("ICANS", lambda f: _fmt_prop(f["toxicity"]["icans_any"])),
-        ("deaths", lambda f: _fmt_prop(f["deaths"])),
-        ("OS", lambda f: _fmt_km(f["survival"]["os"])),
-        ("RFS", lambda f: _fmt_km(f["survival"]["rfs"])),
-        ("median follow-up, reverse KM (months)", lambda f: str(f["follow_up"]["reverse_km_median_months"])),
-        ("outpatient infusion days", lambda f: _fmt_share(f["exposure"]["outpatient_share"])),
-        ("vials used / standard 28-day course", _fmt_vials),
-        ("drug cost USD, used / standard", _fmt_cost),
-    ]
-    for label, fn in rows:
-        t.add_row(label, *(fn(f) for _, f in groups))
+    for label, cells in rows:
+        t.add_row(label, *cells)
     console.print(t)
 
 
@@ -438,8 +399,9 @@ def scan(
         elif fmt == "hl7v2":
             detected["encoding"] = encoding or "utf-8"
         paths = reader.columns() if fmt == "hl7v2" else None
-        reports = [scanning.profile_rows(reader.rows(sh, set(paths or ())), file.name, fmt, sh, top, paths)
-                   for sh in reader.sheets()]
+        with err_console.status(f"scanning {file.name}"):
+            reports = [scanning.profile_rows(reader.rows(sh, set(paths or ())), file.name, fmt, sh, top, paths)
+                       for sh in reader.sheets()]
     except AdapterError as exc:
         _fail(exc)
     dd_name = data_dictionary.name if data_dictionary else None
@@ -590,6 +552,21 @@ def clients_assertion(
     except (OSError, ValueError, jwt.PyJWTError) as exc:
         _fail(ConfigError(f"{key}: cannot sign with it ({exc.__class__.__name__})"))
     print(token)  # noqa: T201
+
+
+def _one_line_help(typer_app: typer.Typer) -> None:
+    """``adapter --help`` lists each command with one line: the first sentence of its docstring
+    (the whole docstring stays in ``adapter COMMAND --help``)."""
+    for cmd in typer_app.registered_commands:
+        doc = " ".join((cmd.callback.__doc__ or "").split()) if cmd.callback else ""
+        if doc and cmd.short_help is None:
+            first = re.split(r"(?<=[a-z)])\. ", doc, maxsplit=1)[0]
+            head, colon, _ = first.partition(": ")
+            cmd.short_help = (head if colon and head.count("(") == head.count(")") else first).rstrip(".:")
+
+
+_one_line_help(app)
+_one_line_help(clients_app)
 
 
 def main() -> None:

@@ -83,7 +83,10 @@ class IngestReport:
                 "rowsRead": self.rows_read, "rowsMapped": self.rows_mapped, "rowsRejected": self.rows_rejected,
                 "rowsSkipped": sum(self.rows_skipped.values()), "skipped": self.rows_skipped,
                 "blankRows": self.blank_rows, "unlinkedPatients": self.unlinked_patients, "stored": self.stored, "resources": self.counts(),
-                "provenance": self.provenance_ids, "operationOutcome": self.operation_outcome()}
+                "provenance": self.provenance_ids, "operationOutcome": self.operation_outcome(),
+                "rowIssues": [{"file": i.file, "sheet": i.sheet, "row": i.row, "segment": i.segment, "column": i.column,
+                               "value": None if i.value is None else str(i.value), "reason": i.reason, "code": i.code,
+                               "severity": i.severity} for i in self.issues]}
 
 
 #: Targets per Provenance resource. A large file's ingestion is recorded by several Provenance

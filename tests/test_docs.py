@@ -68,3 +68,19 @@ def test_typo_fails_at_load_naming_file_and_key(tmp_path: Path, old: str, new: s
     with pytest.raises(MappingSpecError) as exc:
         load_mapping("hito", "erm_citometria", tmp_path / "mappings")
     assert str(f) in str(exc.value) and key in str(exc.value)
+
+
+def test_help_lists_every_command_on_one_line_and_completion_works() -> None:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    exe = Path(sys.executable).parent / "adapter"
+    out = subprocess.run([str(exe), "--help"], capture_output=True, text=True, env={"COLUMNS": "200", "PATH": ""},  # noqa: S603
+                         timeout=60).stdout
+    for cmd in app.registered_commands:
+        name = cmd.name or cmd.callback.__name__.replace("_", "-")
+        line = next((ln for ln in out.splitlines() if ln.startswith(f"│ {name} ")), "")
+        assert line and cmd.short_help and cmd.short_help in line, (name, cmd.short_help)
+    comp = subprocess.run([str(exe), "--show-completion", "bash"], capture_output=True, text=True, timeout=60)  # noqa: S603
+    assert comp.returncode == 0 and "_adapter_completion" in comp.stdout

@@ -85,6 +85,9 @@ def create_app(settings: Settings | None = None, store: Store | None = None, val
     from adapter.api.outcomes_routes import add_outcome_routes
 
     add_outcome_routes(app, store, settings)  # before the generic /{type} routes
+    from adapter.ui.routes import add_ui_routes
+
+    add_ui_routes(app, store, settings)
     from adapter.api.bulk_routes import add_bulk_routes
     from adapter.bulk.runner import ExportWorker
 
@@ -555,7 +558,7 @@ def _ingest_bundle(report: Any, base: str) -> dict[str, Any]:
                          "issue": [{"severity": "information", "code": "informational", "diagnostics": o.outcome}]}},
     } for o in report.outcomes]
     summary = {"severity": "information", "code": "informational",
-               "diagnostics": json.dumps({k: v for k, v in report.to_json().items() if k != "operationOutcome"})}
+               "diagnostics": json.dumps({k: v for k, v in report.to_json().items() if k not in ("operationOutcome", "rowIssues")})}
     outcome = report.operation_outcome()
     outcome["issue"] = [summary, *outcome["issue"]]
     entries.append({"fullUrl": f"urn:uuid:{report.ingestion_id}",

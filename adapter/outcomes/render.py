@@ -91,7 +91,7 @@ def km_plot(cohort: list[PatientCourse], endpoint: str = "os", stratify: str | N
 
     groups = {"all": cohort} if stratify is None else {
         g: [c for c in cohort if STRATA[stratify](c) == g] for g in sorted({STRATA[stratify](c) for c in cohort})}
-    fig, ax = plt.subplots(figsize=(7, 5))
+    fig, ax = plt.subplots(figsize=(8, 5))
     fitters = []
     for name, members in groups.items():
         data = survival_data(members, endpoint)
@@ -106,10 +106,65 @@ def km_plot(cohort: list[PatientCourse], endpoint: str = "os", stratify: str | N
     ax.set_ylabel(f"{endpoint.upper()} probability")
     ax.set_title(DEFINITIONS[endpoint]["name"])
     ax.set_ylim(0, 1.05)
-    if fitters:
-        add_at_risk_counts(*fitters, ax=ax)
-    fig.tight_layout()
+    if fitters:  # one "at risk" row per stratum under the time axis (saved inside the picture below)
+        add_at_risk_counts(*fitters, ax=ax, rows_to_show=["At risk"], fontsize=8)
     buf = io.BytesIO()
-    fig.savefig(buf, format=fmt)
+    fig.savefig(buf, format=fmt, bbox_inches="tight")
     plt.close(fig)
     return buf.getvalue()
+
+
+def _fmt_prop(p: dict[str, Any]) -> str:
+    if p.get("rate") is None:
+        return f"{p['count']}/{p['n']}"
+    lo, hi = p["ci95"]
+    return f"{p['count']}/{p['n']} ({p['rate'] * 100:.1f}%, {lo * 100:.1f}–{hi * 100:.1f})"
+
+
+def _fmt_km(k: dict[str, Any]) -> str:
+    if k.get("survival") is None:
+        return "–"
+    lo, hi = k["ci95"]
+    return f"{k['survival'] * 100:.1f}% ({lo * 100:.1f}–{hi * 100:.1f})"
+
+
+def _fmt_share(x: float | None) -> str:
+    return "–" if x is None else f"{x * 100:.1f}%"
+
+
+def _fmt_vials(f: dict[str, Any]) -> str:
+    v = f["exposure"]["vials"]
+    if "standard_course" not in v:
+        return "–" if "used" not in v else str(v["used"]["total"])
+    return f"{v['used']['total']} / {v['standard_course']['total']} (-{_fmt_share(v['saving_share'])})"
+
+
+def _fmt_cost(f: dict[str, Any]) -> str:
+    usd = f["exposure"]["vials"].get("cost", {}).get("usd")
+    return "–" if usd is None else f"{usd['used']:,.0f} / {usd['standard_course']:,.0f}"
+
+
+def outcome_table(report: dict[str, Any]) -> tuple[list[str], list[tuple[str, list[str]]]]:
+    """The outcomes report as a table for people (the CLI and the dashboard): column names (each
+    site, then ``pooled``) and rows of (figure, formatted cells). Proportions read
+    ``count/n (rate %, 95% CI)``; KM estimates ``survival % (95% CI)`` at the report's time point;
+    suppressed small cells keep their ``<5`` mark."""
+    groups = [*report["sites"].items(), ("pooled", report["pooled"])]
+    rows: list[tuple[str, Any]] = [
+        ("patients", lambda f: str(f["n"])),
+        ("CR (CR MRD-neg + MRD clearance)", lambda f: _fmt_prop(f["response"]["cr"])),
+        ("MRD-negative after blinatumomab", lambda f: _fmt_prop(f["response"]["mrd_negative_after"])),
+        ("MRD clearance (MRD+ <1% at start)", lambda f: _fmt_prop(f["response"]["mrd_clearance_among_mrd_positive_below_1_percent"])),
+        ("HSCT", lambda f: _fmt_prop(f["hsct"])),
+        ("CRS any grade", lambda f: _fmt_prop(f["toxicity"]["crs_any"])),
+        ("CRS grade >= 3", lambda f: _fmt_prop(f["toxicity"]["crs_grade_3_plus"])),
+        ("ICANS", lambda f: _fmt_prop(f["toxicity"]["icans_any"])),
+        ("deaths", lambda f: _fmt_prop(f["deaths"])),
+        ("OS", lambda f: _fmt_km(f["survival"]["os"])),
+        ("RFS", lambda f: _fmt_km(f["survival"]["rfs"])),
+        ("median follow-up, reverse KM (months)", lambda f: str(f["follow_up"]["reverse_km_median_months"])),
+        ("outpatient infusion days", lambda f: _fmt_share(f["exposure"]["outpatient_share"])),
+        ("vials used / standard 28-day course", _fmt_vials),
+        ("drug cost USD, used / standard", _fmt_cost),
+    ]
+    return [name for name, _ in groups], [(label, [fn(f) for _, f in groups]) for label, fn in rows]

@@ -1,0 +1,103 @@
+"""Dashboard routes (see the package docstring). Pages:
+
+* ``/ui/outcomes?timepoint=M``: per-site and pooled table (the same figures and small-cell
+  suppression as ``GET /outcomes``), KM curves by site with numbers at risk (the
+  ``/outcomes/km.svg`` plots), CSV and PNG downloads.
+* ``/ui/ingestions``: the last ingestions per site (rows read, mapped, rejected);
+  ``/ui/ingestions/{id}``: one ingestion's row issues (file, sheet, row, column, value, reason).
+* ``/ui/subscriptions``: each Subscription's status, last delivery, backlog and last error.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import urlencode, urlparse
+
+from fastapi import FastAPI, Query, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.templating import Jinja2Templates
+from sqlalchemy import func, select
+
+from adapter.api.fhir_http import FHIRError
+from adapter.api.security import require
+from adapter.config import Settings
+from adapter.store import Store
+from adapter.store.schema import subscription_events
+
+TEMPLATES = Jinja2Templates(directory=str(Path(__file__).resolve().parent / "templates"))
+TIMEPOINTS = (6.0, 12.0, 24.0, 36.0, 60.0)
+#: ingestions listed per site
+PER_SITE = 10
+
+
+def add_ui_routes(app: FastAPI, store: Store, settings: Settings) -> None:
+    """Register the dashboard (before the generic FHIR routes)."""
+    from adapter.api.outcomes_routes import _cohort, _suppressed
+    from adapter.outcomes import outcomes_report
+    from adapter.outcomes.render import outcome_table
+    from adapter.spec.loader import load_drug_costs
+
+    @app.get("/ui", include_in_schema=False)
+    def ui() -> Response:
+        return RedirectResponse("/ui/outcomes", status_code=302)
+
+    @app.get("/ui/outcomes", response_class=HTMLResponse, include_in_schema=False)
+    def outcomes_page(request: Request, timepoint: Annotated[float, Query(gt=0, le=600)] = 36.0) -> Response:
+        who = require(request, "outcomes", "MeasureReport")
+        forced = True if who.role == "coordinator" else None
+        report = _suppressed(outcomes_report(_cohort(store, None), timepoint, drug_costs=load_drug_costs(settings.mappings_dir)),
+                             None, forced, settings)
+        columns, rows = outcome_table(report)
+        q = urlencode({"timepoint": f"{timepoint:g}"})
+        km = {f"{e}_{fmt}": f"/outcomes/km.{fmt}?endpoint={e}&stratify=site&{q}" for e in ("os", "rfs") for fmt in ("svg", "png")}
+        return TEMPLATES.TemplateResponse(request, "outcomes.html", {
+            "title": "Outcomes", "page": "outcomes", "columns": columns, "rows": rows, "timepoint": timepoint,
+            "timepoints": sorted({*TIMEPOINTS, timepoint}), "suppressed": True, "threshold": settings.small_cell_threshold,
+            "csv_url": f"/outcomes.csv?{q}", "json_url": f"/outcomes?{q}", **km})
+
+    def _reports(request: Request) -> list[dict[str, Any]]:
+        site = require(request, "ingest").site_scope
+        return list(reversed(store.ingestion_reports(site)))  # newest first
+
+    @app.get("/ui/ingestions", response_class=HTMLResponse, include_in_schema=False)
+    def ingestions_page(request: Request) -> Response:
+        shown: dict[str, int] = {}
+        rows = []
+        for r in _reports(request):
+            if shown.get(r["site"], 0) < PER_SITE:
+                shown[r["site"]] = shown.get(r["site"], 0) + 1
+                rows.append(r)
+        rows.sort(key=lambda r: r["started"], reverse=True)
+        return TEMPLATES.TemplateResponse(request, "ingestions.html", {"title": "Ingestions", "page": "ingestions",
+                                                                       "ingestions": rows})
+
+    @app.get("/ui/ingestions/{iid}", response_class=HTMLResponse, include_in_schema=False)
+    def ingestion_page(request: Request, iid: str) -> Response:
+        report = next((r for r in _reports(request) if r["ingestion"] == iid), None)
+        if report is None:
+            raise FHIRError(404, "not-found", f"no ingestion {iid[:40]}")
+        return TEMPLATES.TemplateResponse(request, "ingestion.html", {
+            "title": f"Ingestion of {report['started'][:19]} ({report['site']})", "page": "ingestions", "r": report,
+            "issues": report.get("rowIssues", [])})
+
+    @app.get("/ui/subscriptions", response_class=HTMLResponse, include_in_schema=False)
+    def subscriptions_page(request: Request) -> Response:
+        site = require(request, "subscription-op", "Subscription").site_scope
+        subs = []
+        se = subscription_events
+        with store.engine.connect() as conn:
+            for res in store.iter_resources("Subscription", site=site):
+                sid = res["id"]
+                backlog = conn.execute(select(func.count()).select_from(se).where(se.c.subscription_id == sid,
+                                                                                  se.c.delivered.is_(None))).scalar()
+                last = conn.execute(select(func.max(se.c.delivered)).where(se.c.subscription_id == sid)).scalar()
+                err = conn.execute(select(se.c.last_error).where(se.c.subscription_id == sid, se.c.delivered.is_(None),
+                                                                 se.c.last_error.is_not(None))
+                                   .order_by(se.c.event_number).limit(1)).scalar()
+                criteria = res.get("criteria", "")
+                subs.append({"id": sid, "status": res.get("status", ""), "criteria": criteria,
+                             "host": urlparse((res.get("channel") or {}).get("endpoint", "")).netloc,  # never the path or headers
+                             "last_delivery": last, "backlog": backlog or 0, "last_error": err or res.get("error")})
+        return TEMPLATES.TemplateResponse(request, "subscriptions.html", {"title": "Subscriptions", "page": "subscriptions",
+                                                                          "subscriptions": subs})
