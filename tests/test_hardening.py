@@ -177,6 +177,14 @@ def test_hostile_xlsx_files_over_http_get_4xx(api: Server, tmp_path: Path) -> No
     with bomb.open("rb") as fh:
         r = api.client.post("/$ingest", files={"file": (bomb.name, fh)}, data={"site": "hito", "mapping": "seguimiento"})
     assert r.status_code == 422 and "zip bomb" in r.text
+    with zipfile.ZipFile(WORKBOOK) as z:
+        sheet = z.read("xl/worksheets/sheet1.xml").decode()
+    dtd = '<?xml version="1.0"?><!DOCTYPE lolz [<!ENTITY lol "lol"><!ENTITY lol2 "&lol;&lol;&lol;&lol;&lol;">]>'
+    laughs = dtd + (sheet.split("?>", 1)[1] if sheet.startswith("<?xml") else sheet)
+    bomb = _rewrite(WORKBOOK, tmp_path / "laughs.xlsx", {"xl/worksheets/sheet1.xml": laughs.encode()})
+    with bomb.open("rb") as fh:
+        r = api.client.post("/$ingest", files={"file": (bomb.name, fh)}, data={"site": "hito", "mapping": "seguimiento"})
+    assert r.status_code == 422 and r.json()["resourceType"] == "OperationOutcome"
 
 
 def test_a_catastrophically_backtracking_pattern_becomes_row_issues(tmp_path: Path, settings: Settings) -> None:

@@ -648,3 +648,17 @@ def test_cli_ingest_and_client_changes_are_audited(tmp_path: Path) -> None:
         ("CLI", "adapter clients revoke nobody", 422)]
     assert all(c.startswith("cli:") for *_, c in rows)
     assert not any(path.name in p for _, p, _, _ in rows)  # file names can hold a patient's name: never recorded
+
+
+def test_the_dashboard_follows_the_same_authorization(secure: Secure) -> None:
+    assert secure.srv.client.get("/ui/outcomes").status_code == 401
+    with secure.http("coordinator") as c:
+        page = c.get("/ui/outcomes", params={"timepoint": "12"})
+        assert page.status_code == 200 and "<table id=\"outcomes\"" in page.text
+        assert c.get("/ui/ingestions").status_code == 403  # row issues hold sites' raw values
+    with secure.http("site-huanl") as c:
+        assert c.get("/ui/outcomes").status_code == 403
+        page = c.get("/ui/ingestions")
+        assert page.status_code == 200 and ">huanl<" in page.text and ">hito<" not in page.text
+    with secure.http("subscriber") as c:
+        assert c.get("/ui/subscriptions").status_code == 200
