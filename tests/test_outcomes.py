@@ -238,3 +238,21 @@ def test_evaluate_measure_carries_the_same_figures(api: Server) -> None:
 def test_evaluate_measure_bad_input(api: Server, url: str, status: int) -> None:
     r = api.client.get(url)
     assert r.status_code == status and r.json()["resourceType"] == "OperationOutcome"
+
+
+def _svg_texts(svg: str) -> list[str]:
+    import xml.etree.ElementTree as ET  # noqa: S405  (our own server's SVG)
+
+    return [(e.text or "").strip() for e in ET.fromstring(svg).iter() if e.tag.endswith("}text")]  # noqa: S314
+
+
+def test_km_plots_suppress_small_numbers_at_risk_like_the_tables(api: Server) -> None:
+    """Network views of a KM plot show a number at risk from 1 to 4 as "<5", as the outcome tables
+    do; a site's own view (``site=``) shows them."""
+    network = _svg_texts(api.client.get("/outcomes/km.svg", params={"stratify": "site"}).text)
+    own = _svg_texts(api.client.get("/outcomes/km.svg", params={"stratify": "site", "site": "huanl"}).text)
+    small = {"1", "2", "3", "4"}
+    assert "<5" in network and not small & set(network)
+    assert small & set(own) and "<5" not in own
+    explicit = _svg_texts(api.client.get("/outcomes/km.svg", params={"stratify": "site", "suppress": "false"}).text)
+    assert small & set(explicit)

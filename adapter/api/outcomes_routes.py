@@ -126,9 +126,11 @@ def add_outcome_routes(app: FastAPI, store: Store, settings: Settings) -> None:
         return FHIRResponse(measure_report(m, report, period, now_instant()))
 
     @app.get("/outcomes/km.{fmt}", response_class=Response, summary="Kaplan-Meier plot (png or svg)")
-    def km(fmt: str, _: Allowed, endpoint: Annotated[str, Query(pattern="^(os|rfs)$")] = "os", site: Site = None,
-           sites: Sites = None, stratify: Stratify = None, timepoint: Timepoint = 36.0) -> Response:
+    def km(fmt: str, forced: Allowed, endpoint: Annotated[str, Query(pattern="^(os|rfs)$")] = "os", site: Site = None,
+           sites: Sites = None, stratify: Stratify = None, timepoint: Timepoint = 36.0, suppress: Suppress = None) -> Response:
         if fmt not in ("png", "svg"):
             raise FHIRError(404, "not-found", f"plots are served as km.png or km.svg, not km.{fmt}")
-        body = km_plot(_cohort(store, site, sites), endpoint, _stratify(stratify), fmt, timepoint)
+        small = forced or (suppress if suppress is not None else site is None)  # as the tables (_suppressed)
+        body = km_plot(_cohort(store, site, sites), endpoint, _stratify(stratify), fmt, timepoint,
+                       settings.small_cell_threshold if small else None)
         return Response(body, media_type="image/png" if fmt == "png" else "image/svg+xml")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from typing import Any
 
 from adapter.outcomes.cohort import PatientCourse
@@ -73,9 +74,12 @@ def to_csv(report: dict[str, Any]) -> str:
 
 
 def km_plot(cohort: list[PatientCourse], endpoint: str = "os", stratify: str | None = None, fmt: str = "png",
-            timepoint: float | None = None) -> bytes:
+            timepoint: float | None = None, suppress_below: int | None = None) -> bytes:
     """A Kaplan–Meier plot (PNG or SVG bytes) of ``os`` or ``rfs``, one curve per stratum, with the
-    number at risk under the axis. Raises ``ValueError`` for an unknown endpoint, stratum or format."""
+    number at risk under the axis. With ``suppress_below`` (the small-cell threshold, e.g. 5), a
+    stratum size or number at risk from 1 to ``suppress_below`` − 1 is shown as ``<5``, as the
+    outcome tables do (adapter/privacy.py). SVG text stays text. Raises ``ValueError`` for an
+    unknown endpoint, stratum or format."""
     if endpoint not in ("os", "rfs"):
         raise ValueError(f"endpoint must be os or rfs, not {endpoint!r}")
     if fmt not in ("png", "svg"):
@@ -97,7 +101,9 @@ def km_plot(cohort: list[PatientCourse], endpoint: str = "os", stratify: str | N
         data = survival_data(members, endpoint)
         if not data.durations:
             continue
-        kmf = KaplanMeierFitter(label=f"{name} (n={len(data.durations)})").fit(data.durations, data.events)
+        n = len(data.durations)
+        shown = f"<{suppress_below}" if suppress_below and 0 < n < suppress_below else str(n)
+        kmf = KaplanMeierFitter(label=f"{name} (n={shown})").fit(data.durations, data.events)
         kmf.plot_survival_function(ax=ax, ci_show=True, show_censors=True)
         fitters.append(kmf)
     if timepoint is not None:
@@ -108,10 +114,28 @@ def km_plot(cohort: list[PatientCourse], endpoint: str = "os", stratify: str | N
     ax.set_ylim(0, 1.05)
     if fitters:  # one "at risk" row per stratum under the time axis (saved inside the picture below)
         add_at_risk_counts(*fitters, ax=ax, rows_to_show=["At risk"], fontsize=8)
+        if suppress_below:
+            for twin in fig.axes:
+                if twin is not ax:
+                    labels = [t.get_text() for t in twin.get_xticklabels()]
+                    twin.set_xticks(twin.get_xticks(), [_suppress_counts(lbl, suppress_below) for lbl in labels],
+                                    ha="right", fontsize=8)
     buf = io.BytesIO()
-    fig.savefig(buf, format=fmt, bbox_inches="tight")
+    with matplotlib.rc_context({"svg.fonttype": "none"}):
+        fig.savefig(buf, format=fmt, bbox_inches="tight")
     plt.close(fig)
     return buf.getvalue()
+
+
+def _suppress_counts(label: str, threshold: int) -> str:
+    """An at-risk tick label (one count per line, after the stratum name on the first tick) with
+    counts from 1 to ``threshold`` − 1 replaced by ``<threshold``."""
+    def one(line: str) -> str:
+        m = re.search(r"(\d+)$", line)
+        if m and not line[:m.start()].endswith("=") and 0 < int(m.group(1)) < threshold:
+            return line[:m.start()] + f"<{threshold}"
+        return line
+    return "\n".join(one(line) for line in label.split("\n"))
 
 
 def _fmt_prop(p: dict[str, Any]) -> str:
