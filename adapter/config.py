@@ -54,6 +54,9 @@ class Settings(BaseSettings):
             becomes ``error`` (its events are kept; setting it back to ``active`` resumes delivery).
         subscription_backoff_seconds, subscription_backoff_max_seconds: exponential backoff between
             attempts (with jitter), from the first to the cap.
+        subscription_event_retention_days: delivered events older than this are deleted (each
+            subscription's newest event stays, so numbering goes on); ``$events`` cannot replay them.
+            0 keeps every event. Undelivered events are always kept.
         export_dir: where Bulk Data $export jobs write their NDJSON files (one folder per job).
         export_max_jobs: exports accepted or running at once; one more kick-off gets HTTP 429.
         export_max_file_bytes: an NDJSON file past this size is closed and the type goes on in a
@@ -98,6 +101,7 @@ class Settings(BaseSettings):
     subscription_max_failures: int = 20
     subscription_backoff_seconds: float = 1
     subscription_backoff_max_seconds: float = 300
+    subscription_event_retention_days: float = Field(default=30, ge=0)
     export_dir: Path = ROOT / ".adapter-data" / "exports"
     export_max_jobs: int = 2
     export_max_file_bytes: int = 100 * 1024 * 1024

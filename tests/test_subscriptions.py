@@ -407,3 +407,33 @@ def test_two_adapter_processes_share_the_outbox_on_postgresql(tmp_path: Path, se
                 p.terminate()
                 p.wait(10)
             rx.stop()
+
+
+def test_delivered_events_past_retention_are_pruned_but_numbering_goes_on(store: Any, settings: Settings) -> None:
+    """Retention (``subscription_event_retention_days``): delivered events older than the limit go,
+    except each subscription's newest; undelivered ones stay; the event count is unchanged."""
+    from sqlalchemy import text as sql
+
+    from adapter.ingest import ingest_file
+    from adapter.store.outbox import event_count
+    from adapter.subscriptions.delivery import DeliveryWorker
+
+    sub = {"resourceType": "Subscription", "id": "retention", "status": "active", "reason": "MRD results",
+           "criteria": "Observation?_site=hito", "channel": {"type": "rest-hook", "endpoint": "http://127.0.0.1:9/"}}
+    with store.transaction() as tx:
+        tx.put(sub, "")
+    ingest_file(EXAMPLES / "hito" / "hito_erm_citometria.csv", "hito", "erm_citometria", store, settings=settings)
+    with store.engine.begin() as conn:
+        total = event_count(conn, "retention")
+        assert total > 5
+        conn.execute(sql("UPDATE subscription_events SET delivered = '2020-01-01T00:00:00.000000+00:00' "
+                         "WHERE subscription_id = 'retention' AND event_number <> 3"))
+        conn.execute(sql("UPDATE subscription_events SET delivered = :now WHERE subscription_id = 'retention' "
+                         "AND event_number = 4"), {"now": "2999-01-01T00:00:00.000000+00:00"})  # recent: kept
+    worker = DeliveryWorker(store, settings.model_copy(update={"subscription_event_retention_days": 30}))
+    assert worker.prune() == total - 3
+    with store.engine.connect() as conn:
+        left = [n for (n,) in conn.execute(sql("SELECT event_number FROM subscription_events "
+                                               "WHERE subscription_id = 'retention' ORDER BY event_number"))]
+        assert left == [3, 4, total] and event_count(conn, "retention") == total
+    assert DeliveryWorker(store, settings.model_copy(update={"subscription_event_retention_days": 0})).prune() == 0

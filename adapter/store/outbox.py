@@ -111,6 +111,19 @@ def drop_events(conn: Connection, subscription_id: str) -> None:
     conn.execute(subscription_events.delete().where(subscription_events.c.subscription_id == subscription_id))
 
 
+def prune_delivered(conn: Connection, before: str) -> int:
+    """Delete events delivered before ``before`` (an instant), except each subscription's highest-
+    numbered event, which keeps the event count (``eventsSinceSubscriptionStart``) going. Undelivered
+    events are never deleted. Returns the number deleted. ``$events`` cannot replay pruned events."""
+    se = subscription_events
+    latest = se.alias("latest")
+    newest = (select(func.max(latest.c.event_number)).where(latest.c.subscription_id == se.c.subscription_id)
+              .scalar_subquery())
+    result = conn.execute(se.delete().where(se.c.delivered.is_not(None), se.c.delivered < before,
+                                            se.c.event_number < newest))
+    return int(result.rowcount or 0)
+
+
 def pending(conn: Connection, now: str) -> list[dict[str, Any]]:
     """Each subscription's oldest undelivered event that is due (``next_attempt`` reached), with
     the subscription id: delivery goes in event-number order, one event at a time per subscription."""

@@ -45,6 +45,8 @@ from adapter.subscriptions.notify import Event, notification_bundle
 from adapter.subscriptions.spec import DELIVERING, SubscriptionError, SubscriptionSpec, parse_subscription
 
 log = logging.getLogger("adapter.subscriptions")
+#: Seconds between retention passes over delivered events.
+PRUNE_EVERY = 600.0
 
 
 def _later(seconds: float) -> str:
@@ -62,6 +64,18 @@ class DeliveryWorker:
         self._last_sent: dict[str, float] = {}  # subscription id -> when a notification last went out
         #: Called with the seconds from an event's commit to its delivery (the service's metrics).
         self.on_delivered: Any = None
+        self._pruned = 0.0  # monotonic time of the last retention pass
+
+    def prune(self) -> int:
+        """Delete delivered events past ``subscription_event_retention_days`` (adapter/store/outbox.py
+        ``prune_delivered``); returns how many."""
+        days = self.settings.subscription_event_retention_days
+        if not days:
+            return 0
+        from adapter.store.outbox import prune_delivered
+
+        with self.store.engine.begin() as conn:
+            return prune_delivered(conn, (datetime.now(UTC) - timedelta(days=days)).isoformat(timespec="microseconds"))
 
     # ------------------------------------------------------------------------------ database side
 
@@ -265,6 +279,11 @@ class DeliveryWorker:
                         elif (res.get("status") == "active" and spec.heartbeat
                               and time.monotonic() - self._last_sent.setdefault(sid, time.monotonic()) >= spec.heartbeat):
                             tasks[sid] = asyncio.create_task(self._heartbeat(client, spec))
+                    if time.monotonic() - self._pruned >= PRUNE_EVERY:
+                        self._pruned = time.monotonic()
+                        pruned = await asyncio.to_thread(self.prune)
+                        if pruned:
+                            log.info("pruned %d delivered subscription event(s) past retention", pruned)
                     due = await asyncio.to_thread(self._due)
                     for ev in due:
                         sid = ev["subscription_id"]
