@@ -662,3 +662,27 @@ def test_the_dashboard_follows_the_same_authorization(secure: Secure) -> None:
         assert page.status_code == 200 and ">huanl<" in page.text and ">hito<" not in page.text
     with secure.http("subscriber") as c:
         assert c.get("/ui/subscriptions").status_code == 200
+
+
+def test_dashboard_sign_in_keeps_the_token_in_a_strict_cookie_for_dashboard_reads_only(secure: Secure) -> None:
+    anon = httpx.Client(base_url=secure.srv.base, timeout=60)
+    r = anon.get("/ui/outcomes", headers={"Accept": "text/html"})
+    assert r.status_code == 303 and r.headers["location"] == "/ui/login"
+    assert anon.get("/ui/login").status_code == 200
+    bad = anon.post("/ui/login", data={"token": "not-a-token"})
+    assert bad.status_code == 401 and "Not signed in" in bad.text and "set-cookie" not in bad.headers
+    with secure.http("coordinator") as c:
+        token = c.headers["authorization"].split()[1]
+    r = anon.post("/ui/login", data={"token": token})
+    assert r.status_code == 303 and r.headers["location"] == "/ui/outcomes"
+    cookie = r.headers["set-cookie"]
+    assert "HttpOnly" in cookie and "SameSite=strict" in cookie.replace("Strict", "strict") and "Max-Age=" in cookie
+    page = anon.get("/ui/outcomes")  # the client keeps the cookie
+    assert page.status_code == 200 and "Sign out" in page.text
+    assert anon.get("/outcomes/km.svg", params={"stratify": "site"}).status_code == 200  # the page's pictures
+    assert anon.get("/Group/study-pedall-blinatumomab").status_code == 401  # never the FHIR API
+    assert anon.post("/Subscription", json=_subscription("Observation")).status_code == 401  # never a write
+    assert anon.post("/ui/logout").status_code == 303
+    anon.cookies.clear()
+    assert anon.get("/ui/outcomes").status_code == 401
+    anon.close()

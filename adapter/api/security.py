@@ -41,7 +41,33 @@ PRINCIPAL = "adapter.principal"
 #: Paths served without a token (SMART discovery, the token endpoint, capabilities, API docs, and
 #: the operator's health checks and metrics, which hold no patient data).
 PUBLIC = frozenset({"/metadata", "/.well-known/smart-configuration", "/auth/token", "/docs", "/openapi.json",
-                    "/docs/oauth2-redirect", "/redoc", "/health/live", "/health/ready", "/metrics"})
+                    "/docs/oauth2-redirect", "/redoc", "/health/live", "/health/ready", "/metrics", "/ui/login",
+                    "/ui/logout"})
+#: The dashboard's sign-in cookie: an access token, HttpOnly and SameSite=Strict, accepted only for
+#: GET requests of the dashboard and the outcome downloads it links to (never for the FHIR API or
+#: any write, so a forged cross-site request can change nothing).
+UI_COOKIE = "adapter_ui_token"
+
+
+def _cookie(scope: dict[str, Any], name: str) -> str:
+    from http.cookies import SimpleCookie
+
+    raw = dict(scope.get("headers") or []).get(b"cookie", b"").decode("latin-1")
+    jar: SimpleCookie = SimpleCookie()
+    try:
+        jar.load(raw)
+    except Exception:  # noqa: BLE001  (a malformed cookie header is no cookie)
+        return ""
+    return jar[name].value if name in jar else ""
+
+
+def _cookie_allowed(scope: dict[str, Any]) -> bool:
+    return scope["method"] in ("GET", "HEAD") and (scope["path"] == "/ui" or scope["path"].startswith(("/ui/", "/outcomes")))
+
+
+def _browser_page(scope: dict[str, Any]) -> bool:
+    accept = dict(scope.get("headers") or []).get(b"accept", b"")
+    return scope["method"] == "GET" and (scope["path"] == "/ui" or scope["path"].startswith("/ui/")) and b"text/html" in accept
 
 
 def principal(request: Request) -> Principal:
@@ -109,6 +135,12 @@ class SecurityMiddleware:
                 who = Principal.development()
             elif path not in PUBLIC:
                 who, failure = await anyio.to_thread.run_sync(self._authenticate, scope)
+                if who is None and _browser_page(scope):  # a person at the dashboard: to the sign-in page
+                    status["code"] = 303
+                    await send({"type": "http.response.start", "status": 303,
+                                "headers": [(b"location", b"/ui/login"), (b"content-length", b"0")]})
+                    await send({"type": "http.response.body", "body": b""})
+                    return
                 if who is None:
                     status["code"] = 401
                     await self._reply(send, 401, operation_outcome("expired" if "expired" in (failure or "") else
@@ -156,6 +188,8 @@ class SecurityMiddleware:
     def _authenticate(self, scope: dict[str, Any]) -> tuple[Principal | None, str | None]:
         header = dict(scope.get("headers") or []).get(b"authorization", b"").decode("latin-1")
         scheme, _, token = header.partition(" ")
+        if not header and _cookie_allowed(scope):  # the dashboard's sign-in cookie (GET of /ui and /outcomes only)
+            scheme, token = "bearer", _cookie(scope, UI_COOKIE)
         if scheme.lower() != "bearer" or not token.strip():
             return None, "no bearer token"
         try:

@@ -42,6 +42,52 @@ def add_ui_routes(app: FastAPI, store: Store, settings: Settings) -> None:
     def ui() -> Response:
         return RedirectResponse("/ui/outcomes", status_code=302)
 
+    @app.get("/ui/login", response_class=HTMLResponse, include_in_schema=False)
+    def login_page(request: Request) -> Response:
+        if not settings.auth_enabled:
+            return RedirectResponse("/ui/outcomes", status_code=303)
+        return TEMPLATES.TemplateResponse(request, "login.html", {"title": "Sign in", "page": "login", "error": None})
+
+    @app.post("/ui/login", response_class=HTMLResponse, include_in_schema=False)
+    async def login(request: Request) -> Response:
+        """Check a pasted access token and keep it in the dashboard's cookie (HttpOnly,
+        SameSite=Strict, Secure over https, expiring with the token)."""
+        import time
+        from urllib.parse import parse_qsl
+
+        from adapter.api.security import UI_COOKIE, token_key
+        from adapter.auth.tokens import TokenError, verify_access_token
+        from adapter.store.security import ClientRegistry
+
+        form = dict(parse_qsl((await request.body()).decode("utf-8", "replace")))
+        token = form.get("token", "").strip()
+        base = (settings.base_url or str(request.base_url)).rstrip("/")
+        try:
+            who = verify_access_token(token, token_key(settings), base)
+            client = ClientRegistry(store).get(who.client_id)
+            if client is None or client.revoked:
+                raise TokenError("invalid_token", "the client is unknown or revoked")
+            import jwt
+
+            expires = int(jwt.decode(token, options={"verify_signature": False})["exp"])
+        except TokenError as exc:
+            return TEMPLATES.TemplateResponse(request, "login.html", {"title": "Sign in", "page": "login",
+                                                                      "error": f"Not signed in: {exc.message}."},
+                                              status_code=401)
+        out = RedirectResponse("/ui/outcomes" if who.allows("outcomes", "MeasureReport") else "/ui/ingestions"
+                               if who.allows("ingest") else "/ui/subscriptions", status_code=303)
+        out.set_cookie(UI_COOKIE, token, max_age=max(1, expires - int(time.time())), httponly=True, samesite="strict",
+                       secure=base.startswith("https://"), path="/")
+        return out
+
+    @app.post("/ui/logout", include_in_schema=False)
+    def logout() -> Response:
+        from adapter.api.security import UI_COOKIE
+
+        out = RedirectResponse("/ui/login", status_code=303)
+        out.delete_cookie(UI_COOKIE, path="/")
+        return out
+
     @app.get("/ui/outcomes", response_class=HTMLResponse, include_in_schema=False)
     def outcomes_page(request: Request, timepoint: Annotated[float, Query(gt=0, le=600)] = 36.0) -> Response:
         who = require(request, "outcomes", "MeasureReport")
