@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test ingest-examples lint bench bench-serve bench-export bench-subscriptions bench-security docker-smoke clean
+.PHONY: run test ingest-examples lint bench bench-serve bench-export bench-subscriptions bench-security bench-writes docker-smoke clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -52,6 +52,9 @@ bench-export: $(STAMP)
 
 bench-subscriptions: $(STAMP)
 	$(BIN)/python bench/subscriptions.py
+
+bench-writes: $(STAMP)
+	$(BIN)/python bench/writes.py --postgres postgresql+psycopg://postgres@127.0.0.1:5432/postgres
 
 bench-security: $(STAMP)
 	$(BIN)/python bench/security.py

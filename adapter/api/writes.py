@@ -48,7 +48,7 @@ def check_id(rid: str) -> str:
 
 def validate(validator: Validator, resource: dict[str, Any]) -> None:
     """Raise :class:`FHIRError` (422, ``processing``) listing every validation finding."""
-    issues = validator.validate(resource, full=True)
+    issues = validator.validate(resource, full=True, reference=False)  # every write: model in full, schema on jsonschema-rs
     if issues:
         raise FHIRError(422, "processing", f"{resource.get('resourceType')} failed validation ({len(issues)} issue(s))",
                         issues=[i.to_operation_outcome_issue() for i in issues])
