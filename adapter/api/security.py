@@ -107,7 +107,8 @@ class BodyTooLarge(FHIRError):
 
 
 class SecurityMiddleware:
-    """See the module docstring. ``base_of(scope)`` gives the public base URL (token audience)."""
+    """See the module docstring. :meth:`base` gives the public base URL (the tokens' audience):
+    ``ADAPTER_BASE_URL``, or the scheme and Host of the request."""
 
     def __init__(self, app: Any, settings: Settings, store: Store) -> None:
         self.app, self.settings, self.store = app, settings, store

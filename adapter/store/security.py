@@ -43,6 +43,7 @@ class ClientRegistry:
         self.store = store
 
     def add(self, name: str, role: str, site: str | None, scopes: list[str], jwks: dict[str, Any]) -> Client:
+        """Register a client (a new random ``client_id``); returns it. Raises the store's errors."""
         client = Client(str(uuid.uuid4()), name, role, site, scopes, jwks, now_instant(), None)
         with self.store.engine.begin() as conn:
             conn.execute(insert(auth_clients).values(client_id=client.client_id, name=name, role=role, site=site,
@@ -51,11 +52,13 @@ class ClientRegistry:
         return client
 
     def get(self, client_id: str) -> Client | None:
+        """The client, revoked or not, or ``None`` when it was never registered."""
         with self.store.engine.connect() as conn:
             row = conn.execute(select(auth_clients).where(auth_clients.c.client_id == client_id)).first()
         return None if row is None else _client(row)
 
     def all(self) -> list[Client]:
+        """Every client, oldest first."""
         with self.store.engine.connect() as conn:
             return [_client(r) for r in conn.execute(select(auth_clients).order_by(auth_clients.c.created))]
 
@@ -94,6 +97,8 @@ class AuditTrail:
 
     def append(self, event: dict[str, Any], *, client_id: str | None, role: str | None, site: str | None,
                status: int, method: str, path: str, entity: str | None) -> None:
+        """Store one AuditEvent (adapter/auth/audit.py) with its search columns; ``path`` is the
+        request path without its query (cut at 500 characters)."""
         subtype = (event.get("subtype") or [{}])[0].get("code", "")
         with self.store.engine.begin() as conn:
             conn.execute(insert(audit_events).values(
