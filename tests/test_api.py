@@ -341,6 +341,17 @@ def test_capability_statement_tells_the_truth(api: Server) -> None:
     names = {p["name"] for p in obs["searchParam"]}
     assert {"_id", "_lastUpdated", "patient", "subject", "code", "date", "status", "value-quantity", "interpretation"} <= names
     assert SD + "pedall-mrd" in obs["supportedProfile"]
+    sub = next(r for r in cs["rest"][0]["resource"] if r["type"] == "Subscription")  # the backport topics offered
+    assert sub["extension"] == [{"url": "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/"
+                                        "capabilitystatement-subscriptiontopic-canonical",
+                                 "valueCanonical": "https://w3id.org/pedall-fhir/SubscriptionTopic/mrd-result"}]
+    assert {o["name"] for o in sub["operation"]} == {"status", "events"}
+    for op in sub["operation"]:  # each advertised operation answers for a stored subscription
+        sid = api.client.post("/Subscription", json={
+            "resourceType": "Subscription", "status": "off", "reason": "capability check", "criteria": "Observation",
+            "channel": {"type": "rest-hook", "endpoint": "http://127.0.0.1:9/"}}).json()["id"]
+        assert api.client.get(f"/Subscription/{sid}/${op['name']}").status_code == 200
+        api.client.delete(f"/Subscription/{sid}")
     # every declared parameter of every type is accepted by the server
     for res in cs["rest"][0]["resource"]:
         for p in res.get("searchParam", []):

@@ -69,6 +69,16 @@ def capability_statement(base: str, profiles_dir: Path, auth: bool = False) -> d
                                   {"name": "export", "definition": _BULK + "patient-export"}]
         if rtype == "Group":
             entry["operation"] = [{"name": "export", "definition": _BULK + "group-export"}]
+        if rtype == "Subscription":  # Subscriptions Backport IG 1.1.0: the topics offered, and its profile and operations
+            from adapter.subscriptions.spec import BACKPORT, MRD_TOPIC
+
+            entry["extension"] = [{"url": BACKPORT + "capabilitystatement-subscriptiontopic-canonical",
+                                   "valueCanonical": MRD_TOPIC}]
+            entry["supportedProfile"] = [BACKPORT + "backport-subscription"]
+            entry["operation"] = [{"name": "status", "definition": "http://hl7.org/fhir/uv/subscriptions-backport/"
+                                                                  "OperationDefinition/backport-subscription-status"},
+                                  {"name": "events", "definition": "http://hl7.org/fhir/uv/subscriptions-backport/"
+                                                                  "OperationDefinition/backport-subscription-events"}]
         resources.append(entry)
     resources.append({"type": "Measure", "profile": "http://hl7.org/fhir/StructureDefinition/Measure",
                       "interaction": [{"code": "read"}],
