@@ -554,6 +554,34 @@ def clients_assertion(
     print(token)  # noqa: T201
 
 
+@app.command("audit")
+def audit(
+    since: Annotated[str | None, typer.Option(help="only events recorded at or after this instant (e.g. 2026-12-01)")] = None,
+    until: Annotated[str | None, typer.Option(help="only events recorded before this instant")] = None,
+    agent: Annotated[str | None, typer.Option(help="only this client id (or cli:<user>)")] = None,
+    out: Annotated[Path | None, typer.Option(help="write the AuditEvents as NDJSON here (for archiving)")] = None,
+) -> None:
+    """List the audit trail (newest first), or write it as NDJSON to archive it; on the host only."""
+    from adapter.store.security import AuditTrail
+
+    trail = AuditTrail(_store())
+    with _audited(trail.store, "adapter audit" + (" --out" if out else "")):
+        _, events = trail.search(since=since, until=until, client_id=agent, count=10_000_000)
+    if out:
+        with out.open("w", encoding="utf-8") as fh:
+            for ev in reversed(events):  # oldest first, as an archive is read
+                fh.write(json.dumps(ev, ensure_ascii=False) + "\n")
+        console.print(f"wrote {len(events)} AuditEvent(s) to {out}")
+        return
+    table = Table("recorded", "agent", "action", "outcome", "request")
+    for ev in events[:200]:
+        table.add_row(ev["recorded"][:19], ev["agent"][0]["who"]["identifier"]["value"], ev["subtype"][0]["code"],
+                      ev["outcomeDesc"], ev["entity"][0]["description"][:80])
+    console.print(table)
+    if len(events) > 200:
+        console.print(f"… {len(events) - 200} more; use --out FILE for all")
+
+
 def _one_line_help(typer_app: typer.Typer) -> None:
     """``adapter --help`` lists each command with one line: the first sentence of its docstring
     (the whole docstring stays in ``adapter COMMAND --help``)."""

@@ -10,7 +10,8 @@ endpoint, ``/.well-known/smart-configuration`` and the admins' AuditEvent search
    acts as the ``development`` principal.
 2. **Body limits**: a declared ``Content-Length`` over the limit is answered 413 before anything
    is read; a streamed body is cut off with 413 as soon as it passes the limit.
-3. **Audit**: one AuditEvent per request, written after the response (adapter/auth/audit.py).
+3. **Audit**: one AuditEvent per request (adapter/auth/audit.py), written before the last byte of
+   the response is sent: a client that has its answer finds its call in the trail.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from __future__ import annotations
 import logging
 import secrets
 from typing import Any
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, urlencode
 
 import anyio
 import orjson
@@ -122,40 +123,55 @@ class SecurityMiddleware:
         host = headers.get(b"host", b"").decode("latin-1") or "{}:{}".format(*scope.get("server", ("localhost", 80)))
         return f"{scope.get('scheme', 'http')}://{host}{scope.get('root_path', '')}".rstrip("/")
 
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:  # noqa: C901
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         method, path = scope["method"], scope["path"]
         address = (scope.get("client") or ("", 0))[0]
-        status = {"code": 500}
-        who: Principal | None = None
-        failure: str | None = None
+        state: dict[str, Any] = {"code": 500, "who": None, "failure": None, "recorded": False}
+
+        async def record() -> None:
+            """Write the AuditEvent once, before the response's last byte leaves: a client that
+            has its answer finds its call in the trail."""
+            if state["recorded"]:
+                return
+            state["recorded"] = True
+            who, failure = state["who"], state["failure"] or scope.get("adapter.auth_failure")
+            if who is None and scope.get("adapter.auth_client"):  # the token endpoint names its client
+                who = Principal(scope["adapter.auth_client"], "", None)
+            await anyio.to_thread.run_sync(self._record, method, path, state["code"], who, address, failure)
+
+        async def send_audited(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                state["code"] = message["status"]
+            elif message["type"] == "http.response.body" and not message.get("more_body"):
+                await record()
+            await send(message)
+
         try:
             if not self.settings.auth_enabled:
-                who = Principal.development()
+                state["who"] = Principal.development()
             elif path not in PUBLIC:
-                who, failure = await anyio.to_thread.run_sync(self._authenticate, scope)
-                if who is None and _browser_page(scope):  # a person at the dashboard: to the sign-in page
-                    status["code"] = 303
-                    await send({"type": "http.response.start", "status": 303,
-                                "headers": [(b"location", b"/ui/login"), (b"content-length", b"0")]})
-                    await send({"type": "http.response.body", "body": b""})
+                state["who"], state["failure"] = await anyio.to_thread.run_sync(self._authenticate, scope)
+                if state["who"] is None and _browser_page(scope):  # a person at the dashboard: to the sign-in page
+                    await send_audited({"type": "http.response.start", "status": 303,
+                                        "headers": [(b"location", b"/ui/login"), (b"content-length", b"0")]})
+                    await send_audited({"type": "http.response.body", "body": b""})
                     return
-                if who is None:
-                    status["code"] = 401
-                    await self._reply(send, 401, operation_outcome("expired" if "expired" in (failure or "") else
-                                                                  "login" if failure == "no bearer token" else "security",
-                                                                  f"authentication failed: {failure}"),
-                                      {"www-authenticate": f'Bearer realm="pedall-fhir", error="invalid_token", '
-                                                           f'error_description="{failure}"'})
+                if state["who"] is None:
+                    failure = state["failure"]
+                    await self._reply(send_audited, 401, operation_outcome(
+                        "expired" if "expired" in (failure or "") else "login" if failure == "no bearer token" else "security",
+                        f"authentication failed: {failure}"),
+                        {"www-authenticate": f'Bearer realm="pedall-fhir", error="invalid_token", '
+                                             f'error_description="{failure}"'})
                     return
-            scope[PRINCIPAL] = who
+            scope[PRINCIPAL] = state["who"]
             limit = self.settings.max_upload_bytes + 64 * 1024 if path == "/$ingest" else self.settings.max_body_bytes
             declared = dict(scope.get("headers") or []).get(b"content-length", b"")
             if declared.isdigit() and int(declared) > limit:
-                status["code"] = 413
-                await self._reply(send, 413, BodyTooLarge(limit).outcome(), {"connection": "close"})
+                await self._reply(send_audited, 413, BodyTooLarge(limit).outcome(), {"connection": "close"})
                 return
             seen = {"bytes": 0, "cut": False}
 
@@ -167,24 +183,18 @@ class SecurityMiddleware:
                     seen["bytes"] += len(message.get("body", b""))
                     if seen["bytes"] > limit:  # answer 413 now; the app sees the client leave
                         seen["cut"] = True
-                        status["code"] = 413
-                        await self._reply(send, 413, BodyTooLarge(limit).outcome(), {"connection": "close"})
+                        await self._reply(send_audited, 413, BodyTooLarge(limit).outcome(), {"connection": "close"})
                         return {"type": "http.disconnect"}
                 return message
 
-            async def send_status(message: dict[str, Any]) -> None:
+            async def send_app(message: dict[str, Any]) -> None:
                 if seen["cut"]:  # the 413 is already sent; whatever the app answers is dropped
                     return
-                if message["type"] == "http.response.start":
-                    status["code"] = message["status"]
-                await send(message)
+                await send_audited(message)
 
-            await self.app(scope, limited_receive, send_status)
+            await self.app(scope, limited_receive, send_app)
         finally:
-            failure = failure or scope.get("adapter.auth_failure")
-            if who is None and scope.get("adapter.auth_client"):  # the token endpoint names its client
-                who = Principal(scope["adapter.auth_client"], "", None)
-            await anyio.to_thread.run_sync(self._record, method, path, status["code"], who, address, failure)
+            await record()  # when no response went out (an error, a client gone)
 
     def _authenticate(self, scope: dict[str, Any]) -> tuple[Principal | None, str | None]:
         header = dict(scope.get("headers") or []).get(b"authorization", b"").decode("latin-1")
@@ -305,8 +315,15 @@ def add_security_routes(app: FastAPI, store: Store, settings: Settings, base_of:
                                 "(date, agent, outcome, action, subtype, entity, _count, _offset)")
         total, events = trail.search(**args)
         base = base_of(request)
-        bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset", "total": total,
-                                  "link": [{"relation": "self", "url": f"{base}/AuditEvent"}]}
+        kept = [(k, v) for k, v in request.query_params.multi_items() if k != "_offset"]
+
+        def page(offset: int) -> str:
+            return f"{base}/AuditEvent?" + urlencode([*kept, ("_offset", str(offset))])
+
+        links = [{"relation": "self", "url": page(args["offset"])}]
+        if args["offset"] + args["count"] < total:
+            links.append({"relation": "next", "url": page(args["offset"] + args["count"])})
+        bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset", "total": total, "link": links}
         if events:
             bundle["entry"] = [{"fullUrl": f"{base}/AuditEvent/{e['id']}", "resource": e, "search": {"mode": "match"}}
                                for e in events]
