@@ -57,7 +57,6 @@ bench-writes: $(STAMP)
 	$(BIN)/python bench/writes.py --postgres postgresql+psycopg://postgres@127.0.0.1:5432/postgres
 
 bench-security: $(STAMP)
-	$(BIN)/python bench/security.py
 	$(BIN)/python bench/security.py --postgres postgresql+psycopg://postgres@127.0.0.1:5432/postgres
 
 clean:

@@ -1,7 +1,9 @@
-"""A throwaway PostgreSQL database for one benchmark measurement (shared by the bench scripts)."""
+"""The databases a benchmark measures on: a throwaway PostgreSQL database, and an SQLite file in a
+temporary folder (shared by the bench scripts)."""
 
 from __future__ import annotations
 
+import tempfile
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,3 +25,15 @@ def throwaway_database(admin_url: str, prefix: str = "bench") -> Iterator[str]:
         with admin.connect() as c:
             c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+def database_urls(postgres: str | None, sqlite: bool = True) -> Iterator[str]:
+    """Yield the URL of each database to measure on, in turn: a new SQLite file (when ``sqlite``),
+    then a throwaway database on the ``postgres`` server (when given). Each is removed once the
+    caller moves on to the next one (iterate to the end)."""
+    if sqlite:
+        with tempfile.TemporaryDirectory() as d:
+            yield f"sqlite:///{d}/bench.sqlite3"
+    if postgres:
+        with throwaway_database(postgres) as url:
+            yield url

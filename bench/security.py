@@ -2,8 +2,8 @@
 
     .venv/bin/python bench/security.py [--requests 2000] [--postgres URL]
 
-Ingests the HITO and HUANL example exports into a new store (SQLite file, or a throwaway PostgreSQL
-database with --postgres), then drives two real uvicorn servers over HTTP with the same requests:
+Ingests the HITO and HUANL example exports into a new store (an SQLite file, then with --postgres
+also a throwaway PostgreSQL database), then drives two real uvicorn servers over HTTP with the same requests:
 the baseline with authentication off (development mode; still one AuditEvent per request), and
 the secured one, where every request carries a site client's bearer token, is checked against the
 client registry and confined to the site in SQL, and is audited. Reports p50/p95/p99 of a read by
@@ -30,7 +30,7 @@ import httpx  # noqa: E402
 import jwt  # noqa: E402
 import uvicorn  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
-from pgdb import throwaway_database  # noqa: E402
+from pgdb import database_urls  # noqa: E402
 
 from adapter.api import create_app  # noqa: E402
 from adapter.auth.clients import check_registration  # noqa: E402
@@ -68,7 +68,17 @@ def _drive(client: httpx.Client, urls: list[str]) -> list[float]:
     return out
 
 
-def run(store: Store, n: int, tmp: Path) -> None:
+def run(url: str, n: int) -> None:
+    store = Store(url)
+    store.migrate()
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            _measure(store, n, Path(tmp))
+    finally:
+        store.engine.dispose()
+
+
+def _measure(store: Store, n: int, tmp: Path) -> None:
     base_settings = Settings(database_url=str(store.engine.url), id_key="bench-id-key", pseudonym_key="bench-pseudonym",
                              export_dir=tmp / "exports")
     for site, mapping, path in EXPORTS:
@@ -118,17 +128,8 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=2000)
     ap.add_argument("--postgres", help="a PostgreSQL server URL (a throwaway database is made on it)")
     args = ap.parse_args()
-    with tempfile.TemporaryDirectory() as d:
-        if args.postgres:
-            with throwaway_database(args.postgres) as url:
-                store = Store(url)
-                store.migrate()
-                run(store, args.requests, Path(d))
-                store.engine.dispose()
-        else:
-            store = Store(f"sqlite:///{d}/bench.sqlite3")
-            store.migrate()
-            run(store, args.requests, Path(d))
+    for url in database_urls(args.postgres):
+        run(url, args.requests)
 
 
 if __name__ == "__main__":

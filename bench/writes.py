@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from pgdb import throwaway_database  # noqa: E402
+from pgdb import database_urls  # noqa: E402
 
 from adapter.api import writes  # noqa: E402
 from adapter.config import Settings  # noqa: E402
@@ -80,11 +80,8 @@ def main() -> None:
     ap.add_argument("--bundles", type=int, default=20)
     ap.add_argument("--postgres", help="a PostgreSQL server URL (a throwaway database is made on it)")
     args = ap.parse_args()
-    with tempfile.TemporaryDirectory() as d:
-        run(f"sqlite:///{d}/bench.sqlite3", args.bundles)
-    if args.postgres:
-        with throwaway_database(args.postgres) as url:
-            run(url, args.bundles)
+    for url in database_urls(args.postgres):
+        run(url, args.bundles)
 
 
 if __name__ == "__main__":
