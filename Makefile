@@ -32,8 +32,10 @@ run: $(STAMP)
 	$(BIN)/adapter outcomes
 	$(BIN)/adapter serve
 
-## make test: the whole suite (lint, then tests on SQLite and PostgreSQL)
+## make test: the whole suite (lint, then tests on SQLite and PostgreSQL; .ci/postgres installs and starts
+## Debian's PostgreSQL at 127.0.0.1:5432 when none answers there)
 test: $(STAMP)
+	bash .ci/postgres
 	$(BIN)/ruff check adapter tests bench
 	$(BIN)/python -m pytest -n 2 --dist loadfile
 
