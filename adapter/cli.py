@@ -36,7 +36,7 @@ err_console = Console(stderr=True)
 def _store() -> Any:
     from adapter.store import Store
 
-    store = Store(get_settings().database_url)
+    store = Store(get_settings().database_url, busy_seconds=get_settings().sqlite_busy_seconds)
     store.migrate()
     return store
 

@@ -11,6 +11,7 @@ Hierarchy::
     ├── IngestRejected                exit 4   --strict and at least one row was rejected; nothing stored
     ├── ValidationFailed              exit 5   a resource fails R4 schema / R4B model / profile validation
     └── StoreError                    exit 6   the database refused the write; nothing was stored
+        └── StoreBusy                 exit 7   the write waited too long for a lock; nothing was stored, try again
 
 Exit code 0 is success; 64 is a command-line usage error (typer/click's own code is 2, which we remap
 so that 2 always means "configuration").
@@ -68,6 +69,18 @@ class ValidationFailed(AdapterError):
 
 class StoreError(AdapterError):
     exit_code = 6
+
+
+class StoreBusy(StoreError):
+    """A write could not get its locks in time (another ingestion of the site, SQLite's single
+    writer, or conflicts that kept coming back): nothing was stored, and the same request can be
+    sent again later (HTTP 503 with ``Retry-After``; CLI exit 7). ``retry_after`` is in seconds."""
+
+    exit_code = 7
+
+    def __init__(self, message: str, retry_after: int = 5) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 @dataclass(frozen=True)

@@ -148,106 +148,124 @@ def ingest_file(path: Path, site: str, mapping: str, store: Store, *, strict: bo
     sc = loaded.site_context(settings.id_key)
     path = Path(path)
     name = display_name or path.name
-    report = IngestReport(str(uuid.uuid4()), site, mapping, name, file_sha256(path) if path.is_file() else "",
-                          now_instant(), strict=strict, dry_run=dry_run)
+    digest = file_sha256(path) if path.is_file() else ""
+    ingestion_id = str(uuid.uuid4())
     reader = reader_for(loaded.spec.reader.format)(path, loaded.spec.reader, display_name=name)
+    made: list[IngestReport] = []
+
+    def attempt(tx: Any) -> IngestReport:
+        """The whole ingestion in ``tx``; run again from the start when the store retries it."""
+        # one ingestion of a site at a time (PostgreSQL advisory lock; SQLite's single writer): a
+        # file posted twice at once is stored once, and a later post waits or gets 503 + Retry-After
+        tx.lock_within(f"ingest:{site}", settings.ingest_lock_wait_seconds, f"another ingestion for site {site}")
+        report = IngestReport(ingestion_id, site, mapping, name, digest, now_instant(), strict=strict, dry_run=dry_run)
+        made.append(report)
+        _ingest_into(tx, report, reader, loaded, sc, settings, validator, full_validation, progress, show)
+        if dry_run or (strict and report.rows_rejected):
+            raise Rollback
+        report.stored = True
+        tx.record_ingestion({"id": report.ingestion_id, "site": site, "mapping": mapping, "file_name": name[:255],
+                             "sha256": report.sha256, "started": report.started, "rows_read": report.rows_read,
+                             "rows_mapped": report.rows_mapped, "rows_rejected": report.rows_rejected,
+                             "report": orjson.dumps(report.to_json()).decode()})
+        return report
+
+    store.run(attempt)
+    report = made[-1]
+    if strict and report.rows_rejected:
+        err = IngestRejected(f"{report.rows_rejected} of {report.rows_read} row(s) rejected; --strict stored nothing")
+        err.report = report  # type: ignore[attr-defined]
+        raise err
+    return report
+
+
+def _ingest_into(tx: Any, report: IngestReport, reader: Any, loaded: Any, sc: SiteContext, settings: Settings,
+                 validator: Validator, full_validation: bool, progress: Callable[[int], None] | None, show: int) -> None:
+    """Read, map, validate and store every row of one file in ``tx``, filling ``report`` (see
+    :func:`ingest_file`)."""
+    site, name = report.site, report.file
     # (type, id) -> (SHA-256 of the canonical JSON, source row locator), for every resource of this file
     seen: dict[tuple[str, str], tuple[str, str]] = {}
     batch: list[tuple[dict[str, Any], str, str]] = []
     # Patient id -> the first row that refers to it (for the link check)
     referenced: dict[str, tuple[Any, str | None]] = {}
 
-    with store.transaction() as tx:
-        def flush() -> None:
-            report.outcomes.extend(tx.upsert(batch, keep_corrections=True))
-            batch.clear()
+    def flush() -> None:
+        report.outcomes.extend(tx.upsert(batch, keep_corrections=True))
+        batch.clear()
 
-        org = organization(sc)
-        seen[("Organization", site)] = (content_hash(org), f"{name}!site")
-        batch.append((org, site, seen[("Organization", site)][0]))
-        for sheet in loaded.sheets:
-            for row in reader.rows(sheet.sheet, set(sheet.columns)):
-                report.rows_read += 1
-                result = map_row(row, sheet, loaded.ctx, sc)
-                loc = _locator(row.file, row.sheet, row.row, row.segment)
-                if result.ok:
-                    for res in result.resources:
-                        for vi in validator.validate(res, full=full_validation):
-                            result.issues.append(RowIssue(row.file, row.sheet, row.row, None, None,
-                                                          f"{res['resourceType']} fails validation: {vi.message}",
-                                                          code="invariant", expression=[vi.expression],
-                                                          segment=row.segment))
-                    fresh = []
-                    for res in result.resources:
-                        key = (res["resourceType"], res["id"])
-                        digest = content_hash(res)
-                        if key in seen and seen[key][0] != digest and res.get("status") in CORRECTED:
-                            # a later message corrects a result of the same file (HL7 v2 OBX-11 "C"):
-                            # store the original first, so that the correction is its next version
-                            flush()
-                            del seen[key]
-                        if key in seen:
-                            if seen[key][0] != digest:
-                                result.issues.append(RowIssue(
-                                    row.file, row.sheet, row.row, None, None,
-                                    f"{key[0]} conflicts with the one from {seen[key][1]} (same source keys, "
-                                    "different content)", code="duplicate", segment=row.segment))
-                            continue
-                        fresh.append((key, digest, res))
-                    if not result.issues:
-                        for key, digest, res in fresh:
-                            pid = _patient_of(res)
-                            if pid is not None and pid not in referenced:
-                                referenced[pid] = (row, sheet.patient_column)
-                            seen[key] = (digest, loc)
-                            batch.append((res, site, digest))
-                            if len(report.sample) < show:
-                                report.sample.append(res)
-                if result.skipped is not None:
-                    report.rows_skipped[result.skipped] = report.rows_skipped.get(result.skipped, 0) + 1
-                elif result.issues:
-                    report.rows_rejected += 1
-                    report.issues.extend(result.issues)
-                else:
-                    report.rows_mapped += 1
-                if len(batch) >= settings.batch_size:
-                    flush()
-                if progress:
-                    progress(report.rows_read)
-        flush()
-        report.outcomes.extend(_study_membership(tx, sc, settings, validator, [i for t, i in seen if t == "Patient"]))
-        report.blank_rows = reader.stats.blank
-        unlinked = tx.missing("Patient", [p for p in referenced if ("Patient", p) not in seen])
-        report.unlinked_patients = len(unlinked)
-        for pid in sorted(unlinked, key=lambda p: referenced[p][0].row):
-            row, column = referenced[pid]
-            report.issues.append(RowIssue(
-                row.file, row.sheet, row.row, column, row.cells.get(column) if column else None,
-                f"no Patient with this identifier at site {site} yet: the record is stored and links when "
-                "another export of the site brings the patient", severity="warning", code="not-found", segment=row.segment))
-        changed = [(o.type, o.id, o.version_id, seen[(o.type, o.id)][1] if (o.type, o.id) in seen else name)
-                   for o in report.outcomes if o.outcome != "unchanged"]
-        for part, start in enumerate(range(0, len(changed), PROVENANCE_TARGETS)):
-            prov = provenance_for(sc, name, report.sha256, changed[start:start + PROVENANCE_TARGETS],
-                                  report.started, part)
-            for vi in validator.validate(prov):
-                raise AssertionError(f"Provenance fails validation: {vi}")  # a bug, not bad input
-            tx.upsert([(prov, site, content_hash(prov))])
-            report.provenance_ids.append(prov["id"])
-        if dry_run:
-            raise Rollback
-        if strict and report.rows_rejected:
-            raise Rollback
-        report.stored = True
-        tx.record_ingestion({"id": report.ingestion_id, "site": site, "mapping": mapping, "file_name": name,
-                             "sha256": report.sha256, "started": report.started, "rows_read": report.rows_read,
-                             "rows_mapped": report.rows_mapped, "rows_rejected": report.rows_rejected,
-                             "report": orjson.dumps(report.to_json()).decode()})
-    if strict and report.rows_rejected:
-        err = IngestRejected(f"{report.rows_rejected} of {report.rows_read} row(s) rejected; --strict stored nothing")
-        err.report = report  # type: ignore[attr-defined]
-        raise err
-    return report
+    org = organization(sc)
+    seen[("Organization", site)] = (content_hash(org), f"{name}!site")
+    batch.append((org, site, seen[("Organization", site)][0]))
+    for sheet in loaded.sheets:
+        for row in reader.rows(sheet.sheet, set(sheet.columns)):
+            report.rows_read += 1
+            result = map_row(row, sheet, loaded.ctx, sc)
+            loc = _locator(row.file, row.sheet, row.row, row.segment)
+            if result.ok:
+                for res in result.resources:
+                    for vi in validator.validate(res, full=full_validation):
+                        result.issues.append(RowIssue(row.file, row.sheet, row.row, None, None,
+                                                      f"{res['resourceType']} fails validation: {vi.message}",
+                                                      code="invariant", expression=[vi.expression],
+                                                      segment=row.segment))
+                fresh = []
+                for res in result.resources:
+                    key = (res["resourceType"], res["id"])
+                    digest = content_hash(res)
+                    if key in seen and seen[key][0] != digest and res.get("status") in CORRECTED:
+                        # a later message corrects a result of the same file (HL7 v2 OBX-11 "C"):
+                        # store the original first, so that the correction is its next version
+                        flush()
+                        del seen[key]
+                    if key in seen:
+                        if seen[key][0] != digest:
+                            result.issues.append(RowIssue(
+                                row.file, row.sheet, row.row, None, None,
+                                f"{key[0]} conflicts with the one from {seen[key][1]} (same source keys, "
+                                "different content)", code="duplicate", segment=row.segment))
+                        continue
+                    fresh.append((key, digest, res))
+                if not result.issues:
+                    for key, digest, res in fresh:
+                        pid = _patient_of(res)
+                        if pid is not None and pid not in referenced:
+                            referenced[pid] = (row, sheet.patient_column)
+                        seen[key] = (digest, loc)
+                        batch.append((res, site, digest))
+                        if len(report.sample) < show:
+                            report.sample.append(res)
+            if result.skipped is not None:
+                report.rows_skipped[result.skipped] = report.rows_skipped.get(result.skipped, 0) + 1
+            elif result.issues:
+                report.rows_rejected += 1
+                report.issues.extend(result.issues)
+            else:
+                report.rows_mapped += 1
+            if len(batch) >= settings.batch_size:
+                flush()
+            if progress:
+                progress(report.rows_read)
+    flush()
+    report.outcomes.extend(_study_membership(tx, sc, settings, validator, [i for t, i in seen if t == "Patient"]))
+    report.blank_rows = reader.stats.blank
+    unlinked = tx.missing("Patient", [p for p in referenced if ("Patient", p) not in seen])
+    report.unlinked_patients = len(unlinked)
+    for pid in sorted(unlinked, key=lambda p: referenced[p][0].row):
+        row, column = referenced[pid]
+        report.issues.append(RowIssue(
+            row.file, row.sheet, row.row, column, row.cells.get(column) if column else None,
+            f"no Patient with this identifier at site {site} yet: the record is stored and links when "
+            "another export of the site brings the patient", severity="warning", code="not-found", segment=row.segment))
+    changed = [(o.type, o.id, o.version_id, seen[(o.type, o.id)][1] if (o.type, o.id) in seen else name)
+               for o in report.outcomes if o.outcome != "unchanged"]
+    for part, start in enumerate(range(0, len(changed), PROVENANCE_TARGETS)):
+        prov = provenance_for(sc, name, report.sha256, changed[start:start + PROVENANCE_TARGETS],
+                              report.started, part)
+        for vi in validator.validate(prov):
+            raise AssertionError(f"Provenance fails validation: {vi}")  # a bug, not bad input
+        tx.upsert([(prov, site, content_hash(prov))])
+        report.provenance_ids.append(prov["id"])
 
 
 def _study_membership(tx: Any, sc: SiteContext, settings: Settings, validator: Validator,

@@ -12,8 +12,9 @@ from sqlalchemy import func, select, text
 
 from adapter.config import Settings
 from adapter.ingest import ingest_file
-from adapter.outcomes.cohort import COURSE_VERSION, PatientCourse, build_cohort
+from adapter.outcomes.cohort import PatientCourse, build_cohort
 from adapter.store import Store
+from adapter.store.courses import COURSE_VERSION
 from adapter.store.schema import metadata, patient_course
 from tests.conftest import EXAMPLE_FILES
 

@@ -34,12 +34,12 @@ from adapter.api.fhir_http import (
 )
 from adapter.api.security import principal, require
 from adapter.config import Settings, get_settings
-from adapter.errors import AdapterError, ConfigError, IngestRejected, ReaderError
+from adapter.errors import AdapterError, ConfigError, IngestRejected, ReaderError, StoreBusy
 from adapter.privacy import PseudonymKeyMissing, deidentify
 from adapter.search.params import PARAMS
 from adapter.search.query import SearchError, parse
 from adapter.store import Store
-from adapter.store.db import now_instant
+from adapter.store.db import OutsideSite, now_instant
 from adapter.validation import Validator, get_validator
 
 log = logging.getLogger("adapter.api")
@@ -63,7 +63,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None, val
     """Build the service. ``store`` defaults to the configured database (migrated on start)."""
     settings = settings or get_settings()
     if store is None:
-        store = Store(settings.database_url)
+        store = Store(settings.database_url, busy_seconds=settings.sqlite_busy_seconds)
         store.migrate()
     validator = validator or get_validator()
     app = FastAPI(title="pedall FHIR adapter", version="0.1.0",
@@ -169,6 +169,12 @@ def _errors(app: FastAPI) -> None:
 
     @app.exception_handler(AdapterError)
     async def adapter_error(_: Request, exc: AdapterError) -> FHIRResponse:
+        if isinstance(exc, StoreBusy):  # waited too long for a lock: nothing stored, send it again later
+            return FHIRResponse(operation_outcome("transient", str(exc)), status_code=503,
+                                headers={"Retry-After": str(exc.retry_after)})
+        if isinstance(exc, OutsideSite):
+            return FHIRResponse(operation_outcome("forbidden" if exc.found else "not-found", str(exc)),
+                                status_code=403 if exc.found else 404)
         if isinstance(exc, ConfigError):
             return FHIRResponse(operation_outcome("not-found", str(exc)), status_code=400)
         if isinstance(exc, ReaderError):
@@ -465,8 +471,14 @@ def _one(state: str, res: dict[str, Any] | None, what: str, base: str) -> FHIRRe
 
 
 def _write(store: Store, fn: Any, site: str | None = None) -> writes.Written:
-    with store.transaction(site=site) as tx:
-        return fn(tx)
+    """Run one REST write in a transaction, run again when it lost a race (:meth:`Store.run`);
+    a site-bound client's references are checked before it commits (writes.check_site_references)."""
+    def work(tx: Any) -> writes.Written:
+        w = fn(tx)
+        writes.check_site_references(tx)
+        return w
+
+    return store.run(work, site=site)
 
 
 async def _threaded(fn: Any, *args: Any) -> Any:

@@ -6,15 +6,26 @@ Rules: FHIR R4 §3.1.0.4 (update), §3.1.0.5 (version-aware updates, ``If-Match`
 ids assigned; a transaction is atomic). Every resource written passes the three validators
 (R4 schema, R4B model, our profiles) first.
 
-Conditional operations take a lock on their query (PostgreSQL advisory lock; SQLite write
-transactions are serialised), so 16 concurrent identical conditional creates leave exactly one
-resource (HAPI's hapi-fhir#3141).
+Conditional creates and updates take a lock on their resource type (PostgreSQL advisory lock;
+SQLite write transactions are serialised), so concurrent conditional creates that the new resource
+would all match leave exactly one resource, however their criteria are spelled (HAPI's
+hapi-fhir#3141). Writes of one resource queue on its row (``Transaction.put``), so concurrent
+``If-Match`` updates give one winner and 412 for the rest, never a duplicate version.
+
+Write confinement (a client bound to a site): every literal reference a written resource sets
+(``subject``, ``patient``, ``focus``, ``partOf``, ``basedOn``… anywhere in the resource, extensions
+included) must resolve, when the transaction ends, to a current resource of the client's site or to
+a network-wide one (the study, its Groups); a reference to another site's resource, or to one of a
+type stored here that does not exist, is refused with 403 and the same message either way, so the
+answer reveals nothing about other sites. References to types this server does not store, contained
+(``#id``) and absolute references are not resolved here.
 """
 
 from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl
@@ -22,9 +33,10 @@ from urllib.parse import parse_qsl
 import orjson
 
 from adapter.api.fhir_http import FHIRError, operation_outcome, require_resource
+from adapter.search.params import PARAMS
 from adapter.search.query import SearchError, parse
 from adapter.store import Store
-from adapter.store.db import OutsideSite, Transaction, VersionConflict
+from adapter.store.db import SHARED_SITES, OutsideSite, Transaction, VersionConflict
 from adapter.validation import Validator
 
 ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
@@ -91,11 +103,49 @@ def _put(tx: Transaction, resource: dict[str, Any], if_match: int | None) -> Any
     """``tx.put`` with the store's refusals as HTTP errors: 412 (version conflict), 404 (another
     site's resource, for a site-bound client), 403 (a new resource outside the client's site)."""
     try:
-        return tx.put(resource, _site_of(tx, resource), if_match=if_match)
+        out = tx.put(resource, _site_of(tx, resource), if_match=if_match)
+        if tx.site_scope is not None:
+            tx.written_by_site.append(resource)
+        return out
     except VersionConflict as exc:
         raise FHIRError(412, "conflict", str(exc)) from None
     except OutsideSite as exc:
         raise FHIRError(403 if exc.found else 404, "forbidden" if exc.found else "not-found", str(exc)) from None
+
+
+_LOCAL_REF = re.compile(r"^([A-Z][A-Za-z]{1,63})/([A-Za-z0-9\-.]{1,64})(?:/_history/[A-Za-z0-9\-.]{1,64})?$")
+
+
+def local_references(node: Any, path: str) -> Iterator[tuple[str, str, str]]:
+    """``(element path, type, id)`` of every literal relative reference (``Type/id``, optionally
+    versioned) anywhere in a resource (FHIR R4 §2.3.0 "Reference": ``Reference.reference``)."""
+    if isinstance(node, dict):
+        for k, v in node.items():
+            if k == "reference" and isinstance(v, str):
+                m = _LOCAL_REF.match(v)
+                if m:
+                    yield path, m.group(1), m.group(2)
+            elif k != "contained":
+                yield from local_references(v, f"{path}.{k}")
+    elif isinstance(node, list):
+        for v in node:
+            yield from local_references(v, path)
+
+
+def check_site_references(tx: Transaction) -> None:
+    """Refuse (403) a site-bound client's write whose references leave its site (see the module
+    docstring); checked once per transaction, after every entry is written, so a transaction may
+    reference what it creates in any order. Does nothing for an unbound principal."""
+    if tx.site_scope is None or not tx.written_by_site:
+        return
+    refs = [(r["resourceType"], where, t, i) for r in tx.written_by_site
+            for where, t, i in local_references(r, r["resourceType"]) if t in PARAMS]
+    sites = tx.sites_of({(t, i) for _, _, t, i in refs})
+    for _rtype, where, t, i in refs:
+        site = sites.get((t, i))
+        if site is None or (site != tx.site_scope and site not in SHARED_SITES):
+            raise FHIRError(403, "forbidden", f"{where}: {t}/{i} is not a resource of site {tx.site_scope}; "
+                            "a site's client may only reference its own site's resources")
 
 
 def _read_back(tx: Transaction, rtype: str, rid: str) -> dict[str, Any]:
@@ -118,7 +168,9 @@ def _conditional(tx: Transaction, rtype: str, query: str) -> list[dict[str, Any]
     except SearchError as exc:
         raise FHIRError(400, "invalid", f"conditional query: {exc}") from None
     q.count = 2
-    tx.lock(f"{rtype}?{sorted(items)}")
+    # one lock per type, not per query: two spellings of criteria that the same new resource would
+    # both match (identifier=x, identifier=x&gender=female) must not both find nothing and create
+    tx.lock(f"conditional:{rtype}")
     return tx.search(q, snapshot=EVERYTHING).matches
 
 
@@ -196,13 +248,30 @@ def _rewrite(node: Any, ids: dict[str, str]) -> Any:
 
 
 def _entry_request(i: int, entry: Any) -> tuple[str, str, dict[str, Any]]:
+    """``(method, url without a leading slash, request)`` of a Bundle entry. Raises
+    :class:`FHIRError` 400 for a request R4 §3.1.0.11 does not allow: no method or url, a resource
+    type this server does not hold, a POST url that is not a bare type, a non-string ``ifMatch``
+    or ``ifNoneExist``."""
+    where = f"Bundle.entry[{i}]"
     if not isinstance(entry, dict) or not isinstance(entry.get("request"), dict):
-        raise FHIRError(400, "invalid", f"Bundle.entry[{i}]: request (method and url) is required")
+        raise FHIRError(400, "invalid", f"{where}: request (method and url) is required")
     req = entry["request"]
     method, url = req.get("method"), req.get("url")
     if method not in _ORDER or not isinstance(url, str) or not url:
-        raise FHIRError(400, "invalid", f"Bundle.entry[{i}].request: method must be one of {', '.join(_ORDER)} with a url")
-    return method, url.lstrip("/"), req
+        raise FHIRError(400, "invalid", f"{where}.request: method must be one of {', '.join(_ORDER)} with a url")
+    for name in ("ifMatch", "ifNoneExist", "ifNoneMatch", "ifModifiedSince"):
+        if name in req and not isinstance(req[name], str):
+            raise FHIRError(400, "invalid", f"{where}.request.{name} must be a string")
+    url = url.lstrip("/")
+    path, _, query = url.partition("?")
+    rtype = path.split("/")[0]
+    if rtype not in PARAMS:
+        raise FHIRError(400, "not-supported", f"{where}.request.url: resource type '{rtype[:64]}' is not held by this "
+                        f"server (held: {', '.join(sorted(PARAMS))})")
+    if method == "POST" and (query or "/" in path):
+        raise FHIRError(400, "invalid", f"{where}.request.url: a POST (create) url is the resource type alone, not "
+                        f"'{url[:80]}' (conditions go in ifNoneExist)")
+    return method, url, req
 
 
 _OP = {"POST": "create", "PUT": "update", "PATCH": "update", "DELETE": "delete", "GET": "read", "HEAD": "read"}
@@ -282,47 +351,71 @@ def process_bundle(store: Store, validator: Validator, bundle: dict[str, Any], b
         raise FHIRError(400, "invalid", f"POST / takes a transaction or batch Bundle, not type {btype!r}")
     if not isinstance(entries, list):
         raise FHIRError(400, "invalid", "Bundle.entry must be an array")
-    parsed = [_entry_request(i, e) for i, e in enumerate(entries)]
-    results: list[dict[str, Any] | None] = [None] * len(entries)
     if btype == "transaction":
-        ids: dict[str, str] = {}
-        for i, e in enumerate(entries):  # urn:uuid fullUrls of creates get their ids up front
-            full = e.get("fullUrl")
-            if parsed[i][0] == "POST" and isinstance(full, str) and full.startswith("urn:uuid:"):
-                ids[full] = f"{parsed[i][1].split('?')[0]}/{uuid.uuid4()}"
-        with store.transaction(site=site) as tx:
-            # DELETE, then conditional creates (their match may replace a promised id), POST, PUT, GET
-            def order(k: int) -> tuple[int, int]:
-                method, _, req = parsed[k]
-                return (_ORDER[method], 0 if method == "POST" and req.get("ifNoneExist") else 1)
+        parsed = [_entry_request(i, e) for i, e in enumerate(entries)]
 
-            for i in sorted(range(len(entries)), key=order):
-                method, url, req = parsed[i]
-                entry = entries[i]
-                full = entry.get("fullUrl")
-                if method == "POST" and full in ids:  # create with the id promised to references
-                    try:
-                        if allow is not None:
-                            allow("create", url.split("?")[0])
-                        res = _rewrite(require_resource(entry.get("resource"), url.split("?")[0]), ids)
-                        w = create(tx, validator, res, req.get("ifNoneExist"), rid=ids[full].split("/")[1])
-                    except FHIRError as exc:
-                        exc.diagnostics = f"Bundle.entry[{i}]: {exc.diagnostics}"
-                        raise
-                    if w.status == 200 and w.resource is not None:  # an existing match stands in for it
-                        ids[full] = f"{w.resource['resourceType']}/{w.resource['id']}"
-                else:
-                    w = _run_entry(tx, validator, i, entry, method, url, req, ids, allow)
-                results[i] = _response_entry(w, base)
-        return {"resourceType": "Bundle", "type": "transaction-response", "entry": results}
+        def work(tx: Transaction) -> dict[str, Any]:
+            return _transaction(tx, validator, entries, parsed, base, allow)
+
+        return store.run(work, site=site)  # type: ignore[return-value]
+    results: list[dict[str, Any] | None] = [None] * len(entries)
     for i, e in enumerate(entries):
-        method, url, req = parsed[i]
+        try:  # a batch entry fails on its own (R4 §3.1.0.11.1)
+            method, url, req = _entry_request(i, e)
+        except FHIRError as exc:
+            results[i] = {"response": {"status": str(exc.status), "outcome": exc.outcome()}}
+            continue
+
+        def one(tx: Transaction, i: int = i, e: dict[str, Any] = e, method: str = method, url: str = url,
+                req: dict[str, Any] = req) -> Written:
+            w = _run_entry(tx, validator, i, e, method, url, req, {}, allow)
+            check_site_references(tx)
+            return w
+
         try:
-            with store.transaction(site=site) as tx:
-                results[i] = _response_entry(_run_entry(tx, validator, i, e, method, url, req, {}, allow), base)
+            results[i] = _response_entry(store.run(one, site=site), base)  # type: ignore[arg-type]
         except FHIRError as exc:
             results[i] = {"response": {"status": str(exc.status), "outcome": exc.outcome()}}
     return {"resourceType": "Bundle", "type": "batch-response", "entry": results}
 
 
-__all__ = ["Written", "create", "update", "conditional_update", "delete", "process_bundle", "operation_outcome"]
+def _transaction(tx: Transaction, validator: Validator, entries: list[Any], parsed: list[tuple[str, str, dict[str, Any]]],
+                 base: str, allow: Any) -> dict[str, Any]:
+    """The entries of a transaction Bundle, run in ``tx`` (R4 §3.1.0.11.2 processing order);
+    returns the ``transaction-response`` Bundle. Run again from the start when the store retries."""
+    results: list[dict[str, Any] | None] = [None] * len(entries)
+    ids: dict[str, str] = {}
+    for i, e in enumerate(entries):  # urn:uuid fullUrls of creates get their ids up front
+        full = e.get("fullUrl")
+        if parsed[i][0] == "POST" and isinstance(full, str) and full.startswith("urn:uuid:"):
+            ids[full] = f"{parsed[i][1].split('?')[0]}/{uuid.uuid4()}"
+
+    # DELETE, then conditional creates (their match may replace a promised id), POST, PUT, GET
+    def order(k: int) -> tuple[int, int]:
+        method, _, req = parsed[k]
+        return (_ORDER[method], 0 if method == "POST" and req.get("ifNoneExist") else 1)
+
+    for i in sorted(range(len(entries)), key=order):
+        method, url, req = parsed[i]
+        entry = entries[i]
+        full = entry.get("fullUrl")
+        if method == "POST" and full in ids:  # create with the id promised to references
+            try:
+                if allow is not None:
+                    allow("create", url.split("?")[0])
+                res = _rewrite(require_resource(entry.get("resource"), url.split("?")[0]), ids)
+                w = create(tx, validator, res, req.get("ifNoneExist"), rid=ids[full].split("/")[1])
+            except FHIRError as exc:
+                exc.diagnostics = f"Bundle.entry[{i}]: {exc.diagnostics}"
+                raise
+            if w.status == 200 and w.resource is not None:  # an existing match stands in for it
+                ids[full] = f"{w.resource['resourceType']}/{w.resource['id']}"
+        else:
+            w = _run_entry(tx, validator, i, entry, method, url, req, ids, allow)
+        results[i] = _response_entry(w, base)
+    check_site_references(tx)
+    return {"resourceType": "Bundle", "type": "transaction-response", "entry": results}
+
+
+__all__ = ["Written", "check_site_references", "create", "update", "conditional_update", "delete", "process_bundle",
+           "operation_outcome"]

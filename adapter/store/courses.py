@@ -9,6 +9,7 @@ per patient); over 10,000 patients that is the difference between reading ~1M JS
 
 from __future__ import annotations
 
+import hashlib
 import zlib
 from collections import defaultdict
 from collections.abc import Iterable
@@ -19,9 +20,13 @@ from sqlalchemy import Connection, bindparam, select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from adapter.outcomes.cohort import COURSE_VERSION, PatientCourse, course_of
+from adapter.outcomes import cohort
+from adapter.outcomes.cohort import PatientCourse, course_of
 from adapter.store.schema import patient_course, resources
 
+#: The extraction code's version (adapter/outcomes/cohort.py) and this module's selection rule
+#: (v2: only the patient's own site's resources): stored courses made otherwise are rebuilt.
+COURSE_VERSION = hashlib.sha256(f"{cohort.COURSE_VERSION}|site-confined-v2".encode()).hexdigest()[:16]
 _CHUNK = 500
 _LOCK_NAMESPACE = 0x5EDA11  # first key of PostgreSQL's two-key advisory locks, for course refreshes
 _LOCK_BUCKETS = 1024  # patients share locks by bucket: bounded lock-table use for any batch size
@@ -60,11 +65,17 @@ def refresh_courses(conn: Connection, patient_ids: Iterable[str]) -> int:
         chunk = ids[i:i + _CHUNK]
         patients: dict[str, tuple[dict[str, Any], str]] = {}
         res: dict[str, dict[str, list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
+        others: list[tuple[str, str, str, dict[str, Any]]] = []
         for pid, rtype, site, body in conn.execute(_COMPARTMENTS, {"ids": chunk}):
             r = orjson.loads(body)
             if rtype == "Patient":
                 patients[pid] = (r, site)
             else:
+                others.append((pid, rtype, site, r))
+        for pid, rtype, site, r in others:
+            # a course is built only from the patient's own site's resources: a resource of another
+            # site that names this patient (a write that aimed across sites) never changes its figures
+            if pid in patients and site == patients[pid][1]:
                 res[pid][rtype].append(r)
         gone = [p for p in chunk if p not in patients]
         if gone:

@@ -7,12 +7,14 @@ per ingestion (:meth:`Store.transaction`), so a failure midway leaves the store 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+import random
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from alembic import command
@@ -20,7 +22,7 @@ from alembic.config import Config
 from sqlalchemy import Connection, Engine, Table, bindparam, create_engine, event, func, select
 from sqlalchemy.exc import SQLAlchemyError
 
-from adapter.errors import StoreError
+from adapter.errors import StoreBusy, StoreError
 from adapter.search.params import index_entries
 from adapter.store.courses import read_cohort, refresh_courses, stale_patients
 from adapter.store.schema import ingestions, resource_history, resources, search_index
@@ -59,8 +61,18 @@ def _search_columns(r: dict[str, Any]) -> dict[str, Any]:
 CORRECTED = ("corrected", "amended")
 
 _EXISTING = (select(resources.c.id, resources.c.version_id, resources.c.content_hash, resources.c.deleted,
-                    resources.c.patient_id, resources.c.status)
+                    resources.c.patient_id, resources.c.status, resources.c.site)
              .where(resources.c.type == bindparam("type"), resources.c.id.in_(bindparam("ids", expanding=True))))
+#: The same probe taking row locks (PostgreSQL ``FOR UPDATE``): concurrent writers of one resource
+#: queue on its row, and each reads the version the one before it committed (READ COMMITTED
+#: re-reads a locked row once the lock is released), so two never claim the same next version.
+_EXISTING_LOCKED = _EXISTING.with_for_update()
+
+#: Sites whose resources any site may reference (the network's ResearchStudy and study Group, and
+#: resources written with no site in development mode).
+SHARED_SITES = ("", "network")
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -83,6 +95,9 @@ class Transaction:
         self.site_scope = site
         #: Patients whose compartment this transaction changed (their course is rebuilt at commit)
         self.touched_patients: set[str] = set()
+        #: Resources a site-bound client wrote in this transaction, whose references are checked
+        #: before it commits (adapter/api/writes.py ``check_site_references``)
+        self.written_by_site: list[dict[str, Any]] = []
         if conn.dialect.name == "postgresql":
             # The rows this transaction writes are invisible to the planner's statistics, so a table
             # that was small when the transaction began stays "small" and each existence probe
@@ -91,7 +106,7 @@ class Transaction:
             conn.exec_driver_sql("SET LOCAL enable_seqscan = off")
 
     def upsert(self, batch: list[tuple[dict[str, Any], str, str | None]],
-               keep_corrections: bool = False) -> list[WriteOutcome]:
+               keep_corrections: bool = False, lock_rows: bool = False) -> list[WriteOutcome]:
         """Store resources, each as ``(resource, site code, content hash or None)``; the hash is
         :func:`content_hash` (computed when ``None``). Unchanged content keeps its version; changed
         content gets version n+1 and a history row. Sets ``meta.versionId``/``meta.lastUpdated`` on
@@ -99,18 +114,25 @@ class Transaction:
 
         ``keep_corrections`` (ingestion): a stored result whose status is ``corrected`` or ``amended``
         is not replaced by one that is not (the original of a corrected result, in a feed posted
-        again; FHIR R4 ObservationStatus); the write is reported ``unchanged``."""
+        again; FHIR R4 ObservationStatus); the write is reported ``unchanged``.
+
+        ``lock_rows`` (PostgreSQL): lock the stored rows first (see :data:`_EXISTING_LOCKED`).
+
+        A stored resource never moves to another site: writing it with a different site code
+        raises :class:`OutsideSite` (ids are keyed hashes of site and source keys, so this only
+        happens when a write aims at another site's resource)."""
         if not batch:
             return []
-        existing: dict[tuple[str, str], tuple[int, str, bool, str | None, str | None]] = {}
+        existing: dict[tuple[str, str], tuple[int, str, bool, str | None, str | None, str]] = {}
         ids_by_type: dict[str, list[str]] = {}
         for r, _, _ in batch:
             ids_by_type.setdefault(r["resourceType"], []).append(r["id"])
+        probe = _EXISTING_LOCKED if lock_rows and self.conn.dialect.name == "postgresql" else _EXISTING
         for rtype, ids in ids_by_type.items():
             for i in range(0, len(ids), 500):  # type = ? AND id IN (...): a primary-key probe per id
-                rows = self.conn.execute(_EXISTING, {"type": rtype, "ids": ids[i:i + 500]})
-                for rid, v, h, deleted, pid, status in rows:
-                    existing[(rtype, rid)] = (v, h, bool(deleted), pid, status)
+                rows = self.conn.execute(probe, {"type": rtype, "ids": sorted(ids[i:i + 500])})
+                for rid, v, h, deleted, pid, status, site in rows:
+                    existing[(rtype, rid)] = (v, h, bool(deleted), pid, status, site)
         stamp = now_instant()
         inserts, updates, history, out = [], [], [], []
         index: list[tuple[Any, ...]] = []
@@ -118,6 +140,9 @@ class Transaction:
             key = (r["resourceType"], r["id"])
             h = known_hash or content_hash(r)
             prev = existing.get(key)
+            if prev is not None and prev[5] != site:
+                raise OutsideSite(f"{key[0]}/{key[1]} belongs to another site and cannot be written as site {site or '(none)'}",
+                                  found=False)
             if prev is not None and not prev[2] and (prev[1] == h or (
                     keep_corrections and prev[4] in CORRECTED and r.get("status") not in CORRECTED)):
                 out.append(WriteOutcome(key[0], key[1], prev[0], "unchanged"))
@@ -183,7 +208,7 @@ class Transaction:
         found: set[str] = set()
         for i in range(0, len(ids), 500):
             rows = self.conn.execute(_EXISTING, {"type": rtype, "ids": ids[i:i + 500]})
-            found.update(rid for rid, _v, _h, deleted, _p, _s in rows if not deleted)
+            found.update(rid for rid, _v, _h, deleted, _p, _s, _site in rows if not deleted)
         return set(ids) - found
 
     def patient_ids(self, site: str | None = None) -> list[str]:
@@ -199,18 +224,36 @@ class Transaction:
 
     # ------------------------------------------------------------- single-resource writes (REST API)
 
-    def current(self, rtype: str, rid: str) -> tuple[int, bool, str] | None:
+    def current(self, rtype: str, rid: str, lock: bool = False) -> tuple[int, bool, str] | None:
         """``(version, deleted, site)`` of a stored resource, or ``None`` when it never existed
-        (or, in a site-scoped transaction, belongs to another site)."""
-        row = self._row(rtype, rid)
+        (or, in a site-scoped transaction, belongs to another site). ``lock``: PostgreSQL row lock
+        until the transaction ends (the version read is then the one a write will follow)."""
+        row = self._row(rtype, rid, lock)
         if row is None or (self.site_scope is not None and row[2] != self.site_scope):
             return None
         return row
 
-    def _row(self, rtype: str, rid: str) -> tuple[int, bool, str] | None:
-        row = self.conn.execute(select(resources.c.version_id, resources.c.deleted, resources.c.site).where(
-            resources.c.type == rtype, resources.c.id == rid)).first()
+    def _row(self, rtype: str, rid: str, lock: bool = False) -> tuple[int, bool, str] | None:
+        q = select(resources.c.version_id, resources.c.deleted, resources.c.site).where(
+            resources.c.type == rtype, resources.c.id == rid)
+        if lock and self.conn.dialect.name == "postgresql":
+            q = q.with_for_update()
+        row = self.conn.execute(q).first()
         return None if row is None else (int(row[0]), bool(row[1]), row[2])
+
+    def sites_of(self, keys: set[tuple[str, str]]) -> dict[tuple[str, str], str]:
+        """The site of each current (not deleted) resource among ``keys`` (``(type, id)``); keys
+        with no current resource are absent from the result. One query per type and 500 ids."""
+        out: dict[tuple[str, str], str] = {}
+        by_type: dict[str, list[str]] = {}
+        for t, i in keys:
+            by_type.setdefault(t, []).append(i)
+        for rtype, ids in by_type.items():
+            for k in range(0, len(ids), 500):
+                rows = self.conn.execute(select(resources.c.id, resources.c.site).where(
+                    resources.c.type == rtype, resources.c.id.in_(ids[k:k + 500]), resources.c.deleted.is_(False)))
+                out.update({(rtype, rid): site for rid, site in rows})
+        return out
 
     def put(self, resource: dict[str, Any], site: str, if_match: int | None = None) -> WriteOutcome:
         """Create or update one resource (FHIR R4 §3.1.0.4 update; §3.1.0.5 "version-aware updates").
@@ -219,26 +262,26 @@ class Transaction:
 
         In a site-scoped transaction, raises :class:`OutsideSite` when the resource exists in
         another site (it is reported as not found) or would be stored in another site."""
+        raw = self._row(resource["resourceType"], resource["id"], lock=True)  # writers of one resource queue here
         if self.site_scope is not None:
-            raw = self._row(resource["resourceType"], resource["id"])
             if raw is not None and raw[2] != self.site_scope:
                 raise OutsideSite(f"{resource['resourceType']}/{resource['id']} is not known", found=False)
             if raw is None and site != self.site_scope:
                 raise OutsideSite(f"a {resource['resourceType']} written by a client of site {self.site_scope} must "
                                   f"belong to that site (its subject must be one of the site's Patients)", found=True)
-        cur = self.current(resource["resourceType"], resource["id"])
+        cur = raw
         if if_match is not None and (cur is None or cur[1] or cur[0] != if_match):
             found = "no current version" if cur is None or cur[1] else f"version {cur[0]}"
             raise VersionConflict(f"If-Match asked for version {if_match}, but the resource has {found}")
-        if cur is not None and not cur[1]:
-            site = cur[2]  # a resource stays in the site (compartment) it was created in
+        if cur is not None:
+            site = cur[2]  # a resource stays in the site (compartment) it was created in, deleted or not
         return self.upsert([(resource, site, None)])[0]
 
     def delete(self, rtype: str, rid: str, if_match: int | None = None) -> int | None:
         """Delete a resource (FHIR R4 §3.1.0.7): it gets a new version marked deleted in the history,
         and reads answer 410. Returns the deletion's version, or ``None`` when there was nothing to
         delete. Raises :class:`VersionConflict` when ``if_match`` is not the current version."""
-        cur = self.current(rtype, rid)
+        cur = self.current(rtype, rid, lock=True)
         if if_match is not None and (cur is None or cur[1] or cur[0] != if_match):
             raise VersionConflict(f"If-Match asked for version {if_match}, but the resource is not at that version")
         if cur is None or cur[1]:
@@ -260,11 +303,25 @@ class Transaction:
         return version
 
     def lock(self, key: str) -> None:
-        """Serialise transactions that check-then-write the same conditional key (``ifNoneExist``,
-        conditional update) until this transaction ends. PostgreSQL: a transaction-level advisory
-        lock; SQLite: write transactions already run one at a time (``BEGIN IMMEDIATE``)."""
+        """Serialise transactions that check-then-write the same key (conditional creates and
+        updates of one resource type) until this transaction ends. PostgreSQL: a transaction-level
+        advisory lock; SQLite: write transactions already run one at a time (``BEGIN IMMEDIATE``)."""
         if self.conn.dialect.name == "postgresql":
             self.conn.execute(select(func.pg_advisory_xact_lock(func.hashtextextended(key, 0))))
+
+    def lock_within(self, key: str, seconds: float, what: str) -> None:
+        """Take the advisory lock ``key`` (as :meth:`lock`), waiting at most ``seconds``; raises
+        :class:`StoreBusy` (HTTP 503, ``Retry-After``) naming ``what`` when it stays taken. SQLite:
+        the write transaction already holds the database's only write lock."""
+        if self.conn.dialect.name != "postgresql":
+            return
+        deadline = time.monotonic() + seconds
+        pause = 0.02
+        while not self.conn.execute(select(func.pg_try_advisory_xact_lock(func.hashtextextended(key, 0)))).scalar():
+            if time.monotonic() >= deadline:
+                raise StoreBusy(f"{what} is in progress; try again later", retry_after=max(1, int(seconds)))
+            time.sleep(pause)
+            pause = min(0.25, pause * 1.5)
 
     def search(self, query: Any, snapshot: str | None = None) -> Any:
         """Run a search inside this transaction (for conditional operations)."""
@@ -287,15 +344,43 @@ class VersionConflict(StoreError):
     """A version-aware write (``If-Match``) found a different current version (HTTP 412)."""
 
 
+class WriteConflict(StoreError):
+    """The database refused a write because a concurrent transaction wrote the same rows first
+    (unique violation, deadlock, serialization failure). Nothing was stored; :meth:`Store.run`
+    runs the work again."""
+
+
 class Rollback(Exception):  # noqa: N818  (control flow, not an error)
     """Raise inside :meth:`Store.transaction` to discard everything written (dry runs, --strict)."""
 
 
+#: PostgreSQL SQLSTATEs of a write that lost a race and succeeds when run again: unique_violation
+#: (two transactions created the same row), deadlock_detected, serialization_failure.
+_RETRYABLE = {"23505", "40P01", "40001"}
+#: ... and of a write that waited too long for a lock: lock_not_available, query_canceled.
+_BUSY = {"55P03", "57014"}
+
+
+def _classify(exc: SQLAlchemyError) -> StoreError:
+    """The store error for a database exception: :class:`WriteConflict` (run it again),
+    :class:`StoreBusy` (waited too long for a lock) or :class:`StoreError`."""
+    orig = getattr(exc, "orig", None)
+    state = getattr(orig, "sqlstate", None)
+    text = str(orig or exc).lower()
+    brief = f"{exc.__class__.__name__}: {str(orig or exc).splitlines()[0][:200]}"
+    if state in _RETRYABLE or "unique constraint failed" in text:
+        return WriteConflict(f"a concurrent write to the same resources ({brief})")
+    if state in _BUSY or "database is locked" in text or "database is busy" in text:
+        return StoreBusy("the database is busy with another write; try again later")
+    return StoreError(f"the database refused the write: {brief}")
+
+
 class Store:
     """A database of versioned resources. ``url`` is an SQLAlchemy URL (``sqlite:///path`` or
-    ``postgresql+psycopg://...``)."""
+    ``postgresql+psycopg://...``). ``busy_seconds``: how long an SQLite writer waits for the
+    database's write lock before giving up (:class:`StoreBusy`)."""
 
-    def __init__(self, url: str, engine: Engine | None = None) -> None:
+    def __init__(self, url: str, engine: Engine | None = None, busy_seconds: float = 30.0) -> None:
         if url.startswith("postgresql://"):
             url = "postgresql+psycopg://" + url[len("postgresql://"):]
         self.url = url
@@ -304,7 +389,9 @@ class Store:
         # psycopg prepares a statement on the server after 5 executions and may keep a generic plan
         # made while the table was small; inside one large ingestion transaction that plan decays
         # (measured: 2,000-resource batches slowed from 1.0 s to 3.9 s). Plan each query afresh.
-        connect_args = {"prepare_threshold": None} if url.startswith("postgresql+psycopg") else {}
+        connect_args: dict[str, Any] = {"prepare_threshold": None} if url.startswith("postgresql+psycopg") else {}
+        if url.startswith("sqlite"):
+            connect_args["timeout"] = busy_seconds  # sqlite3's busy timeout: how long BEGIN IMMEDIATE waits
         self.engine = engine or create_engine(url, future=True, connect_args=connect_args)
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
@@ -331,7 +418,8 @@ class Store:
     @contextmanager
     def transaction(self, site: str | None = None) -> Iterator[Transaction]:
         """One database transaction. Commits on success; rolls back on any exception (re-raised,
-        except :class:`Rollback`). Database errors become :class:`StoreError`. ``site``: the
+        except :class:`Rollback`). Database errors become :class:`WriteConflict` (a lost race:
+        :meth:`run` runs the work again), :class:`StoreBusy` or :class:`StoreError`. ``site``: the
         transaction acts for a client bound to that site (see :class:`Transaction`)."""
         try:
             with self.engine.connect() as conn:
@@ -343,7 +431,30 @@ class Store:
         except Rollback:
             return
         except SQLAlchemyError as exc:
-            raise StoreError(f"the database refused the write: {exc.__class__.__name__}: {str(exc)[:200]}") from None
+            raise _classify(exc) from None
+
+    def run(self, work: Callable[[Transaction], T], site: str | None = None, attempts: int = 8) -> T | None:
+        """Run ``work(tx)`` in one transaction (:meth:`transaction`) and return what it returns;
+        when the database reports a lost race (:class:`WriteConflict`: two transactions created
+        the same row, or deadlocked), roll back and run it again, up to ``attempts`` times with a
+        short random pause (PostgreSQL manual §13.2 "Transaction Isolation": applications retry
+        such transactions). Returns ``None`` when ``work`` raised :class:`Rollback`.
+
+        Raises:
+            StoreBusy: the conflicts kept coming back, or a lock was not had in time.
+            StoreError: any other database refusal. Exceptions of ``work`` pass through."""
+        for attempt in range(1, attempts + 1):
+            box: list[T] = []
+            try:
+                with self.transaction(site) as tx:
+                    box.append(work(tx))
+                return box[0] if box else None
+            except WriteConflict:
+                if attempt == attempts:
+                    raise StoreBusy(f"the write kept conflicting with concurrent writes ({attempts} attempts); "
+                                    "try again", retry_after=1) from None
+                time.sleep(random.uniform(0.005, 0.02) * 2 ** min(attempt, 5))  # noqa: S311  (jitter)
+        return None
 
     # -------------------------------------------------------------------------------------- reads
 
@@ -430,11 +541,17 @@ class Store:
 
     def compartment(self, patient_id: str, site: str | None = None) -> list[dict[str, Any]]:
         """Current resources in a Patient's compartment (``subject``/``patient`` = the Patient),
-        the Patient itself excluded, in (type, id) order (only ``site``'s when given)."""
-        q = (select(resources.c.resource).where(resources.c.patient_id == patient_id, resources.c.deleted.is_(False),
-                                                resources.c.type != "Patient", *_in_site(site))
-             .order_by(resources.c.type, resources.c.id))
+        the Patient itself excluded, in (type, id) order (only ``site``'s when given). Only the
+        resources of the Patient's own site are in it: another site's resource naming the patient
+        is not."""
         with self.engine.connect() as conn:
+            own = conn.execute(select(resources.c.site).where(resources.c.type == "Patient",
+                                                              resources.c.id == patient_id)).scalar()
+            if own is None or (site is not None and own != site):
+                return []
+            q = (select(resources.c.resource).where(resources.c.patient_id == patient_id, resources.c.deleted.is_(False),
+                                                    resources.c.type != "Patient", resources.c.site == own)
+                 .order_by(resources.c.type, resources.c.id))
             return [orjson.loads(t) for (t,) in conn.execute(q)]
 
     def counts(self, site: str | None = None) -> dict[str, int]:

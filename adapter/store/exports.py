@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
-from sqlalchemy import and_, delete, false, func, or_, select, update
+from sqlalchemy import and_, delete, exists, false, func, or_, select, update
 
 from adapter.store.db import Store, now_instant
 from adapter.store.schema import export_jobs, resources
@@ -158,9 +158,20 @@ def _conditions(rtype: str, until: str, since: str | None, patient_level: bool, 
         base.append(resources.c.last_updated > since)
     if patient_level:
         base.append(resources.c.patient_id.is_not(None))
+        if rtype != "Patient":
+            base.append(own_patients_site())
     if where:
         base.append(or_(*where))
     return base
+
+
+def own_patients_site() -> Any:
+    """The condition that a resource is in the same site as the Patient it names: a Patient's
+    compartment holds only its own site's resources (a resource of another site that names the
+    patient is not part of it). A primary-key probe per row."""
+    patient = resources.alias("compartment_patient")
+    return exists(select(patient.c.id).where(patient.c.type == "Patient", patient.c.id == resources.c.patient_id,
+                                             patient.c.site == resources.c.site))
 
 
 def _chunks(patients: list[str] | None) -> list[list[str] | None]:
@@ -178,6 +189,8 @@ def count(store: Store, rtype: str, *, until: str, since: str | None = None, pat
             conds = _conditions(rtype, until, since, patient_level, where, site)
             if chunk is not None:
                 conds.append(resources.c.patient_id.in_(chunk))
+                if rtype != "Patient" and not patient_level:
+                    conds.append(own_patients_site())
             total += int(conn.execute(select(func.count()).select_from(resources).where(*conds)).scalar() or 0)
     return total
 
@@ -198,6 +211,8 @@ def stream(store: Store, rtype: str, *, until: str, since: str | None = None, pa
             conds = _conditions(rtype, until, since, patient_level, where, site)
             if chunk is not None:
                 conds.append(resources.c.patient_id.in_(chunk))
+                if rtype != "Patient" and not patient_level:
+                    conds.append(own_patients_site())
             q = select(resources.c.resource).where(*conds).order_by(resources.c.id)
             for (text,) in conn.execution_options(stream_results=True, yield_per=batch).execute(q):
                 yield orjson.loads(text)
