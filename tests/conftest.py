@@ -102,3 +102,6 @@ def api(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
             yield srv
         finally:
             srv.stop()
+
+
+from tests.secure import secure  # noqa: E402, F401  (the auth-on server fixture, shared by the security test modules)

@@ -77,12 +77,15 @@ def validate(validator: Validator, resource: dict[str, Any]) -> None:
 
 
 def _site_of(tx: Transaction, resource: dict[str, Any]) -> str:
-    """The site (compartment owner) of a resource written through the API: for a Patient, its
-    managing Organization when that is a site's Organization; for other resources, the site of the
-    Patient they are about; a Subscription belongs to the site of the client that writes it (its
-    notifications are confined to that site, adapter/store/outbox.py); otherwise empty (no site)."""
+    """The site (compartment owner) of a new resource written through the API. For a client bound
+    to a site, that site (its references are then checked to stay in it, :func:`check_site_references`;
+    a Subscription is confined to it, adapter/store/outbox.py). For an unbound principal: for a
+    Patient, its managing Organization when that is a site's Organization; for other resources,
+    the site of the Patient they are about; otherwise empty (no site)."""
+    if tx.site_scope is not None:
+        return tx.site_scope
     if resource["resourceType"] == "Subscription":
-        return tx.site_scope or ""
+        return ""
     if resource["resourceType"] == "Patient":
         ref = (resource.get("managingOrganization") or {}).get("reference", "")
         if ref.startswith("Organization/"):

@@ -1,0 +1,114 @@
+"""The adversarial findings of issue 17, one test (or more) per defect, on a real server with
+authentication on, on SQLite and PostgreSQL (the ``secure`` fixture, tests/secure.py): each failed
+before its fix. Races are in tests/test_concurrency.py; bad files in tests/test_hardening.py.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import uuid
+from typing import Any
+
+import httpx
+import pytest
+
+from adapter.store.db import OutsideSite
+from tests.secure import Secure
+
+# ------------------------------------------------------------- 1. writes cannot cross sites
+
+
+def _own_observation(secure: Secure, c: httpx.Client) -> dict[str, Any]:
+    """A new MRD Observation of a HITO patient, created by the HITO site client (201)."""
+    obs = copy.deepcopy(secure.store.read("Observation", secure.ids["hito-observation"]))
+    assert obs is not None
+    obs.pop("id")
+    obs["meta"] = {"profile": obs["meta"]["profile"]}
+    obs["identifier"] = [{"system": "https://w3id.org/pedall-fhir/sid/hito/attack", "value": uuid.uuid4().hex}]
+    r = c.post("/Observation", json=obs)
+    assert r.status_code == 201, r.text
+    return r.json()
+
+
+def _huanl_courses(secure: Secure) -> str:
+    return json.dumps([c.to_json() if hasattr(c, "to_json") else str(c) for c in secure.store.cohort("huanl")],
+                      sort_keys=True, default=str)
+
+
+def test_an_update_cannot_point_at_another_sites_patient(secure: Secure) -> None:
+    huanl_patient = f"Patient/{secure.ids['huanl-patient']}"
+    before = _huanl_courses(secure)
+    with secure.http("site") as c:
+        for k in range(12):  # the attack moved another site's CR rate with 12 such PUTs
+            own = _own_observation(secure, c)
+            moved = {**own, "subject": {"reference": huanl_patient}}
+            r = c.put(f"/Observation/{own['id']}", json=moved)
+            assert r.status_code == 403, r.text
+            assert r.json()["issue"][0]["code"] == "forbidden"
+            assert huanl_patient in r.json()["issue"][0]["diagnostics"]  # names the reference, not its site's data
+            # version-aware, conditional and transaction updates are held the same way
+            r = c.put(f"/Observation/{own['id']}", json=moved, headers={"If-Match": 'W/"1"'})
+            assert r.status_code == 403
+            ident = own["identifier"][0]
+            r = c.put(f"/Observation?identifier={ident['system']}|{ident['value']}", json=moved)
+            assert r.status_code == 403
+            r = c.post("/", json={"resourceType": "Bundle", "type": "transaction", "entry": [
+                {"resource": moved, "request": {"method": "PUT", "url": f"Observation/{own['id']}"}}]})
+            assert r.status_code == 403
+            batch = c.post("/", json={"resourceType": "Bundle", "type": "batch", "entry": [
+                {"resource": moved, "request": {"method": "PUT", "url": f"Observation/{own['id']}"}}]}).json()
+            assert batch["entry"][0]["response"]["status"] == "403"
+            # a reference anywhere in the resource counts (focus, partOf, extensions ...)
+            sneaky = {**own, "focus": [{"reference": huanl_patient}]}
+            assert c.put(f"/Observation/{own['id']}", json=sneaky).status_code == 403
+            assert secure.store.read("Observation", own["id"])["subject"] == own["subject"]
+            if k == 0:  # a reference to an id that exists nowhere is refused with the same answer
+                ghost = {**own, "subject": {"reference": "Patient/no-such-patient"}}
+                r = c.put(f"/Observation/{own['id']}", json=ghost)
+                assert r.status_code == 403 and "is not a resource of site hito" in r.text
+    assert _huanl_courses(secure) == before  # the other site's figures did not move
+
+
+def test_a_transaction_may_reference_what_it_creates_in_any_order(secure: Secure) -> None:
+    patient = copy.deepcopy(secure.store.read("Patient", secure.ids["hito-patient"]))
+    assert patient is not None
+    obs = copy.deepcopy(secure.store.read("Observation", secure.ids["hito-observation"]))
+    assert obs is not None
+    pid = f"tx-order-{uuid.uuid4().hex[:8]}"
+    patient.update(id=pid, identifier=[{"system": patient["identifier"][0]["system"], "value": pid}])
+    obs.pop("id")
+    obs["subject"] = {"reference": f"Patient/{pid}"}
+    obs["identifier"] = [{"system": "https://w3id.org/pedall-fhir/sid/hito/attack", "value": pid}]
+    with secure.http("site") as c:
+        r = c.post("/", json={"resourceType": "Bundle", "type": "transaction", "entry": [
+            {"resource": obs, "request": {"method": "POST", "url": "Observation"}},
+            {"resource": patient, "request": {"method": "PUT", "url": f"Patient/{pid}"}}]})
+    # the Observation's subject is written after it in processing order (POST before PUT); the
+    # check runs when the transaction ends, so it resolves
+    assert r.status_code == 200, r.text
+    oid = next(e["resource"]["id"] for e in r.json()["entry"] if e["resource"]["resourceType"] == "Observation")
+    assert secure.store.read("Observation", oid, site="hito") is not None
+
+
+def test_the_store_never_moves_a_resource_to_another_site(secure: Secure) -> None:
+    huanl_obs = secure.store.read("Observation", secure.ids["huanl-observation"])
+    assert huanl_obs is not None
+    with pytest.raises(OutsideSite), secure.store.transaction() as tx:  # an ingestion of HITO writing it
+        tx.upsert([({**huanl_obs, "status": "amended"}, "hito", None)])
+    assert secure.store.read("Observation", huanl_obs["id"])["status"] == huanl_obs["status"]
+
+
+def test_a_course_is_built_from_the_patients_own_site_only(secure: Secure) -> None:
+    before = _huanl_courses(secure)
+    obs = copy.deepcopy(secure.store.read("Observation", secure.ids["hito-observation"]))
+    assert obs is not None
+    obs.update(id=f"stray-{uuid.uuid4().hex[:8]}", subject={"reference": f"Patient/{secure.ids['huanl-patient']}"},
+               valueQuantity={"value": 0.001, "comparator": "<", "unit": "%", "system": "http://unitsofmeasure.org",
+                              "code": "%"})
+    obs.pop("meta")
+    with secure.store.transaction() as tx:  # stored at HITO (as an unchecked older write could have)
+        tx.upsert([(obs, "hito", None)])
+    assert _huanl_courses(secure) == before
+    everything = secure.store.compartment(secure.ids["huanl-patient"])
+    assert obs["id"] not in {r["id"] for r in everything}
