@@ -62,6 +62,10 @@ class IngestReport:
     provenance_ids: list[str] = field(default_factory=list)
     sample: list[dict[str, Any]] = field(default_factory=list)  # the first ``show`` resources mapped
     unlinked_patients: int = 0  # patients referenced by this file with no Patient at the site
+    #: resources changed through the REST API since the last ingestion, whose version this file
+    #: kept (its row is unchanged since) or replaced (its row changed too); see Transaction.upsert
+    api_versions_kept: list[str] = field(default_factory=list)
+    api_versions_replaced: list[str] = field(default_factory=list)
 
     def counts(self) -> dict[str, dict[str, int]]:
         """``{resourceType: {created|updated|unchanged: n}}``."""
@@ -83,6 +87,7 @@ class IngestReport:
                 "rowsRead": self.rows_read, "rowsMapped": self.rows_mapped, "rowsRejected": self.rows_rejected,
                 "rowsSkipped": sum(self.rows_skipped.values()), "skipped": self.rows_skipped,
                 "blankRows": self.blank_rows, "unlinkedPatients": self.unlinked_patients, "stored": self.stored, "resources": self.counts(),
+                "apiVersionsKept": self.api_versions_kept, "apiVersionsReplaced": self.api_versions_replaced,
                 "provenance": self.provenance_ids, "operationOutcome": self.operation_outcome(),
                 "rowIssues": [{"file": i.file, "sheet": i.sheet, "row": i.row, "segment": i.segment, "column": i.column,
                                "value": None if i.value is None else str(i.value), "reason": i.reason, "code": i.code,
@@ -191,7 +196,7 @@ def _ingest_into(tx: Any, report: IngestReport, reader: Any, loaded: Any, sc: Si
     referenced: dict[str, tuple[Any, str | None]] = {}
 
     def flush() -> None:
-        report.outcomes.extend(tx.upsert(batch, keep_corrections=True))
+        report.outcomes.extend(tx.upsert(batch, keep_corrections=True, ingested=True))
         batch.clear()
 
     org = organization(sc)
@@ -257,6 +262,19 @@ def _ingest_into(tx: Any, report: IngestReport, reader: Any, loaded: Any, sc: Si
             row.file, row.sheet, row.row, column, row.cells.get(column) if column else None,
             f"no Patient with this identifier at site {site} yet: the record is stored and links when "
             "another export of the site brings the patient", severity="warning", code="not-found", segment=row.segment))
+    for o in report.outcomes:  # the REST API's changes since the last ingestion: kept, or replaced
+        if o.note:
+            where = seen[(o.type, o.id)][1] if (o.type, o.id) in seen else name
+            kept = o.note == "kept-api-version"
+            (report.api_versions_kept if kept else report.api_versions_replaced).append(f"{o.type}/{o.id}")
+            report.issues.append(RowIssue(
+                name, None, None, None, None,
+                f"{o.type}/{o.id} (from {where}) " + (
+                    "was changed through the REST API since the last ingestion; this file's row is unchanged "
+                    f"since then, so the API's version {o.version_id} is kept" if kept else
+                    "was changed through the REST API since the last ingestion, and this file changes it too: "
+                    f"the file's content replaces the API's version (now version {o.version_id})"),
+                severity="warning", code="conflict"))
     changed = [(o.type, o.id, o.version_id, seen[(o.type, o.id)][1] if (o.type, o.id) in seen else name)
                for o in report.outcomes if o.outcome != "unchanged"]
     for part, start in enumerate(range(0, len(changed), PROVENANCE_TARGETS)):
@@ -284,7 +302,7 @@ def _study_membership(tx: Any, sc: SiteContext, settings: Settings, validator: V
             raise AssertionError(f"{res['resourceType']} fails validation: {vi}")  # a bug, not bad input
     site_of = {"ResearchStudy": NETWORK}
     return tx.upsert([(r, site_of.get(r["resourceType"], sc.site), None) for r in mine]
-                     + [(r, NETWORK, None) for r in network])
+                     + [(r, NETWORK, None) for r in network], ingested=True)
 
 
 def _patient_of(resource: dict[str, Any]) -> str | None:

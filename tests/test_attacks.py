@@ -112,3 +112,47 @@ def test_a_course_is_built_from_the_patients_own_site_only(secure: Secure) -> No
     assert _huanl_courses(secure) == before
     everything = secure.store.compartment(secure.ids["huanl-patient"])
     assert obs["id"] not in {r["id"] for r in everything}
+
+
+# ------------------------------------- 11. a file posted again never reverts an API correction silently
+
+
+def _post_erm(c: httpx.Client, content: bytes) -> dict[str, Any]:
+    r = c.post("/$ingest", files={"file": ("hito_erm_citometria.csv", content)},
+               data={"site": "hito", "mapping": "erm_citometria"})
+    assert r.status_code == 200, r.text
+    last = r.json()["entry"][-1]["response"]["outcome"]["issue"]
+    return {"summary": json.loads(last[0]["diagnostics"]), "issues": last[1:]}
+
+
+def test_reposting_an_unchanged_file_keeps_an_api_correction_and_says_so(secure: Secure) -> None:
+    from tests.conftest import EXAMPLES
+
+    erm = (EXAMPLES / "hito" / "hito_erm_citometria.csv").read_bytes()
+    obs = next(o for o in secure.store.iter_resources("Observation", site="hito")
+               if any(i.get("value") == "CF-190331" for i in o.get("identifier", [])))
+    corrected = {**obs, "valueQuantity": {**obs["valueQuantity"], "value": 0.02}}
+    with secure.http("site") as c:
+        r = c.put(f"/Observation/{obs['id']}", json=corrected)
+        assert r.status_code == 200, r.text
+        api_version = r.json()["meta"]["versionId"]
+        out = _post_erm(c, erm)  # the same file again: the correction stays, and the report names it
+        assert out["summary"]["apiVersionsKept"] == [f"Observation/{obs['id']}"]
+        assert any(i["severity"] == "warning" and i["code"] == "conflict" and obs["id"] in i["diagnostics"]
+                   for i in out["issues"])
+        now = c.get(f"/Observation/{obs['id']}").json()
+        assert now["meta"]["versionId"] == api_version and now["valueQuantity"]["value"] == 0.02
+        # the site corrects the row in its own system: the file's new value replaces the API's, named too
+        changed = erm.decode("cp1252").replace("CF-190331;014240;", "CF-190331;014240;", 1)
+        lines = changed.split("\r\n") if "\r\n" in changed else changed.split("\n")
+        row = next(k for k, line in enumerate(lines) if line.startswith("CF-190331;"))
+        cells = lines[row].split(";")
+        cells[9] = "0,03"
+        lines[row] = ";".join(cells)
+        out = _post_erm(c, ("\r\n" if "\r\n" in changed else "\n").join(lines).encode("cp1252"))
+        assert out["summary"]["apiVersionsReplaced"] == [f"Observation/{obs['id']}"]
+        assert c.get(f"/Observation/{obs['id']}").json()["valueQuantity"]["value"] == 0.03
+        # and the original file back: the file changed the row again, no API change since: no notes
+        out = _post_erm(c, erm)
+        assert out["summary"]["apiVersionsKept"] == out["summary"]["apiVersionsReplaced"] == []
+        assert c.get(f"/Observation/{obs['id']}").json()["valueQuantity"]["value"] == obs["valueQuantity"]["value"]

@@ -20,7 +20,7 @@ from tests.conftest import EXAMPLE_FILES
 
 
 def test_migrations_match_table_definitions(store: Store) -> None:
-    assert store.schema_revision() == "0006"
+    assert store.schema_revision() == "0007"
     with store.engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), metadata)
     assert diff == []
@@ -48,8 +48,9 @@ def test_stored_courses_equal_the_courses_built_from_the_resources(store: Store,
 
 
 def test_courses_follow_every_write(store: Store, settings: Settings) -> None:
-    """Deleting a transplant, re-posting a file, moving a resource to another patient and deleting a
-    Patient each change the stored courses in the same transaction."""
+    """Deleting a transplant, writing it again, moving a resource to another patient and deleting a
+    Patient each change the stored courses in the same transaction; re-posting the unchanged export
+    keeps the deletion made since (and says so in its report)."""
     _ingest_examples(store, settings)
     hsct = next(r for r in store.iter_resources("Procedure", site="huanl"))
     pid = hsct["subject"]["reference"].split("/")[1]
@@ -59,8 +60,15 @@ def test_courses_follow_every_write(store: Store, settings: Settings) -> None:
         tx.delete("Procedure", hsct["id"])
     after = {c.patient: c for c in store.cohort()}
     assert after[pid].hsct is None and sum(c.hsct is not None for c in after.values()) == 18
-    # re-posting the export restores it (the deleted resource is created again)
-    _ingest_examples(store, settings)
+    # re-posting the unchanged export keeps that deletion (the file's row has not changed since the
+    # last ingestion) and names it in the report, rather than reverting it in silence
+    reports = [ingest_file(path, site, mapping, store, settings=settings) for site, mapping, path in EXAMPLE_FILES]
+    assert [r.api_versions_kept for r in reports if r.api_versions_kept] == [[f"Procedure/{hsct['id']}"]]
+    kept = next(r for r in reports if r.api_versions_kept)
+    assert any(i.severity == "warning" and i.code == "conflict" and hsct["id"] in i.reason for i in kept.issues)
+    assert {c.patient: c for c in store.cohort()}[pid].hsct is None
+    with store.transaction() as tx:  # written again through the API: the course has it again
+        tx.put({**hsct, "meta": {"profile": hsct["meta"]["profile"]}}, "huanl")
     assert _as_json(store.cohort()) == _as_json(list(before.values()))
     # a death moved from one patient to another: both courses change
     death = next(r for r in store.iter_resources("AdverseEvent", site="huanl") if r["event"]["coding"][0]["code"] == "death")
@@ -98,8 +106,9 @@ def test_migration_backfills_the_courses(tmp_path: Path, settings: Settings) -> 
         conn.execute(text("DROP TABLE patient_course"))
         conn.execute(text("DROP TABLE export_jobs"))
         conn.execute(text("DROP TABLE subscription_events"))
-        for table in ("auth_clients", "auth_jti", "audit_events"):
+        for table in ("auth_clients", "auth_jti", "audit_events", "subscription_owners"):
             conn.execute(text(f"DROP TABLE {table}"))
+        conn.execute(text("ALTER TABLE resources DROP COLUMN ingested_hash"))
         conn.execute(text("UPDATE alembic_version SET version_num = '0002'"))
     assert s.schema_revision() == "0002"
     s.migrate()

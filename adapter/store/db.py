@@ -61,7 +61,7 @@ def _search_columns(r: dict[str, Any]) -> dict[str, Any]:
 CORRECTED = ("corrected", "amended")
 
 _EXISTING = (select(resources.c.id, resources.c.version_id, resources.c.content_hash, resources.c.deleted,
-                    resources.c.patient_id, resources.c.status, resources.c.site)
+                    resources.c.patient_id, resources.c.status, resources.c.site, resources.c.ingested_hash)
              .where(resources.c.type == bindparam("type"), resources.c.id.in_(bindparam("ids", expanding=True))))
 #: The same probe taking row locks (PostgreSQL ``FOR UPDATE``): concurrent writers of one resource
 #: queue on its row, and each reads the version the one before it committed (READ COMMITTED
@@ -77,12 +77,17 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class WriteOutcome:
-    """What happened to one resource: ``created``, ``updated`` or ``unchanged``, and its version."""
+    """What happened to one resource: ``created``, ``updated`` or ``unchanged``, and its version.
+    ``note`` (ingestion only): ``kept-api-version`` when a version written through the REST API
+    since the last ingestion was kept (the file's row is unchanged since then), or
+    ``replaced-api-version`` when the file changed the row too and its content replaced that
+    version (see :meth:`Transaction.upsert`)."""
 
     type: str
     id: str
     version_id: int
     outcome: str
+    note: str | None = None
 
 
 class Transaction:
@@ -106,7 +111,7 @@ class Transaction:
             conn.exec_driver_sql("SET LOCAL enable_seqscan = off")
 
     def upsert(self, batch: list[tuple[dict[str, Any], str, str | None]],
-               keep_corrections: bool = False, lock_rows: bool = False) -> list[WriteOutcome]:
+               keep_corrections: bool = False, lock_rows: bool = False, ingested: bool = False) -> list[WriteOutcome]:
         """Store resources, each as ``(resource, site code, content hash or None)``; the hash is
         :func:`content_hash` (computed when ``None``). Unchanged content keeps its version; changed
         content gets version n+1 and a history row. Sets ``meta.versionId``/``meta.lastUpdated`` on
@@ -118,12 +123,20 @@ class Transaction:
 
         ``lock_rows`` (PostgreSQL): lock the stored rows first (see :data:`_EXISTING_LOCKED`).
 
+        ``ingested`` (an ingestion writes): each row remembers the content an ingestion last wrote
+        (``ingested_hash``), and a three-way rule decides between the file and a change made since
+        through the REST API (an update or a delete): when the file's content is what the last
+        ingestion wrote, the file has not changed the record and the API's version stays
+        (``unchanged``, note ``kept-api-version``); when the file changed it as well, the file's
+        content is stored (note ``replaced-api-version``). Either way the ingestion report names
+        the resource, so nothing is reverted or kept in silence.
+
         A stored resource never moves to another site: writing it with a different site code
         raises :class:`OutsideSite` (ids are keyed hashes of site and source keys, so this only
         happens when a write aims at another site's resource)."""
         if not batch:
             return []
-        existing: dict[tuple[str, str], tuple[int, str, bool, str | None, str | None, str]] = {}
+        existing: dict[tuple[str, str], tuple[int, str, bool, str | None, str | None, str, str | None]] = {}
         ids_by_type: dict[str, list[str]] = {}
         for r, _, _ in batch:
             ids_by_type.setdefault(r["resourceType"], []).append(r["id"])
@@ -131,22 +144,32 @@ class Transaction:
         for rtype, ids in ids_by_type.items():
             for i in range(0, len(ids), 500):  # type = ? AND id IN (...): a primary-key probe per id
                 rows = self.conn.execute(probe, {"type": rtype, "ids": sorted(ids[i:i + 500])})
-                for rid, v, h, deleted, pid, status, site in rows:
-                    existing[(rtype, rid)] = (v, h, bool(deleted), pid, status, site)
+                for rid, v, h, deleted, pid, status, site, ingested_hash in rows:
+                    existing[(rtype, rid)] = (v, h, bool(deleted), pid, status, site, ingested_hash)
         stamp = now_instant()
         inserts, updates, history, out = [], [], [], []
         index: list[tuple[Any, ...]] = []
+        rebaselined: list[dict[str, Any]] = []
         for r, site, known_hash in batch:
             key = (r["resourceType"], r["id"])
             h = known_hash or content_hash(r)
             prev = existing.get(key)
+            note = None
             if prev is not None and prev[5] != site:
                 raise OutsideSite(f"{key[0]}/{key[1]} belongs to another site and cannot be written as site {site or '(none)'}",
                                   found=False)
             if prev is not None and not prev[2] and (prev[1] == h or (
                     keep_corrections and prev[4] in CORRECTED and r.get("status") not in CORRECTED)):
+                if ingested and prev[1] == h and prev[6] != h:  # the API wrote what the file now says
+                    rebaselined.append({"b_type": key[0], "b_id": key[1], "ingested_hash": h})
                 out.append(WriteOutcome(key[0], key[1], prev[0], "unchanged"))
                 continue
+            if ingested and prev is not None and prev[6] is not None and (prev[2] or prev[1] != prev[6]):
+                # the stored version (or deletion) was written through the API since the last ingestion
+                if prev[6] == h:  # ... and the file's row has not changed since: keep the API's version
+                    out.append(WriteOutcome(key[0], key[1], prev[0], "unchanged", "kept-api-version"))
+                    continue
+                note = "replaced-api-version"
             version = 1 if prev is None else prev[0] + 1
             meta = dict(r.get("meta") or {})
             meta["versionId"] = str(version)
@@ -155,6 +178,8 @@ class Transaction:
             text = orjson.dumps(r).decode()
             row = {"type": key[0], "id": key[1], "version_id": version, "last_updated": stamp, "site": site,
                    "content_hash": h, "deleted": False, "resource": text, "created": stamp, **_search_columns(r)}
+            if ingested:
+                row["ingested_hash"] = h
             (inserts if prev is None else updates).append(row)
             if row["patient_id"]:
                 self.touched_patients.add(row["patient_id"])
@@ -163,7 +188,11 @@ class Transaction:
             index.extend((key[0], key[1], *e) for e in index_entries(r))
             history.append({"type": key[0], "id": key[1], "version_id": version, "last_updated": stamp,
                             "method": "POST" if prev is None else "PUT", "resource": text})
-            out.append(WriteOutcome(key[0], key[1], version, "created" if prev is None else "updated"))
+            out.append(WriteOutcome(key[0], key[1], version, "created" if prev is None else "updated", note))
+        if rebaselined:
+            self.conn.execute(resources.update().where(resources.c.type == bindparam("b_type"),
+                                                       resources.c.id == bindparam("b_id"))
+                              .values(ingested_hash=bindparam("ingested_hash")), rebaselined)
         if inserts:
             self._insert_many(resources, inserts)
         if updates:
@@ -208,7 +237,7 @@ class Transaction:
         found: set[str] = set()
         for i in range(0, len(ids), 500):
             rows = self.conn.execute(_EXISTING, {"type": rtype, "ids": ids[i:i + 500]})
-            found.update(rid for rid, _v, _h, deleted, _p, _s, _site in rows if not deleted)
+            found.update(rid for rid, _v, _h, deleted, _p, _s, _site, _i in rows if not deleted)
         return set(ids) - found
 
     def patient_ids(self, site: str | None = None) -> list[str]:

@@ -21,6 +21,9 @@ resources = Table(
     Column("deleted", Boolean, nullable=False, default=False),
     Column("resource", Text, nullable=False),
     Column("created", String(40)),  # when version 1 was stored: search snapshots exclude later creations
+    # content_hash of the version an ingestion last wrote (NULL: none did): a later ingestion of an
+    # unchanged row keeps a correction made since through the REST API (adapter/store/db.py upsert)
+    Column("ingested_hash", String(64)),
     Index("ix_resources_site_type", "site", "type"),
     Index("ix_resources_patient", "patient_id"),
     Index("ix_resources_code", "type", "code"),
@@ -169,4 +172,17 @@ audit_events = Table(
     Column("resource", Text, nullable=False),
     Index("ix_audit_events_recorded", "recorded"),
     Index("ix_audit_events_client", "client_id", "recorded"),
+)
+
+#: Who created each Subscription through the API (client, role, site and the token's scopes), so
+#: that every delivery checks the owner may still read what it sends; and the channel headers
+#: (``Name: value``, often credentials), kept here and masked in the stored resource.
+subscription_owners = Table(
+    "subscription_owners", metadata,
+    Column("subscription_id", String(64), primary_key=True),
+    Column("client_id", String(64), nullable=False),
+    Column("role", String(16), nullable=False),
+    Column("site", String(32)),
+    Column("scopes", Text, nullable=False),
+    Column("headers", Text, nullable=False),  # JSON list of [name, value]
 )
