@@ -156,3 +156,100 @@ def test_reposting_an_unchanged_file_keeps_an_api_correction_and_says_so(secure:
         out = _post_erm(c, erm)
         assert out["summary"]["apiVersionsKept"] == out["summary"]["apiVersionsReplaced"] == []
         assert c.get(f"/Observation/{obs['id']}").json()["valueQuantity"]["value"] == obs["valueQuantity"]["value"]
+
+
+# ------------------------------------------- 2. subscriptions follow roles and scopes, at send time
+
+MRD = "https://w3id.org/pedall-fhir/CodeSystem/observation-code|mrd"
+
+
+def _rest_hook(criteria: str, endpoint: str = "http://127.0.0.1:9/hook", **channel: Any) -> dict[str, Any]:
+    return {"resourceType": "Subscription", "status": "off", "reason": "attack", "criteria": criteria,
+            "channel": {"type": "rest-hook", "endpoint": endpoint, "payload": "application/fhir+json", **channel}}
+
+
+def _token(secure: Secure, who: str, scope: str) -> httpx.Client:
+    r = secure.get_token(secure.clients[who], scope=scope)
+    assert r.status_code == 200, r.text
+    return httpx.Client(base_url=secure.srv.base, timeout=60, headers={"Authorization": f"Bearer {r.json()['access_token']}"})
+
+
+def test_subscription_criteria_need_read_access_to_their_type(secure: Secure) -> None:
+    with secure.http("subscriber") as c:  # may read Patient, Observation and Subscription only
+        for criteria in ("Condition?code=x", "Provenance?agent=Organization/hito", "AdverseEvent?event=crs"):
+            r = c.post("/Subscription", json=_rest_hook(criteria))
+            assert r.status_code == 403, (criteria, r.text)
+            assert r.json()["issue"][0]["code"] == "forbidden"
+        assert c.post("/Subscription", json=_rest_hook(f"Observation?code={MRD}")).status_code == 201
+        created = c.post("/Subscription", json=_rest_hook(f"Observation?code={MRD}")).json()
+        # nor can an update widen it
+        assert c.put(f"/Subscription/{created['id']}", json={**created, "criteria": "Provenance?agent=x"}).status_code == 403
+    with _token(secure, "site", "system/Subscription.cruds") as narrow:  # a site token for Subscriptions only
+        r = narrow.post("/Subscription", json=_rest_hook(f"Observation?code={MRD}"))
+        assert r.status_code == 403, r.text
+
+
+def test_events_check_read_access_when_asked(secure: Secure) -> None:
+    with secure.http("subscriber") as c:
+        sid = c.post("/Subscription", json={**_rest_hook(f"Observation?code={MRD}"), "status": "requested"}).json()["id"]
+    obs = dict(secure.store.read("Observation", secure.ids["hito-observation"]) or {})
+    obs["issued"] = "2026-12-03T09:00:00Z"
+    with secure.store.transaction() as tx:
+        tx.upsert([(obs, "hito", None)])
+    with _token(secure, "subscriber", "system/Subscription.cruds") as narrow:
+        for content in ("full-resource", "id-only"):
+            r = narrow.get(f"/Subscription/{sid}/$events", params={"content": content})
+            assert r.status_code == 403, r.text
+        r = narrow.get(f"/Subscription/{sid}/$events", params={"content": "empty"})
+        assert r.status_code == 200 and "Observation/" not in r.text
+    with secure.http("subscriber") as full:
+        r = full.get(f"/Subscription/{sid}/$events", params={"content": "full-resource"})
+        assert r.status_code == 200 and obs["id"] in r.text
+
+
+def test_channel_headers_are_write_only_and_deliveries_stop_when_the_owner_loses_access(secure: Secure) -> None:
+    from tests.test_subscriptions import Receiver, _wait_for
+
+    receiver = Receiver()
+    owner = secure.register("EHR to revoke", "subscriber", "hito")
+    secure.clients["to-revoke"] = owner
+    try:
+        with secure.http("to-revoke") as c:
+            sub = {**_rest_hook(f"Observation?code={MRD}", f"http://127.0.0.1:{receiver.port}/hook",
+                                header=["Authorization: Bearer ehr-secret-123"]), "status": "requested"}
+            r = c.post("/Subscription", json=sub)
+            assert r.status_code == 201, r.text
+            sid = r.json()["id"]
+            assert "ehr-secret-123" not in r.text and r.json()["channel"]["header"] == ["Authorization: ***"]
+            # sending the mask back keeps the secret; the stored resource never holds it
+            again = c.put(f"/Subscription/{sid}", json=r.json())
+            assert again.status_code == 200 and "ehr-secret-123" not in again.text
+        with secure.http("site") as site:  # the site's own client cannot read it either
+            for url in (f"/Subscription/{sid}", f"/Subscription/{sid}/_history", "/Subscription"):
+                body = site.get(url).text
+                assert sid in body and "ehr-secret-123" not in body
+        with secure.store.engine.connect() as conn:
+            from sqlalchemy import text
+
+            dump = "\n".join(t for (t,) in conn.execute(text("SELECT resource FROM resource_history WHERE type = 'Subscription'")))
+        assert sid in dump and "ehr-secret-123" not in dump
+        _wait_for(lambda: secure.store.read("Subscription", sid)["status"] == "active")
+
+        def write_result(stamp: str) -> None:
+            obs = dict(secure.store.read("Observation", secure.ids["hito-observation"]) or {})
+            obs["issued"] = stamp
+            with secure.store.transaction() as tx:
+                tx.upsert([(obs, "hito", None)])
+
+        write_result("2026-12-03T10:00:00Z")
+        _wait_for(lambda: len(receiver.events(sid)) == 1)
+        assert receiver.events(sid)[0][1]["headers"]["Authorization"] == "Bearer ehr-secret-123"  # delivered with it
+        from adapter.store.security import ClientRegistry
+
+        assert ClientRegistry(secure.store).revoke(owner.client_id)
+        write_result("2026-12-03T11:00:00Z")
+        _wait_for(lambda: secure.store.read("Subscription", sid)["status"] == "error")
+        assert "revoked" in secure.store.read("Subscription", sid)["error"]
+        assert len(receiver.events(sid)) == 1  # nothing more went out
+    finally:
+        receiver.stop()

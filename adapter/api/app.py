@@ -246,7 +246,7 @@ def _routes(app: FastAPI, settings: Settings, store: Store, validator: Validator
                 raise FHIRError(403, "forbidden", f"the {who.role} role or the token's scopes do not allow {op} on {rtype}")
 
         return FHIRResponse(await _threaded(lambda: writes.process_bundle(store, validator, doc, base, allow=allow,
-                                                                          site=who.site_scope)))
+                                                                          site=who.site_scope, principal=who)))
 
     @app.get("/Patient/{rid}/$everything", summary="Everything about one patient")
     def everything(request: Request, rid: str) -> FHIRResponse:
@@ -337,6 +337,11 @@ def _routes(app: FastAPI, settings: Settings, store: Store, validator: Validator
         content = content or spec.content if spec.topic else content or ("full-resource" if spec.full_resource else "id-only")
         if content not in ("empty", "id-only", "full-resource"):
             raise FHIRError(400, "invalid", "content must be empty, id-only or full-resource")
+        if content != "empty":  # the events name (or carry) resources: the caller must be allowed to read them
+            require(request, "read", spec.query.type)
+        for name, value in (("eventsSinceNumber", eventsSinceNumber), ("eventsUntilNumber", eventsUntilNumber)):
+            if value is not None and not 0 <= value <= 2**31 - 1:
+                raise FHIRError(400, "invalid", f"{name} must be a whole number from 0 to {2**31 - 1}")
         with store.engine.connect() as conn:
             total = event_count(conn, sid)
             first = max(1, eventsSinceNumber or 1)
@@ -393,9 +398,9 @@ def _routes(app: FastAPI, settings: Settings, store: Store, validator: Validator
     @app.post("/{rtype}", summary="Create")
     async def create(rtype: str, request: Request,
                      if_none_exist: Annotated[str | None, Header()] = None) -> FHIRResponse:
-        site = require(request, "create", _served(rtype)).site_scope
+        who = require(request, "create", _served(rtype))
         res = _body_resource(await request.body(), rtype)
-        w = await _threaded(_write, store, lambda tx: writes.create(tx, validator, res, if_none_exist), site)
+        w = await _threaded(_write, store, lambda tx: writes.create(tx, validator, res, if_none_exist), who)
         return _written(w, _base(request, settings))
 
     @app.put("/{rtype}", summary="Conditional update (PUT Type?search)")
@@ -403,24 +408,24 @@ def _routes(app: FastAPI, settings: Settings, store: Store, validator: Validator
         query = request.url.query
         if not query:
             raise FHIRError(400, "invalid", "PUT needs Type/id or Type?search")
-        site = require(request, "update", _served(rtype)).site_scope
+        who = require(request, "update", _served(rtype))
         res = _body_resource(await request.body(), rtype)
-        w = await _threaded(_write, store, lambda tx: writes.conditional_update(tx, validator, rtype, query, res), site)
+        w = await _threaded(_write, store, lambda tx: writes.conditional_update(tx, validator, rtype, query, res), who)
         return _written(w, _base(request, settings))
 
     @app.put("/{rtype}/{rid}", summary="Update (If-Match for version-aware updates)")
     async def update(rtype: str, rid: str, request: Request, if_match: Annotated[str | None, Header()] = None) -> FHIRResponse:
-        site = require(request, "update", _served(rtype)).site_scope
+        who = require(request, "update", _served(rtype))
         res = _body_resource(await request.body(), rtype)
         version = parse_if_match(if_match)
-        w = await _threaded(_write, store, lambda tx: writes.update(tx, validator, rtype, rid, res, version), site)
+        w = await _threaded(_write, store, lambda tx: writes.update(tx, validator, rtype, rid, res, version), who)
         return _written(w, _base(request, settings))
 
     @app.delete("/{rtype}/{rid}", summary="Delete (If-Match for version-aware deletes)")
     async def delete(rtype: str, rid: str, request: Request, if_match: Annotated[str | None, Header()] = None) -> FHIRResponse:
         version = parse_if_match(if_match)
-        site = require(request, "delete", _served(rtype)).site_scope
-        await _threaded(_write, store, lambda tx: writes.delete(tx, rtype, rid, version), site)
+        who = require(request, "delete", _served(rtype))
+        await _threaded(_write, store, lambda tx: writes.delete(tx, rtype, rid, version), who)
         return FHIRResponse(operation_outcome("informational", f"{rtype}/{rid} deleted", severity="information"))
 
     @app.get("/{rtype}/{rid}", summary="Read")
@@ -470,15 +475,17 @@ def _one(state: str, res: dict[str, Any] | None, what: str, base: str) -> FHIRRe
     return FHIRResponse(res, headers=h)
 
 
-def _write(store: Store, fn: Any, site: str | None = None) -> writes.Written:
-    """Run one REST write in a transaction, run again when it lost a race (:meth:`Store.run`);
-    a site-bound client's references are checked before it commits (writes.check_site_references)."""
+def _write(store: Store, fn: Any, who: Any) -> writes.Written:
+    """Run one REST write for principal ``who`` in a transaction confined to its site, run again
+    when it lost a race (:meth:`Store.run`); a site-bound client's references are checked before it
+    commits (writes.check_site_references)."""
     def work(tx: Any) -> writes.Written:
+        tx.principal = who
         w = fn(tx)
         writes.check_site_references(tx)
         return w
 
-    return store.run(work, site=site)
+    return store.run(work, site=who.site_scope)
 
 
 async def _threaded(fn: Any, *args: Any) -> Any:

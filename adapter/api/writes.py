@@ -102,11 +102,36 @@ def _site_of(tx: Transaction, resource: dict[str, Any]) -> str:
     return ""
 
 
+def _subscription_owner(tx: Transaction, resource: dict[str, Any]) -> tuple[dict[str, Any], Any]:
+    """For a Subscription written through the API: refuse (403) criteria on a type the writer may
+    not read (a notification carries the resource, or at least its id); return the resource with
+    its ``channel.header`` values masked and the owner to record with the headers (adapter/store/
+    outbox.py). Other resources pass unchanged (owner ``None``)."""
+    if resource.get("resourceType") != "Subscription" or tx.principal is None:
+        return resource, None
+    from adapter.store.outbox import SubscriptionOwner, owner_of, split_headers
+    from adapter.subscriptions.spec import criteria_type
+
+    who = tx.principal
+    rtype = criteria_type(resource)
+    if not who.allows("read", rtype if rtype in PARAMS else "*"):
+        raise FHIRError(403, "forbidden", f"a Subscription on {rtype[:64] or '(no type)'} needs read access to it; "
+                        f"the {who.role} role or the token's scopes do not allow that")
+    stored = owner_of(tx.conn, resource["id"])
+    masked, headers = split_headers(resource, stored.headers if stored is not None else ())
+    return masked, SubscriptionOwner(who.client_id, who.role, who.site, tuple(who.scopes), headers)
+
+
 def _put(tx: Transaction, resource: dict[str, Any], if_match: int | None) -> Any:
     """``tx.put`` with the store's refusals as HTTP errors: 412 (version conflict), 404 (another
     site's resource, for a site-bound client), 403 (a new resource outside the client's site)."""
     try:
+        resource, owner = _subscription_owner(tx, resource)
         out = tx.put(resource, _site_of(tx, resource), if_match=if_match)
+        if owner is not None:
+            from adapter.store.outbox import record_owner
+
+            record_owner(tx.conn, resource["id"], owner)
         if tx.site_scope is not None:
             tx.written_by_site.append(resource)
         return out
@@ -340,14 +365,15 @@ def _response_entry(w: Written, base: str) -> dict[str, Any]:
 
 
 def process_bundle(store: Store, validator: Validator, bundle: dict[str, Any], base: str, *,
-                   allow: Any = None, site: str | None = None) -> dict[str, Any]:
+                   allow: Any = None, site: str | None = None, principal: Any = None) -> dict[str, Any]:
     """Run a ``transaction`` (atomic: all entries or none) or ``batch`` (each entry on its own) Bundle
     and return the ``transaction-response`` / ``batch-response`` Bundle, entries in request order.
     Raises :class:`FHIRError` for a transaction entry that fails (nothing is written).
 
     ``allow(op, type)`` raises :class:`FHIRError` (403) for an entry the client may not run; ``site``
     confines every entry to one site (adapter/store/db.py ``Transaction``). In a transaction one
-    refused entry fails the whole Bundle."""
+    refused entry fails the whole Bundle. ``principal``: who writes (a Subscription records it as
+    its owner)."""
     btype = bundle.get("type")
     entries = bundle.get("entry") or []
     if btype not in ("transaction", "batch"):
@@ -358,6 +384,7 @@ def process_bundle(store: Store, validator: Validator, bundle: dict[str, Any], b
         parsed = [_entry_request(i, e) for i, e in enumerate(entries)]
 
         def work(tx: Transaction) -> dict[str, Any]:
+            tx.principal = principal
             return _transaction(tx, validator, entries, parsed, base, allow)
 
         return store.run(work, site=site)  # type: ignore[return-value]
@@ -371,6 +398,7 @@ def process_bundle(store: Store, validator: Validator, bundle: dict[str, Any], b
 
         def one(tx: Transaction, i: int = i, e: dict[str, Any] = e, method: str = method, url: str = url,
                 req: dict[str, Any] = req) -> Written:
+            tx.principal = principal
             w = _run_entry(tx, validator, i, e, method, url, req, {}, allow)
             check_site_references(tx)
             return w

@@ -103,6 +103,9 @@ class Transaction:
         #: Resources a site-bound client wrote in this transaction, whose references are checked
         #: before it commits (adapter/api/writes.py ``check_site_references``)
         self.written_by_site: list[dict[str, Any]] = []
+        #: Who this transaction writes for (adapter/auth/policy.py Principal), when it is a REST
+        #: request: a Subscription it writes records it as the owner (adapter/store/outbox.py)
+        self.principal: Any = None
         if conn.dialect.name == "postgresql":
             # The rows this transaction writes are invisible to the planner's statistics, so a table
             # that was small when the transaction began stays "small" and each existence probe

@@ -9,12 +9,13 @@ event exists exactly when the write commits, and a rolled-back write notifies no
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 from sqlalchemy import Connection, func, select
 
-from adapter.store.schema import resources, subscription_events
+from adapter.store.schema import resources, subscription_events, subscription_owners
 from adapter.store.search import query_condition
 from adapter.subscriptions.spec import COLLECTING, SubscriptionError, SubscriptionSpec, parse_subscription
 
@@ -32,7 +33,7 @@ def collecting_subscriptions(conn: Connection) -> list[tuple[SubscriptionSpec, s
     out = []
     for sid, version, status, site in conn.execute(select(resources.c.id, resources.c.version_id, resources.c.status,
                                                           resources.c.site).where(
-            resources.c.type == "Subscription", resources.c.deleted.is_(False))):
+            resources.c.type == "Subscription", resources.c.deleted.is_(False)).order_by(resources.c.id)):
         if status not in COLLECTING:
             continue
         cached = _PARSED.get(sid)
@@ -107,8 +108,9 @@ def record_events(conn: Connection, written: list[tuple[str, str, int, str | Non
 
 
 def drop_events(conn: Connection, subscription_id: str) -> None:
-    """A deleted Subscription's events go with it."""
+    """A deleted Subscription's events (and its recorded owner and channel headers) go with it."""
     conn.execute(subscription_events.delete().where(subscription_events.c.subscription_id == subscription_id))
+    conn.execute(subscription_owners.delete().where(subscription_owners.c.subscription_id == subscription_id))
 
 
 def prune_delivered(conn: Connection, before: str) -> int:
@@ -148,3 +150,70 @@ def events_between(conn: Connection, subscription_id: str, first: int, last: int
                                            subscription_events.c.event_number.between(first, last))
          .order_by(subscription_events.c.event_number))
     return [dict(r._mapping) for r in conn.execute(q)]
+
+
+# ----------------------------------------------------------------- owners and channel secrets
+
+#: What a Subscription's ``channel.header`` values read as: the values are write-only (credentials
+#: for the receiving endpoint). A client that sends this mask back keeps the stored value.
+HEADER_MASK = "***"
+
+
+@dataclass(frozen=True)
+class SubscriptionOwner:
+    """Who wrote a Subscription through the API: client id, role, site and the token's scopes
+    (``development``: written with authentication off), and its channel headers ``(name, value)``."""
+
+    client_id: str
+    role: str
+    site: str | None
+    scopes: tuple[str, ...]
+    headers: tuple[tuple[str, str], ...]
+
+
+def owner_of(conn: Connection, subscription_id: str) -> SubscriptionOwner | None:
+    """The recorded owner of a Subscription (``None``: none recorded)."""
+    row = conn.execute(select(subscription_owners).where(subscription_owners.c.subscription_id == subscription_id)).first()
+    return None if row is None else _owner(row)
+
+
+def owners(conn: Connection) -> dict[str, SubscriptionOwner]:
+    """Every recorded owner, by subscription id."""
+    return {row.subscription_id: _owner(row) for row in conn.execute(select(subscription_owners))}
+
+
+def _owner(row: Any) -> SubscriptionOwner:
+    return SubscriptionOwner(row.client_id, row.role, row.site, tuple(row.scopes.split()),
+                             tuple((n, v) for n, v in orjson.loads(row.headers)))
+
+
+def record_owner(conn: Connection, subscription_id: str, owner: SubscriptionOwner) -> None:
+    """Record (or replace) a Subscription's owner and channel headers, in the writing transaction."""
+    conn.execute(subscription_owners.delete().where(subscription_owners.c.subscription_id == subscription_id))
+    conn.execute(subscription_owners.insert().values(
+        subscription_id=subscription_id, client_id=owner.client_id, role=owner.role, site=owner.site,
+        scopes=" ".join(owner.scopes), headers=orjson.dumps([list(h) for h in owner.headers]).decode()))
+
+
+def split_headers(resource: dict[str, Any], stored: tuple[tuple[str, str], ...]) -> tuple[dict[str, Any], tuple[tuple[str, str], ...]]:
+    """``(resource with every channel.header value masked, the headers to keep)``: a header sent
+    with the mask as its value keeps the value stored for that name (R4 Subscription.channel.header
+    carries credentials; they are never returned). Headers that are not ``Name: value`` are left
+    as they are (validation refuses them)."""
+    channel = resource.get("channel")
+    if not isinstance(channel, dict) or not isinstance(channel.get("header"), list):
+        return resource, ()
+    known = dict(stored)
+    kept: list[tuple[str, str]] = []
+    masked: list[Any] = []
+    for h in channel["header"]:
+        name, sep, value = str(h).partition(":") if isinstance(h, str) else ("", "", "")
+        if not sep or not name.strip():
+            masked.append(h)
+            continue
+        name, value = name.strip(), value.strip()
+        if value == HEADER_MASK and name in known:
+            value = known[name]
+        kept.append((name, value))
+        masked.append(f"{name}: {HEADER_MASK}")
+    return {**resource, "channel": {**channel, "header": masked}}, tuple(kept)

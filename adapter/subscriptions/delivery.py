@@ -29,6 +29,7 @@ import random
 import threading
 import time
 from contextlib import nullcontext
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -39,7 +40,7 @@ from sqlalchemy import func, select, update
 from adapter.config import Settings
 from adapter.store import Store
 from adapter.store.db import now_instant
-from adapter.store.outbox import event_count, pending
+from adapter.store.outbox import event_count, owner_of, owners, pending
 from adapter.store.schema import subscription_events
 from adapter.subscriptions.notify import Event, notification_bundle
 from adapter.subscriptions.spec import DELIVERING, SubscriptionError, SubscriptionSpec, parse_subscription
@@ -65,6 +66,7 @@ class DeliveryWorker:
         #: Called with the seconds from an event's commit to its delivery (the service's metrics).
         self.on_delivered: Any = None
         self._pruned = 0.0  # monotonic time of the last retention pass
+        self._owners: dict[str, Any] = {}
 
     def prune(self) -> int:
         """Delete delivered events past ``subscription_event_retention_days`` (adapter/store/outbox.py
@@ -80,15 +82,45 @@ class DeliveryWorker:
     # ------------------------------------------------------------------------------ database side
 
     def _subscriptions(self) -> dict[str, tuple[dict[str, Any], SubscriptionSpec | None]]:
+        """Every stored Subscription, parsed, with its channel headers (kept outside the resource,
+        adapter/store/outbox.py) put back; ``None`` for one that no longer passes the policy."""
         out: dict[str, tuple[dict[str, Any], SubscriptionSpec | None]] = {}
+        with self.store.engine.connect() as conn:
+            recorded = owners(conn)
+        self._owners = recorded
         for res in self.store.iter_resources("Subscription"):
             try:
                 spec = parse_subscription(res, development=self.settings.env == "development",
                                           allowlist=tuple(self.settings.subscription_endpoint_allowlist))
             except SubscriptionError:
                 spec = None
+            owner = recorded.get(res["id"])
+            if spec is not None and owner is not None:
+                spec = replace(spec, headers=owner.headers)
             out[res["id"]] = (res, spec)
         return out
+
+    def refusal(self, sid: str, rtype: str) -> str | None:
+        """Why the Subscription's owner may not be sent a ``rtype`` now (``None``: it may): the
+        client that wrote it is revoked or unknown, or its role and the scopes of the token it wrote
+        the Subscription with do not allow reading ``rtype`` (adapter/auth/policy.py). Checked at
+        send time, for every event. A Subscription written with authentication off (development
+        mode), or never written through the API, is sent only while authentication is off."""
+        from adapter.auth.policy import Principal
+        from adapter.store.security import ClientRegistry
+
+        if not self.settings.auth_enabled:
+            return None
+        with self.store.engine.connect() as conn:
+            owner = owner_of(conn, sid)
+        if owner is None or owner.client_id == "development":
+            return "it was not written by a registered client, and authentication is on"
+        client = ClientRegistry(self.store).get(owner.client_id)
+        if client is None or client.revoked:
+            return "the client that wrote it is revoked"
+        if not Principal(client.client_id, client.role, client.site, owner.scopes).allows("read", rtype):
+            return f"the client that wrote it may not read {rtype}"
+        return None
 
     def _set_status(self, sid: str, status: str, error: str | None = None) -> None:
         with self.store.transaction() as tx:
@@ -235,6 +267,14 @@ class DeliveryWorker:
             else:  # SQLite: one worker process; a lock held across the send would block every writer
                 ev = await asyncio.to_thread(self._head, sid)
             if ev is None:
+                return
+            refused = await asyncio.to_thread(self.refusal, sid, ev["resource_type"])
+            if refused is not None:  # nothing is sent; the events wait until the status is set back
+                if conn is not None:
+                    await asyncio.to_thread(lambda c=conn: (c.rollback(), c.close()))
+                await asyncio.to_thread(self._set_status, sid, "error", f"delivery stopped: {refused}")
+                self._dirty = True
+                log.warning("subscription %s: delivery stopped (%s)", sid, refused)
                 return
             error = await self._send(client, spec, ev)
             failures = await asyncio.to_thread(self._release, conn, ev, error is None, error) if conn is not None \

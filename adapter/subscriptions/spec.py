@@ -92,6 +92,15 @@ def _backport(resource: dict[str, Any]) -> tuple[str, str, str, int | None, int 
     return topic, q, content, heartbeat, timeout
 
 
+def criteria_type(resource: dict[str, Any]) -> str:
+    """The resource type a Subscription notifies about: ``Observation`` for our MRD topic (Backport
+    IG), else the type of its R4 ``criteria`` (``Observation?code=…`` -> ``Observation``)."""
+    profiles = (resource.get("meta") or {}).get("profile") or []
+    if BACKPORT + "backport-subscription" in profiles or resource.get("criteria") == MRD_TOPIC:
+        return "Observation"
+    return str(resource.get("criteria") or "").partition("?")[0]
+
+
 def _loopback(host: str) -> bool:
     if host == "localhost":
         return True
