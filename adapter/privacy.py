@@ -162,6 +162,77 @@ def deidentify(resource: dict[str, Any], key: str | None,
     return out
 
 
+class DeidentifiedFilterError(ValueError):
+    """A search or ``_typeFilter`` on de-identified output filters on an element that output removes
+    or coarsens (answered 400 with an OperationOutcome naming the parameter)."""
+
+
+#: Search parameters on identifiers: de-identified output drops them, or (Patient) replaces them by
+#: the study pseudonym, so filtering on them would link a record number to its pseudonym.
+_IDENTIFIER_PARAMS = {"identifier"}
+_PRECISION = {"year-month": 7, "year": 4}
+
+
+def check_deidentified_query(query: Any, birth_date: Literal["year-month", "year"] = "year-month",
+                             shift_days: int = 0) -> None:
+    """Refuse a search (:class:`adapter.search.query.Query`) whose results are to be de-identified
+    when it filters or sorts on what de-identification removes or coarsens; a filter there would
+    recover what the output hides (a record number behind a pseudonym, the day of birth behind a
+    year-month). The rules:
+
+    - ``identifier`` (any type): removed, or replaced by the study pseudonym;
+    - ``birthdate`` finer than the kept precision (``year-month``: ``2009-05`` is allowed,
+      ``2009-05-03`` is not; ``year``: only ``2009``), and sorting by it;
+    - any date search parameter, and sorting by one, when dates are shifted (``shift_days`` > 0);
+      ``_lastUpdated`` is not shifted and stays allowed;
+    - any parameter on an element the type's allow-list (:data:`ALLOWED`) drops.
+
+    Raises :class:`DeidentifiedFilterError` naming the parameter."""
+    from adapter.search.params import PARAMS
+
+    rtype = query.type
+    allowed = ALLOWED.get(rtype, _BASE)
+    params = PARAMS.get(rtype, {})
+
+    def refuse(name: str, why: str) -> None:
+        raise DeidentifiedFilterError(f"{name}: de-identified {rtype} output {why}, so it cannot be searched "
+                                      "on (filters on removed or coarsened elements are refused)")
+
+    for clause in query.clauses:
+        name = clause.name
+        p = params.get(name)
+        if name in _IDENTIFIER_PARAMS:
+            refuse(name, "holds no site identifier (they are removed, or replaced by the study pseudonym)")
+        if p is not None and any(path.split(".")[0] not in allowed for path in p.paths):
+            refuse(name, f"drops {', '.join(p.paths)}")
+        if clause.kind == "date" and shift_days > 0:
+            refuse(name, f"moves every date by a per-patient offset of up to {shift_days} days")
+        if name == "birthdate" and not all(_whole_year(v) or (birth_date == "year-month" and _whole_month(v))
+                                           for v in clause.values):
+            refuse(name, f"gives the birth date to the {birth_date} only")
+    for name, _desc in query.sort:
+        if name == "birthdate" or (shift_days > 0 and name not in ("_id", "_lastUpdated")):
+            refuse(f"_sort={name}", "coarsens or shifts that date")
+
+
+def _whole_year(value: Any) -> bool:
+    """A parsed date search value (``DateRange``, the instant range its text covers) that is a whole
+    calendar year (the text was ``YYYY``)."""
+    return (value.lo[:4] == value.hi[:4] and value.lo[4:] == "-01-01T00:00:00.000000"
+            and value.hi[4:] == "-12-31T23:59:59.999999")
+
+
+def _whole_month(value: Any) -> bool:
+    """... a whole calendar month (the text was ``YYYY-MM``)."""
+    import calendar
+
+    y, m = value.lo[:4], value.lo[5:7]
+    if not (y.isdigit() and m.isdigit()) or value.lo[:7] != value.hi[:7] or value.lo[7:] != "-01T00:00:00.000000":
+        return False
+    last = calendar.monthrange(int(y), int(m))[1]
+    return value.hi[7:] == f"-{last:02d}T23:59:59.999999"
+
+
 _NON_COUNTS = {"at", "timepoint_months", "median", "mean", "min", "max", "sd", "rate", "survival", "p", "chi2", "df",
                "median_months", "reverse_km_median_months", "value", "per_usd", "saving_share", "outpatient_share"}
 

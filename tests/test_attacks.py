@@ -253,3 +253,56 @@ def test_channel_headers_are_write_only_and_deliveries_stop_when_the_owner_loses
         assert len(receiver.events(sid)) == 1  # nothing more went out
     finally:
         receiver.stop()
+
+
+# ------------------------------------------------ 3. no filter re-identifies de-identified output
+
+
+def _kickoff(c: httpx.Client, type_filter: str) -> httpx.Response:
+    return c.get("/Group/site-hito/$export", headers={"Prefer": "respond-async", "Accept": "application/fhir+json"},
+                 params={"_type": "Patient", "_typeFilter": type_filter})
+
+
+def test_de_identified_exports_refuse_filters_on_removed_or_coarsened_elements(secure: Secure) -> None:
+    patient = secure.store.read("Patient", secure.ids["hito-patient"])
+    assert patient is not None
+    ident = next(i for i in patient["identifier"] if i["system"].endswith("/patient"))
+    birth = patient["birthDate"]  # e.g. 2009-05-03; de-identified output gives 2009-05
+    with secure.http("coordinator") as c:  # a coordinator's exports are always de-identified
+        for bad in (f"Patient?identifier={ident['system']}|{ident['value']}", f"Patient?identifier={ident['value']}",
+                    f"Patient?birthdate={birth}", f"Patient?birthdate=ge{birth}", f"Patient?birthdate=lt{birth}T12:00"):
+            r = _kickoff(c, bad)
+            assert r.status_code == 400, (bad, r.status_code, r.text[:200])
+            assert r.json()["issue"][0]["diagnostics"].startswith("_typeFilter:")
+            assert ident["value"] not in r.text
+        for fine in (f"Patient?birthdate={birth[:7]}", f"Patient?birthdate=ge{birth[:4]}", "Patient?gender=male"):
+            r = _kickoff(c, fine)
+            assert r.status_code == 202, (fine, r.text[:200])
+            c.delete(r.headers["content-location"])
+    with secure.http("site") as c:  # a site's own de-identified search follows the same rule
+        r = c.get("/Patient", params={"identifier": f"{ident['system']}|{ident['value']}", "_deidentify": "true"})
+        assert r.status_code == 400 and "identifier" in r.json()["issue"][0]["diagnostics"]
+        assert c.get("/Patient", params={"_sort": "birthdate", "_deidentify": "true"}).status_code == 400
+        r = c.get("/Patient", params={"birthdate": birth[:7], "_deidentify": "true"})
+        assert r.status_code == 200 and r.json()["total"] >= 1
+        assert all(len(e["resource"].get("birthDate", "")) <= 7 for e in r.json()["entry"])
+        r = c.get("/Patient", params={"identifier": f"{ident['system']}|{ident['value']}"})  # identified: allowed
+        assert r.status_code == 200 and r.json()["total"] == 1
+
+
+def test_with_date_shifting_no_date_filter_is_allowed() -> None:
+    from adapter.privacy import DeidentifiedFilterError, check_deidentified_query
+    from adapter.search.query import parse
+
+    ok = [("Observation", [("code", "x"), ("_lastUpdated", "ge2020-01-01")]), ("Patient", [("birthdate", "2009")])]
+    bad = [("Observation", [("date", "2019")]), ("Procedure", [("date", "ge2019-04")]), ("Patient", [("birthdate", "2009")]),
+           ("Patient", [("death-date", "2020")]), ("Observation", [("_sort", "date")])]
+    for rtype, items in ok[:1]:
+        check_deidentified_query(parse(rtype, items), "year-month", shift_days=30)
+    for rtype, items in ok[1:]:
+        check_deidentified_query(parse(rtype, items), "year", shift_days=0)
+    for rtype, items in bad:
+        with pytest.raises(DeidentifiedFilterError):
+            check_deidentified_query(parse(rtype, items), "year-month", shift_days=30)
+    with pytest.raises(DeidentifiedFilterError):  # a month is finer than the kept year
+        check_deidentified_query(parse("Patient", [("birthdate", "2009-05")]), "year", shift_days=0)

@@ -35,7 +35,7 @@ from adapter.api.fhir_http import (
 from adapter.api.security import principal, require
 from adapter.config import Settings, get_settings
 from adapter.errors import AdapterError, ConfigError, IngestRejected, ReaderError, StoreBusy
-from adapter.privacy import PseudonymKeyMissing, deidentify
+from adapter.privacy import DeidentifiedFilterError, PseudonymKeyMissing, check_deidentified_query, deidentify
 from adapter.search.params import PARAMS
 from adapter.search.query import SearchError, parse
 from adapter.store import Store
@@ -383,7 +383,9 @@ def _routes(app: FastAPI, settings: Settings, store: Store, validator: Validator
         items = [(k, v) for k, v in items if k != "_deidentify"]
         try:
             q = parse(rtype, items, lenient=lenient)
-        except SearchError as exc:
+            if deid:  # no filter on what the de-identified output removes or coarsens
+                check_deidentified_query(q, settings.deidentify_birth_date, settings.deidentify_date_shift_days)
+        except (SearchError, DeidentifiedFilterError) as exc:
             raise FHIRError(400, "invalid", str(exc)) from None
         snapshot = q.snapshot or now_instant()
         who = principal(request)

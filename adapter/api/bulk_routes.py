@@ -67,6 +67,19 @@ def add_bulk_routes(app: FastAPI, store: Store, settings: Settings, base_of: Any
                                 force_deidentify=settings.export_deidentify or who.role == "coordinator")
         except ExportRequestError as exc:
             raise FHIRError(400, "not-supported" if "not supported" in str(exc) else "invalid", str(exc)) from None
+        if req.deidentify:  # no _typeFilter on what the de-identified output removes or coarsens
+            from urllib.parse import parse_qsl
+
+            from adapter.privacy import DeidentifiedFilterError, check_deidentified_query
+            from adapter.search.query import parse
+
+            try:
+                for rtype, queries in req.type_filters.items():
+                    for q in queries:
+                        check_deidentified_query(parse(rtype, parse_qsl(q, keep_blank_values=True)),
+                                                 settings.deidentify_birth_date, settings.deidentify_date_shift_days)
+            except DeidentifiedFilterError as exc:
+                raise FHIRError(400, "invalid", f"_typeFilter: {exc}") from None
         if req.deidentify and not settings.pseudonym_key:
             raise FHIRError(503, "security", "de-identified exports need the network's pseudonym secret "
                             "(ADAPTER_PSEUDONYM_KEY), which this server does not have")
