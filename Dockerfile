@@ -2,7 +2,8 @@
 # Stage 1 installs the pinned dependencies and the package into a virtual environment; stage 2
 # copies that environment, the mapping files and the profiles, and runs as a non-root user.
 # Settings come only from the environment (ADAPTER_*); production mode refuses to start without
-# its secrets (ADAPTER_ID_KEY, ADAPTER_PSEUDONYM_KEY, ADAPTER_TOKEN_KEY, ADAPTER_DATABASE_URL).
+# its secrets (ADAPTER_ID_KEY, ADAPTER_PSEUDONYM_KEY, ADAPTER_TOKEN_KEY, ADAPTER_DATABASE_URL) and its
+# public base URL (ADAPTER_BASE_URL, the audience of every access token).
 
 FROM python:3.11.11-slim-bookworm AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1

@@ -35,8 +35,9 @@ class Settings(BaseSettings):
         batch_size: resources written per database round trip during ingestion.
         host, port: where ``adapter serve`` listens (default http://127.0.0.1:8000).
         max_upload_bytes: largest export accepted by ``POST /$ingest`` (larger: HTTP 413).
-        base_url: the public base URL used in Bundle links and ``Location`` headers; by default the
-            URL the request came in on.
+        base_url: the public base URL: the audience of SMART tokens (required in production), and
+            the base of Bundle links and ``Location`` headers (by default, in development, the URL the
+            request came in on; tokens then use the address the server listens on).
         pseudonym_key: the network's secret for study pseudonyms (HMAC-SHA256 of site + local
             identifier, adapter/privacy.py). No default: de-identified output is refused without it.
         deidentify_birth_date: how de-identified Patients give the birth date: ``year-month`` or ``year``.
@@ -141,6 +142,9 @@ class Settings(BaseSettings):
             missing.append("ADAPTER_DATABASE_URL (the production database; not the embedded SQLite default)")
         if self.auth is False:
             missing.append("ADAPTER_AUTH cannot be false in production")
+        if not self.base_url or not self.base_url.startswith(("https://", "http://")):
+            missing.append("ADAPTER_BASE_URL (the public FHIR base URL: the audience of every token, never taken from "
+                           "a request's Host header)")
         if missing:
             raise ValueError("production settings are incomplete: " + "; ".join(missing))
         return self

@@ -71,7 +71,7 @@ def main() -> int:  # noqa: C901
         (app / "data" / "exports").mkdir(parents=True, exist_ok=True)
         env.update({"ADAPTER_PORT": str(port), "ADAPTER_DATABASE_URL": f"sqlite:///{work}/adapter.sqlite3",
                     "ADAPTER_ID_KEY": "smoke-id-key-" + "x" * 32, "ADAPTER_PSEUDONYM_KEY": "smoke-pseudonym-" + "x" * 32,
-                    "ADAPTER_TOKEN_KEY": "smoke-token-" + "x" * 32})
+                    "ADAPTER_TOKEN_KEY": "smoke-token-" + "x" * 32, "ADAPTER_BASE_URL": f"http://127.0.0.1:{port}"})
         print(f"+ {shlex.join(cmd)}  (port {port})", flush=True)  # noqa: T201
         server = subprocess.Popen([remap(c) for c in cmd], cwd=app, env=env)  # noqa: S603
         try:

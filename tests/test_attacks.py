@@ -306,3 +306,159 @@ def test_with_date_shifting_no_date_filter_is_allowed() -> None:
             check_deidentified_query(parse(rtype, items), "year-month", shift_days=30)
     with pytest.raises(DeidentifiedFilterError):  # a month is finer than the kept year
         check_deidentified_query(parse("Patient", [("birthdate", "2009-05")]), "year", shift_days=0)
+
+
+# ----------------------------------------------- 4. the token audience never comes from a header
+
+
+def test_the_token_audience_ignores_the_host_header(secure: Secure) -> None:
+    import time
+
+    import jwt
+
+    from adapter.auth.tokens import ASSERTION_TYPE
+    from tests.secure import TOKEN_KEY
+
+    c = secure.clients["site"]
+    evil = "evil.example:8443"
+    assertion = secure.assertion(c, aud=f"http://{evil}/auth/token")
+    r = secure.srv.client.post("/auth/token", headers={"Host": evil}, data={
+        "grant_type": "client_credentials", "client_assertion_type": ASSERTION_TYPE, "client_assertion": assertion,
+        "scope": "system/*.cruds"})
+    assert r.status_code == 401 and r.json()["error"] == "invalid_client", r.text
+    now = int(time.time())  # an access token minted for that other audience, presented with its Host
+    token = jwt.encode({"iss": f"http://{evil}", "aud": f"http://{evil}", "sub": c.client_id, "role": "site",
+                        "site": "hito", "scope": "system/*.cruds", "iat": now, "exp": now + 300}, TOKEN_KEY, algorithm="HS256")
+    r = secure.srv.client.get("/Patient", headers={"Host": evil, "Authorization": f"Bearer {token}"})
+    assert r.status_code == 401
+    conf = secure.srv.client.get("/.well-known/smart-configuration", headers={"Host": evil}).json()
+    assert conf["token_endpoint"] == secure.token_url  # discovery names the real endpoint whatever the Host
+
+
+# ------------------------------------------- 5. the endpoint allow-list is matched on parsed URLs
+
+
+def test_subscription_endpoints_outside_the_allow_list_are_refused_and_never_contacted(secure: Secure) -> None:
+    import socket
+    import threading
+
+    from tests.server import Server
+
+    contacted: list[bytes] = []
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    listener.settimeout(0.2)
+    port = listener.getsockname()[1]
+    stop = threading.Event()
+
+    def accept() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                continue
+            with conn:
+                conn.settimeout(1)
+                try:
+                    contacted.append(conn.recv(1024))
+                except OSError:
+                    contacted.append(b"")
+
+    threading.Thread(target=accept, daemon=True).start()
+    base = "https://fhir.test.example"
+    prod = Server(secure.store, secure.settings.model_copy(update={
+        "env": "production", "base_url": base, "subscription_endpoint_allowlist": ["https://ehr.example/hook"]}))
+    try:
+        c = secure.clients["subscriber"]
+        from adapter.auth.tokens import ASSERTION_TYPE
+
+        r = prod.client.post("/auth/token", data={
+            "grant_type": "client_credentials", "client_assertion_type": ASSERTION_TYPE,
+            "client_assertion": secure.assertion(c, aud=f"{base}/auth/token"),
+            "scope": "system/Subscription.cruds system/Observation.rs"})
+        assert r.status_code == 200, r.text
+        auth = {"Authorization": f"Bearer {r.json()['access_token']}"}
+        for endpoint in (f"https://ehr.example@127.0.0.1:{port}/x", "https://ehr.example/hook/../internal-admin",
+                         "https://ehr.example/hookother", "https://ehr.example.attacker.invalid/x",
+                         f"https://127.0.0.1:{port}/hook"):
+            sub = {**_rest_hook(f"Observation?code={MRD}", endpoint), "status": "requested"}
+            r = prod.client.post("/Subscription", json=sub, headers=auth)
+            assert r.status_code == 422, (endpoint, r.status_code, r.text[:300])
+        ok = {**_rest_hook(f"Observation?code={MRD}", "https://ehr.example/hook/mrd"), "status": "off"}
+        assert prod.client.post("/Subscription", json=ok, headers=auth).status_code == 201
+        import time
+
+        time.sleep(1.0)  # a delivery worker runs in this server: nothing may reach the listener
+        assert contacted == []
+    finally:
+        stop.set()
+        prod.stop()
+        listener.close()
+
+
+# ------------------------------------ 6. sign-in forgery, weak keys, 405 without Allow (headers: above)
+
+
+def test_a_sign_in_form_posted_from_another_site_is_refused(secure: Secure) -> None:
+    import re
+
+    with secure.http("coordinator") as c:
+        token = c.headers["authorization"].split()[1]
+    anon = httpx.Client(base_url=secure.srv.base, timeout=60)
+    try:
+        # an attacker's page posts its own token to the victim's browser: no anti-forgery token, or another Origin
+        r = anon.post("/ui/login", data={"token": token})
+        assert r.status_code == 403 and "adapter_ui_token" not in r.headers.get("set-cookie", "")
+        page = anon.get("/ui/login").text
+        csrf = re.search(r'name="csrf" value="([^"]+)"', page).group(1)  # type: ignore[union-attr]
+        r = anon.post("/ui/login", data={"token": token, "csrf": csrf}, headers={"Origin": "https://attacker.example"})
+        assert r.status_code == 403 and "adapter_ui_token" not in r.headers.get("set-cookie", "")
+        r = anon.post("/ui/login", data={"token": token, "csrf": "guessed"})
+        assert r.status_code == 403
+        csrf = re.search(r'name="csrf" value="([^"]+)"', anon.get("/ui/login").text).group(1)  # type: ignore[union-attr]
+        r = anon.post("/ui/login", data={"token": token, "csrf": csrf}, headers={"Origin": secure.srv.base})
+        assert r.status_code == 303 and "adapter_ui_token" in r.headers["set-cookie"]
+    finally:
+        anon.close()
+
+
+def test_rsa_keys_under_2048_bits_are_refused_at_registration_and_at_the_token_endpoint(secure: Secure) -> None:
+    import time
+
+    import jwt
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    from adapter.auth.clients import RegistrationError, check_registration
+    from adapter.auth.tokens import ASSERTION_TYPE
+    from adapter.store.security import ClientRegistry
+
+    weak = rsa.generate_private_key(public_exponent=65537, key_size=1024)
+    jwk = {**json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(weak.public_key())), "kid": "weak", "alg": "RS384"}
+    with pytest.raises(RegistrationError, match="1024 bits"):
+        check_registration("site", "hito", None, {"keys": [jwk]})
+    # a weak key registered before the rule (written straight into the registry) verifies nothing
+    client = ClientRegistry(secure.store).add("legacy engine", "site", "hito", ["system/*.cruds"], {"keys": [jwk]})
+    now = int(time.time())
+    import warnings
+
+    with warnings.catch_warnings():  # PyJWT warns about signing with a 1024-bit key: that is the point
+        warnings.simplefilter("ignore")
+        assertion = jwt.encode({"iss": client.client_id, "sub": client.client_id, "aud": secure.token_url,
+                                "exp": now + 200, "jti": uuid.uuid4().hex}, weak, algorithm="RS384", headers={"kid": "weak"})
+    r = secure.srv.client.post("/auth/token", data={"grant_type": "client_credentials", "client_assertion": assertion,
+                                                     "client_assertion_type": ASSERTION_TYPE, "scope": "system/*.cruds"})
+    assert r.status_code == 401 and r.json()["error"] == "invalid_client"
+
+
+@pytest.mark.parametrize(("method", "path", "allowed"), [
+    ("PATCH", "/Patient/abc", {"GET", "PUT", "DELETE"}),
+    ("DELETE", "/metadata", {"GET"}),
+    ("DELETE", "/$export", {"GET", "POST"}),
+])
+def test_405_names_the_allowed_methods(secure: Secure, method: str, path: str, allowed: set[str]) -> None:
+    with secure.http("site") as c:
+        r = c.request(method, path)
+    assert r.status_code == 405, r.text
+    assert allowed <= {m.strip() for m in r.headers["allow"].split(",")}
+    assert r.json()["resourceType"] == "OperationOutcome"

@@ -436,13 +436,17 @@ def test_production_settings_fail_fast_without_secrets() -> None:
     with pytest.raises(ValidationError) as info:
         Settings(env="production", _env_file=None)
     msg = str(info.value)
-    for name in ("ADAPTER_ID_KEY", "ADAPTER_PSEUDONYM_KEY", "ADAPTER_TOKEN_KEY", "ADAPTER_DATABASE_URL"):
+    for name in ("ADAPTER_ID_KEY", "ADAPTER_PSEUDONYM_KEY", "ADAPTER_TOKEN_KEY", "ADAPTER_DATABASE_URL", "ADAPTER_BASE_URL"):
         assert name in msg
     with pytest.raises(ValidationError, match="ADAPTER_AUTH"):
         Settings(env="production", id_key="k" * 32, pseudonym_key="p" * 32, token_key="t" * 32,
-                 database_url="postgresql+psycopg://db/adapter", auth=False, _env_file=None)
+                 database_url="postgresql+psycopg://db/adapter", base_url="https://fhir.example.org", auth=False,
+                 _env_file=None)
+    with pytest.raises(ValidationError, match="ADAPTER_BASE_URL"):  # the tokens' audience: never a Host header
+        Settings(env="production", id_key="k" * 32, pseudonym_key="p" * 32, token_key="t" * 32,
+                 database_url="postgresql+psycopg://db/adapter", _env_file=None)
     ok = Settings(env="production", id_key="k" * 32, pseudonym_key="p" * 32, token_key="t" * 32,
-                  database_url="postgresql+psycopg://db/adapter", _env_file=None)
+                  database_url="postgresql+psycopg://db/adapter", base_url="https://fhir.example.org", _env_file=None)
     assert ok.auth_enabled
     assert not Settings(_env_file=None).auth_enabled  # development: the one-command demo needs no keys
 
@@ -550,12 +554,18 @@ def test_dashboard_sign_in_keeps_the_token_in_a_strict_cookie_for_dashboard_read
     anon = httpx.Client(base_url=secure.srv.base, timeout=60)
     r = anon.get("/ui/outcomes", headers={"Accept": "text/html"})
     assert r.status_code == 303 and r.headers["location"] == "/ui/login"
-    assert anon.get("/ui/login").status_code == 200
-    bad = anon.post("/ui/login", data={"token": "not-a-token"})
-    assert bad.status_code == 401 and "Not signed in" in bad.text and "set-cookie" not in bad.headers
+    import re
+
+    def csrf() -> str:
+        page = anon.get("/ui/login")
+        assert page.status_code == 200
+        return re.search(r'name="csrf" value="([^"]+)"', page.text).group(1)  # type: ignore[union-attr]
+
+    bad = anon.post("/ui/login", data={"token": "not-a-token", "csrf": csrf()})
+    assert bad.status_code == 401 and "Not signed in" in bad.text and "adapter_ui_token" not in bad.headers.get("set-cookie", "")
     with secure.http("coordinator") as c:
         token = c.headers["authorization"].split()[1]
-    r = anon.post("/ui/login", data={"token": token})
+    r = anon.post("/ui/login", data={"token": token, "csrf": csrf()})
     assert r.status_code == 303 and r.headers["location"] == "/ui/outcomes"
     cookie = r.headers["set-cookie"]
     assert "HttpOnly" in cookie and "SameSite=strict" in cookie.replace("Strict", "strict") and "Max-Age=" in cookie

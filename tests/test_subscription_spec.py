@@ -56,3 +56,28 @@ def test_backport_topic_filters_on_patient_interpretation_and_site() -> None:
     with pytest.raises(SubscriptionError, match="must filter Observation"):
         parse_subscription({**sub, "_criteria": {"extension": [{"url": BACKPORT + "backport-filter-criteria",
                                                                  "valueString": "Patient?gender=female"}]}})
+
+
+@pytest.mark.parametrize("endpoint", [
+    "https://ehr.example@127.0.0.1:8491/x",  # user information: the host is 127.0.0.1
+    "https://ehr.example/hook/../internal-admin",  # a dot segment leaves the allowed path
+    "https://ehr.example/hook/%2e%2e/internal-admin",  # ... encoded
+    "https://ehr.example/hookother",  # not on a segment boundary
+    "https://ehr.example.attacker.invalid/x",  # another host that starts with the same text
+    "https://ehr.example:8443/hook",  # another port
+    "http://ehr.example/hook",  # another scheme
+])
+def test_the_allow_list_compares_parsed_urls_not_strings(endpoint: str) -> None:
+    with pytest.raises(SubscriptionError):
+        parse_subscription(_sub(endpoint), development=False, allowlist=("https://ehr.example/hook",))
+
+
+@pytest.mark.parametrize("endpoint", ["https://ehr.example/hook", "https://EHR.example/hook/mrd", "https://ehr.example:443/hook?x=1"])
+def test_the_allow_list_admits_its_own_paths(endpoint: str) -> None:
+    assert parse_subscription(_sub(endpoint), development=False, allowlist=("https://ehr.example/hook",))
+    assert parse_subscription(_sub(endpoint), development=False, allowlist=("https://ehr.example/",))
+
+
+def test_user_information_is_refused_in_development_too() -> None:
+    with pytest.raises(SubscriptionError, match="user information"):
+        parse_subscription(_sub("http://someone@127.0.0.1:9000/fhir"))

@@ -163,9 +163,17 @@ def _errors(app: FastAPI) -> None:
         return FHIRResponse(operation_outcome("invalid", "the request is not valid", issues=issues), status_code=400)
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_: Request, exc: StarletteHTTPException) -> FHIRResponse:
+    async def http_error(request: Request, exc: StarletteHTTPException) -> FHIRResponse:
         code = {404: "not-found", 405: "not-supported", 413: "too-long"}.get(exc.status_code, "processing")
-        return FHIRResponse(operation_outcome(code, str(exc.detail)), status_code=exc.status_code)
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:  # RFC 9110 §15.5.6: a 405 names every method the resource has
+            allowed = sorted({m for r in app.router.routes if getattr(r, "path_regex", None) is not None
+                              and r.path_regex.match(request.url.path) for m in (getattr(r, "methods", None) or ())})
+            headers["Allow"] = ", ".join(allowed)
+            detail = f"{request.method} is not allowed here; allowed: {headers['Allow']}"
+        else:
+            detail = str(exc.detail)
+        return FHIRResponse(operation_outcome(code, detail), status_code=exc.status_code, headers=headers or None)
 
     @app.exception_handler(AdapterError)
     async def adapter_error(_: Request, exc: AdapterError) -> FHIRResponse:
@@ -201,7 +209,10 @@ def _body_resource(body: bytes, rtype: str | None = None) -> dict[str, Any]:
 def _routes(app: FastAPI, settings: Settings, store: Store, validator: Validator) -> None:  # noqa: C901
     @app.get("/metadata", summary="CapabilityStatement")
     def metadata(request: Request) -> FHIRResponse:
-        return FHIRResponse(capability_statement(_base(request, settings), settings.profiles_dir, settings.auth_enabled))
+        from adapter.api.security import audience
+
+        return FHIRResponse(capability_statement(_base(request, settings), settings.profiles_dir, settings.auth_enabled,
+                                                 audience(settings, request.scope)))
 
     @app.post("/$ingest", summary="Ingest a site export (multipart: file, site, mapping)")
     def ingest(request: Request, file: Annotated[UploadFile, File()], site: Annotated[str, Form()],
@@ -246,7 +257,8 @@ def _routes(app: FastAPI, settings: Settings, store: Store, validator: Validator
                 raise FHIRError(403, "forbidden", f"the {who.role} role or the token's scopes do not allow {op} on {rtype}")
 
         return FHIRResponse(await _threaded(lambda: writes.process_bundle(store, validator, doc, base, allow=allow,
-                                                                          site=who.site_scope, principal=who)))
+                                                                          site=who.site_scope, principal=who,
+                                                                          settings=settings)))
 
     @app.get("/Patient/{rid}/$everything", summary="Everything about one patient")
     def everything(request: Request, rid: str) -> FHIRResponse:
@@ -402,7 +414,7 @@ def _routes(app: FastAPI, settings: Settings, store: Store, validator: Validator
                      if_none_exist: Annotated[str | None, Header()] = None) -> FHIRResponse:
         who = require(request, "create", _served(rtype))
         res = _body_resource(await request.body(), rtype)
-        w = await _threaded(_write, store, lambda tx: writes.create(tx, validator, res, if_none_exist), who)
+        w = await _threaded(_write, store, lambda tx: writes.create(tx, validator, res, if_none_exist), who, settings)
         return _written(w, _base(request, settings))
 
     @app.put("/{rtype}", summary="Conditional update (PUT Type?search)")
@@ -412,7 +424,7 @@ def _routes(app: FastAPI, settings: Settings, store: Store, validator: Validator
             raise FHIRError(400, "invalid", "PUT needs Type/id or Type?search")
         who = require(request, "update", _served(rtype))
         res = _body_resource(await request.body(), rtype)
-        w = await _threaded(_write, store, lambda tx: writes.conditional_update(tx, validator, rtype, query, res), who)
+        w = await _threaded(_write, store, lambda tx: writes.conditional_update(tx, validator, rtype, query, res), who, settings)
         return _written(w, _base(request, settings))
 
     @app.put("/{rtype}/{rid}", summary="Update (If-Match for version-aware updates)")
@@ -420,14 +432,14 @@ def _routes(app: FastAPI, settings: Settings, store: Store, validator: Validator
         who = require(request, "update", _served(rtype))
         res = _body_resource(await request.body(), rtype)
         version = parse_if_match(if_match)
-        w = await _threaded(_write, store, lambda tx: writes.update(tx, validator, rtype, rid, res, version), who)
+        w = await _threaded(_write, store, lambda tx: writes.update(tx, validator, rtype, rid, res, version), who, settings)
         return _written(w, _base(request, settings))
 
     @app.delete("/{rtype}/{rid}", summary="Delete (If-Match for version-aware deletes)")
     async def delete(rtype: str, rid: str, request: Request, if_match: Annotated[str | None, Header()] = None) -> FHIRResponse:
         version = parse_if_match(if_match)
         who = require(request, "delete", _served(rtype))
-        await _threaded(_write, store, lambda tx: writes.delete(tx, rtype, rid, version), who)
+        await _threaded(_write, store, lambda tx: writes.delete(tx, rtype, rid, version), who, settings)
         return FHIRResponse(operation_outcome("informational", f"{rtype}/{rid} deleted", severity="information"))
 
     @app.get("/{rtype}/{rid}", summary="Read")
@@ -477,12 +489,12 @@ def _one(state: str, res: dict[str, Any] | None, what: str, base: str) -> FHIRRe
     return FHIRResponse(res, headers=h)
 
 
-def _write(store: Store, fn: Any, who: Any) -> writes.Written:
+def _write(store: Store, fn: Any, who: Any, settings: Settings) -> writes.Written:
     """Run one REST write for principal ``who`` in a transaction confined to its site, run again
     when it lost a race (:meth:`Store.run`); a site-bound client's references are checked before it
     commits (writes.check_site_references)."""
     def work(tx: Any) -> writes.Written:
-        tx.principal = who
+        tx.principal, tx.settings = who, settings
         w = fn(tx)
         writes.check_site_references(tx)
         return w

@@ -29,10 +29,10 @@ def _profiles(folder: str) -> dict[str, list[str]]:
     return out
 
 
-def capability_statement(base: str, profiles_dir: Path, auth: bool = False) -> dict[str, Any]:
+def capability_statement(base: str, profiles_dir: Path, auth: bool = False, token_base: str | None = None) -> dict[str, Any]:
     """The server's CapabilityStatement, for ``base`` (the service's public URL). With ``auth``,
-    ``rest.security`` declares SMART-on-FHIR with the token endpoint (SMART App Launch 2.0
-    §Conformance, the ``oauth-uris`` extension)."""
+    ``rest.security`` declares SMART-on-FHIR with the token endpoint at ``token_base`` (the tokens'
+    audience; default ``base``) (SMART App Launch 2.0 §Conformance, the ``oauth-uris`` extension)."""
     profiles = _profiles(str(profiles_dir))
     resources = []
     for rtype in sorted(PARAMS):
@@ -95,7 +95,7 @@ def capability_statement(base: str, profiles_dir: Path, auth: bool = False) -> d
         "format": ["application/fhir+json", "json"],
         "rest": [{
             "mode": "server",
-            **({"security": _security(base)} if auth else {}),
+            **({"security": _security(token_base or base)} if auth else {}),
             "resource": resources,
             "interaction": [{"code": "transaction"}, {"code": "batch"}],
             "searchParam": [{"name": "_count", "type": "number", "documentation": "page size (max 1000)"},

@@ -107,9 +107,21 @@ class BodyTooLarge(FHIRError):
         super().__init__(413, "too-long", f"the request body is larger than the limit of {limit} bytes")
 
 
+def audience(settings: Settings, scope: dict[str, Any]) -> str:
+    """The FHIR base URL that tokens are issued for and checked against (SMART Backend Services:
+    the assertion's ``aud`` is ``<base>/auth/token``, the access token's ``aud`` is ``<base>``):
+    ``ADAPTER_BASE_URL``, which production requires. Without it (development mode only) the
+    address the server itself listens on. Never a request header: a ``Host`` header is the
+    client's to choose, so an audience taken from it proves nothing (RFC 7523 §3, "aud")."""
+    if settings.base_url:
+        return settings.base_url.rstrip("/")
+    host, port = scope.get("server") or ("127.0.0.1", settings.port)
+    host = f"[{host}]" if ":" in str(host) else host
+    return f"{scope.get('scheme', 'http')}://{host}:{port}{scope.get('root_path', '')}".rstrip("/")
+
+
 class SecurityMiddleware:
-    """See the module docstring. :meth:`base` gives the public base URL (the tokens' audience):
-    ``ADAPTER_BASE_URL``, or the scheme and Host of the request."""
+    """See the module docstring. :meth:`base` gives the tokens' audience (:func:`audience`)."""
 
     def __init__(self, app: Any, settings: Settings, store: Store) -> None:
         self.app, self.settings, self.store = app, settings, store
@@ -117,11 +129,7 @@ class SecurityMiddleware:
         self.clients = ClientRegistry(store)
 
     def base(self, scope: dict[str, Any]) -> str:
-        if self.settings.base_url:
-            return self.settings.base_url.rstrip("/")
-        headers = dict(scope.get("headers") or [])
-        host = headers.get(b"host", b"").decode("latin-1") or "{}:{}".format(*scope.get("server", ("localhost", 80)))
-        return f"{scope.get('scheme', 'http')}://{host}{scope.get('root_path', '')}".rstrip("/")
+        return audience(self.settings, scope)
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:  # noqa: C901
         if scope["type"] != "http":
@@ -248,7 +256,7 @@ def add_security_routes(app: FastAPI, store: Store, settings: Settings, base_of:
     @app.get("/.well-known/smart-configuration", response_class=JSONResponse,
              summary="SMART configuration (SMART App Launch 2.0 §Conformance; Backend Services)")
     def smart_configuration(request: Request) -> JSONResponse:
-        base = base_of(request)
+        base = audience(settings, request.scope)
         return JSONResponse({
             "issuer": base, "token_endpoint": f"{base}/auth/token", "jwks_uri": None,
             "grant_types_supported": ["client_credentials"],
@@ -266,7 +274,7 @@ def add_security_routes(app: FastAPI, store: Store, settings: Settings, base_of:
             return _oauth_error(400, "unsupported_grant_type", "grant_type must be client_credentials")
         if form.get("client_assertion_type") != ASSERTION_TYPE or not form.get("client_assertion"):
             return _oauth_error(400, "invalid_request", f"client_assertion_type must be {ASSERTION_TYPE}, with a client_assertion")
-        base = base_of(request)
+        base = audience(settings, request.scope)
         try:
             return await anyio.to_thread.run_sync(_grant, form, base, request.scope)
         except TokenError as exc:

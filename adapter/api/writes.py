@@ -58,8 +58,10 @@ def check_id(rid: str) -> str:
     return rid
 
 
-def validate(validator: Validator, resource: dict[str, Any]) -> None:
-    """Raise :class:`FHIRError` (422, ``processing``) listing every validation finding."""
+def validate(validator: Validator, resource: dict[str, Any], settings: Any = None) -> None:
+    """Raise :class:`FHIRError` (422, ``processing``) listing every validation finding; a
+    Subscription is also checked against the endpoint policy of ``settings`` (the service's;
+    default: the process settings)."""
     issues = validator.validate(resource, full=True, reference=False)  # every write: model in full, schema on jsonschema-rs
     if issues:
         raise FHIRError(422, "processing", f"{resource.get('resourceType')} failed validation ({len(issues)} issue(s))",
@@ -68,7 +70,7 @@ def validate(validator: Validator, resource: dict[str, Any]) -> None:
         from adapter.config import get_settings
         from adapter.subscriptions.spec import SubscriptionError, parse_subscription
 
-        s = get_settings()
+        s = settings or get_settings()
         try:
             parse_subscription(resource, development=s.env == "development",
                                allowlist=tuple(s.subscription_endpoint_allowlist))
@@ -215,7 +217,7 @@ def create(tx: Transaction, validator: Validator, resource: dict[str, Any], if_n
         if found:
             return Written(200, found[0])
     resource = {**resource, "id": rid or str(uuid.uuid4())}
-    validate(validator, resource)
+    validate(validator, resource, tx.settings)
     _put(tx, resource, None)
     return Written(201, _read_back(tx, rtype, resource["id"]))
 
@@ -227,7 +229,7 @@ def update(tx: Transaction, validator: Validator, rtype: str, rid: str, resource
     check_id(rid)
     if resource.get("id") != rid:
         raise FHIRError(400, "invalid", f"the resource id {resource.get('id')!r} does not match the URL id {rid!r}")
-    validate(validator, resource)
+    validate(validator, resource, tx.settings)
     out = _put(tx, dict(resource), if_match)
     return Written(201 if out.outcome == "created" else 200, _read_back(tx, rtype, rid))
 
@@ -365,7 +367,8 @@ def _response_entry(w: Written, base: str) -> dict[str, Any]:
 
 
 def process_bundle(store: Store, validator: Validator, bundle: dict[str, Any], base: str, *,
-                   allow: Any = None, site: str | None = None, principal: Any = None) -> dict[str, Any]:
+                   allow: Any = None, site: str | None = None, principal: Any = None,
+                   settings: Any = None) -> dict[str, Any]:
     """Run a ``transaction`` (atomic: all entries or none) or ``batch`` (each entry on its own) Bundle
     and return the ``transaction-response`` / ``batch-response`` Bundle, entries in request order.
     Raises :class:`FHIRError` for a transaction entry that fails (nothing is written).
@@ -384,7 +387,7 @@ def process_bundle(store: Store, validator: Validator, bundle: dict[str, Any], b
         parsed = [_entry_request(i, e) for i, e in enumerate(entries)]
 
         def work(tx: Transaction) -> dict[str, Any]:
-            tx.principal = principal
+            tx.principal, tx.settings = principal, settings
             return _transaction(tx, validator, entries, parsed, base, allow)
 
         return store.run(work, site=site)  # type: ignore[return-value]
@@ -398,7 +401,7 @@ def process_bundle(store: Store, validator: Validator, bundle: dict[str, Any], b
 
         def one(tx: Transaction, i: int = i, e: dict[str, Any] = e, method: str = method, url: str = url,
                 req: dict[str, Any] = req) -> Written:
-            tx.principal = principal
+            tx.principal, tx.settings = principal, settings
             w = _run_entry(tx, validator, i, e, method, url, req, {}, allow)
             check_site_references(tx)
             return w

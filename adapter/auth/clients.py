@@ -1,6 +1,6 @@
 """Checks on a client registration (``adapter clients add``): the role, the site of site-bound
 roles, the scopes (within the role's, adapter/auth/policy.py) and the JWKS (public RS384/ES384
-keys only, SMART Backend Services §Registering a client)."""
+keys only, RSA of at least 2048 bits, SMART Backend Services §Registering a client)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,20 @@ from adapter.auth.policy import ROLE_SCOPES, ROLES, SITE_BOUND, ScopeError, gran
 
 _SITE = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
 _PRIVATE = ("d", "p", "q", "dp", "dq", "qi", "k")
+#: Smallest RSA modulus accepted, in bits (NIST SP 800-57 Part 1 Rev. 5 §5.6.1: 2048 bits is the
+#: minimum for RSA signatures; 1024-bit keys are factorable in practice).
+MIN_RSA_BITS = 2048
+
+
+def weak_key_reason(key: Any) -> str | None:
+    """Why a JWK (a ``PyJWK``) is too weak to verify client assertions, or ``None``: an RSA key
+    under :data:`MIN_RSA_BITS` bits. (EC keys are P-384 for ES384, which PyJWT checks.)"""
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    public = getattr(key, "key", None)
+    if isinstance(public, rsa.RSAPublicKey) and public.key_size < MIN_RSA_BITS:
+        return f"an RSA key of {public.key_size} bits (at least {MIN_RSA_BITS} are required)"
+    return None
 
 
 class RegistrationError(ValueError):
@@ -55,6 +69,10 @@ def check_jwks(jwks: Any) -> None:
         if k.get("alg") not in (None, "RS384", "ES384"):
             raise RegistrationError(f"keys[{i}]: alg must be RS384 or ES384")
     try:
-        PyJWKSet.from_dict(jwks)
+        keys = PyJWKSet.from_dict(jwks).keys
     except jwt.PyJWTError as exc:
         raise RegistrationError(f"the JWKS is not usable: {exc}") from None
+    for i, key in enumerate(keys):
+        weak = weak_key_reason(key)
+        if weak:
+            raise RegistrationError(f"keys[{i}] is {weak}")

@@ -70,7 +70,8 @@ def verify_assertion(assertion: str, jwks: dict[str, Any], client_id: str, token
                      now: float | None = None) -> Assertion:
     """Verify a client assertion against the client's JWKS. Returns :class:`Assertion`; raises
     :class:`TokenError` (``invalid_client``) for a bad signature, wrong ``alg``, ``iss``/``sub``
-    not the client, wrong ``aud``, expired or too-long-lived, or missing ``jti``."""
+    not the client, wrong ``aud``, expired or too-long-lived, or missing ``jti``. A registered key
+    that is too weak (an RSA key under 2048 bits, registered before that rule) verifies nothing."""
     now = time.time() if now is None else now
     try:
         header = jwt.get_unverified_header(assertion)
@@ -82,8 +83,10 @@ def verify_assertion(assertion: str, jwks: dict[str, Any], client_id: str, token
         keys = PyJWKSet.from_dict(jwks).keys
     except jwt.PyJWTError:
         raise TokenError("invalid_client", "the client's registered JWKS holds no usable key") from None
+    from adapter.auth.clients import weak_key_reason
+
     kid = header.get("kid")
-    candidates = [k for k in keys if kid is None or k.key_id == kid]
+    candidates = [k for k in keys if (kid is None or k.key_id == kid) and weak_key_reason(k) is None]
     if not candidates:
         raise TokenError("invalid_client", "no registered key of the client has the assertion's kid")
     last: Exception | None = None

@@ -106,6 +106,9 @@ class Transaction:
         #: Who this transaction writes for (adapter/auth/policy.py Principal), when it is a REST
         #: request: a Subscription it writes records it as the owner (adapter/store/outbox.py)
         self.principal: Any = None
+        #: The service's settings, when the write comes through the REST API (its policies, e.g.
+        #: the subscription endpoint allow-list)
+        self.settings: Any = None
         if conn.dialect.name == "postgresql":
             # The rows this transaction writes are invisible to the planner's statistics, so a table
             # that was small when the transaction began stays "small" and each existence probe

@@ -7,8 +7,10 @@ Subscription asks for, checked when it is written. Pure: no I/O.
   entries ``Name: value``; ``channel.payload`` absent (notify only: ``POST`` with no body) or
   ``application/fhir+json`` (the resource is sent, ``PUT [endpoint]/[type]/[id]``, R4 §8.x.4.2).
 - Delivery security: a payload with the resource goes only to ``https`` endpoints, or to a loopback
-  host in development mode; outside development mode every endpoint must start with one of the
-  ``subscription_endpoint_allowlist`` prefixes.
+  host in development mode; outside development mode every endpoint must match an entry of the
+  ``subscription_endpoint_allowlist`` (:func:`endpoint_allowed`: the URLs are parsed, never compared
+  as strings). An endpoint with user information (``https://user@host/``), dot segments or encoded
+  separators in its path is refused everywhere. Redirects are never followed (delivery.py).
 """
 
 from __future__ import annotations
@@ -92,6 +94,61 @@ def _backport(resource: dict[str, Any]) -> tuple[str, str, str, int | None, int 
     return topic, q, content, heartbeat, timeout
 
 
+_DEFAULT_PORT = {"http": 80, "https": 443}
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """An http(s) URL split for comparison (RFC 3986 §6.2.2-6.2.3 normalisation): scheme and host
+    lower-cased, the port made explicit, the path as its segments."""
+
+    scheme: str
+    host: str
+    port: int
+    segments: tuple[str, ...]
+
+
+def parse_endpoint(url: str) -> Endpoint:
+    r"""Parse an endpoint or allow-list entry. Raises SubscriptionError for anything but a plain
+    http(s) URL: user information (``user@``, which makes ``https://ehr.example@127.0.0.1/`` go to
+    127.0.0.1), a backslash, a dot segment (``/hook/../admin``) or an encoded ``.``, ``/`` or ``\``
+    in the path, a malformed port."""
+    u = urlsplit(url)
+    if u.scheme.lower() not in _DEFAULT_PORT or not u.hostname:
+        raise SubscriptionError(f"channel.endpoint '{url[:80]}' is not an http(s) URL")
+    if "@" in u.netloc or "\\" in url:
+        raise SubscriptionError("channel.endpoint must not hold user information ('user@host') or backslashes")
+    try:
+        port = u.port or _DEFAULT_PORT[u.scheme.lower()]
+    except ValueError:
+        raise SubscriptionError(f"channel.endpoint '{url[:80]}' has a malformed port") from None
+    path = u.path or "/"
+    lowered = path.lower()
+    segments = tuple(path.split("/")[1:])
+    if any(seg in (".", "..") for seg in segments) or any(e in lowered for e in ("%2e", "%2f", "%5c")):
+        raise SubscriptionError("channel.endpoint's path must not hold dot segments or encoded separators")
+    return Endpoint(u.scheme.lower(), u.hostname.lower().rstrip("."), port, segments)
+
+
+def endpoint_allowed(endpoint: str, allowlist: tuple[str, ...]) -> bool:
+    """Whether ``endpoint`` matches an allow-list entry: the same scheme, host and port exactly, and
+    the entry's path as a whole-segment prefix of the endpoint's (``https://ehr.example/hook``
+    allows ``…/hook`` and ``…/hook/mrd``, not ``…/hookother``; ``https://ehr.example`` allows any
+    path on that host). An entry that does not parse allows nothing."""
+    target = parse_endpoint(endpoint)
+    for entry in allowlist:
+        try:
+            allowed = parse_endpoint(entry)
+        except SubscriptionError:
+            continue
+        # a trailing slash ends the prefix: "https://h/" allows every path, "https://h/hook/" what is under /hook
+        prefix = allowed.segments[:-1] if allowed.segments and allowed.segments[-1] == "" else allowed.segments
+        if (allowed.scheme, allowed.host, allowed.port) == (target.scheme, target.host, target.port) \
+                and target.segments[:len(prefix)] == prefix:
+            return True
+    return False
+
+
 def criteria_type(resource: dict[str, Any]) -> str:
     """The resource type a Subscription notifies about: ``Observation`` for our MRD topic (Backport
     IG), else the type of its R4 ``criteria`` (``Observation?code=…`` -> ``Observation``)."""
@@ -132,19 +189,19 @@ def parse_subscription(resource: dict[str, Any], *, development: bool = True,
     except SearchError as exc:
         raise SubscriptionError(f"criteria: {exc}") from None
     endpoint = channel.get("endpoint") or ""
-    url = urlsplit(endpoint)
-    if url.scheme not in ("http", "https") or not url.hostname:
-        raise SubscriptionError(f"channel.endpoint '{endpoint[:80]}' is not an http(s) URL")
+    if not isinstance(endpoint, str):
+        raise SubscriptionError("channel.endpoint must be a URL")
+    target = parse_endpoint(endpoint)
     payload = channel.get("payload")
     if backport and payload not in ("application/fhir+json", "application/json"):
         raise SubscriptionError("channel.payload of a Backport subscription is application/fhir+json (notification Bundles)")
     if not backport and payload not in (None, "application/fhir+json"):
         raise SubscriptionError(f"channel.payload '{str(payload)[:40]}' is not supported; leave it out or use application/fhir+json")
-    loop = _loopback(url.hostname)
-    if (content == "full-resource" if backport else payload) and url.scheme != "https" and not (development and loop):
+    loop = _loopback(target.host)
+    if (content == "full-resource" if backport else payload) and target.scheme != "https" and not (development and loop):
         raise SubscriptionError("a payload with the resource is sent only to https endpoints "
                                 "(or to a loopback host in development mode)")
-    if not development and not any(endpoint.startswith(a) for a in allowlist):
+    if not development and not endpoint_allowed(endpoint, allowlist):
         raise SubscriptionError("channel.endpoint is not on this server's allow-list of subscription endpoints")
     headers = []
     for h in channel.get("header") or []:

@@ -29,6 +29,8 @@ TEMPLATES = Jinja2Templates(directory=str(Path(__file__).resolve().parent / "tem
 TIMEPOINTS = (6.0, 12.0, 24.0, 36.0, 60.0)
 #: ingestions listed per site
 PER_SITE = 10
+#: The sign-in form's anti-forgery token (double submit: the cookie and the form field must match).
+CSRF_COOKIE = "adapter_ui_csrf"
 
 
 def add_ui_routes(app: FastAPI, store: Store, settings: Settings) -> None:
@@ -42,26 +44,48 @@ def add_ui_routes(app: FastAPI, store: Store, settings: Settings) -> None:
     def ui() -> Response:
         return RedirectResponse("/ui/outcomes", status_code=302)
 
+    def _login_form(request: Request, error: str | None, status: int = 200) -> Response:
+        """The sign-in page, with a fresh anti-forgery token in a hidden field and in a cookie
+        (double submit, OWASP CSRF Prevention Cheat Sheet): a sign-in form posted from another site
+        cannot know it."""
+        import secrets
+
+        csrf = secrets.token_urlsafe(24)
+        out = TEMPLATES.TemplateResponse(request, "login.html", {"title": "Sign in", "page": "login", "error": error,
+                                                                 "csrf": csrf}, status_code=status)
+        out.set_cookie(CSRF_COOKIE, csrf, max_age=1800, httponly=True, samesite="strict", path="/ui/login",
+                       secure=request.url.scheme == "https")
+        return out
+
     @app.get("/ui/login", response_class=HTMLResponse, include_in_schema=False)
     def login_page(request: Request) -> Response:
         if not settings.auth_enabled:
             return RedirectResponse("/ui/outcomes", status_code=303)
-        return TEMPLATES.TemplateResponse(request, "login.html", {"title": "Sign in", "page": "login", "error": None})
+        return _login_form(request, None)
 
     @app.post("/ui/login", response_class=HTMLResponse, include_in_schema=False)
     async def login(request: Request) -> Response:
         """Check a pasted access token and keep it in the dashboard's cookie (HttpOnly,
         SameSite=Strict, Secure over https, expiring with the token)."""
+        import secrets
         import time
         from urllib.parse import parse_qsl
 
-        from adapter.api.security import UI_COOKIE, token_key
+        from adapter.api.security import UI_COOKIE, audience, token_key
         from adapter.auth.tokens import TokenError, verify_access_token
         from adapter.store.security import ClientRegistry
 
         form = dict(parse_qsl((await request.body()).decode("utf-8", "replace")))
         token = form.get("token", "").strip()
-        base = (settings.base_url or str(request.base_url)).rstrip("/")
+        base = audience(settings, request.scope)
+        origin = request.headers.get("origin")
+        own = (settings.base_url or str(request.base_url)).rstrip("/")
+        own_origin = own.split("/", 3)[0] + "//" + own.split("/", 3)[2] if "://" in own else own
+        expected = request.cookies.get(CSRF_COOKIE, "")
+        if (origin and origin.rstrip("/") != own_origin) or not expected or not secrets.compare_digest(
+                expected, form.get("csrf", "")):
+            # login CSRF: a form on another site must not sign this browser in to someone else's session
+            return _login_form(request, "Not signed in: the sign-in form did not come from this page; try again.", 403)
         try:
             who = verify_access_token(token, token_key(settings), base)
             client = ClientRegistry(store).get(who.client_id)
@@ -71,13 +95,12 @@ def add_ui_routes(app: FastAPI, store: Store, settings: Settings) -> None:
 
             expires = int(jwt.decode(token, options={"verify_signature": False})["exp"])
         except TokenError as exc:
-            return TEMPLATES.TemplateResponse(request, "login.html", {"title": "Sign in", "page": "login",
-                                                                      "error": f"Not signed in: {exc.message}."},
-                                              status_code=401)
+            return _login_form(request, f"Not signed in: {exc.message}.", 401)
         out = RedirectResponse("/ui/outcomes" if who.allows("outcomes", "MeasureReport") else "/ui/ingestions"
                                if who.allows("ingest") else "/ui/subscriptions", status_code=303)
         out.set_cookie(UI_COOKIE, token, max_age=max(1, expires - int(time.time())), httponly=True, samesite="strict",
                        secure=base.startswith("https://"), path="/")
+        out.delete_cookie(CSRF_COOKIE, path="/ui/login")
         return out
 
     @app.post("/ui/logout", include_in_schema=False)
