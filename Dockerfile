@@ -30,6 +30,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     ADAPTER_PROFILES_DIR=/app/profiles \
     ADAPTER_FHIR_SCHEMA_PATH=/app/profiles/fhir.r4.schema.json \
     ADAPTER_EXPORT_DIR=/app/data/exports \
+    ADAPTER_AUDIT_SPOOL_DIR=/app/data/audit-spool \
     ADAPTER_PORT=8000
 USER 10001:10001
 EXPOSE 8000

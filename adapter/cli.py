@@ -69,11 +69,16 @@ def _audited(store: Any, what: str) -> Iterator[None]:
         who = f"cli:{getpass.getuser()}"
         ev = audit_event(recorded=now_instant(), method="CLI", path=what, status=status, client_id=who, role="operator",
                          site=None, address="localhost")
+        from adapter.store.audit_spool import AuditSpool
+
+        spool = AuditSpool(AuditTrail(store), get_settings().audit_spool_dir, quick_seconds=get_settings().sqlite_busy_seconds)
         try:
-            AuditTrail(store).append(ev, client_id=who, role="operator", site=None, status=status, method="CLI",
-                                     path=what, entity=None)
-        except AdapterError:
-            err_console.print("[yellow]warning[/]: the audit event could not be written")
+            if not spool.record(ev, client_id=who, role="operator", site=None, status=status, method="CLI",
+                                path=what, entity=None):
+                err_console.print("[yellow]warning[/]: the database was busy; the audit event is spooled and the "
+                                  "service writes it")
+        except OSError:
+            err_console.print("[yellow]warning[/]: the audit event could not be written or spooled")
 
 
 def _fail(exc: AdapterError) -> None:

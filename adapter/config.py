@@ -75,6 +75,8 @@ class Settings(BaseSettings):
         token_lifetime_seconds: how long an access token lasts (SMART recommends at most 5 minutes).
         max_body_bytes: largest request body (JSON, form) outside ``$ingest``; larger: HTTP 413, told
             by ``Content-Length`` before anything is read, or as soon as a streamed body passes it.
+        audit_spool_dir: where AuditEvents that the database could not take at once (busy) wait, on
+            disk, until they are written (adapter/store/audit_spool.py); none is ever dropped.
         ingest_lock_wait_seconds: how long an ingestion waits for another ingestion of the same site
             to finish (ingestions of a site run one at a time); then HTTP 503 with ``Retry-After``
             (CLI exit 7). On SQLite every write waits for the database's single write lock for up to
@@ -118,6 +120,7 @@ class Settings(BaseSettings):
     token_key: str | None = None
     token_lifetime_seconds: int = Field(default=300, ge=30, le=3600)
     max_body_bytes: int = 20 * 1024 * 1024
+    audit_spool_dir: Path = ROOT / ".adapter-data" / "audit-spool"
     ingest_lock_wait_seconds: float = Field(default=120, gt=0)
     sqlite_busy_seconds: float = Field(default=30, gt=0)
 

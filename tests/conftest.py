@@ -35,7 +35,7 @@ EXAMPLE_FILES = [
 def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
     return Settings(database_url=f"sqlite:///{tmp_path_factory.mktemp('db') / 'unused.sqlite3'}",
                     id_key="test-id-key", pseudonym_key="test-pseudonym-key",
-                    export_dir=tmp_path_factory.mktemp("exports"))
+                    export_dir=tmp_path_factory.mktemp("exports"), audit_spool_dir=tmp_path_factory.mktemp("audit-spool"))
 
 
 def _pg_store() -> Iterator[Store]:

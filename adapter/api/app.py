@@ -76,8 +76,11 @@ def create_app(settings: Settings | None = None, store: Store | None = None, val
     _errors(app)
     _openapi(app)
     from adapter.api.security import SecurityMiddleware, add_security_routes
+    from adapter.store.audit_spool import AuditSpool
+    from adapter.store.security import AuditTrail
 
-    app.add_middleware(SecurityMiddleware, settings=settings, store=store)
+    app.state.audit_spool = AuditSpool(AuditTrail(store), settings.audit_spool_dir)
+    app.add_middleware(SecurityMiddleware, settings=settings, store=store, spool=app.state.audit_spool)
     add_security_routes(app, store, settings, lambda request: _base(request, settings))
     from adapter.api.ops import add_ops
 
@@ -103,9 +106,10 @@ def create_app(settings: Settings | None = None, store: Store | None = None, val
 
 @asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
-    """Run the Bulk Data export worker (adapter/bulk/runner.py) and the subscription delivery
-    worker (adapter/subscriptions/delivery.py) while the service runs."""
-    workers = [app.state.export_worker, app.state.delivery_worker]
+    """Run the Bulk Data export worker (adapter/bulk/runner.py), the subscription delivery worker
+    (adapter/subscriptions/delivery.py) and the audit spool's drain (adapter/store/audit_spool.py)
+    while the service runs."""
+    workers = [app.state.export_worker, app.state.delivery_worker, app.state.audit_spool]
     for w in workers:
         w.start()
     try:

@@ -11,7 +11,9 @@ endpoint, ``/.well-known/smart-configuration`` and the admins' AuditEvent search
 2. **Body limits**: a declared ``Content-Length`` over the limit is answered 413 before anything
    is read; a streamed body is cut off with 413 as soon as it passes the limit.
 3. **Audit**: one AuditEvent per request (adapter/auth/audit.py), written before the last byte of
-   the response is sent: a client that has its answer finds its call in the trail.
+   the response is sent: a client that has its answer finds its call in the trail. When the
+   database is busy (SQLite during an ingestion) the event is spooled to disk instead and written
+   within seconds (adapter/store/audit_spool.py): never dropped, and the request is not held up.
 """
 
 from __future__ import annotations
@@ -123,9 +125,13 @@ def audience(settings: Settings, scope: dict[str, Any]) -> str:
 class SecurityMiddleware:
     """See the module docstring. :meth:`base` gives the tokens' audience (:func:`audience`)."""
 
-    def __init__(self, app: Any, settings: Settings, store: Store) -> None:
+    def __init__(self, app: Any, settings: Settings, store: Store, spool: Any = None) -> None:
+        from adapter.store.audit_spool import AuditSpool
+
         self.app, self.settings, self.store = app, settings, store
         self.audit = AuditTrail(store)
+        #: writes each AuditEvent at once, or spools it when the database is busy (never drops it)
+        self.spool = spool or AuditSpool(self.audit, settings.audit_spool_dir)
         self.clients = ClientRegistry(store)
 
     def base(self, scope: dict[str, Any]) -> str:
@@ -227,11 +233,11 @@ class SecurityMiddleware:
                              client_id=who.client_id if who else None, role=(who.role or None) if who else None,
                              site=who.site if who else None, address=address, auth_failure=failure)
             what = ev["entity"][0]["what"]
-            self.audit.append(ev, client_id=who.client_id if who else None, role=(who.role or None) if who else None,
+            self.spool.record(ev, client_id=who.client_id if who else None, role=(who.role or None) if who else None,
                               site=who.site if who else None, status=status, method=method, path=path,
                               entity=what.get("reference") or what.get("display"))
-        except Exception as exc:  # noqa: BLE001  (the response is already sent; the failure is logged)
-            log.error("could not write the audit event: %s", exc.__class__.__name__)
+        except Exception as exc:  # noqa: BLE001  (neither stored nor spooled: the spool folder failed)
+            log.error("could not write or spool the audit event: %s", exc.__class__.__name__)
 
     @staticmethod
     async def _reply(send: Any, status: int, body: dict[str, Any], headers: dict[str, str]) -> None:

@@ -96,15 +96,40 @@ class AuditTrail:
         self.store = store
 
     def append(self, event: dict[str, Any], *, client_id: str | None, role: str | None, site: str | None,
-               status: int, method: str, path: str, entity: str | None) -> None:
+               status: int, method: str, path: str, entity: str | None, wait_seconds: float | None = None,
+               if_absent: bool = False) -> bool:
         """Store one AuditEvent (adapter/auth/audit.py) with its search columns; ``path`` is the
-        request path without its query (cut at 500 characters)."""
-        subtype = (event.get("subtype") or [{}])[0].get("code", "")
-        with self.store.engine.begin() as conn:
-            conn.execute(insert(audit_events).values(
-                id=event["id"], recorded=event["recorded"], client_id=client_id, role=role, site=site,
-                action=event["action"], subtype=subtype, outcome=event["outcome"], status=status, method=method,
-                path=path[:500], entity=entity, resource=orjson.dumps(event).decode()))
+        request path without its query (cut at 500 characters). ``wait_seconds``: give up (raise
+        the database's error) when the write cannot start within this long (SQLite's single write
+        lock; PostgreSQL's lock timeout); ``None`` waits as long as the store does. ``if_absent``:
+        an event already stored (same id) is left alone (a spooled event written again). Returns
+        whether a row was inserted."""
+        row = dict(id=event["id"], recorded=event["recorded"], client_id=client_id, role=role, site=site,
+                   action=event["action"], subtype=(event.get("subtype") or [{}])[0].get("code", ""),
+                   outcome=event["outcome"], status=status, method=method, path=path[:500], entity=entity,
+                   resource=orjson.dumps(event).decode())
+        engine = self._quick(wait_seconds) if wait_seconds is not None else self.store.engine
+        with engine.begin() as conn:
+            if engine.dialect.name == "postgresql" and wait_seconds is not None:
+                conn.exec_driver_sql(f"SET LOCAL lock_timeout = {max(1, int(wait_seconds * 1000))}")
+            if if_absent and conn.execute(select(audit_events.c.id).where(audit_events.c.id == row["id"])).first():
+                return False
+            conn.execute(insert(audit_events).values(**row))
+        return True
+
+    def _quick(self, seconds: float) -> Any:
+        """An engine whose SQLite connections give up on a held write lock after ``seconds`` (the
+        store's engine waits ``busy_seconds``); PostgreSQL uses the store's engine."""
+        if self.store.engine.dialect.name != "sqlite":
+            return self.store.engine
+        if getattr(self, "_quick_engine", None) is None:
+            from sqlalchemy import create_engine, event
+
+            from adapter.store.db import _sqlite_pragmas
+
+            self._quick_engine = create_engine(self.store.url, connect_args={"timeout": seconds})
+            event.listen(self._quick_engine, "connect", _sqlite_pragmas)
+        return self._quick_engine
 
     def search(self, *, since: str | None = None, until: str | None = None, client_id: str | None = None,
                outcome: str | None = None, action: str | None = None, subtype: str | None = None,
