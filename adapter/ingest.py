@@ -247,6 +247,7 @@ def _ingest_into(tx: Any, report: IngestReport, reader: Any, loaded: Any, sc: Si
                 report.issues.extend(result.issues)
             else:
                 report.rows_mapped += 1
+                report.issues.extend(result.warnings)  # e.g. an identifier read in its canonical Unicode form
             if len(batch) >= settings.batch_size:
                 flush()
             if progress:

@@ -293,7 +293,7 @@ def test_concurrent_conditional_creates_leave_one(api: Server) -> None:
     ("POST", "/Patient", {"json": {"resourceType": "Patient", "gender": "robot", "meta": {"profile": [SD + "pedall-patient"]}}},
      422, "failed validation"),
     ("POST", "/", {"json": {"resourceType": "Bundle", "type": "collection"}}, 400, "transaction or batch"),
-    ("GET", "/Observation/x/_history/abc", {}, 400, "not a number"),
+    ("GET", "/Observation/x/_history/abc", {}, 400, "not a version number"),
 ])
 def test_bad_input_gets_operation_outcome(api: Server, method: str, url: str, kwargs: dict[str, Any], status: int,
                                           needle: str) -> None:

@@ -37,7 +37,7 @@ from adapter.config import Settings, get_settings
 from adapter.errors import AdapterError, ConfigError, IngestRejected, ReaderError, StoreBusy
 from adapter.privacy import DeidentifiedFilterError, PseudonymKeyMissing, check_deidentified_query, deidentify
 from adapter.search.params import PARAMS
-from adapter.search.query import SearchError, parse
+from adapter.search.query import CONTROL, SearchError, parse
 from adapter.store import Store
 from adapter.store.db import OutsideSite, now_instant
 from adapter.validation import Validator, get_validator
@@ -231,6 +231,9 @@ def _routes(app: FastAPI, settings: Settings, store: Store, validator: Validator
         if declared and declared.isdigit() and int(declared) > settings.max_upload_bytes + 64 * 1024:
             raise FHIRError(413, "too-long", f"the upload is larger than the limit of {settings.max_upload_bytes} bytes")
         name = Path(file.filename or "upload").name
+        if name in ("", ".", "..") or len(name.encode("utf-8", "surrogatepass")) > 255 or CONTROL.search(name):
+            raise FHIRError(400, "invalid", "file: the upload's file name must be a plain name of at most 255 bytes "
+                            "(not '.', '..', empty, or holding control characters)")
         with tempfile.TemporaryDirectory() as d:
             path = Path(d) / name
             size = 0
@@ -374,7 +377,10 @@ def _routes(app: FastAPI, settings: Settings, store: Store, validator: Validator
         require(request, "validate")
         doc = parse_json_body(await request.body())
         if isinstance(doc, dict) and doc.get("resourceType") == "Parameters":  # $validate's Parameters form
-            doc = next((p.get("resource") for p in doc.get("parameter", []) if p.get("name") == "resource"), None)
+            params = doc.get("parameter", [])
+            if not isinstance(params, list) or not all(isinstance(p, dict) for p in params):
+                raise FHIRError(400, "invalid", "Parameters.parameter must be a list of parameters (objects with a name)")
+            doc = next((p.get("resource") for p in params if p.get("name") == "resource"), None)
         res = require_resource(doc, rtype)
         issues = [i.to_operation_outcome_issue() for i in validator.validate(res, full=True)]
         if issues:
@@ -456,8 +462,8 @@ def _routes(app: FastAPI, settings: Settings, store: Store, validator: Validator
 
     @app.get("/{rtype}/{rid}/_history/{vid}", summary="Version read")
     def vread(rtype: str, rid: str, vid: str, request: Request) -> FHIRResponse:
-        if not vid.isdigit():
-            raise FHIRError(400, "invalid", f"version '{vid}' is not a number")
+        if not vid.isascii() or not vid.isdigit() or int(vid) > 2**31 - 1:
+            raise FHIRError(400, "invalid", f"version: '{vid[:40]}' is not a version number (a whole number up to {2**31 - 1})")
         site = require(request, "vread", _served(rtype)).site_scope
         state, res = store.vread(rtype, rid, int(vid), site)
         return _one(state, res, f"{rtype}/{rid}/_history/{vid}", _base(request, settings))

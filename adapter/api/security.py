@@ -321,8 +321,8 @@ def add_security_routes(app: FastAPI, store: Store, settings: Settings, base_of:
             elif name in ("outcome", "action", "subtype", "entity"):
                 args[name] = value.split("|")[-1]
             elif name in ("_count", "_offset"):
-                if not value.isdigit():
-                    raise FHIRError(400, "invalid", f"{name} must be a whole number")
+                if not value.isascii() or not value.isdigit() or int(value) > 2**31 - 1:
+                    raise FHIRError(400, "invalid", f"{name} must be a whole number from 0 to {2**31 - 1}")
                 args["count" if name == "_count" else "offset"] = min(int(value), 1000) if name == "_count" else int(value)
             else:
                 raise FHIRError(400, "not-supported", f"AuditEvent search parameter '{name[:40]}' is not supported "

@@ -27,6 +27,7 @@ import re
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -34,7 +35,7 @@ import orjson
 
 from adapter.api.fhir_http import FHIRError, operation_outcome, require_resource
 from adapter.search.params import PARAMS
-from adapter.search.query import SearchError, parse
+from adapter.search.query import CONTROL, SearchError, parse
 from adapter.store import Store
 from adapter.store.db import SHARED_SITES, OutsideSite, Transaction, VersionConflict
 from adapter.validation import Validator
@@ -58,10 +59,73 @@ def check_id(rid: str) -> str:
     return rid
 
 
+def control_character(node: Any, path: str) -> str | None:
+    """The path of the first string (or object key) holding a control character (U+0000-U+001F but
+    tab, CR and LF; FHIR R4 §2.24.0.1 string, and XML 1.0 cannot carry them), or ``None``."""
+    if isinstance(node, str):
+        return path if CONTROL.search(node) else None
+    if isinstance(node, dict):
+        for k, v in node.items():
+            if CONTROL.search(str(k)):
+                return f"{path} (an element name)"
+            found = control_character(v, f"{path}.{k}")
+            if found:
+                return found
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            found = control_character(v, f"{path}[{i}]")
+            if found:
+                return found
+    return None
+
+
+_TYPED_REF = re.compile(r"^([A-Z][A-Za-z]{1,63})/([^/]*)(?:/_history/[^/]*)?$")
+
+
+def malformed_reference(node: Any, path: str) -> str | None:
+    r"""``"<path>: <reference>"`` of the first relative literal reference ``Type/id`` to an R4
+    resource type whose id is not a FHIR id (R4 §2.24.0.1 id: ``[A-Za-z0-9\-.]{1,64}``), which no
+    resource can have; ``None`` when every reference is well formed."""
+    if isinstance(node, dict):
+        for k, v in node.items():
+            if k == "reference" and isinstance(v, str):
+                m = _TYPED_REF.match(v)
+                if m and m.group(1) in _r4_types() and not ID.match(m.group(2)):
+                    return f"{path}: '{v[:80]}'"
+            elif k != "contained":
+                found = malformed_reference(v, f"{path}.{k}")
+                if found:
+                    return found
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            found = malformed_reference(v, f"{path}[{i}]")
+            if found:
+                return found
+    return None
+
+
+@lru_cache(maxsize=1)
+def _r4_types() -> frozenset[str]:
+    """Every R4 resource type (the official schema's discriminator mapping)."""
+    from adapter.config import get_settings
+
+    schema = orjson.loads(get_settings().fhir_schema_path.read_bytes())
+    return frozenset(schema["discriminator"]["mapping"])
+
+
 def validate(validator: Validator, resource: dict[str, Any], settings: Any = None) -> None:
     """Raise :class:`FHIRError` (422, ``processing``) listing every validation finding; a
     Subscription is also checked against the endpoint policy of ``settings`` (the service's;
-    default: the process settings)."""
+    default: the process settings). A string holding a control character is refused with 400
+    naming the element (nothing of it is stored)."""
+    bad = control_character(resource, str(resource.get("resourceType")))
+    if bad:
+        raise FHIRError(400, "invalid", f"{bad}: the value holds a control character (U+0000-U+001F other than tab, "
+                        "CR and LF), which no FHIR string may hold")
+    bad = malformed_reference(resource, str(resource.get("resourceType")))
+    if bad:
+        raise FHIRError(400, "invalid", f"{bad} is not a valid literal reference: the id after the type is not a FHIR "
+                        "id ([A-Za-z0-9-.]{1,64})")
     issues = validator.validate(resource, full=True, reference=False)  # every write: model in full, schema on jsonschema-rs
     if issues:
         raise FHIRError(422, "processing", f"{resource.get('resourceType')} failed validation ({len(issues)} issue(s))",

@@ -16,7 +16,9 @@ from adapter.errors import RowIssue, TransformError
 from adapter.mapping import patterns
 from adapter.mapping.base import SiteContext
 from adapter.mapping.transforms import TransformContext
-from adapter.readers.base import Row, is_blank
+from adapter.readers.base import CellError, Row, is_blank
+from adapter.search.params import normalize_identifier
+from adapter.search.query import CONTROL
 from adapter.spec.loader import CompiledBlock, CompiledField, CompiledSheet
 from adapter.spec.models import When
 
@@ -29,6 +31,8 @@ class RowResult:
     resources: list[dict[str, Any]] = field(default_factory=list)
     issues: list[RowIssue] = field(default_factory=list)
     skipped: str | None = None  # the mapping's reason, for a row it deliberately does not map
+    #: notes that do not reject the row (an identifier written in another Unicode form)
+    warnings: list[RowIssue] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -50,7 +54,11 @@ def _when(block: CompiledBlock, row: Row) -> bool:  # every condition of the blo
 
 
 def _holds(w: When, row: Row) -> bool:
-    text = _raw_text(row.cells.get(w.column))
+    try:
+        text = _raw_text(_cell(row.cells.get(w.column)))
+    except TransformError as exc:
+        exc.column = w.column  # type: ignore[attr-defined]
+        raise
     if w.present is not None and (text != "") != w.present:
         return False
     try:
@@ -66,8 +74,25 @@ def _holds(w: When, row: Row) -> bool:
     return not (w.not_in is not None and text in w.not_in)
 
 
+#: Concept fields that carry a site identifier (record number, lab folio): normalised before any id
+#: is derived from them (adapter/search/params.py ``normalize_identifier``).
+IDENTIFIER_FIELDS = ("patient", "identifier")
+
+
+def _cell(value: Any) -> Any:
+    """A raw cell as a transform may see it. Raises :class:`TransformError` for a cell no FHIR
+    value can come from: an Excel error (``#N/A``, ``#REF!``…: a formula that failed, not data)
+    or text holding a control character (FHIR R4 strings exclude them)."""
+    if isinstance(value, CellError):
+        raise TransformError(str(value), f"the cell holds the spreadsheet error {value} (a formula that failed), not a value")
+    if isinstance(value, str) and CONTROL.search(value):
+        raise TransformError(value.encode("unicode_escape").decode("ascii"),
+                             "the value holds a control character (U+0000-U+001F), which no FHIR string may hold")
+    return value
+
+
 def _field_value(f: CompiledField, row: Row, ctx: TransformContext) -> Any:
-    value = row.cells.get(f.column) if f.column is not None else f.value
+    value = _cell(row.cells.get(f.column)) if f.column is not None else f.value
     if is_blank(value):
         return None
     for step in f.steps:
@@ -75,7 +100,7 @@ def _field_value(f: CompiledField, row: Row, ctx: TransformContext) -> Any:
         if step.column_args:
             kwargs = dict(kwargs)
             for aname, col in step.column_args.items():
-                ref = row.cells.get(col)
+                ref = _cell(row.cells.get(col))
                 kwargs[aname] = None if is_blank(ref) else ref
         value = step.fn(value, ctx=ctx, **kwargs)
         if value is None:
@@ -105,10 +130,10 @@ def map_row(row: Row, sheet: CompiledSheet, ctx: TransformContext, site: SiteCon
         try:
             if not _when(block, row):
                 continue
-        except TransformError as exc:  # a when-pattern that ran out of time
+        except TransformError as exc:  # a when-pattern that ran out of time, or an unreadable cell
             col = getattr(exc, "column", None)
-            result.issues.append(_issue(row, col, row.cells.get(col) if col else None, f"when: {exc.reason}",
-                                        code="too-costly"))
+            result.issues.append(_issue(row, col, exc.value, f"when: {exc.reason}",
+                                        code="too-costly" if "time" in exc.reason else "value"))
             continue
         applied += 1
         values: dict[str, Any] = {}
@@ -118,10 +143,22 @@ def map_row(row: Row, sheet: CompiledSheet, ctx: TransformContext, site: SiteCon
             try:
                 v = _field_value(f, row, ctx)
             except TransformError as exc:
-                result.issues.append(_issue(row, f.column, exc.value if f.column is None else row.cells.get(f.column),
-                                            f"{f.name}: {exc.reason}", expression=block.concept.name + "." + f.name))
+                raw = row.cells.get(f.column) if f.column is not None else None
+                shown = exc.value if f.column is None or isinstance(raw, CellError) or (
+                    isinstance(raw, str) and CONTROL.search(raw)) else raw
+                result.issues.append(_issue(row, f.column, shown, f"{f.name}: {exc.reason}",
+                                            expression=block.concept.name + "." + f.name))
                 failed = True
                 continue
+            if f.name in IDENTIFIER_FIELDS and isinstance(v, str):
+                canonical = normalize_identifier(v)
+                if canonical != v.strip():
+                    result.warnings.append(RowIssue(
+                        row.file, row.sheet, row.row, f.column, v.encode("unicode_escape").decode("ascii"),
+                        f"{f.name}: read as '{canonical}' (Unicode NFKC, invisible format characters removed), so "
+                        "that every spelling of the identifier names the same record", severity="warning",
+                        code="informational", segment=row.segment))
+                v = canonical
             if v is not None:
                 values[f.name] = v
         if failed:
@@ -145,8 +182,13 @@ def map_row(row: Row, sheet: CompiledSheet, ctx: TransformContext, site: SiteCon
             result.resources.extend(block.concept.build(inp, site))
         except ValueError as exc:
             result.issues.append(_issue(row, None, None, f"{block.concept.name}: {exc}", code="invariant"))
-    if applied == 0:
-        reason = next((r for conds, r in sheet.skip if all(_holds(w, row) for w in conds)), None)
+    if applied == 0 and not result.issues:
+        try:
+            reason = next((r for conds, r in sheet.skip if all(_holds(w, row) for w in conds)), None)
+        except TransformError as exc:
+            col = getattr(exc, "column", None)
+            result.issues.append(_issue(row, col, exc.value, f"skip: {exc.reason}"))
+            return result
         if reason is not None:
             result.skipped = reason
             return result
@@ -154,4 +196,5 @@ def map_row(row: Row, sheet: CompiledSheet, ctx: TransformContext, site: SiteCon
                                     code="not-supported"))
     if result.issues:
         result.resources = []
+        result.warnings = []
     return result

@@ -102,6 +102,44 @@ def reader_formats() -> list[str]:
     return sorted(_REGISTRY)
 
 
+#: Spreadsheet error values (ECMA-376 Part 1 §18.17.3 "Error values", and the ones Excel added
+#: since): what a formula that failed shows instead of a value.
+SPREADSHEET_ERRORS = frozenset({"#NULL!", "#DIV/0!", "#VALUE!", "#REF!", "#NAME?", "#NUM!", "#N/A", "#GETTING_DATA",
+                                "#SPILL!", "#CALC!", "#FIELD!", "#BLOCKED!", "#CONNECT!", "#BUSY!", "#UNKNOWN!"})
+
+
+class CellError(str):
+    """A cell that holds a spreadsheet error (``#N/A``, ``#REF!``…) rather than a value: an XLSX
+    cell of error type, or a CSV cell that is exactly such a code (a spreadsheet saved as CSV).
+    It reads as its text, but the mapping engine turns any read of it into a row issue."""
+
+    __slots__ = ()
+
+
+def as_cell(value: Any) -> Any:
+    """A CSV/text cell as a reader yields it: an exact spreadsheet error code becomes a
+    :class:`CellError`; anything else is returned unchanged."""
+    if isinstance(value, str) and value.strip().upper() in SPREADSHEET_ERRORS:
+        return CellError(value.strip())
+    return value
+
+
+def check_header(name: str, header: list[str]) -> None:
+    """Refuse a header that names a column twice: a mapping could only ever read one of the two,
+    and which one would be an accident of position. Raises ReaderError naming the column and both
+    positions (1-based). Blank headers (unnamed columns, never read) may repeat."""
+    seen: dict[str, int] = {}
+    for i, h in enumerate(header, start=1):
+        if not h:
+            continue
+        if h in seen:
+            from adapter.errors import ReaderError
+
+            raise ReaderError(f"{name}: the header names column {h!r} twice (columns {seen[h]} and {i}); "
+                              "rename one of them so that the mapping reads the one it means")
+        seen[h] = i
+
+
 def is_blank(value: Any) -> bool:
     """True for ``None`` and strings that are empty after stripping whitespace."""
     return value is None or (isinstance(value, str) and not value.strip())

@@ -12,7 +12,7 @@ import csv
 from collections.abc import Iterator
 
 from adapter.errors import ReaderError
-from adapter.readers.base import Reader, Row, is_blank, register
+from adapter.readers.base import Reader, Row, as_cell, check_header, is_blank, register
 
 _FALLBACK_ENCODINGS = ("utf-8-sig", "cp1252")
 
@@ -80,6 +80,7 @@ class CsvReader(Reader):
                 if header is None:
                     raise ReaderError(f"{self.display_name}: the file is empty (no header line)")
                 header = [h.strip() for h in header]
+                check_header(self.display_name, header)
                 missing = sorted(required_columns - set(header))
                 if missing:
                     raise ReaderError(
@@ -96,7 +97,8 @@ class CsvReader(Reader):
                     if len(cells) != width:
                         problem = f"row has {len(cells)} cells but the header has {width}"
                     self.stats.rows += 1
-                    yield Row(self.display_name, None, line, dict(zip(header, cells, strict=False)), problem)
+                    yield Row(self.display_name, None, line, {h: as_cell(c) for h, c in zip(header, cells, strict=False)},
+                              problem)
         except UnicodeDecodeError as exc:
             raise ReaderError(
                 f"{self.display_name}: bytes after line {line} are not valid {encoding} ({exc.reason}); "

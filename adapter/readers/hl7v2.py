@@ -66,7 +66,10 @@ def split_messages(data: bytes) -> list[bytes]:
     starts = [m.start() + (0 if m.group().startswith(b"MSH") else 1) for m in _MSH.finditer(data)]
     if not starts:
         return []
-    return [data[a:b].strip(b"\r") for a, b in zip(starts, [*starts[1:], len(data)], strict=True)]
+    # a blank line between segments is an empty segment: skipped, not a parse error (a sender that
+    # ends lines with \r\n\r\n, or a file edited by hand)
+    return [b"\r".join(seg for seg in data[a:b].split(b"\r") if seg.strip())
+            for a, b in zip(starts, [*starts[1:], len(data)], strict=True)]
 
 
 def _text(msg: hl7.Message, node: Any) -> str | None:
@@ -130,6 +133,8 @@ def prune(message: str, keep: dict[str, int]) -> str:
     sep = message[3:4] or "|"
     out = []
     for seg in message.split("\r"):
+        if not seg.strip():
+            continue
         last = keep.get(seg[:3])
         if last is None:
             out.append(seg[:3])
@@ -183,6 +188,8 @@ class HL7v2Reader(Reader):
             except Exception:  # noqa: BLE001, S112  (python-hl7 raises several types; see rows())
                 continue
             for seg in msg:
+                if not len(seg):
+                    continue
                 sid = str(seg[0])
                 for f in range(1, len(seg)):
                     if str(seg[f]).strip():
@@ -212,11 +219,22 @@ class HL7v2Reader(Reader):
         except Exception as exc:  # noqa: BLE001  (python-hl7 raises several types for malformed input)
             yield self._problem(n, f"message {n} cannot be parsed as HL7 v2 ({exc.__class__.__name__}: {str(exc)[:80]})")
             return
+        before = self.stats.rows
+        try:
+            rows = list(self._result_rows(n, msg, paths))
+        except Exception as exc:  # noqa: BLE001  (a message python-hl7 parsed but that is broken inside)
+            self.stats.rows = before
+            yield self._problem(n, f"message {n} is malformed ({exc.__class__.__name__}: {str(exc)[:80]})")
+            return
+        yield from rows
+
+    def _result_rows(self, n: int, msg: hl7.Message, paths: dict[str, FieldPath]) -> Iterator[Row]:
         control = _text(msg, msg.segment("MSH")[10]) if len(msg.segment("MSH")) > 10 else None
         where = f"MSH-10 {control}" if control else "no MSH-10"
         first: dict[str, hl7.Segment] = {}
         for seg in msg:
-            first.setdefault(str(seg[0]), seg)
+            if len(seg):
+                first.setdefault(str(seg[0]), seg)
         missing = [s for s in ("PID", "OBR", "OBX") if s not in first]
         if missing:
             yield self._problem(n, f"message {n} ({where}) has no {'/'.join(missing)} segment: truncated or not a result message")
@@ -224,7 +242,7 @@ class HL7v2Reader(Reader):
         obr: hl7.Segment | None = None
         k = 0
         for pos, seg in enumerate(msg, start=1):
-            sid = str(seg[0])
+            sid = str(seg[0]) if len(seg) else ""
             if sid == "OBR":
                 obr = seg
             if sid != "OBX":

@@ -24,7 +24,7 @@ from defusedxml import DefusedXmlException
 from openpyxl.utils.exceptions import InvalidFileException
 
 from adapter.errors import ReaderError
-from adapter.readers.base import Reader, Row, is_blank, register
+from adapter.readers.base import CellError, Reader, Row, check_header, is_blank, register
 
 #: Largest total size of a workbook's parts once unpacked (bytes).
 MAX_UNCOMPRESSED = 512 * 1024 * 1024
@@ -86,11 +86,14 @@ class XlsxReader(Reader):
             else:
                 raise ReaderError(f"{self.display_name}: no sheet {sheet!r}; sheets are {wb.sheetnames}")
             header_row = int(getattr(self.options, "header_row", 1) or 1)
-            it = ws.iter_rows(min_row=header_row, values_only=True)
-            header_cells = next(it, None)
+            cells_it = ws.iter_rows(min_row=header_row)
+            first = next(cells_it, None)
+            header_cells = None if first is None else [_value(c) for c in first]
+            it = ([_value(c) for c in r] for r in cells_it)
             if header_cells is None:
                 raise ReaderError(f"{self.display_name}[{ws.title}]: the sheet is empty (no header row)")
             header = [str(h).strip() if h is not None else "" for h in header_cells]
+            check_header(f"{self.display_name}[{ws.title}]", header)
             missing = sorted(required_columns - set(header))
             if missing:
                 raise ReaderError(f"{self.display_name}[{ws.title}]: missing column(s) {missing}; found {header}")
@@ -115,7 +118,17 @@ class XlsxReader(Reader):
             wb.close()
 
 
+def _value(cell: Any) -> Any:
+    """A cell's value; an error cell (data type ``e``: ``#N/A``, ``#REF!``…) as a :class:`CellError`."""
+    value = getattr(cell, "value", None)
+    if getattr(cell, "data_type", None) == "e" and value is not None:
+        return CellError(str(value))
+    return value
+
+
 def _clean(value: Any) -> Any:
+    if isinstance(value, CellError):
+        return value
     if isinstance(value, str):
         return value.strip() or None
     if isinstance(value, datetime) or value is None:

@@ -18,12 +18,39 @@ An index entry is a tuple ``(name, system, value, num, lo, hi)``:
 from __future__ import annotations
 
 import calendar
+import hashlib
 import re
+import unicodedata
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 Entry = tuple[str, str | None, str | None, float | None, str | None, str | None]
+
+#: Longest value an index column holds (``search_index.system``/``value``, 255 characters). A token,
+#: reference or unit longer than that is indexed as ``sha256:<hex>`` of its text, and a search value
+#: goes through the same function (:func:`index_text`), so exact matching still works; a string
+#: (prefix-matched) is indexed by its first 255 characters. No valid FHIR value is refused or cut
+#: short in the stored resource for the sake of a column.
+INDEX_LIMIT = 255
+
+
+def index_text(text: str | None, limit: int = INDEX_LIMIT) -> str | None:
+    """``text``, or ``"sha256:<64 hex digits>"`` of it when it is longer than ``limit`` characters."""
+    if text is None or len(text) <= limit:
+        return text
+    return "sha256:" + hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+#: Unicode "format" characters (category Cf: zero-width space and joiners, BOM, bidi marks) that are
+#: invisible in a record number but make two spellings of it differ.
+def normalize_identifier(value: str) -> str:
+    """An identifier value in its one canonical form, the same on every path (ingestion, search,
+    conditional create): Unicode NFKC (composes accents the NFC way and folds compatibility forms,
+    e.g. full-width digits ``０１４２４０`` to ``014240``), without format characters (category Cf,
+    e.g. a zero-width space), without surrounding whitespace. Unicode Standard Annex #15."""
+    folded = unicodedata.normalize("NFKC", value)
+    return "".join(ch for ch in folded if unicodedata.category(ch) != "Cf").strip()
 
 MIN_INSTANT = "0001-01-01T00:00:00.000000"
 MAX_INSTANT = "9999-12-31T23:59:59.999999"
@@ -241,7 +268,9 @@ def _extractor(kind: str) -> Callable[[Callable[[SearchParam, Any], Iterator[Ent
 @_extractor("token")
 def _token_entries(p: SearchParam, v: Any) -> Iterator[Entry]:
     for system, code in _tokens(v):
-        yield p.name, system, code, None, None, None
+        if p.name == "identifier":
+            code = normalize_identifier(code)
+        yield p.name, index_text(system), index_text(code), None, None, None
 
 
 @_extractor("reference")
@@ -250,7 +279,7 @@ def _reference_entries(p: SearchParam, v: Any) -> Iterator[Entry]:
     if isinstance(ref, str) and "/" in ref:
         key = reference_key(ref)
         if p.target is None or key.startswith(p.target + "/"):
-            yield p.name, None, key, None, None, None
+            yield p.name, None, index_text(key), None, None, None
 
 
 @_extractor("date")
@@ -261,14 +290,14 @@ def _date_entries(p: SearchParam, v: Any) -> Iterator[Entry]:
 
 @_extractor("quantity")
 def _quantity_entries(p: SearchParam, v: Any) -> Iterator[Entry]:
-    if isinstance(v, dict) and isinstance(v.get("value"), int | float):
-        yield p.name, v.get("system"), v.get("code") or v.get("unit"), float(v["value"]), None, None
+    if isinstance(v, dict) and isinstance(v.get("value"), int | float) and not isinstance(v.get("value"), bool):
+        yield p.name, index_text(v.get("system")), index_text(v.get("code") or v.get("unit")), float(v["value"]), None, None
 
 
 @_extractor("string")
 def _string_entries(p: SearchParam, v: Any) -> Iterator[Entry]:
     if isinstance(v, str):
-        yield p.name, None, v.lower(), None, None, None
+        yield p.name, None, v.lower()[:INDEX_LIMIT], None, None, None
 
 
 def index_entries(resource: dict[str, Any]) -> list[Entry]:
@@ -282,6 +311,6 @@ def index_entries(resource: dict[str, Any]) -> list[Entry]:
             for v in _values(resource, path.split(".")):
                 try:
                     out.extend(fn(p, v))
-                except ValueError:
+                except (ValueError, OverflowError):  # a value no index column can hold (1e400): not indexed
                     continue
     return out

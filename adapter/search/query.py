@@ -14,13 +14,19 @@ import re
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 
-from adapter.search.params import COMMON, PARAMS, SearchParam, date_range
+from adapter.search.params import COMMON, INDEX_LIMIT, PARAMS, SearchParam, date_range, index_text, normalize_identifier
 
 PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb")
 RESULT_PARAMS = ("_count", "_sort", "_include", "_revinclude", "_summary", "_total", "_format", "_snapshot", "_offset",
                  "_elements")
 DEFAULT_COUNT = 20
 MAX_COUNT = 1000
+#: Largest ``_offset`` (a page that far is past any result here; a larger number would overflow
+#: the database's integer).
+MAX_OFFSET = 2**31 - 1
+#: Control characters no FHIR string may hold (R4 §2.24.0.1 string: "SHOULD NOT contain Unicode
+#: character points below 32, except for u0009, u000D and u000A"; XML cannot carry them at all).
+CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
 class SearchError(ValueError):
@@ -115,16 +121,16 @@ def _parse_value(p: SearchParam | None, kind: str, raw: str, name: str) -> Token
             raise SearchError(f"{name}: '{raw}' is not a FHIR date (expected [prefix]YYYY[-MM[-DD[Thh:mm[:ss]]]])") from None
         return DateRange(prefix, lo, hi)
     if kind == "token":
-        if "|" in raw:
-            system, code = raw.split("|", 1)
-            return Token(system, code or None)
-        return Token(None, raw)
+        system, code = raw.split("|", 1) if "|" in raw else (None, raw)
+        if code and p is not None and p.name == "identifier":
+            code = normalize_identifier(code)  # as the index holds it (adapter/search/params.py)
+        return Token(index_text(system) if system else system, index_text(code) or None)
     if kind == "reference":
         if raw.startswith(("http://", "https://")):
             raise SearchError(f"{name}: absolute references are not stored here; use Type/id")
         if "/" in raw:
-            return Reference("/".join(raw.split("/")[:2]))
-        return Reference(f"{p.target}/{raw}" if p and p.target else f"*/{raw}")
+            return Reference(index_text("/".join(raw.split("/")[:2])) or "")
+        return Reference(index_text(f"{p.target}/{raw}") or "" if p and p.target else f"*/{raw}")
     if kind == "quantity":
         num, _, rest = raw.partition("|")
         prefix, num = _split_prefix(num)
@@ -132,13 +138,14 @@ def _parse_value(p: SearchParam | None, kind: str, raw: str, name: str) -> Token
             d = Decimal(num)
         except InvalidOperation:
             raise SearchError(f"{name}: '{raw}' is not a quantity (expected [prefix]number[|system|code])") from None
-        if not d.is_finite():
-            raise SearchError(f"{name}: '{raw}' is not a finite number")
-        half = Decimal(1).scaleb(d.as_tuple().exponent) / 2
+        exponent = d.as_tuple().exponent
+        if not d.is_finite() or not isinstance(exponent, int) or abs(exponent) > 300 or abs(d.adjusted()) > 300:
+            raise SearchError(f"{name}: '{raw[:40]}' is not a number this server can compare (finite, within 1e±300)")
+        half = Decimal(1).scaleb(exponent) / 2
         system, _, unit = rest.partition("|") if rest else ("", "", "")
-        return Number(prefix, float(d), float(d - half), float(d + half), system or None, unit or None)
+        return Number(prefix, float(d), float(d - half), float(d + half), index_text(system) or None, index_text(unit) or None)
     if kind == "string":
-        return Text(raw.lower())
+        return Text(raw.lower()[:INDEX_LIMIT])
     raise SearchError(f"{name}: unsupported parameter type {kind}")
 
 
@@ -181,6 +188,8 @@ def parse(rtype: str, items: list[tuple[str, str]], lenient: bool = False) -> Qu
             raise SearchError(f"{key}: the modifier ':{modifier}' is not supported")
         if raw == "":
             raise SearchError(f"{name}: empty value")
+        if CONTROL.search(raw):
+            raise SearchError(f"{name}: the value holds a control character")
         p = known.get(name)
         kind = {"_id": "id", "_lastUpdated": "lastUpdated", "_site": "site"}.get(name) or p.type  # type: ignore[union-attr]
         values = tuple(_parse_value(p, kind, v, name) for v in raw.split(","))
@@ -194,12 +203,12 @@ def parse(rtype: str, items: list[tuple[str, str]], lenient: bool = False) -> Qu
 
 def _result_param(q: Query, name: str, raw: str, rtype: str) -> None:
     if name == "_count":
-        if not raw.isdigit():
+        if not raw.isascii() or not raw.isdigit():
             raise SearchError(f"_count: '{raw}' is not a non-negative integer")
         q.count = min(int(raw), MAX_COUNT)
     elif name == "_offset":
-        if not raw.isdigit():
-            raise SearchError(f"_offset: '{raw}' is not a non-negative integer")
+        if not raw.isascii() or not raw.isdigit() or int(raw) > MAX_OFFSET:
+            raise SearchError(f"_offset: '{raw[:40]}' is not a whole number from 0 to {MAX_OFFSET}")
         q.offset = int(raw)
     elif name == "_snapshot":
         try:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import re
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -23,7 +24,7 @@ from sqlalchemy import Connection, Engine, Table, bindparam, create_engine, even
 from sqlalchemy.exc import SQLAlchemyError
 
 from adapter.errors import StoreBusy, StoreError
-from adapter.search.params import index_entries
+from adapter.search.params import index_entries, index_text
 from adapter.store.courses import read_cohort, refresh_courses, stale_patients
 from adapter.store.schema import ingestions, resource_history, resources, search_index
 
@@ -44,17 +45,34 @@ def content_hash(resource: dict[str, Any]) -> str:
     return hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
+_FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
+
+
 def _search_columns(r: dict[str, Any]) -> dict[str, Any]:
+    """The ``resources`` row's search columns. Each holds a value only when it fits its column and
+    means what the column says: a ``patient_id`` that is a valid FHIR id (a reference to
+    ``Patient/<longer text>`` names no Patient), a ``code``/``code_system`` hashed past the column's
+    width (adapter/search/params.py ``index_text``), an ``effective``/``status`` only when short
+    enough to be a FHIR dateTime or code. The resource itself is always stored whole."""
     subject = r.get("subject") or r.get("patient") or r.get("individual") or {}
     ref = subject.get("reference", "") if isinstance(subject, dict) else ""
-    patient = ref.split("/", 1)[1] if ref.startswith("Patient/") else (r["id"] if r["resourceType"] == "Patient" else None)
+    patient = ref.split("/", 1)[1] if isinstance(ref, str) and ref.startswith("Patient/") else (
+        r["id"] if r["resourceType"] == "Patient" else None)
+    if patient is not None and not _FHIR_ID.match(patient):
+        patient = None
     code = r.get("code") or r.get("event") or r.get("medicationCodeableConcept") or {}
-    coding = (code.get("coding") or [{}])[0] if isinstance(code, dict) else {}
+    coding = (code.get("coding") or [{}])[0] if isinstance(code, dict) and isinstance(code.get("coding"), list) else {}
+    coding = coding if isinstance(coding, dict) else {}
     effective = (r.get("effectiveDateTime") or (r.get("effectivePeriod") or {}).get("start") or r.get("date")
                  or r.get("performedDateTime") or (r.get("period") or {}).get("start") or r.get("recorded"))
-    status = r.get("status")
-    return {"patient_id": patient, "code_system": coding.get("system"), "code": coding.get("code"),
-            "effective": effective, "status": status if isinstance(status, str) else None}
+    return {"patient_id": patient, "code_system": index_text(_fits(coding.get("system"))),
+            "code": index_text(_fits(coding.get("code")), 128), "effective": _fits(effective, 40),
+            "status": _fits(r.get("status"), 32)}
+
+
+def _fits(value: Any, width: int | None = None) -> str | None:
+    """``value`` when it is text (of at most ``width`` characters), else ``None``."""
+    return value if isinstance(value, str) and (width is None or len(value) <= width) else None
 
 
 #: Statuses of a result that corrects an earlier one (FHIR R4 ObservationStatus).

@@ -74,6 +74,10 @@ class ClientRegistry:
         """Record a client assertion's ``jti``; ``False`` when it was used before (a replay).
         Expired entries are pruned on the way."""
         now = int(time.time())
+        if len(jti) > 255:  # the column's width; a longer jti is kept as its hash (still unique)
+            import hashlib
+
+            jti = "sha256:" + hashlib.sha256(jti.encode("utf-8", "surrogatepass")).hexdigest()
         try:
             with self.store.engine.begin() as conn:
                 conn.execute(delete(auth_jti).where(auth_jti.c.expires < now - 600))

@@ -46,7 +46,7 @@ class ValidationIssue:
     message: str
 
     def to_operation_outcome_issue(self) -> dict[str, Any]:
-        return {"severity": "error", "code": "invariant" if self.validator == "profile" else "structure",
+        return {"severity": "error", "code": "invariant" if self.validator in ("profile", "r4-invariant") else "structure",
                 "diagnostics": f"[{self.validator}] {self.expression}: {self.message}", "expression": [self.expression]}
 
 
@@ -156,8 +156,50 @@ class ShapeMemory:
         self._validators[rtype] = jsonschema_rs.Draft202012Validator({"anyOf": list(reversed(schemas))})
 
 
+def _strings(node: Any) -> Any:
+    if isinstance(node, dict):
+        for v in node.values():
+            yield from _strings(v)
+    elif isinstance(node, list):
+        for v in node:
+            yield from _strings(v)
+    elif isinstance(node, str):
+        yield node
+
+
+def container_errors(resource: dict[str, Any]) -> list[ValidationIssue]:
+    """The R4 base invariants on contained resources (R4 §2.36 DomainResource, constraints dom-2
+    and dom-3), which neither the JSON Schema nor the R4B model checks:
+
+    - dom-2: a contained resource SHALL NOT contain nested resources;
+    - dom-3: a contained resource SHALL be referred to from elsewhere in the resource (``#id``),
+      or SHALL refer to the containing resource (``#``)."""
+    contained = resource.get("contained")
+    if not isinstance(contained, list) or not contained:
+        return []
+    rtype = str(resource.get("resourceType"))
+    out: list[ValidationIssue] = []
+    outside = {**resource, "contained": []}
+    for i, c in enumerate(contained):
+        if not isinstance(c, dict):
+            continue
+        if c.get("contained"):
+            out.append(ValidationIssue("r4-invariant", f"{rtype}.contained[{i}]",
+                                       "dom-2: a contained resource SHALL NOT contain nested resources"))
+        cid = c.get("id")
+        others = [x for k, x in enumerate(contained) if k != i]
+        referred = isinstance(cid, str) and any(v == f"#{cid}" for v in _strings([outside, others]))
+        refers_back = any(v == "#" for v in _strings(c))
+        if not referred and not refers_back:
+            out.append(ValidationIssue("r4-invariant", f"{rtype}.contained[{i}]",
+                                       "dom-3: a contained resource SHALL be referred to from elsewhere in the resource "
+                                       f"('#{cid}') or SHALL refer to the containing resource ('#')"))
+    return out
+
+
 class Validator:
-    """Runs the three validators. Shapes that passed the model are remembered per process."""
+    """Runs the three validators, and the base invariants on contained resources
+    (:func:`container_errors`). Shapes that passed the model are remembered per process."""
 
     def __init__(self, schema_path: Path, profiles_dir: Path) -> None:
         self.schema = R4Schema(schema_path)
@@ -172,6 +214,7 @@ class Validator:
         instead of ``jsonschema-rs`` (about 40 ms per resource instead of well under 1 ms; both
         implement the same JSON Schema draft)."""
         issues = self.schema.errors(resource, reference=full if reference is None else reference)
+        issues += container_errors(resource)
         issues += [ValidationIssue("profile", f.expression, f.message) for f in self.profiles.errors(resource)]
         if full:
             issues += model_errors(resource)
