@@ -17,7 +17,7 @@ def test_schemathesis_finds_no_server_error_or_schema_violation(api: Server, tmp
     proc = subprocess.run(  # noqa: S603  (our own virtualenv's executable, fixed arguments)
         [str(st), "run", f"{api.base}/openapi.json",
          "--checks", "not_a_server_error,response_schema_conformance,content_type_conformance",
-         "--max-examples", "25", "--seed", "20261122", "--no-color"],
+         "--max-examples", "100", "--seed", "20261203", "--no-color"],
         capture_output=True, text=True, timeout=600, cwd=tmp_path)
     tail = proc.stdout[-4000:]
     assert proc.returncode == 0, tail
