@@ -37,7 +37,10 @@ run: $(STAMP)
 test: $(STAMP)
 	bash .ci/postgres
 	$(BIN)/ruff check adapter tests bench
-	$(BIN)/python -m pytest -n 2 --dist loadfile
+	$(BIN)/python -m pytest -n 2 --dist loadfile --ignore=tests/test_concurrency.py
+	@# the concurrency suite, 5 times in a row, each time on new databases (races to create included)
+	for run in 1 2 3 4 5; do echo "concurrency suite, run $$run of 5"; \
+	  $(BIN)/python -m pytest -n 2 --dist loadfile -q -p no:cacheprovider tests/test_concurrency.py || exit 1; done
 
 ## make docker-smoke: replay the Dockerfile's install and start commands in a fresh venv, check /health/ready
 docker-smoke: $(STAMP)
