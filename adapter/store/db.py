@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 import orjson
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Connection, Engine, Table, bindparam, create_engine, event, func, select
+from sqlalchemy import Connection, Engine, Table, bindparam, create_engine, event, func, select, tuple_
 from sqlalchemy.exc import SQLAlchemyError
 
 from adapter.errors import StoreBusy, StoreError
@@ -296,16 +296,13 @@ class Transaction:
 
     def sites_of(self, keys: set[tuple[str, str]]) -> dict[tuple[str, str], str]:
         """The site of each current (not deleted) resource among ``keys`` (``(type, id)``); keys
-        with no current resource are absent from the result. One query per type and 500 ids."""
+        with no current resource are absent from the result. One primary-key query per 500 keys."""
         out: dict[tuple[str, str], str] = {}
-        by_type: dict[str, list[str]] = {}
-        for t, i in keys:
-            by_type.setdefault(t, []).append(i)
-        for rtype, ids in by_type.items():
-            for k in range(0, len(ids), 500):
-                rows = self.conn.execute(select(resources.c.id, resources.c.site).where(
-                    resources.c.type == rtype, resources.c.id.in_(ids[k:k + 500]), resources.c.deleted.is_(False)))
-                out.update({(rtype, rid): site for rid, site in rows})
+        ordered = sorted(keys)
+        for k in range(0, len(ordered), 500):
+            rows = self.conn.execute(select(resources.c.type, resources.c.id, resources.c.site).where(
+                tuple_(resources.c.type, resources.c.id).in_(ordered[k:k + 500]), resources.c.deleted.is_(False)))
+            out.update({(t, rid): site for t, rid, site in rows})
         return out
 
     def put(self, resource: dict[str, Any], site: str, if_match: int | None = None) -> WriteOutcome:
