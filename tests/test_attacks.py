@@ -462,3 +462,52 @@ def test_405_names_the_allowed_methods(secure: Secure, method: str, path: str, a
     assert r.status_code == 405, r.text
     assert allowed <= {m.strip() for m in r.headers["allow"].split(",")}
     assert r.json()["resourceType"] == "OperationOutcome"
+
+
+def test_deliveries_never_follow_a_redirect(secure: Secure) -> None:
+    """An allowed endpoint that answers 302 to somewhere else: the notification is not sent there
+    (the delivery counts as failed and is retried), so a redirect cannot widen the allow-list."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from tests.test_subscriptions import Receiver, _wait_for
+
+    elsewhere = Receiver()
+    hits: list[str] = []
+
+    class Redirect(BaseHTTPRequestHandler):
+        def do_PUT(self) -> None:  # noqa: N802
+            hits.append(self.path)
+            self.send_response(302)
+            self.send_header("Location", f"http://127.0.0.1:{elsewhere.port}/stolen")
+            self.send_header("content-length", "0")
+            self.end_headers()
+
+        do_POST = do_PUT  # noqa: N815
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    redirector = ThreadingHTTPServer(("127.0.0.1", 0), Redirect)
+    threading.Thread(target=redirector.serve_forever, daemon=True).start()
+    try:
+        with secure.http("subscriber") as c:
+            sub = {**_rest_hook(f"Observation?code={MRD}", f"http://127.0.0.1:{redirector.server_address[1]}/hook"),
+                   "status": "requested"}
+            sid = c.post("/Subscription", json=sub).json()["id"]
+        _wait_for(lambda: secure.store.read("Subscription", sid)["status"] == "active")
+        obs = dict(secure.store.read("Observation", secure.ids["hito-observation"]) or {})
+        obs["issued"] = "2026-12-03T12:00:00Z"
+        with secure.store.transaction() as tx:
+            tx.upsert([(obs, "hito", None)])
+        _wait_for(lambda: len(hits) >= 2)  # tried, answered 302, retried
+        assert elsewhere.got == []  # never followed
+        with secure.store.engine.connect() as conn:
+            from sqlalchemy import text
+
+            row = conn.execute(text("SELECT delivered, last_error FROM subscription_events WHERE subscription_id = :s"),
+                               {"s": sid}).first()
+        assert row is not None and row[0] is None and "302" in (row[1] or "")
+    finally:
+        redirector.shutdown()
+        elsewhere.stop()
