@@ -29,6 +29,7 @@ from typing import Any
 
 import jsonschema
 import jsonschema_rs
+import orjson
 from fhir.resources.R4B import get_fhir_model_class
 from pydantic import ValidationError
 
@@ -156,17 +157,6 @@ class ShapeMemory:
         self._validators[rtype] = jsonschema_rs.Draft202012Validator({"anyOf": list(reversed(schemas))})
 
 
-def _strings(node: Any) -> Any:
-    if isinstance(node, dict):
-        for v in node.values():
-            yield from _strings(v)
-    elif isinstance(node, list):
-        for v in node:
-            yield from _strings(v)
-    elif isinstance(node, str):
-        yield node
-
-
 def container_errors(resource: dict[str, Any]) -> list[ValidationIssue]:
     """The R4 base invariants on contained resources (R4 §2.36 DomainResource, constraints dom-2
     and dom-3), which neither the JSON Schema nor the R4B model checks:
@@ -179,7 +169,9 @@ def container_errors(resource: dict[str, Any]) -> list[ValidationIssue]:
         return []
     rtype = str(resource.get("resourceType"))
     out: list[ValidationIssue] = []
-    outside = {**resource, "contained": []}
+    # a reference is a JSON string: '"#id"' in the serialised resource (compact, exact) finds it
+    outside = orjson.dumps({k: v for k, v in resource.items() if k != "contained"})
+    texts = [orjson.dumps(c) for c in contained]
     for i, c in enumerate(contained):
         if not isinstance(c, dict):
             continue
@@ -187,10 +179,9 @@ def container_errors(resource: dict[str, Any]) -> list[ValidationIssue]:
             out.append(ValidationIssue("r4-invariant", f"{rtype}.contained[{i}]",
                                        "dom-2: a contained resource SHALL NOT contain nested resources"))
         cid = c.get("id")
-        others = [x for k, x in enumerate(contained) if k != i]
-        referred = isinstance(cid, str) and any(v == f"#{cid}" for v in _strings([outside, others]))
-        refers_back = any(v == "#" for v in _strings(c))
-        if not referred and not refers_back:
+        needle = orjson.dumps(f"#{cid}") if isinstance(cid, str) else None
+        referred = needle is not None and (needle in outside or any(needle in t for k, t in enumerate(texts) if k != i))
+        if not referred and b'"#"' not in texts[i]:
             out.append(ValidationIssue("r4-invariant", f"{rtype}.contained[{i}]",
                                        "dom-3: a contained resource SHALL be referred to from elsewhere in the resource "
                                        f"('#{cid}') or SHALL refer to the containing resource ('#')"))
