@@ -22,7 +22,7 @@ WORKDIR /app
 COPY --from=build /opt/venv /opt/venv
 COPY mappings ./mappings
 COPY profiles ./profiles
-RUN mkdir -p /app/data/exports && chown -R adapter:adapter /app/data
+RUN mkdir -p /app/data/exports /app/data/audit-spool && chown -R adapter:adapter /app/data
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     ADAPTER_ENV=production \
