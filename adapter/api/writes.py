@@ -59,48 +59,46 @@ def check_id(rid: str) -> str:
     return rid
 
 
-def control_character(node: Any, path: str) -> str | None:
-    """The path of the first string (or object key) holding a control character (U+0000-U+001F but
-    tab, CR and LF; FHIR R4 §2.24.0.1 string, and XML 1.0 cannot carry them), or ``None``."""
-    if isinstance(node, str):
-        return path if CONTROL.search(node) else None
+def walk(node: Any, path: str, contained: bool = True) -> Iterator[tuple[str, str, Any]]:
+    """``(element path, element name, value)`` for every element and list item below ``node`` (a
+    list item carries its list's name), depth first; ``contained=False`` leaves out contained
+    resources."""
     if isinstance(node, dict):
         for k, v in node.items():
-            if CONTROL.search(str(k)):
-                return f"{path} (an element name)"
-            found = control_character(v, f"{path}.{k}")
-            if found:
-                return found
-    elif isinstance(node, list):
-        for i, v in enumerate(node):
-            found = control_character(v, f"{path}[{i}]")
-            if found:
-                return found
+            if k == "contained" and not contained:
+                continue
+            if isinstance(v, list):
+                for i, item in enumerate(v):
+                    yield f"{path}.{k}[{i}]", str(k), item
+                    yield from walk(item, f"{path}.{k}[{i}]", contained)
+            else:
+                yield f"{path}.{k}", str(k), v
+                yield from walk(v, f"{path}.{k}", contained)
+
+
+def control_character(resource: dict[str, Any]) -> str | None:
+    """The path of the first string (or element name) holding a control character (U+0000-U+001F
+    but tab, CR and LF; FHIR R4 §2.24.0.1 string, and XML 1.0 cannot carry them), or ``None``."""
+    for where, name, value in walk(resource, str(resource.get("resourceType"))):
+        if CONTROL.search(name):
+            return f"{where.rsplit('.', 1)[0]} (an element name)"
+        if isinstance(value, str) and CONTROL.search(value):
+            return where
     return None
 
 
 _TYPED_REF = re.compile(r"^([A-Z][A-Za-z]{1,63})/([^/]*)(?:/_history/[^/]*)?$")
 
 
-def malformed_reference(node: Any, path: str) -> str | None:
+def malformed_reference(resource: dict[str, Any]) -> str | None:
     r"""``"<path>: <reference>"`` of the first relative literal reference ``Type/id`` to an R4
     resource type whose id is not a FHIR id (R4 §2.24.0.1 id: ``[A-Za-z0-9\-.]{1,64}``), which no
     resource can have; ``None`` when every reference is well formed."""
-    if isinstance(node, dict):
-        for k, v in node.items():
-            if k == "reference" and isinstance(v, str):
-                m = _TYPED_REF.match(v)
-                if m and m.group(1) in _r4_types() and not ID.match(m.group(2)):
-                    return f"{path}: '{v[:80]}'"
-            elif k != "contained":
-                found = malformed_reference(v, f"{path}.{k}")
-                if found:
-                    return found
-    elif isinstance(node, list):
-        for i, v in enumerate(node):
-            found = malformed_reference(v, f"{path}[{i}]")
-            if found:
-                return found
+    for where, name, value in walk(resource, str(resource.get("resourceType")), contained=False):
+        if name == "reference" and isinstance(value, str):
+            m = _TYPED_REF.match(value)
+            if m and m.group(1) in _r4_types() and not ID.match(m.group(2)):
+                return f"{where.rsplit('.', 1)[0]}: '{value[:80]}'"
     return None
 
 
@@ -118,11 +116,11 @@ def validate(validator: Validator, resource: dict[str, Any], settings: Any = Non
     Subscription is also checked against the endpoint policy of ``settings`` (the service's;
     default: the process settings). A string holding a control character is refused with 400
     naming the element (nothing of it is stored)."""
-    bad = control_character(resource, str(resource.get("resourceType")))
+    bad = control_character(resource)
     if bad:
         raise FHIRError(400, "invalid", f"{bad}: the value holds a control character (U+0000-U+001F other than tab, "
                         "CR and LF), which no FHIR string may hold")
-    bad = malformed_reference(resource, str(resource.get("resourceType")))
+    bad = malformed_reference(resource)
     if bad:
         raise FHIRError(400, "invalid", f"{bad} is not a valid literal reference: the id after the type is not a FHIR "
                         "id ([A-Za-z0-9-.]{1,64})")
@@ -210,20 +208,15 @@ def _put(tx: Transaction, resource: dict[str, Any], if_match: int | None) -> Any
 _LOCAL_REF = re.compile(r"^([A-Z][A-Za-z]{1,63})/([A-Za-z0-9\-.]{1,64})(?:/_history/[A-Za-z0-9\-.]{1,64})?$")
 
 
-def local_references(node: Any, path: str) -> Iterator[tuple[str, str, str]]:
+def local_references(resource: dict[str, Any]) -> Iterator[tuple[str, str, str]]:
     """``(element path, type, id)`` of every literal relative reference (``Type/id``, optionally
-    versioned) anywhere in a resource (FHIR R4 §2.3.0 "Reference": ``Reference.reference``)."""
-    if isinstance(node, dict):
-        for k, v in node.items():
-            if k == "reference" and isinstance(v, str):
-                m = _LOCAL_REF.match(v)
-                if m:
-                    yield path, m.group(1), m.group(2)
-            elif k != "contained":
-                yield from local_references(v, f"{path}.{k}")
-    elif isinstance(node, list):
-        for v in node:
-            yield from local_references(v, path)
+    versioned) anywhere in a resource but its contained resources (FHIR R4 §2.3.0 "Reference":
+    ``Reference.reference``)."""
+    for where, name, value in walk(resource, str(resource.get("resourceType")), contained=False):
+        if name == "reference" and isinstance(value, str):
+            m = _LOCAL_REF.match(value)
+            if m:
+                yield where.rsplit(".", 1)[0], m.group(1), m.group(2)
 
 
 def check_site_references(tx: Transaction) -> None:
@@ -233,7 +226,7 @@ def check_site_references(tx: Transaction) -> None:
     if tx.site_scope is None or not tx.written_by_site:
         return
     refs = [(r["resourceType"], where, t, i) for r in tx.written_by_site
-            for where, t, i in local_references(r, r["resourceType"]) if t in PARAMS]
+            for where, t, i in local_references(r) if t in PARAMS]
     sites = tx.sites_of({(t, i) for _, _, t, i in refs})
     for _rtype, where, t, i in refs:
         site = sites.get((t, i))
