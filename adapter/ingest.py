@@ -30,6 +30,7 @@ from adapter.errors import IngestRejected, RowIssue
 from adapter.mapping import fhir
 from adapter.mapping.base import SiteContext
 from adapter.mapping.engine import map_row
+from adapter.mapping.fhir import DECEASED, Contribution, merge_deceased
 from adapter.mapping.patient import organization
 from adapter.mapping.study import NETWORK, patient_group, research_study, research_subject, site_group_id, study_group_id
 from adapter.readers import reader_for
@@ -195,6 +196,11 @@ def _ingest_into(tx: Any, report: IngestReport, reader: Any, loaded: Any, sc: Si
     # Patient id -> the first row that refers to it (for the link check)
     referenced: dict[str, tuple[Any, str | None]] = {}
 
+    # Patients of this file (written once, at the end) and the deaths its rows state (Contributions)
+    patients: dict[tuple[str, str], dict[str, Any]] = {}
+    deaths: dict[tuple[str, str], dict[str, Any]] = {}
+    death_rows: dict[tuple[str, str], tuple[Any, str | None]] = {}
+
     def flush() -> None:
         report.outcomes.extend(tx.upsert(batch, keep_corrections=True, ingested=True))
         batch.clear()
@@ -215,8 +221,17 @@ def _ingest_into(tx: Any, report: IngestReport, reader: Any, loaded: Any, sc: Si
                                                       code="invariant", expression=[vi.expression],
                                                       segment=row.segment))
                 fresh = []
+                row_deaths: list[tuple[tuple[str, str], dict[str, Any]]] = []
                 for res in result.resources:
                     key = (res["resourceType"], res["id"])
+                    if isinstance(res, Contribution):  # a death stated by this row: merged into the Patient below
+                        _, conflict = merge_deceased(deaths.get(key, {}), res)
+                        if conflict:
+                            result.issues.append(RowIssue(row.file, row.sheet, row.row, None, None,
+                                                          f"Patient: {conflict} (another row of this file gives the other)",
+                                                          code="duplicate", segment=row.segment))
+                        row_deaths.append((key, res))
+                        continue
                     digest = content_hash(res)
                     if key in seen and seen[key][0] != digest and res.get("status") in CORRECTED:
                         # a later message corrects a result of the same file (HL7 v2 OBX-11 "C"):
@@ -237,9 +252,15 @@ def _ingest_into(tx: Any, report: IngestReport, reader: Any, loaded: Any, sc: Si
                         if pid is not None and pid not in referenced:
                             referenced[pid] = (row, sheet.patient_column)
                         seen[key] = (digest, loc)
-                        batch.append((res, site, digest))
+                        if key[0] == "Patient":  # written once, at the end, with every death of the file merged in
+                            patients[key] = res
+                        else:
+                            batch.append((res, site, digest))
                         if len(report.sample) < show:
                             report.sample.append(res)
+                    for key, res in row_deaths:
+                        deaths[key] = merge_deceased(deaths[key], res)[0] if key in deaths else res
+                        death_rows.setdefault(key, (row, sheet.patient_column))
             if result.skipped is not None:
                 report.rows_skipped[result.skipped] = report.rows_skipped.get(result.skipped, 0) + 1
             elif result.issues:
@@ -252,6 +273,13 @@ def _ingest_into(tx: Any, report: IngestReport, reader: Any, loaded: Any, sc: Si
                 flush()
             if progress:
                 progress(report.rows_read)
+    flush()
+    for merged in _settle_patients(tx, patients, deaths, site):
+        key = ("Patient", merged["id"])
+        if key not in seen:  # a Patient only a death row named: located at that row
+            row, column = death_rows[key]
+            seen[key] = ("", _locator(row.file, row.sheet, row.row, row.segment))
+        batch.append((merged, site, content_hash(merged)))
     flush()
     report.outcomes.extend(_study_membership(tx, sc, settings, validator, [i for t, i in seen if t == "Patient"]))
     report.blank_rows = reader.stats.blank
@@ -285,6 +313,33 @@ def _ingest_into(tx: Any, report: IngestReport, reader: Any, loaded: Any, sc: Si
             raise AssertionError(f"Provenance fails validation: {vi}")  # a bug, not bad input
         tx.upsert([(prov, site, content_hash(prov))])
         report.provenance_ids.append(prov["id"])
+
+
+def _settle_patients(tx: Any, patients: dict[tuple[str, str], dict[str, Any]],
+                     deaths: dict[tuple[str, str], dict[str, Any]], site: str) -> list[dict[str, Any]]:
+    """The Patients a file writes, each with every death its rows state merged in (FHIR R4 §8.1
+    ``deceased[x]``; rules in :func:`adapter.mapping.fhir.merge_deceased`), and with the death the
+    store already holds when this file says nothing about one: a demographic export posted again
+    never erases a death another export of the site recorded (only a stated ``deceasedBoolean:
+    false`` or a correction through the API does). A Patient that only a death names is the stored
+    one with the death added, or, when none is stored yet, its identity with the death."""
+    keys = sorted(set(patients) | set(deaths))
+    if not keys:
+        return []
+    stored = tx.current_resources("Patient", [k[1] for k in keys], site)
+    out = []
+    for key in keys:
+        base = patients.get(key)
+        before = stored.get(key[1])
+        if base is None:
+            base = dict(before) if before is not None else dict(deaths[key])
+            base["meta"] = {k: v for k, v in base.get("meta", {}).items() if k not in ("versionId", "lastUpdated")}
+        if key in deaths:
+            base = merge_deceased(dict(base), deaths[key])[0]
+        if before is not None and not any(k in base for k in DECEASED) and any(k in before for k in DECEASED):
+            base = merge_deceased(dict(base), before)[0]  # a death recorded by another export stays
+        out.append(base)
+    return out
 
 
 def _study_membership(tx: Any, sc: SiteContext, settings: Settings, validator: Validator,

@@ -205,7 +205,9 @@ PROFILES: dict[str, tuple[str, str, list[dict[str, Any]]]] = {
     "pedall-adverse-event": ("AdverseEvent", "An adverse event (CRS, ICANS, infection, death...) with its grade", [
         ext_slicing("AdverseEvent"), ext_slice("AdverseEvent", "ae-grade"), ext_slice("AdverseEvent", "ae-grading-system"),
         ext_slice("AdverseEvent", "treatment-cycle"), ext_slice("AdverseEvent", "cause-of-death"),
-        el("AdverseEvent.event", min=1), el("AdverseEvent.subject", min=1), el("AdverseEvent.date", min=1)]),
+        el("AdverseEvent.event", min=1), el("AdverseEvent.subject", min=1),
+        el("AdverseEvent.date", short="When it occurred: every toxicity has one; a death of unknown date has none "
+                                      "(Patient.deceasedBoolean carries it)")]),
     "pedall-encounter": ("Encounter", "An inpatient stay of interest (e.g. PICU admission)", [
         el("Encounter.type", min=1), required("Encounter.type", "encounter-type", 1), el("Encounter.subject", min=1),
         el("Encounter.period", min=1), el("Encounter.period.start", min=1)]),
@@ -292,7 +294,7 @@ def examples() -> dict[str, list[dict[str, Any]]]:
             grade=2, grading_system=c("grading-system", "astct-2019"), related=True, cycle=1,
             outcome=Concept("http://terminology.hl7.org/CodeSystem/adverse-event-outcome", "resolved")), site)
         + adverse_event.to_death(adverse_event.DeathInput(
-            patient="X0001", date=date(2021, 1, 5), cause=c("adverse-event-term", "sepsis", "Sepsis")), site),
+            patient="X0001", date=date(2021, 1, 5), cause=c("adverse-event-term", "sepsis", "Sepsis")), site)[:1],
         "pedall-encounter": adverse_event.to_encounter(adverse_event.EncounterInput(
             patient="X0001", start=date(2020, 2, 2), end=date(2020, 2, 5), type=c("encounter-type", "picu-admission")), site),
         "pedall-hsct": hsct.to_hsct_procedure(hsct.HSCTInput(

@@ -29,6 +29,17 @@ EXAMPLE_FILES = [
     ("hito", "erm_citometria", EXAMPLES / "hito" / "hito_erm_citometria.csv"),
     ("huanl", "curso_corto", EXAMPLES / "huanl" / "huanl_blinatumomab_curso_corto.xlsx"),
 ]
+#: Every example export, as `make run` ingests them (site, mapping, file).
+ALL_EXAMPLE_FILES = [
+    *EXAMPLE_FILES,
+    ("uk-infants", "registry", EXAMPLES / "uk_infants" / "uk_infant_blinatumomab_registry.csv"),
+    ("uk-infants", "mrd_lab", EXAMPLES / "uk_infants" / "uk_mrd_lab_ORU_R01.hl7"),
+    ("cdmx-a", "redcap", EXAMPLES / "mx_multicentro" / "CDMX-A" / "BlinaLLAMulticentro_DATA_2025-01-15_1032.csv"),
+    ("cdmx-b", "lab_erm", EXAMPLES / "mx_multicentro" / "CDMX-B" / "ERM_CDMX-B_ORU_R01.hl7"),
+    ("cdmx-b", "eventos", EXAMPLES / "mx_multicentro" / "CDMX-B" / "eventos_clinicos_CDMX-B.csv"),
+    ("cdmx-c", "cohort_csv", EXAMPLES / "mx_multicentro" / "CDMX-C" / "blinatumomab_cohort_CDMX-C.csv"),
+    ("qro-a", "base_xlsx", EXAMPLES / "mx_multicentro" / "QRO-A" / "base_blinatumomab_QRO-A.xlsx"),
+]
 
 
 @pytest.fixture(scope="session")

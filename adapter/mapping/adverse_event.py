@@ -11,6 +11,7 @@ is related to blinatumomab.
 from __future__ import annotations
 
 from datetime import date
+from datetime import date as _Date
 from typing import Any
 
 from adapter.mapping import codes, fhir
@@ -91,18 +92,26 @@ def to_adverse_event(inp: AdverseEventInput, site: SiteContext) -> list[dict[str
 
 
 class DeathInput(ConceptInput):
-    """``date`` of death; ``cause`` from a cause-of-death code table (may be absent: unknown)."""
+    """``date`` of death (may be absent: the death is still recorded); ``cause`` from a
+    cause-of-death code table (may be absent: unknown)."""
 
-    date: date
+    date: _Date | None = None  # (the field's name hides the type inside the class body)
     cause: Coded | None = None
 
 
-@concept("death", DeathInput, ("AdverseEvent",))
+@concept("death", DeathInput, ("AdverseEvent", "Patient"))
 def to_death(inp: DeathInput, site: SiteContext) -> list[dict[str, Any]]:
-    """Death as an AdverseEvent: event ``death``, outcome ``fatal``, grade 5, and the cause in the
-    ``cause-of-death`` extension. Its id depends only on the patient, so one death is one resource."""
-    ae = _base(inp, site, site.id("death", inp.patient), inp.date,
-               fhir.concept(codes.DEATH, text="Death"))
+    """Death: ``Patient.deceasedDateTime`` (``deceasedBoolean: true`` when the date is not known),
+    as a :class:`~adapter.mapping.fhir.Contribution` to the Patient, so that a generic FHIR reader
+    finds every death on the Patient (FHIR R4 §8.1); and an AdverseEvent: event ``death``, outcome
+    ``fatal``, grade 5, the cause in the ``cause-of-death`` extension, ``date`` when known. Its id
+    depends only on the patient, so one death is one resource."""
+    ae = fhir.profiled("AdverseEvent", site.id("death", inp.patient), "pedall-adverse-event")
+    ae["actuality"] = "actual"
+    ae["event"] = fhir.concept(codes.DEATH, text="Death")
+    ae["subject"] = fhir.ref("Patient", site.patient_id(inp.patient))
+    if inp.date is not None:
+        ae["date"] = fhir.fhir_date(inp.date)
     ext: list[dict[str, Any]] = []
     if inp.cause is not None:
         cause = _event_concept(inp.cause)
@@ -115,7 +124,22 @@ def to_death(inp: DeathInput, site: SiteContext) -> list[dict[str, Any]]:
     ae["seriousness"] = fhir.concept(fhir.coding(
         "http://terminology.hl7.org/CodeSystem/adverse-event-seriousness", "serious", "Serious"))
     ae["outcome"] = fhir.concept(fhir.coding(AE_OUTCOME, "fatal", "Fatal"))
-    return [ae]
+    return [ae, patient_death(inp.patient, site, inp.date)]
+
+
+def patient_death(patient: str, site: SiteContext, when: date | None) -> fhir.Contribution:
+    """The Patient as a death states it: identity (identifier, managing Organization, profile) and
+    ``deceasedDateTime``, or ``deceasedBoolean: true`` without a date."""
+    from adapter.mapping.patient import patient_identity
+
+    pat = patient_identity(patient, site)
+    org = pat.pop("managingOrganization")
+    if when is not None:
+        pat["deceasedDateTime"] = fhir.fhir_date(when)
+    else:
+        pat["deceasedBoolean"] = True
+    pat["managingOrganization"] = org
+    return fhir.Contribution(pat)
 
 
 class EncounterInput(ConceptInput):

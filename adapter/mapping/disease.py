@@ -114,9 +114,11 @@ class FollowUpInput(ConceptInput):
     vital_status: Coded
 
 
-@concept("follow_up", FollowUpInput, ("Observation",))
+@concept("follow_up", FollowUpInput, ("Observation", "Patient"))
 def to_follow_up(inp: FollowUpInput, site: SiteContext) -> list[dict[str, Any]]:
-    """Vital status at the last follow-up date: the censoring time of OS/EFS analyses."""
+    """Vital status at the last follow-up date: the censoring time of OS/EFS analyses. A status
+    ``dead`` also states ``Patient.deceasedBoolean: true`` (a Contribution; the date of death, when
+    a death concept or the Patient gives it, wins)."""
     obs = fhir.profiled("Observation", site.id("follow-up", inp.patient), "pedall-vital-status")
     obs["status"] = "final"
     obs["category"] = [fhir.concept(fhir.coding(codes.TIMEPOINT, "follow-up", "Follow-up"))]
@@ -124,4 +126,8 @@ def to_follow_up(inp: FollowUpInput, site: SiteContext) -> list[dict[str, Any]]:
     obs["subject"] = fhir.ref("Patient", site.patient_id(inp.patient))
     obs["effectiveDateTime"] = fhir.fhir_date(inp.last_contact)
     obs["valueCodeableConcept"] = fhir.concept(inp.vital_status.coding())
+    if inp.vital_status.code == "dead":  # every death reaches Patient.deceased[x] (R4 §8.1)
+        from adapter.mapping.adverse_event import patient_death
+
+        return [obs, patient_death(inp.patient, site, None)]
     return [obs]

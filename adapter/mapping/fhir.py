@@ -79,3 +79,51 @@ def fhir_decimal(d: Decimal) -> float | int:
 def profiled(resource_type: str, rid: str, profile: str) -> dict[str, Any]:
     """The skeleton every produced resource starts from: type, id and ``meta.profile``."""
     return {"resourceType": resource_type, "id": rid, "meta": {"profile": [SD + profile]}}
+
+
+class Contribution(dict):  # type: ignore[type-arg]
+    """A partial resource: the elements one source row states about a resource that others write
+    in full (a death stated by an event row sets ``Patient.deceased[x]`` of a Patient whose
+    demographics come from another file). Ingestion merges it into that resource instead of
+    replacing it (adapter/ingest.py, :func:`merge_deceased`); it is never stored on its own unless
+    nothing else writes the resource."""
+
+
+#: The ``deceased[x]`` elements of Patient, from least to most informative (FHIR R4 §8.1 Patient:
+#: ``deceasedBoolean`` or ``deceasedDateTime``; a date implies the patient is dead).
+DECEASED = ("deceasedBoolean", "deceasedDateTime")
+
+
+def merge_deceased(base: dict[str, Any], other: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
+    """``base`` with the death ``other`` states merged in, and a conflict message (else ``None``).
+
+    Rules: a date of death wins over ``deceasedBoolean``; ``deceasedBoolean: true`` wins over
+    nothing; ``deceasedBoolean: false`` (stated alive) wins over nothing but gives way to a stated
+    death only when that death has a date (a later event is more specific than a status column);
+    two different dates of death are a conflict (``base`` is kept)."""
+    mine = {k: base[k] for k in DECEASED if k in base}
+    theirs = {k: other[k] for k in DECEASED if k in other}
+    if not theirs:
+        return base, None
+
+    def rank(d: dict[str, Any]) -> int:
+        if "deceasedDateTime" in d:
+            return 3
+        if d.get("deceasedBoolean") is True:
+            return 2
+        return 1 if "deceasedBoolean" in d else 0
+
+    if rank(mine) == 3 and rank(theirs) == 3 and mine["deceasedDateTime"] != theirs["deceasedDateTime"]:
+        return base, (f"two dates of death: {mine['deceasedDateTime']} and {theirs['deceasedDateTime']}")
+    if rank(theirs) > rank(mine):
+        kept = {k: v for k, v in base.items() if k not in DECEASED}
+        # keep the element order of a Patient: deceased[x] before managingOrganization
+        out: dict[str, Any] = {}
+        for k, v in kept.items():
+            if k == "managingOrganization":
+                out.update(theirs)
+            out[k] = v
+        if not any(k in out for k in DECEASED):
+            out.update(theirs)
+        return out, None
+    return base, None

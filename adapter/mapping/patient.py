@@ -51,18 +51,27 @@ class PatientInput(ConceptInput):
     deceased: bool | None = None
 
 
-@concept("patient", PatientInput, ("Patient",))
-def to_patient(inp: PatientInput, site: SiteContext) -> list[dict[str, Any]]:
-    """Patient: identifier, gender, birthDate (partial if only an age is known), deceased[x],
-    managingOrganization. Raises ``ValueError`` when an age has no reference date."""
-    pat = fhir.profiled("Patient", site.patient_id(inp.patient), "pedall-patient")
+def patient_identity(patient: str, site: SiteContext) -> dict[str, Any]:
+    """A Patient with only what identifies it: id, profile, the site's record number as identifier
+    and the managing Organization (the site)."""
+    pat = fhir.profiled("Patient", site.patient_id(patient), "pedall-patient")
     pat["identifier"] = [{
         "use": "usual",
         "type": {"coding": [fhir.coding("http://terminology.hl7.org/CodeSystem/v2-0203", "MR",
                                          "Medical record number")]},
         "system": f"{fhir.SID}{site.site}/patient",
-        "value": inp.patient,
+        "value": patient,
     }]
+    pat["managingOrganization"] = fhir.ref("Organization", site.site)
+    return pat
+
+
+@concept("patient", PatientInput, ("Patient",))
+def to_patient(inp: PatientInput, site: SiteContext) -> list[dict[str, Any]]:
+    """Patient: identifier, gender, birthDate (partial if only an age is known), deceased[x],
+    managingOrganization. Raises ``ValueError`` when an age has no reference date."""
+    pat = patient_identity(inp.patient, site)
+    org = pat.pop("managingOrganization")
     if inp.gender is not None:
         pat["gender"] = inp.gender.code
     if inp.birthDate is not None:
@@ -75,5 +84,5 @@ def to_patient(inp: PatientInput, site: SiteContext) -> list[dict[str, Any]]:
         pat["deceasedDateTime"] = fhir.fhir_date(inp.deceasedDateTime)
     elif inp.deceased is not None:
         pat["deceasedBoolean"] = inp.deceased
-    pat["managingOrganization"] = fhir.ref("Organization", site.site)
+    pat["managingOrganization"] = org
     return [pat]

@@ -12,8 +12,10 @@ One :class:`PatientCourse` per Patient who received blinatumomab, built only fro
   28-day course would need (``standard-course-quantity``; seed 002);
 - HSCT: ``pedall-hsct`` Procedure; adverse events with grade (``ae-grade``);
 - relapse/progression: ``pedall-disease-status`` (follow-up) with value relapse/progression, or an
-  AdverseEvent ``relapse``; death: ``Patient.deceasedDateTime`` with the cause from the death
-  AdverseEvent; last follow-up: ``pedall-vital-status.effectiveDateTime``.
+  AdverseEvent ``relapse``; death: ``Patient.deceased[x]`` (``deceasedBoolean: true`` is a death
+  whose date is not known) or the death AdverseEvent, its date from ``Patient.deceasedDateTime`` or
+  the AdverseEvent, its cause from the AdverseEvent; last follow-up:
+  ``pedall-vital-status.effectiveDateTime``.
 
 Patients are identified by their resource id only (pseudonymous); no name or record number is read.
 """
@@ -74,7 +76,8 @@ class PatientCourse:
     adverse_events: list[tuple[str, int | None]] = field(default_factory=list)  # (term, grade)
     picu_admissions: int = 0
     relapse: date | None = None  # first relapse or progression after the start
-    death: date | None = None
+    deceased: bool = False  # dead, whether or not the date is known
+    death: date | None = None  # the date of death, when known
     death_cause: str | None = None
     death_related_to_blinatumomab: bool = False
     last_follow_up: date | None = None
@@ -105,6 +108,10 @@ class PatientCourse:
 
     @property
     def end_of_follow_up(self) -> date | None:
+        """The date of death, else the last follow-up; ``None`` for a death of unknown date (the
+        last contact before it is not the end of follow-up)."""
+        if self.deceased and self.death is None:
+            return None
         return self.death or self.last_follow_up
 
     def to_json(self) -> dict[str, Any]:
@@ -195,7 +202,8 @@ def course_of(pat: dict[str, Any], res: dict[str, list[dict[str, Any]]],  # noqa
         org = (pat.get("managingOrganization") or {}).get("reference", "")
         site = org.split("/", 1)[1] if org.startswith("Organization/") else ""
     c = PatientCourse(site=site, patient=pat["id"], gender=pat.get("gender"),
-                      birth_date=_d(pat.get("birthDate")), death=_d(pat.get("deceasedDateTime")))
+                      birth_date=_d(pat.get("birthDate")), death=_d(pat.get("deceasedDateTime")),
+                      deceased=pat.get("deceasedBoolean") is True or "deceasedDateTime" in pat)
     cycle_of: dict[str, int] = {}
     days: set[date] = set()
     outpatient: set[date] = set()
@@ -270,6 +278,7 @@ def course_of(pat: dict[str, Any], res: dict[str, list[dict[str, Any]]],  # noqa
     for ae in res.get("AdverseEvent", []):
         term = _code(ae.get("event"), "adverse-event-term")
         if term == "death":
+            c.deceased = True
             c.death = c.death or _d(ae.get("date"))
             c.death_cause = _code(_ext(ae, "cause-of-death"), "adverse-event-term")
             c.death_related_to_blinatumomab = bool(ae.get("suspectEntity"))

@@ -78,24 +78,40 @@ def _months(a: Any, b: Any) -> float:
     return (b - a).days / DAYS_PER_MONTH
 
 
+#: Why a patient is left out of a survival analysis (``excluded`` in each survival figure).
+NO_DEATH_DATE = "dead, date of death not known"
+NO_FOLLOW_UP = "no last follow-up or date of death"
+NO_ORIGIN = "no date of origin"
+
+
 def survival_data(cohort: list[PatientCourse], endpoint: str, origin: str = "start") -> SurvivalData:
     """Durations (months) and events for ``os`` or ``rfs``, from ``origin``: ``start`` of
     blinatumomab, or ``hsct`` (transplanted patients only; events before the HSCT cannot happen in
-    this cohort, seed 004). Patients without an end of follow-up are left out."""
+    this cohort, seed 004). A patient whose time cannot be known is left out and counted by reason
+    in ``excluded``: a death of unknown date (unless, for RFS, a relapse came first, which is then
+    the event), no end of follow-up, no date of origin."""
     durations, events = [], []
+    excluded: Counter[str] = Counter()
     for c in cohort:
-        end = c.end_of_follow_up
         t0 = c.start if origin == "start" else c.hsct
-        if t0 is None or end is None:
+        if t0 is None:
+            excluded[NO_ORIGIN] += 1
             continue
-        if endpoint == "os":
-            event, when = c.death is not None, c.death or end
+        if endpoint == "rfs" and c.relapse is not None and (c.death is None or c.relapse <= c.death):
+            event, when = True, c.relapse
+        elif c.deceased and c.death is None:
+            excluded[NO_DEATH_DATE] += 1
+            continue
+        elif c.death is not None:
+            event, when = True, c.death
+        elif c.last_follow_up is not None:
+            event, when = False, c.last_follow_up
         else:
-            first = min(d for d in (c.relapse, c.death) if d is not None) if (c.relapse or c.death) else None
-            event, when = first is not None, first or end
+            excluded[NO_FOLLOW_UP] += 1
+            continue
         durations.append(max(_months(t0, when), 0.0))
         events.append(int(event))
-    return SurvivalData(durations, events)
+    return SurvivalData(durations, events, dict(excluded))
 
 
 def _summary(values: list[float]) -> dict[str, Any]:
@@ -286,7 +302,7 @@ def _hsct(cohort: list[PatientCourse]) -> dict[str, Any]:
     """HSCT rate with donor figures, days from the start of blinatumomab to HSCT, and days from HSCT
     to the last follow-up of the survivors (seed 004's "median follow up following HSCT")."""
     done = [c for c in cohort if c.hsct is not None]
-    survivors = [c for c in done if c.death is None and c.last_follow_up is not None]
+    survivors = [c for c in done if not c.deceased and c.last_follow_up is not None]
     return {**proportion(len(done), len(cohort)),
             "hla_match": dict(sorted(Counter(c.donor.get("hla_match", "unknown") for c in done).items())),
             "stem_cell_source": dict(sorted(Counter(c.donor.get("stem_cell_source", "unknown") for c in done).items())),
@@ -297,7 +313,7 @@ def _hsct(cohort: list[PatientCourse]) -> dict[str, Any]:
 
 def _follow_up(cohort: list[PatientCourse]) -> dict[str, Any]:
     os_data = survival_data(cohort, "os")
-    alive = [_months(c.start, c.last_follow_up) for c in cohort if c.death is None and c.start and c.last_follow_up]
+    alive = [_months(c.start, c.last_follow_up) for c in cohort if not c.deceased and c.start and c.last_follow_up]
     from_dx = [_months(c.diagnosis, c.end_of_follow_up) for c in cohort if c.diagnosis and c.end_of_follow_up]
     return {
         "reverse_km_median_months": reverse_km_median(os_data),
@@ -311,7 +327,7 @@ def group_figures(cohort: list[PatientCourse], timepoint: float = 36.0, stratify
     """Every figure for one group of patients (a site, or the pooled network). ``drug_costs`` maps a
     site code to its declared vial price (``site.yaml`` ``drug_cost``)."""
     n = len(cohort)
-    deaths = [c for c in cohort if c.death]
+    deaths = [c for c in cohort if c.deceased]
     ages = [a for c in cohort if (a := c.age_years()) is not None]
     decimal_ages = [(c.start - c.birth_date).days / 365.25 for c in cohort if c.start and c.birth_date]
     return {
@@ -330,6 +346,7 @@ def group_figures(cohort: list[PatientCourse], timepoint: float = 36.0, stratify
         "hsct": _hsct(cohort),
         "toxicity": _toxicity(cohort),
         "deaths": {**proportion(len(deaths), n),
+                   "date_not_known": sum(c.death is None for c in deaths),
                    "causes": dict(sorted(Counter(c.death_cause or "unknown" for c in deaths).items())),
                    "related_to_blinatumomab": sum(c.death_related_to_blinatumomab for c in deaths),
                    "after_hsct": sum(bool(c.hsct and c.death and c.death >= c.hsct) for c in deaths)},
@@ -366,7 +383,7 @@ HETEROGENEITY: dict[str, Callable[[PatientCourse], bool]] = {
     "mrd_negative_after_cycle1": lambda c: (m := c.mrd_after(1)) is not None and m.interpretation == "NEG",
     "hsct": lambda c: c.hsct is not None,
     "crs_any": lambda c: any(t == "crs" for t, _ in c.adverse_events),
-    "death": lambda c: c.death is not None,
+    "death": lambda c: c.deceased,
 }
 
 

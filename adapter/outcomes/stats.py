@@ -7,7 +7,7 @@ Times are in months = days / 30.4375 (the convention of examples/*/EXPECTED.md).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 DAYS_PER_MONTH = 30.4375
@@ -33,18 +33,21 @@ def proportion(k: int, n: int) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class SurvivalData:
-    """Durations in months and event flags (1 = event, 0 = censored)."""
+    """Durations in months and event flags (1 = event, 0 = censored); ``excluded``: patients left
+    out of the analysis, counted by reason (nothing is dropped in silence)."""
 
     durations: list[float]
     events: list[int]
+    excluded: dict[str, int] = field(default_factory=dict)
 
 
 def km_at(data: SurvivalData, t: float) -> dict[str, Any]:
     """Kaplan–Meier survival at ``t`` months with its 95 % CI (lifelines' exponential Greenwood
     interval), the number at risk, events and the median survival (None when not reached)."""
     n = len(data.durations)
+    excluded = dict(sorted(data.excluded.items()))
     if n == 0:
-        return {"n": 0, "events": 0, "at": t, "survival": None, "ci95": None, "median_months": None}
+        return {"n": 0, "events": 0, "at": t, "survival": None, "ci95": None, "median_months": None, "excluded": excluded}
     from lifelines import KaplanMeierFitter
 
     kmf = KaplanMeierFitter().fit(data.durations, data.events)
@@ -55,7 +58,8 @@ def km_at(data: SurvivalData, t: float) -> dict[str, Any]:
     median = kmf.median_survival_time_
     return {"n": n, "events": int(sum(data.events)), "at": t, "survival": round(s, 4),
             "ci95": [round(_nan0(lo), 4), round(_nan0(hi), 4)],
-            "median_months": None if math.isinf(median) or math.isnan(median) else round(float(median), 2)}
+            "median_months": None if math.isinf(median) or math.isnan(median) else round(float(median), 2),
+            "excluded": excluded}
 
 
 def _nan0(x: float) -> float:

@@ -1,0 +1,97 @@
+"""The open model (issue 18): every example site's clinical content carried in standard FHIR
+elements, order-independent, on a real server and client, SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from typing import Any
+
+import openpyxl
+import pytest
+
+from adapter.config import Settings
+from tests.conftest import ALL_EXAMPLE_FILES, EXAMPLES, _store_on
+from tests.server import Server, _post_export
+
+SITES = sorted({site for site, _, _ in ALL_EXAMPLE_FILES})
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def network(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, settings: Settings) -> Iterator[Server]:
+    """Every example export posted as `make run` ingests them."""
+    with _store_on(request.param, tmp_path_factory.mktemp("open")) as store:
+        srv = Server(store, settings.model_copy(update={"max_upload_bytes": 2_000_000}))
+        try:
+            for site, mapping, path in ALL_EXAMPLE_FILES:
+                r = _post_export(srv.client, path, site, mapping)
+                assert r.status_code == 200, r.text[:300]
+            yield srv
+        finally:
+            srv.stop()
+
+
+def _all(srv: Server, rtype: str, **params: Any) -> list[dict[str, Any]]:
+    out, url = [], f"/{rtype}"
+    query: dict[str, Any] | None = {"_count": "1000", **params}
+    while url:
+        bundle = srv.client.get(url, params=query).json()
+        out += [e["resource"] for e in bundle.get("entry", [])]
+        url = next((link["url"] for link in bundle["link"] if link["relation"] == "next"), "")
+        query = None
+    return out
+
+
+def _dead(patient: dict[str, Any]) -> bool:
+    return patient.get("deceasedBoolean") is True or "deceasedDateTime" in patient
+
+
+def test_every_death_is_on_the_patient_and_the_facade_counts_them(network: Server) -> None:
+    """A generic FHIR reader counts the deaths from Patient.deceased[x] alone; the facade agrees,
+    site by site (cdmx-b's deaths come from its event CSV, its Patients from its lab feed)."""
+    report = network.client.get("/outcomes", params={"suppress": "false"}).json()
+    deaths_on_patients: dict[str, int] = {}
+    for site in SITES:
+        patients = _all(network, "Patient", _site=site)
+        treated = {r["subject"]["reference"].split("/")[1] for r in _all(network, "MedicationAdministration", _site=site)}
+        deaths_on_patients[site] = sum(_dead(p) for p in patients if p["id"] in treated)
+    facade = {site: report["sites"][site]["deaths"]["count"] for site in SITES}
+    assert deaths_on_patients == facade
+    assert facade["cdmx-b"] > 0 and sum(facade.values()) == report["pooled"]["deaths"]["count"]
+    # every death AdverseEvent's patient is dead on the Patient
+    for ae in _all(network, "AdverseEvent"):
+        if any(c.get("code") == "death" for c in ae["event"].get("coding", [])):
+            pid = ae["subject"]["reference"].split("/")[1]
+            assert _dead(network.client.get(f"/Patient/{pid}").json()), pid
+
+
+def test_a_death_without_a_date_is_counted_and_left_out_of_survival_with_its_reason(network: Server) -> None:
+    wb = openpyxl.load_workbook(EXAMPLES / "hito" / "hito_seguimiento_blinatumomab.xlsx")
+    ws = wb["Pacientes"]
+    header = [c.value for c in ws[1]]
+    state, when = header.index("Estado vital") + 1, header.index("Fecha de defunción") + 1
+    row = next(r for r in range(2, ws.max_row + 1) if ws.cell(r, state).value in ("Vivo", "Viva"))
+    pid_value = ws.cell(row, 1).value
+    ws.cell(row, state).value = "Finado"  # dead, and the workbook has no date for it
+    assert ws.cell(row, when).value is None
+    buf = io.BytesIO()
+    wb.save(buf)
+    before = network.client.get("/outcomes", params={"site": "hito", "suppress": "false"}).json()["sites"]["hito"]
+    r = network.client.post("/$ingest", files={"file": ("hito_seguimiento_dateless.xlsx", buf.getvalue())},
+                            data={"site": "hito", "mapping": "seguimiento"})
+    assert r.status_code == 200, r.text[:300]
+    try:
+        patient = _all(network, "Patient", identifier=f"https://w3id.org/pedall-fhir/sid/hito/patient|{pid_value}")[0]
+        assert patient.get("deceasedBoolean") is True and "deceasedDateTime" not in patient
+        after = network.client.get("/outcomes", params={"site": "hito", "suppress": "false"}).json()["sites"]["hito"]
+        assert after["deaths"]["count"] == before["deaths"]["count"] + 1
+        assert after["deaths"]["date_not_known"] == 1
+        os_ = after["survival"]["os"]
+        assert os_["n"] == before["survival"]["os"]["n"] - 1
+        assert os_["excluded"] == {"dead, date of death not known": 1}
+        assert after["n"] == before["n"]  # still in every other figure
+    finally:  # the original workbook again: the patient is stated alive ("Vivo"), which wins
+        r = _post_export(network.client, EXAMPLES / "hito" / "hito_seguimiento_blinatumomab.xlsx", "hito", "seguimiento")
+        assert r.status_code == 200
+    restored = network.client.get("/outcomes", params={"site": "hito", "suppress": "false"}).json()["sites"]["hito"]
+    assert restored["deaths"] == before["deaths"]
