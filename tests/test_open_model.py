@@ -95,3 +95,32 @@ def test_a_death_without_a_date_is_counted_and_left_out_of_survival_with_its_rea
         assert r.status_code == 200
     restored = network.client.get("/outcomes", params={"site": "hito", "suppress": "false"}).json()["sites"]["hito"]
     assert restored["deaths"] == before["deaths"]
+
+
+def test_grades_are_readable_from_standard_elements(network: Server) -> None:
+    """A generic reader finds CRS grade >= 3 as AdverseEvent.severity = severe (no project
+    extension needed) and gets the facade's count, site by site."""
+    report = network.client.get("/outcomes", params={"suppress": "false"}).json()
+    grade_url = "https://w3id.org/pedall-fhir/StructureDefinition/ae-grade"
+    for site in SITES:
+        severe_crs: set[str] = set()
+        for ae in _all(network, "AdverseEvent", _site=site):
+            grade = next((e["valueInteger"] for e in ae.get("extension", []) if e["url"] == grade_url), None)
+            severity = (ae.get("severity") or {}).get("coding", [{}])[0].get("code")
+            assert severity == {None: None, 0: None, 1: "mild", 2: "moderate"}.get(grade, "severe"), (grade, severity)
+            if severity == "severe" and any(c.get("code") == "10052015" for c in ae["event"]["coding"]):
+                severe_crs.add(ae["subject"]["reference"])
+        assert len(severe_crs) == report["sites"][site]["toxicity"]["crs_grade_3_plus"]["count"], site
+
+
+def test_a_site_local_adverse_event_term_counts_by_its_text() -> None:
+    from adapter.outcomes.cohort import course_of
+
+    pat = {"resourceType": "Patient", "id": "p1", "managingOrganization": {"reference": "Organization/x"}}
+    fever = {"resourceType": "AdverseEvent", "id": "a1", "subject": {"reference": "Patient/p1"}, "date": "2020-01-02",
+             "event": {"coding": [{"system": "https://w3id.org/pedall-fhir/sid/x/ae", "code": "FIEBRE"}], "text": "Fever"},
+             "extension": [{"url": "https://w3id.org/pedall-fhir/StructureDefinition/ae-grade", "valueInteger": 1}]}
+    meddra = {**fever, "id": "a2", "event": {"coding": [{"system": "https://www.meddra.org", "code": "10000001",
+                                                          "display": "a MedDRA-coded term"}]}}
+    course = course_of(pat, {"AdverseEvent": [fever, meddra]})
+    assert sorted(course.adverse_events) == [("fever", 1), ("meddra:10000001", 1)]

@@ -1,9 +1,11 @@
 """AdverseEvent (profile ``pedall-adverse-event``) for CRS, ICANS, infections and other toxicities,
 AdverseEvent for death with its cause, and Encounter for PICU admissions.
 
-Rules (REFERENCE.md §4): ``severity`` cannot hold grades 4-5 (required binding mild | moderate |
-severe), so the grade (0-5) goes in the ``ae-grade`` extension and the grading system (CTCAE v5,
-ASTCT 2019, Lee 2014) in ``ae-grading-system``. ``outcome`` is required-bound to
+Rules (REFERENCE.md §4): the grade (0-5) goes in the ``ae-grade`` extension and the grading system
+(CTCAE v5, ASTCT 2019, Lee 2014) in ``ae-grading-system``; ``severity`` (required binding mild |
+moderate | severe) carries what it can express (grade 1 mild, 2 moderate, 3-5 severe), so a generic
+reader finds grade >= 3 as ``severe``; a CTCAE v5 grade 1-4 is also coded (NCIt) in the HL7 Adverse
+Event IG's ``ae-grade`` extension. ``outcome`` is required-bound to
 adverse-event-outcome. ``suspectEntity`` points to the infusion cycle when the site says the event
 is related to blinatumomab.
 """
@@ -19,6 +21,19 @@ from adapter.mapping.base import ConceptInput, SiteContext, concept
 from adapter.mapping.transforms import Concept as Coded
 
 AE_OUTCOME = "http://terminology.hl7.org/CodeSystem/adverse-event-outcome"
+AE_SEVERITY = "http://terminology.hl7.org/CodeSystem/adverse-event-severity"
+#: The HL7 Adverse Event Clinical Research IG's grade extension (STU1 1.0.1; REFERENCE.md §4), coded
+#: with the NCI Thesaurus' CTCAE grade concepts: Grade 1-4 Adverse Event (C41338, C41339, C41340,
+#: C41337). Grade 5 has no confirmed code here, so it is not coded (``ae-grade`` keeps it).
+AE_IG_GRADE = "http://hl7.org/fhir/uv/ae-research-backport-ig/StructureDefinition/ae-grade"
+NCIT = "http://ncicb.nci.nih.gov/xml/owl/EVS/Thesaurus.owl"
+NCIT_GRADE = {1: ("C41338", "Grade 1 Adverse Event"), 2: ("C41339", "Grade 2 Adverse Event"),
+              3: ("C41340", "Grade 3 Adverse Event"), 4: ("C41337", "Grade 4 Adverse Event")}
+#: AdverseEvent.severity (required binding mild | moderate | severe) from a grade: CTCAE v5's grade
+#: 1 is "mild", 2 "moderate", 3 "severe or medically significant", 4 "life-threatening", 5
+#: "death"; grades 3-5 are all ``severe``, so ``severity = severe`` finds every grade >= 3.
+SEVERITY = {1: ("mild", "Mild"), 2: ("moderate", "Moderate"), 3: ("severe", "Severe"), 4: ("severe", "Severe"),
+            5: ("severe", "Severe")}
 AE_CATEGORY = "http://terminology.hl7.org/CodeSystem/adverse-event-category"
 
 
@@ -72,11 +87,15 @@ def to_adverse_event(inp: AdverseEventInput, site: SiteContext) -> list[dict[str
     if inp.grade is not None and inp.grading_system is not None:
         ext.append({"url": fhir.SD + "ae-grade", "valueInteger": inp.grade})
         ext.append({"url": fhir.SD + "ae-grading-system", "valueCodeableConcept": fhir.concept(inp.grading_system.coding())})
+        if inp.grading_system.code == "ctcae-v5" and inp.grade in NCIT_GRADE:
+            ext.append({"url": AE_IG_GRADE, "valueCodeableConcept": fhir.concept(fhir.coding(NCIT, *NCIT_GRADE[inp.grade]))})
     if inp.cycle is not None:
         ext.append({"url": fhir.SD + "treatment-cycle", "valueInteger": inp.cycle})
     if ext:
         ae = {**{k: ae[k] for k in ("resourceType", "id", "meta")}, "extension": ext,
               **{k: v for k, v in ae.items() if k not in ("resourceType", "id", "meta")}}
+    if inp.grade in SEVERITY:
+        ae["severity"] = fhir.concept(fhir.coding(AE_SEVERITY, *SEVERITY[inp.grade]))
     serious = inp.serious if inp.serious is not None else (inp.grade is not None and inp.grade >= 3)
     ae["seriousness"] = fhir.concept(fhir.coding(
         "http://terminology.hl7.org/CodeSystem/adverse-event-seriousness",

@@ -166,6 +166,20 @@ def _code(cc: Any, system_suffix: str) -> str | None:
     return next((c.get("code") for c in cc.get("coding", []) if str(c.get("system", "")).endswith(system_suffix)), None)
 
 
+def _other_term(cc: Any) -> str | None:
+    """The term of an adverse event that is not a project code: ``meddra:<code>`` for a MedDRA
+    coding (https://www.meddra.org), else the CodeableConcept's text, else the first coding's display
+    or code (a site-local term counts by its text; lower-cased, trimmed)."""
+    if not isinstance(cc, dict):
+        return None
+    codings = [c for c in cc.get("coding", []) if isinstance(c, dict)]
+    meddra = next((c.get("code") for c in codings if c.get("system") == "https://www.meddra.org" and c.get("code")), None)
+    if meddra:
+        return f"meddra:{meddra}"
+    text = cc.get("text") or next((c.get("display") or c.get("code") for c in codings if c.get("display") or c.get("code")), None)
+    return " ".join(str(text).split()).lower() if text else None
+
+
 def _profile(r: dict[str, Any]) -> str:
     return next((p[len(SD):] for p in r.get("meta", {}).get("profile", []) if p.startswith(SD)), "")
 
@@ -276,7 +290,7 @@ def course_of(pat: dict[str, Any], res: dict[str, list[dict[str, Any]]],  # noqa
                 "stem_cell_source": _code((p.get("usedCode") or [{}])[0], "stem-cell-source"),
             }.items() if v}
     for ae in res.get("AdverseEvent", []):
-        term = _code(ae.get("event"), "adverse-event-term")
+        term = _code(ae.get("event"), "adverse-event-term") or _other_term(ae.get("event"))
         if term == "death":
             c.deceased = True
             c.death = c.death or _d(ae.get("date"))
