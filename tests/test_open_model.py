@@ -124,3 +124,67 @@ def test_a_site_local_adverse_event_term_counts_by_its_text() -> None:
                                                           "display": "a MedDRA-coded term"}]}}
     course = course_of(pat, {"AdverseEvent": [fever, meddra]})
     assert sorted(course.adverse_events) == [("fever", 1), ("meddra:10000001", 1)]
+
+
+# --------------------------------------------------------------------- identifying columns, nulls
+
+
+def test_a_mapping_that_reads_an_identifying_column_is_refused(tmp_path: Any, settings: Settings) -> None:
+    """The issue's mistake: a name column routed into ``gender``. Refused when loaded (API 400,
+    CLI exit 2), naming the key, and no name is read or printed."""
+    import shutil
+
+    from adapter.config import ROOT
+    from adapter.errors import MappingSpecError
+    from adapter.spec import load_mapping
+    from tests.server import Server
+
+    mdir = tmp_path / "mappings"
+    shutil.copytree(ROOT / "mappings", mdir)
+    mapping = mdir / "hito" / "seguimiento.yaml"
+    text = mapping.read_text(encoding="utf-8")
+    mistaken = text.replace("gender: {column: Sexo,", "gender: {column: Nombre,", 1)
+    assert mistaken != text
+    mapping.write_text(mistaken, encoding="utf-8")
+    with pytest.raises(MappingSpecError, match="identifies a person") as info:
+        load_mapping("hito", "seguimiento", mdir)
+    assert "sheets[0].resources[0].fields.gender" in str(info.value)
+    with _store_on("sqlite", tmp_path) as store:
+        srv = Server(store, settings.model_copy(update={"mappings_dir": mdir}))
+        try:
+            r = _post_export(srv.client, EXAMPLES / "hito" / "hito_seguimiento_blinatumomab.xlsx", "hito", "seguimiento")
+        finally:
+            srv.stop()
+    assert r.status_code == 400 and "identifies a person" in r.text
+    wb = openpyxl.load_workbook(EXAMPLES / "hito" / "hito_seguimiento_blinatumomab.xlsx", read_only=True)
+    names = [row[1] for row in wb["Pacientes"].iter_rows(min_row=2, values_only=True) if row[1]]
+    assert names and not any(n in r.text for n in names)
+
+
+def test_null_tokens_are_absent_values_not_parse_errors(tmp_path: Any, settings: Settings) -> None:
+    import shutil
+
+    from adapter.config import ROOT
+    from adapter.ingest import ingest_file
+
+    mdir = tmp_path / "mappings"
+    shutil.copytree(ROOT / "mappings", mdir)
+    mapping = mdir / "hito" / "erm_citometria.yaml"
+    mapping.write_text(mapping.read_text(encoding="utf-8").replace(
+        '  date_format: "%d/%m/%Y"\n', '  date_format: "%d/%m/%Y"\n  null_values: ["-", "NA", "n/a", "—"]\n', 1), encoding="utf-8")
+    lines = (EXAMPLES / "hito" / "hito_erm_citometria.csv").read_bytes().decode("cp1252").split("\r\n")
+    cells = lines[2].split(";")
+    cells[12] = "-"  # Comentario (the time point): not recorded
+    other = lines[3].split(";")
+    other[12] = "n/a"
+    path = tmp_path / "erm_nulls.csv"
+    path.write_bytes("\r\n".join([lines[0], lines[1], ";".join(cells), ";".join(other)]).encode("cp1252"))
+    with _store_on("sqlite", tmp_path) as store:
+        report = ingest_file(path, "hito", "erm_citometria", store, settings=settings.model_copy(update={"mappings_dir": mdir}))
+    assert report.rows_read == 3
+    # the time point is required: a null token makes it missing, never a pattern or lookup failure
+    about = {i.value: i.reason for i in report.issues if i.severity == "error"}
+    assert about == {"-": "timepoint: required value is missing", "n/a": "timepoint: required value is missing"}
+    with _store_on("sqlite", tmp_path / "plain") as store:  # without the declaration, "-" is a value that fails
+        plain = ingest_file(path, "hito", "erm_citometria", store, settings=settings)
+    assert {i.value: i.reason for i in plain.issues if i.severity == "error"}["-"] != "timepoint: required value is missing"

@@ -93,8 +93,8 @@ def _cell(value: Any) -> Any:
 
 def _field_value(f: CompiledField, row: Row, ctx: TransformContext) -> Any:
     value = _cell(row.cells.get(f.column)) if f.column is not None else f.value
-    if is_blank(value):
-        return None
+    if is_blank(value) or (f.null_values and isinstance(value, str) and value.strip().casefold() in f.null_values):
+        return None  # a null token ('-', 'NA' ...) is an absent value, never a parse error
     for step in f.steps:
         kwargs = step.args
         if step.column_args:

@@ -41,6 +41,8 @@ class CompiledField:
     column: str | None
     value: Any
     steps: tuple[CompiledStep, ...]
+    #: cell texts that mean "no value" (the reader's and the field's, trimmed and case-folded)
+    null_values: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -213,7 +215,9 @@ def load_mapping(site: str, name: str, mappings_dir: Path) -> LoadedMapping:
     tables = load_code_tables(site, mappings_dir)
     formats = (spec.reader.date_format,) if isinstance(spec.reader.date_format, str) else tuple(spec.reader.date_format)
     ctx = TransformContext(decimal=spec.reader.decimal, date_formats=formats, tables=tables)
-    sheets = tuple(_compile_sheet(path, i, s, tables) for i, s in enumerate(spec.sheets))
+    nulls = frozenset(v.strip().casefold() for v in spec.reader.null_values)
+    sheets = tuple(_compile_sheet(path, i, s, tables, nulls) for i, s in enumerate(spec.sheets))
+    _refuse_identifying(path, spec, site_spec)
     if spec.reader.format in ("csv", "redcap", "hl7v2") and any(s.sheet is not None for s in sheets):
         raise MappingSpecError(str(path), "sheets", f"a {spec.reader.format} file has no sheets; leave 'sheet' out")
     if spec.reader.data_dictionary is not None:  # a file next to the mapping file
@@ -224,7 +228,41 @@ def load_mapping(site: str, name: str, mappings_dir: Path) -> LoadedMapping:
     return LoadedMapping(path, spec, site_spec, sheets, ctx, tables)
 
 
-def _compile_sheet(path: Path, i: int, sheet: Any, tables: Mapping[str, CodeTable]) -> CompiledSheet:
+def identifying(column: str, declared: list[str]) -> bool:
+    """Whether ``column`` is one of the site's identifying columns: the same header (trimmed,
+    case-insensitive), or a component of a declared HL7 v2 field (``PID-5`` covers ``PID-5.1``,
+    ``PID-5[2].1``)."""
+    col = column.strip().casefold()
+    for d in declared:
+        d = d.strip().casefold()
+        if col == d or (re.match(r"^[a-z][a-z0-9]{2}-\d+$", d) and re.match(rf"^{re.escape(d)}(\[|\.|$)", col)):
+            return True
+    return False
+
+
+def _refuse_identifying(path: Path, spec: MappingSpec, site: SiteSpec) -> None:
+    """Refuse a mapping that reads a column its site declares identifying (``site.yaml``
+    ``identifying_columns``), wherever it reads it: a field, a transform argument, a condition, a
+    skip rule. Raises MappingSpecError naming the key."""
+    if not site.identifying_columns:
+        return
+    for i, sheet in enumerate(spec.sheets):
+        for j, block in enumerate(sheet.resources):
+            key = f"sheets[{i}].resources[{j}]"
+            reads = [(f"{key}.fields.{n}", f.column) for n, f in block.fields.items() if f.column]
+            reads += [(f"{key}.fields.{n}.pipe[{k}]", a["column"]) for n, f in block.fields.items()
+                      for k, step in enumerate(f.pipe) if isinstance(step, dict)
+                      for args in step.values() for a in args.values() if isinstance(a, dict) and "column" in a]
+            reads += [(f"{key}.when", w.column) for w in block.conditions]
+            reads += [(f"sheets[{i}].skip[{k}].when", w.column) for k, r in enumerate(sheet.skip) for w in r.conditions]
+            for where, column in reads:
+                if identifying(str(column), site.identifying_columns):
+                    raise MappingSpecError(str(path), where, f"column {column!r} identifies a person (site.yaml "
+                                           "identifying_columns): it may not be mapped, and its values are never read")
+
+
+def _compile_sheet(path: Path, i: int, sheet: Any, tables: Mapping[str, CodeTable],
+                   nulls: frozenset[str] = frozenset()) -> CompiledSheet:
     blocks = []
     columns: set[str] = set()
     for j, block in enumerate(sheet.resources):
@@ -246,7 +284,7 @@ def _compile_sheet(path: Path, i: int, sheet: Any, tables: Mapping[str, CodeTabl
                 raise MappingSpecError(str(path), f"{key}.fields", f"required input {fname!r} of concept '{concept.name}' is not mapped")
         fields = []
         for fname, fspec in block.fields.items():
-            compiled = _compile_field(path, f"{key}.fields.{fname}", fname, fspec, tables)
+            compiled = _compile_field(path, f"{key}.fields.{fname}", fname, fspec, tables, nulls)
             fields.append(compiled)
             if compiled.column:
                 columns.add(compiled.column)
@@ -259,7 +297,8 @@ def _compile_sheet(path: Path, i: int, sheet: Any, tables: Mapping[str, CodeTabl
     return CompiledSheet(sheet.sheet, tuple(blocks), frozenset(columns), skip)
 
 
-def _compile_field(path: Path, key: str, name: str, fspec: FieldSpec, tables: Mapping[str, CodeTable]) -> CompiledField:
+def _compile_field(path: Path, key: str, name: str, fspec: FieldSpec, tables: Mapping[str, CodeTable],
+                   nulls: frozenset[str] = frozenset()) -> CompiledField:
     steps = []
     for k, step in enumerate(fspec.pipe):
         skey = f"{key}.pipe[{k}]"
@@ -287,4 +326,5 @@ def _compile_field(path: Path, key: str, name: str, fspec: FieldSpec, tables: Ma
         for aname in column_args:
             args.pop(aname)
         steps.append(CompiledStep(sname, fn, args, column_args))
-    return CompiledField(name, fspec.column, fspec.value, tuple(steps))
+    own = frozenset(v.strip().casefold() for v in fspec.null_values or [])
+    return CompiledField(name, fspec.column, fspec.value, tuple(steps), nulls | own)

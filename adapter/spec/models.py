@@ -52,6 +52,11 @@ class SiteSpec(_Strict):
     source: str = Field(description="where the site's conventions come from (paper, data dictionary)")
     mrd: MRDPolicy
     drug_cost: DrugCost | None = None
+    identifying_columns: list[str] = Field(
+        default_factory=list,
+        description="columns of the site's exports that identify a person (names, addresses, phone numbers): a "
+                    "mapping that reads one is refused when it is loaded, so their values never reach a resource, "
+                    "a row issue or a report. An HL7 v2 field (PID-5) covers all its components (PID-5.1, PID-5[2].1)")
 
 
 # ---------------------------------------------------------------------------------------- mapping
@@ -67,6 +72,9 @@ class FieldSpec(_Strict):
     column: str | None = None
     value: Any = None
     pipe: list[Step] = Field(default_factory=list)
+    null_values: list[str] | None = Field(
+        default=None, description="cell texts that mean 'no value' in this column (compared trimmed, case-insensitive), "
+                                  "in addition to the reader's null_values")
 
     @model_validator(mode="after")
     def _one_source(self) -> FieldSpec:
@@ -137,6 +145,10 @@ class ReaderSpec(_Strict):
     decimal: Literal[".", ","] = "."
     date_format: str | list[str] = "%d/%m/%Y"
     header_row: int = Field(default=1, ge=1)
+    null_values: list[str] = Field(
+        default_factory=list,
+        description="cell texts that mean 'no value' anywhere in the file (e.g. '-', 'NA', 'n/a', '—'), compared "
+                    "trimmed and case-insensitive: such a cell is blank, never a parse error")
     data_dictionary: str | None = Field(
         default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
         description="redcap: the project's data dictionary CSV, a file next to the mapping file")
