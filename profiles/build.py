@@ -19,10 +19,10 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 from adapter.config import CANONICAL  # noqa: E402
-from adapter.mapping import adverse_event, disease, dispense, hsct, infusion, mrd, patient  # noqa: E402
+from adapter.mapping import adverse_event, disease, dispense, hsct, infusion, mrd, observation, patient  # noqa: E402
 from adapter.mapping.base import SiteContext  # noqa: E402
 from adapter.mapping.fhir import CS, SD  # noqa: E402
-from adapter.mapping.transforms import Concept, MRDValue  # noqa: E402
+from adapter.mapping.transforms import Concept, Measured, MRDValue  # noqa: E402
 
 VS = f"{CANONICAL}/ValueSet/"
 V3_INTERP = "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation"
@@ -34,7 +34,11 @@ CODESYSTEMS: dict[str, tuple[str, list[tuple[str, str, str]]]] = {
          "MRD as a percentage of nucleated cells; negative below 0.01 % (10^-4). REFERENCE.md §1: no LOINC code confirmed."),
         ("blinatumomab-response", "Response to blinatumomab", "Response assessment after a blinatumomab cycle (seed 002 definitions)."),
         ("vital-status", "Vital status at last follow-up", "Alive or dead at the last follow-up date."),
-        ("prior-therapy-lines", "Number of previous treatment lines", "Lines of therapy before blinatumomab.")]),
+        ("prior-therapy-lines", "Number of previous treatment lines", "Lines of therapy before blinatumomab."),
+        ("fusion-gene", "Fusion gene", "A fusion gene or rearrangement found in the leukemic cells, as the site wrote it "
+         "(e.g. ETV6-RUNX1, BCR-ABL1, KMT2A-AFF1); HL7 Genomics Reporting codes are not confirmed here (REFERENCE.md)."),
+        ("genetic-marker", "Genetic marker", "A named genetic or immunophenotypic marker and whether it was found "
+         "(the marker in Observation.code.text, the finding as the value).")]),
     "assessment-timepoint": ("When an assessment was made relative to blinatumomab", [
         ("pre-treatment", "Before blinatumomab", "Assessment before the first blinatumomab cycle (relapse/refractoriness)."),
         ("post-cycle", "After a blinatumomab cycle", "Assessment at the end of a cycle."),
@@ -208,6 +212,10 @@ PROFILES: dict[str, tuple[str, str, list[dict[str, Any]]]] = {
         el("AdverseEvent.event", min=1), el("AdverseEvent.subject", min=1),
         el("AdverseEvent.date", short="When it occurred: every toxicity has one; a death of unknown date has none "
                                       "(Patient.deceasedBoolean carries it)")]),
+    "pedall-observation": ("Observation", "Any clinical finding of a patient (marrow blasts, cytogenetics, a marker, a "
+                           "count) at a date or an assessment time point, with one value", [
+        el("Observation.status", min=1), el("Observation.code", min=1), el("Observation.subject", min=1),
+        el("Observation.value[x]", min=1)]),
     "pedall-encounter": ("Encounter", "An inpatient stay of interest (e.g. PICU admission)", [
         el("Encounter.type", min=1), required("Encounter.type", "encounter-type", 1), el("Encounter.subject", min=1),
         el("Encounter.period", min=1), el("Encounter.period.start", min=1)]),
@@ -295,6 +303,13 @@ def examples() -> dict[str, list[dict[str, Any]]]:
             outcome=Concept("http://terminology.hl7.org/CodeSystem/adverse-event-outcome", "resolved")), site)
         + adverse_event.to_death(adverse_event.DeathInput(
             patient="X0001", date=date(2021, 1, 5), cause=c("adverse-event-term", "sepsis", "Sepsis")), site)[:1],
+        "pedall-observation": observation.to_observation(observation.ObservationInput(  # marrow blasts (LOINC)
+            patient="X0001", code=Concept("http://loinc.org", "11150-0", "Blasts/100 cells in Bone marrow",
+                                          {"category": "laboratory"}),
+            effectiveDateTime=date(2020, 1, 30), value_quantity=Measured(Decimal("4.5")), unit="%"), site)
+        + observation.to_observation(observation.ObservationInput(  # a fusion gene, as the site wrote it
+            patient="X0001", code=Concept(CS + "observation-code", "fusion-gene", "Fusion gene"),
+            timepoint=c("assessment-timepoint", "diagnosis"), value_string="ETV6-RUNX1"), site),
         "pedall-encounter": adverse_event.to_encounter(adverse_event.EncounterInput(
             patient="X0001", start=date(2020, 2, 2), end=date(2020, 2, 5), type=c("encounter-type", "picu-admission")), site),
         "pedall-hsct": hsct.to_hsct_procedure(hsct.HSCTInput(

@@ -188,3 +188,64 @@ def test_null_tokens_are_absent_values_not_parse_errors(tmp_path: Any, settings:
     with _store_on("sqlite", tmp_path / "plain") as store:  # without the declaration, "-" is a value that fails
         plain = ingest_file(path, "hito", "erm_citometria", store, settings=settings)
     assert {i.value: i.reason for i in plain.issues if i.severity == "error"}["-"] != "timepoint: required value is missing"
+
+
+# ------------------------------------------------------------------ transforms and open concepts
+
+
+def test_durations_decimal_ages_and_censored_numbers() -> None:
+    from datetime import date
+    from decimal import Decimal
+
+    from adapter.errors import TransformError
+    from adapter.mapping.patient import partial_birth_date
+    from adapter.mapping.transforms import Age, Measured, TransformContext, age, offset, quantity
+
+    comma = TransformContext(decimal=",", date_formats=("%d/%m/%Y",), tables={})
+    dot = TransformContext(decimal=".", date_formats=("%d/%m/%Y",), tables={})
+    assert offset("36,5", ctx=comma, reference="08/04/2019", unit="month") == offset("36.5", ctx=dot, reference=date(2019, 4, 8),
+                                                                                     unit="month")
+    assert (offset("36.5", ctx=dot, reference=date(2019, 4, 8), unit="month") - date(2019, 4, 8)).days == 1111  # 36.5 x 30.4375
+    assert offset("-2", ctx=dot, reference=date(2020, 1, 10), unit="week") == date(2019, 12, 27)
+    assert offset(1.5, ctx=dot, reference=date(2020, 1, 1), unit="year") == date(2021, 7, 2)  # 547.875 days -> 548
+    with pytest.raises(TransformError, match="reference date is empty"):
+        offset("3", ctx=dot, reference=None, unit="month")
+    assert age("7.5 years", ctx=dot) == Age(Decimal("7.5"), "a")
+    assert age("0,8", ctx=comma, unit="year") == Age(Decimal("0.8"), "a")
+    assert age(12.0, ctx=dot, unit="year") == Age(12, "a") and age("11 meses", ctx=dot) == Age(11, "mo")
+    with pytest.raises(TransformError, match="unit"):
+        age("12", ctx=dot)  # a bare number's unit is not known
+    assert partial_birth_date(Age(Decimal("7.5"), "a"), date(2020, 1, 15)) == "2012-07"
+    assert partial_birth_date(Age(12, "a"), date(2020, 1, 15)) == "2008"
+    assert quantity("<0,01", ctx=comma) == Measured(Decimal("0.01"), "<")
+    assert quantity(">95", ctx=dot) == Measured(Decimal("95"), ">") and quantity("≤5", ctx=dot).comparator == "<="
+    assert quantity(12, ctx=dot) == Measured(Decimal("12"))
+    with pytest.raises(TransformError):
+        quantity("about 5", ctx=dot)
+
+
+def test_the_observation_concept_carries_any_finding_and_validates() -> None:
+    from datetime import date
+    from decimal import Decimal
+
+    from adapter.mapping.base import SiteContext
+    from adapter.mapping.observation import ObservationInput, to_observation
+    from adapter.mapping.transforms import Concept, Measured
+    from adapter.validation import get_validator
+
+    site = SiteContext("x", "X", "MX", 0.01, False, "k")
+    blasts = Concept("http://loinc.org", "11150-0", "Blasts/100 cells in Bone marrow", {"category": "laboratory"})
+    obs = to_observation(ObservationInput(patient="1", code=blasts, effectiveDateTime=date(2021, 3, 1),
+                                          value_quantity=Measured(Decimal("5"), "<"), unit="%"), site)[0]
+    assert obs["valueQuantity"] == {"value": 5, "comparator": "<", "unit": "%", "system": "http://unitsofmeasure.org",
+                                    "code": "%"}
+    assert obs["category"][0]["coding"][0]["code"] == "laboratory"
+    fusion = Concept("https://w3id.org/pedall-fhir/CodeSystem/observation-code", "fusion-gene", "Fusion gene")
+    tp = Concept("https://w3id.org/pedall-fhir/CodeSystem/assessment-timepoint", "diagnosis", "At diagnosis")
+    gene = to_observation(ObservationInput(patient="1", code=fusion, timepoint=tp, value_string="BCR-ABL1"), site)[0]
+    for r in (obs, gene):
+        assert get_validator().validate(r, full=True) == [], r
+    with pytest.raises(ValueError, match="exactly one value"):
+        to_observation(ObservationInput(patient="1", code=fusion, timepoint=tp), site)
+    with pytest.raises(ValueError, match="unit"):
+        to_observation(ObservationInput(patient="1", code=blasts, timepoint=tp, value_quantity=Decimal(3)), site)

@@ -7,6 +7,7 @@ from adapter.mapping import (  # noqa: F401  (registration side effects)
     hsct,
     infusion,
     mrd,
+    observation,
     patient,
 )
 from adapter.mapping.base import Concept, ConceptInput, SiteContext, concepts, get_concept

@@ -6,7 +6,8 @@ site-scoped identifier system ``{CANONICAL}/sid/{site}/patient``.
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import date, timedelta
+from decimal import Decimal
 from typing import Any
 
 from adapter.mapping import fhir
@@ -28,12 +29,17 @@ def organization(site: SiteContext) -> dict[str, Any]:
 
 
 def partial_birth_date(age: Age, on: date) -> str:
-    """Birth date implied by an age on a date, only as precise as the age: an age in years gives
-    ``YYYY``, in months, weeks or days ``YYYY-MM`` (FHIR ``date`` allows partial dates, R4 §2.24.0.1).
-    The result is approximate: someone aged N years on ``on`` was born in ``on.year - N`` or the
-    year before; the later year is given."""
-    if age.unit == "a":
+    """Birth date implied by an age on a date, only as precise as the age: a whole number of years
+    gives ``YYYY``; months, weeks, days or a decimal number of years give ``YYYY-MM`` (FHIR ``date``
+    allows partial dates, R4 §2.24.0.1). The result is approximate: someone aged N years on ``on``
+    was born in ``on.year - N`` or the year before (the later year is given); a decimal age is
+    counted back at 365.25 days a year (30.4375 a month) and given to the month."""
+    if age.unit == "a" and isinstance(age.value, int):
         return f"{on.year - age.value:04d}"
+    if isinstance(age.value, Decimal):
+        days = {"a": Decimal("365.25"), "mo": Decimal("30.4375"), "wk": Decimal(7), "d": Decimal(1)}[age.unit]
+        born = on - timedelta(days=int((age.value * days).to_integral_value()))
+        return f"{born.year:04d}-{born.month:02d}"
     back = {"mo": age.value, "wk": age.value * 7 // 30, "d": age.value // 30}[age.unit]
     months = on.year * 12 + (on.month - 1) - back
     return f"{months // 12:04d}-{months % 12 + 1:02d}"

@@ -45,10 +45,21 @@ class MRDValue:
 
 @dataclass(frozen=True, slots=True)
 class Age:
-    """An age as the source wrote it: ``value`` in ``unit`` (UCUM ``mo`` months or ``a`` years)."""
+    """An age as the source wrote it: ``value`` in ``unit`` (UCUM ``a`` years, ``mo`` months,
+    ``wk`` weeks or ``d`` days); a decimal value (``7.5`` years) is kept exact."""
 
-    value: int
+    value: int | Decimal
     unit: str
+
+
+@dataclass(frozen=True, slots=True)
+class Measured:
+    """A number read with its comparator (``<0.01``, ``>95``, ``≤5``): ``value`` as written and the
+    FHIR ``Quantity.comparator`` (``<``, ``<=``, ``>=``, ``>``; R4 §2.24.0.11, required binding),
+    ``None`` for an exact value. A censored value is never turned into an exact one."""
+
+    value: Decimal
+    comparator: str | None = None
 
 
 @dataclass(frozen=True)
@@ -450,23 +461,86 @@ def day_offset(value: Any, *, ctx: TransformContext, reference: Any) -> date:
 
 
 _AGE = re.compile(
-    r"^\s*(\d{1,3})\s*(years?|yrs?|y|a|años?|anos?|months?|mos?|m|meses?|mes|weeks?|w|semanas?|days?|d|días?|dias?)\.?\s*$",
+    r"^\s*(\d{1,3}(?:[.,]\d{1,4})?)\s*(years?|yrs?|y|a|años?|anos?|months?|mos?|m|meses?|mes|weeks?|w|semanas?|days?|d|días?|dias?)?\.?\s*$",
     re.IGNORECASE,
 )
 _AGE_UNITS = {"y": "a", "a": "a", "m": "mo", "w": "wk", "d": "d", "s": "wk"}
+_UNIT_ARG = {"year": "a", "month": "mo", "week": "wk", "day": "d"}
 
 
 @transform("age")
-def age(value: Any, *, ctx: TransformContext) -> Age:
-    """An age string: ``"7 months"``, ``"12 years"``, ``"3a"`` (años), ``"11 meses"``, ``"2 y"``.
-    Output :class:`Age` with UCUM unit ``a``, ``mo``, ``wk`` or ``d``. A bare number raises (its unit
-    is unknown)."""
-    m = _AGE.match(str(value))
-    if m is None:
-        raise TransformError(value, "is not an age such as '7 months' or '3a'")
-    word = _fold(m.group(2))
-    unit = "mo" if word.startswith(("mo", "me")) or word == "m" else _AGE_UNITS[word[0]]
-    return Age(int(m.group(1)), unit)
+def age(value: Any, *, ctx: TransformContext, unit: str | None = None) -> Age:
+    """An age: ``"7 months"``, ``"12 years"``, ``"3a"`` (años), ``"11 meses"``, ``"2 y"``, decimal
+    ages too (``"7.5 years"``, ``"0,8 años"``, an Excel number). A bare number takes ``unit``
+    (``year``, ``month``, ``week`` or ``day``); without it a bare number raises (its unit is
+    unknown). Output :class:`Age` with UCUM unit ``a``, ``mo``, ``wk`` or ``d``; the value keeps its
+    decimals (the Patient's birth date is then given to the month, adapter/mapping/patient.py)."""
+    if unit is not None and unit not in _UNIT_ARG:
+        raise TransformError(value, f"unit must be one of {', '.join(_UNIT_ARG)}")
+    if isinstance(value, bool):
+        raise TransformError(value, "is not an age")
+    text = format(Decimal(str(value)), "f") if isinstance(value, int | float) else str(value)
+    m = _AGE.match(text)
+    if m is None or (m.group(2) is None and unit is None):
+        raise TransformError(value, "is not an age such as '7 months', '3a' or '7.5 years'"
+                             + ("" if m is None else " (a bare number needs the transform's unit)"))
+    number = _to_decimal(m.group(1), "," if "," in m.group(1) else ".")
+    if m.group(2) is None:
+        code = _UNIT_ARG[str(unit)]
+    else:
+        word = _fold(m.group(2))
+        code = "mo" if word.startswith(("mo", "me")) or word == "m" else _AGE_UNITS[word[0]]
+    return Age(int(number) if number == number.to_integral_value() else number.normalize(), code)
+
+
+#: Days in a calendar unit, for durations written in those units (the convention of every
+#: examples/*/EXPECTED.md and of the outcome figures: a month is 30.4375 days, a year 365.25).
+UNIT_DAYS = {"day": Decimal(1), "week": Decimal(7), "month": Decimal("30.4375"), "year": Decimal("365.25")}
+
+
+@transform("offset")
+def offset(value: Any, *, ctx: TransformContext, reference: Any, unit: str = "day") -> date:
+    """The date ``value`` ``unit``s after a reference date (before it when negative): follow-up
+    written as ``36.5`` months from the start of treatment, a time to event in weeks. ``value`` is a
+    number (decimals allowed, the reader's decimal separator); ``reference`` is usually
+    ``{column: <date column>}``; ``unit`` is ``day``, ``week``, ``month`` (30.4375 days) or ``year``
+    (365.25 days). The result is rounded to the nearest day, so a date derived from months is
+    approximate (within half a day of the stated months, whatever the calendar); the outcome figures
+    count months the same way, so the duration they compute is the one the site wrote. A missing
+    reference raises."""
+    if unit not in UNIT_DAYS:
+        raise TransformError(value, f"unit must be one of {', '.join(UNIT_DAYS)}")
+    if reference is None or (isinstance(reference, str) and not reference.strip()):
+        raise TransformError(value, "has a duration but the reference date is empty")
+    amount = decimal(value, ctx=ctx)
+    days = int((amount * UNIT_DAYS[unit]).to_integral_value(rounding="ROUND_HALF_EVEN"))
+    return _as_date(reference, ctx.date_formats) + timedelta(days=days)
+
+
+_MEASURED = re.compile(r"^\s*(<=|>=|≤|≥|<|>)?\s*([-+]?[0-9][0-9.,\s]*|[-+]?[.,][0-9]+)\s*$")
+
+
+@transform("quantity")
+def quantity(value: Any, *, ctx: TransformContext, min: float | None = None,  # noqa: A002
+             max: float | None = None) -> Measured:  # noqa: A002
+    """A number with an optional comparator, wherever a censored value can occur: ``"<0,01"``,
+    ``">95"``, ``"≤5"``, ``"12"`` or an Excel number. Output :class:`Measured` (value and FHIR
+    comparator). Optional inclusive ``min``/``max`` bound the number as written."""
+    if isinstance(value, bool):
+        raise TransformError(value, "is not a number")
+    if isinstance(value, int | float):
+        number, comparator = Decimal(str(value)), None
+    else:
+        m = _MEASURED.match(str(value))
+        if m is None:
+            raise TransformError(value, "is not a number such as '12', '<0,01' or '>95'")
+        comparator = _COMPARATORS.get(m.group(1) or "", m.group(1))
+        number = _to_decimal(m.group(2), ctx.decimal)
+    if not number.is_finite():
+        raise TransformError(value, "is not a finite number")
+    if (min is not None and number < Decimal(str(min))) or (max is not None and number > Decimal(str(max))):
+        raise TransformError(value, f"is outside {min}..{max}")
+    return Measured(number, comparator or None)
 
 
 def _fold(s: str) -> str:
