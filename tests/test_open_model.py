@@ -249,3 +249,79 @@ def test_the_observation_concept_carries_any_finding_and_validates() -> None:
         to_observation(ObservationInput(patient="1", code=fusion, timepoint=tp), site)
     with pytest.raises(ValueError, match="unit"):
         to_observation(ObservationInput(patient="1", code=blasts, timepoint=tp, value_quantity=Decimal(3)), site)
+
+
+# ---------------------------------------------------------------------- row order changes nothing
+
+
+def _shuffled(path: Any, out_dir: Any, seed: int) -> Any:
+    """A copy of an export with its data rows (CSV lines, each sheet's rows, HL7 messages) in
+    another order; header rows stay first."""
+    import csv
+    import io as _io
+    import random
+
+    from adapter.readers.hl7v2 import split_messages
+
+    rng = random.Random(seed)
+    out = out_dir / path.name
+    if path.suffix == ".xlsx":
+        src = openpyxl.load_workbook(path)
+        for ws in src.worksheets:
+            rows = [[c.value for c in r] for r in ws.iter_rows(min_row=2)]
+            rng.shuffle(rows)
+            for i, values in enumerate(rows, start=2):
+                for j, v in enumerate(values, start=1):
+                    ws.cell(i, j).value = v
+        src.save(out)
+    elif path.suffix == ".hl7":
+        messages = split_messages(path.read_bytes())
+        rng.shuffle(messages)
+        out.write_bytes(b"\r\n".join(messages) + b"\r\n")
+    else:
+        raw = path.read_bytes()
+        encoding = "utf-8-sig" if raw.startswith(b"\xef\xbb\xbf") else ("utf-8" if _utf8(raw) else "cp1252")
+        text = raw.decode(encoding)
+        delimiter = ";" if text.split("\n", 1)[0].count(";") > text.split("\n", 1)[0].count(",") else ","
+        rows = list(csv.reader(_io.StringIO(text, newline=""), delimiter=delimiter))
+        header, body = rows[0], [r for r in rows[1:] if r]
+        rng.shuffle(body)
+        buf = _io.StringIO(newline="")
+        csv.writer(buf, delimiter=delimiter, lineterminator="\r\n").writerows([header, *body])
+        out.write_bytes(buf.getvalue().encode(encoding))
+    return out
+
+
+def _utf8(raw: bytes) -> bool:
+    try:
+        raw.decode("utf-8")
+        return True
+    except UnicodeDecodeError:
+        return False
+
+
+def _content(store: Any, site: str) -> dict[tuple[str, str], str]:
+    import json
+
+    return {(r["resourceType"], r["id"]): json.dumps({k: v for k, v in r.items() if k != "meta"}, sort_keys=True)
+            for r in store.iter_resources(site=site) if r["resourceType"] != "Provenance"}
+
+
+@pytest.mark.parametrize("site", SITES)
+def test_shuffling_the_rows_of_a_sites_exports_changes_no_resource_and_no_figure(store: Any, tmp_path: Any,
+                                                                                 settings: Settings, site: str) -> None:
+    from adapter.ingest import ingest_file
+    from adapter.outcomes.report import outcomes_report
+
+    files = [(m, p) for s, m, p in ALL_EXAMPLE_FILES if s == site]
+    for mapping, path in files:
+        assert ingest_file(path, site, mapping, store, settings=settings).stored
+    original = _content(store, site)
+    figures = outcomes_report(store.cohort(site), site=site)
+    with _store_on("sqlite", tmp_path / "shuffled") as other:
+        (tmp_path / "rows").mkdir()
+        for k, (mapping, path) in enumerate(reversed(files)):  # files in the other order too
+            shuffled = _shuffled(path, tmp_path / "rows", seed=k + len(site))
+            assert ingest_file(shuffled, site, mapping, other, settings=settings).stored
+        assert _content(other, site) == original
+        assert outcomes_report(other.cohort(site), site=site) == figures

@@ -10,7 +10,8 @@ One :class:`PatientCourse` per Patient who received blinatumomab, built only fro
 - response: ``pedall-response`` when recorded, else derived from the last post-cycle MRD;
 - vials: ``pedall-blinatumomab-dispense`` MedicationDispense ``quantity`` and the vials a standard
   28-day course would need (``standard-course-quantity``; seed 002);
-- HSCT: ``pedall-hsct`` Procedure; adverse events with grade (``ae-grade``);
+- HSCT: ``pedall-hsct`` Procedure: the first graft by date (then id) gives the HSCT date and donor
+  figures, ``hsct_count`` counts every graft; adverse events with grade (``ae-grade``);
 - relapse/progression: ``pedall-disease-status`` (follow-up) with value relapse/progression, or an
   AdverseEvent ``relapse``; death: ``Patient.deceased[x]`` (``deceasedBoolean: true`` is a death
   whose date is not known) or the death AdverseEvent, its date from ``Patient.deceasedDateTime`` or
@@ -71,7 +72,8 @@ class PatientCourse:
     relapsed_before_start: bool = False  # a relapse recorded before blinatumomab (indication: relapse)
     mrd: list[MRD] = field(default_factory=list)
     response: str | None = None
-    hsct: date | None = None
+    hsct: date | None = None  # the first transplant (by date); ``donor`` describes that graft
+    hsct_count: int = 0  # every transplant recorded (a second graft after graft failure or relapse)
     donor: dict[str, str] = field(default_factory=dict)
     adverse_events: list[tuple[str, int | None]] = field(default_factory=list)  # (term, grade)
     picu_admissions: int = 0
@@ -281,14 +283,16 @@ def course_of(pat: dict[str, Any], res: dict[str, list[dict[str, Any]]],  # noqa
             c.response = _code(o.get("valueCodeableConcept"), "blinatumomab-response")
         elif prof == "pedall-vital-status" and when is not None:
             c.last_follow_up = when if c.last_follow_up is None or when > c.last_follow_up else c.last_follow_up
-    for p in res.get("Procedure", []):
-        if _profile(p) == "pedall-hsct" and p.get("status") == "completed":
-            c.hsct = _d(p.get("performedDateTime"))
-            c.donor = {k: v for k, v in {
-                "hla_match": _code(_ext(p, "hsct-hla-match"), "hla-match"),
-                "donor_type": _code(_ext(p, "hsct-donor-type"), "hsct-donor-type"),
-                "stem_cell_source": _code((p.get("usedCode") or [{}])[0], "stem-cell-source"),
-            }.items() if v}
+    grafts = sorted((p for p in res.get("Procedure", []) if _profile(p) == "pedall-hsct" and p.get("status") == "completed"),
+                    key=lambda p: (_d(p.get("performedDateTime")) or date.max, p["id"]))
+    c.hsct_count = len(grafts)
+    for p in grafts[:1]:  # the first graft by date (then id): never the order rows were stored in
+        c.hsct = _d(p.get("performedDateTime"))
+        c.donor = {k: v for k, v in {
+            "hla_match": _code(_ext(p, "hsct-hla-match"), "hla-match"),
+            "donor_type": _code(_ext(p, "hsct-donor-type"), "hsct-donor-type"),
+            "stem_cell_source": _code((p.get("usedCode") or [{}])[0], "stem-cell-source"),
+        }.items() if v}
     for ae in res.get("AdverseEvent", []):
         term = _code(ae.get("event"), "adverse-event-term") or _other_term(ae.get("event"))
         if term == "death":

@@ -48,6 +48,8 @@ DEFINITIONS = {
     "follow_up": {"reverse_km": "reverse Kaplan-Meier from the start of blinatumomab (Schemper & Smith 1996)",
                   "from_diagnosis": "median of diagnosis to last contact or death (seed 002, EXPECTED.md C10)"},
     "time_unit": "months = days / 30.4375",
+    "hsct": {"graft": "the first transplant by date (a later graft is counted in more_than_one_graft)",
+             "source": "issue 18: figures never depend on the order rows were stored in"},
 }
 
 RESPONSES = ("cr-mrd-negative", "mrd-clearance", "pr", "nr", "pd")
@@ -304,6 +306,7 @@ def _hsct(cohort: list[PatientCourse]) -> dict[str, Any]:
     done = [c for c in cohort if c.hsct is not None]
     survivors = [c for c in done if not c.deceased and c.last_follow_up is not None]
     return {**proportion(len(done), len(cohort)),
+            "more_than_one_graft": sum(c.hsct_count > 1 for c in done),
             "hla_match": dict(sorted(Counter(c.donor.get("hla_match", "unknown") for c in done).items())),
             "stem_cell_source": dict(sorted(Counter(c.donor.get("stem_cell_source", "unknown") for c in done).items())),
             "days_from_start": _summary([float((c.hsct - c.start).days) for c in done if c.start and c.hsct]),
