@@ -89,7 +89,14 @@ CODESYSTEMS: dict[str, tuple[str, list[tuple[str, str, str]]]] = {
     "blinatumomab-response": ("Response to blinatumomab (seed 002 definitions)", [
         ("cr-mrd-negative", "Complete remission with MRD negativity", "MRD < 0.01 % by flow with hematologic recovery."),
         ("mrd-clearance", "MRD clearance", "From detectable MRD (>= 0.01 %) to undetectable."),
+        ("cr-mrd-positive", "Complete remission with detectable MRD", "Morphological complete remission (< 5 % marrow "
+         "blasts) with MRD still >= 0.01 %: not counted as CR in the MRD-negative CR figure (seed 002), counted in "
+         "morphological CR."),
+        ("cr-mrd-unknown", "Complete remission, MRD not assessed", "Morphological complete remission without an MRD "
+         "result: counted in morphological CR only."),
         ("pr", "Partial response", ">= 1-log MRD reduction, still detectable."),
+        ("not-evaluable", "Not evaluable", "The response could not be assessed (e.g. death or withdrawal before the "
+         "assessment)."),
         ("nr", "No response", "Less than a 1-log MRD reduction, or refractory disease (seed 001 'sin respuesta')."),
         ("pd", "Progressive disease", "Rising MRD, >= 5 % marrow blasts, > 25 % circulating blasts or new extramedullary disease.")]),
     "hla-match": ("Donor HLA match", [

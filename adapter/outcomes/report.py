@@ -8,8 +8,9 @@ Definitions (REFERENCE.md §8 and the seed papers):
   examples/huanl/EXPECTED.md C12).
 - **MRD negativity**: below 0.01 % (10⁻⁴); a value of exactly 0.01 % follows the site's declaration
   (profiles/README.md choice 2); ``after_last_strict`` / ``after_last_inclusive`` give both readings.
-- **CR**: CR with MRD negativity or MRD clearance (seed 002 TABLE 4); **MRD clearance**: MRD-negative
-  after blinatumomab among patients who started MRD-positive with < 1 % blasts (seed 002).
+- **CR**: CR with MRD negativity or MRD clearance (seed 002 TABLE 4); **morphological CR** also
+  counts CR with detectable MRD and CR without an MRD result; **MRD clearance**: MRD-negative after
+  blinatumomab among patients who started MRD-positive with < 1 % blasts (seed 002).
 - **Survival from HSCT** (seed 004): the same endpoints among transplanted patients, from the date
   of HSCT.
 - **Age**: completed years at the start (``age_years``), and (start − birth date) / 365.25
@@ -52,14 +53,19 @@ DEFINITIONS = {
              "source": "issue 18: figures never depend on the order rows were stored in"},
 }
 
-RESPONSES = ("cr-mrd-negative", "mrd-clearance", "pr", "nr", "pd")
+RESPONSES = ("cr-mrd-negative", "mrd-clearance", "cr-mrd-positive", "cr-mrd-unknown", "pr", "nr", "pd", "not-evaluable")
+#: Response codes counted as CR: complete remission with MRD negativity (seed 002 TABLE 4: CR is MRD
+#: < 0.01 %, and MRD clearance is reaching it from detectable MRD). Morphological CR also counts CR
+#: with detectable MRD and CR whose MRD was not assessed.
+CR_MRD_NEGATIVE = ("cr-mrd-negative", "mrd-clearance")
+CR_MORPHOLOGICAL = (*CR_MRD_NEGATIVE, "cr-mrd-positive", "cr-mrd-unknown")
 STRATA: dict[str, Callable[[PatientCourse], str]] = {
     "site": lambda c: c.site,
     "hsct": lambda c: "hsct" if c.hsct else "no-hsct",
     "status": lambda c: _status_group(c.status_at_start),
     "sex": lambda c: c.gender or "unknown",
     "donor": lambda c: c.donor.get("hla_match", "unknown") if c.hsct else "no-hsct",
-    "response": lambda c: {"cr-mrd-negative": "cr", "mrd-clearance": "cr"}.get(c.response or "", c.response or "not-assessed"),
+    "response": lambda c: "cr" if c.response in CR_MRD_NEGATIVE else c.response or "not-assessed",
     "cgvhd": lambda c: "cgvhd" if any(t == "chronic-gvhd" for t, _ in c.adverse_events) else "no-cgvhd",
 }
 
@@ -167,7 +173,7 @@ def _mrd_negative_after(c: PatientCourse) -> bool:
     last = c.mrd_after()
     if last is not None:
         return last.interpretation == "NEG"
-    return c.response in ("cr-mrd-negative", "mrd-clearance")
+    return c.response in CR_MRD_NEGATIVE
 
 
 def _response_figures(cohort: list[PatientCourse]) -> dict[str, Any]:
@@ -180,10 +186,11 @@ def _response_figures(cohort: list[PatientCourse]) -> dict[str, Any]:
     for group in sorted({_status_group(c.status_at_start) for c in cohort}):
         members = [c for c in cohort if _status_group(c.status_at_start) == group]
         by_status[group] = {"n": len(members), **{r: sum(c.response == r for c in members) for r in RESPONSES},
-                            "cr": proportion(sum(c.response in ("cr-mrd-negative", "mrd-clearance") for c in members), len(members))}
+                            "cr": proportion(sum(c.response in CR_MRD_NEGATIVE for c in members), len(members))}
     return {
         "counts": {r: counts.get(r, 0) for r in (*RESPONSES, "not-assessed")},
-        "cr": proportion(sum(c.response in ("cr-mrd-negative", "mrd-clearance") for c in cohort), n),
+        "cr": proportion(sum(c.response in CR_MRD_NEGATIVE for c in cohort), n),
+        "cr_morphological": proportion(sum(c.response in CR_MORPHOLOGICAL for c in cohort), n),
         "mrd_negative_after": proportion(sum(_mrd_negative_after(c) for c in cohort), n),
         "cr_mrd_negative_among_above_1_percent": proportion(sum(_mrd_negative_after(c) for c in high), len(high)),
         "pr_among_above_1_percent": proportion(sum(c.response == "pr" for c in high), len(high)),
@@ -191,7 +198,7 @@ def _response_figures(cohort: list[PatientCourse]) -> dict[str, Any]:
         "mrd_clearance_among_mrd_positive_below_1_percent": proportion(sum(_mrd_negative_after(c) for c in low_pos), len(low_pos)),
         "by_status_at_start": by_status,
         "by_cycles": {str(k): {"n": sum(c.cycles == k for c in cohort),
-                               "cr": sum(c.cycles == k and c.response in ("cr-mrd-negative", "mrd-clearance") for c in cohort)}
+                               "cr": sum(c.cycles == k and c.response in CR_MRD_NEGATIVE for c in cohort)}
                       for k in sorted({c.cycles for c in cohort})},
     }
 
@@ -382,7 +389,7 @@ def outcomes_report(cohort: list[PatientCourse], timepoint: float = 36.0, strati
 
 #: The pooled rates whose heterogeneity across sites is tested: name -> "has the outcome".
 HETEROGENEITY: dict[str, Callable[[PatientCourse], bool]] = {
-    "cr": lambda c: c.response in ("cr-mrd-negative", "mrd-clearance"),
+    "cr": lambda c: c.response in CR_MRD_NEGATIVE,
     "mrd_negative_after_cycle1": lambda c: (m := c.mrd_after(1)) is not None and m.interpretation == "NEG",
     "hsct": lambda c: c.hsct is not None,
     "crs_any": lambda c: any(t == "crs" for t, _ in c.adverse_events),
