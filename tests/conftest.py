@@ -101,18 +101,27 @@ def loaded_store(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPa
         yield s
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
-def api(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, settings: Settings) -> Iterator[Server]:
-    """A server on each backend, with every example export posted through ``POST /$ingest``."""
-    with _store_on(request.param, tmp_path_factory.mktemp("api")) as store:
-        srv = Server(store, settings.model_copy(update={"max_upload_bytes": 1_000_000}))
+@contextmanager
+def posted(backend: str, folder: Path, settings: Settings, files: list[tuple[str, str, Path]],
+           max_upload_bytes: int = 2_000_000) -> Iterator[Server]:
+    """A real server on an empty store of ``backend``, with ``files`` (site, mapping, path) posted
+    through ``POST /$ingest``, each answered 200."""
+    with _store_on(backend, folder) as store:
+        srv = Server(store, settings.model_copy(update={"max_upload_bytes": max_upload_bytes}))
         try:
-            for site, mapping, path in EXAMPLE_FILES:
+            for site, mapping, path in files:
                 r = _post_export(srv.client, path, site, mapping)
-                assert r.status_code == 200, r.text
+                assert r.status_code == 200, r.text[:500]
             yield srv
         finally:
             srv.stop()
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def api(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, settings: Settings) -> Iterator[Server]:
+    """A server on each backend, with every example export posted through ``POST /$ingest``."""
+    with posted(request.param, tmp_path_factory.mktemp("api"), settings, EXAMPLE_FILES, 1_000_000) as srv:
+        yield srv
 
 
 from tests.secure import secure  # noqa: E402, F401  (the auth-on server fixture, shared by the security test modules)

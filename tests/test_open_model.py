@@ -11,7 +11,7 @@ import openpyxl
 import pytest
 
 from adapter.config import Settings
-from tests.conftest import ALL_EXAMPLE_FILES, EXAMPLES, _store_on
+from tests.conftest import ALL_EXAMPLE_FILES, EXAMPLES, _store_on, posted
 from tests.server import Server, _post_export
 
 SITES = sorted({site for site, _, _ in ALL_EXAMPLE_FILES})
@@ -20,15 +20,8 @@ SITES = sorted({site for site, _, _ in ALL_EXAMPLE_FILES})
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
 def network(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, settings: Settings) -> Iterator[Server]:
     """Every example export posted as `make run` ingests them."""
-    with _store_on(request.param, tmp_path_factory.mktemp("open")) as store:
-        srv = Server(store, settings.model_copy(update={"max_upload_bytes": 2_000_000}))
-        try:
-            for site, mapping, path in ALL_EXAMPLE_FILES:
-                r = _post_export(srv.client, path, site, mapping)
-                assert r.status_code == 200, r.text[:300]
-            yield srv
-        finally:
-            srv.stop()
+    with posted(request.param, tmp_path_factory.mktemp("open"), settings, ALL_EXAMPLE_FILES) as srv:
+        yield srv
 
 
 def _all(srv: Server, rtype: str, **params: Any) -> list[dict[str, Any]]:

@@ -311,6 +311,24 @@ _PERCENT = re.compile(r"^\s*(<=|>=|≤|≥|<|>)?\s*([0-9][0-9.,\s]*|[.,][0-9]+)\
 _COMPARATORS = {"≤": "<=", "≥": ">="}
 
 
+def _compared(value: Any, pattern: re.Pattern[str], ctx: TransformContext, what: str) -> tuple[Decimal, str | None]:
+    """``(number, FHIR comparator or None)`` of a cell: an Excel number as is, text through
+    ``pattern`` (group 1 the comparator, group 2 the number, the reader's decimal separator).
+    Raises :class:`TransformError` with ``what`` when the text does not match, or for a number
+    that is not finite."""
+    if isinstance(value, int | float):
+        number, comparator = Decimal(str(value)), None
+    else:
+        m = pattern.match(str(value))
+        if m is None:
+            raise TransformError(value, what)
+        comparator = _COMPARATORS.get(m.group(1) or "", m.group(1)) or None
+        number = _to_decimal(m.group(2), ctx.decimal)
+    if not number.is_finite():
+        raise TransformError(value, "is not a finite number")
+    return number, comparator
+
+
 @transform("mrd_percent")
 def mrd_percent(value: Any, *, ctx: TransformContext, scale: str = "percent") -> MRDValue:
     """An MRD/percent result with its comparator: ``"<0,01"``, ``"0,01%"``, ``"<0.01"``,
@@ -322,16 +340,7 @@ def mrd_percent(value: Any, *, ctx: TransformContext, scale: str = "percent") ->
     """
     if isinstance(value, bool):
         raise TransformError(value, "is not an MRD value")
-    if isinstance(value, int | float):
-        comparator, number = None, Decimal(str(value))
-        if not number.is_finite():
-            raise TransformError(value, "is not a finite number")
-    else:
-        m = _PERCENT.match(str(value))
-        if m is None:
-            raise TransformError(value, "is not a percent value such as '<0,01' or '24.56%'")
-        comparator = _COMPARATORS.get(m.group(1) or "", m.group(1))
-        number = _to_decimal(m.group(2), ctx.decimal)
+    number, comparator = _compared(value, _PERCENT, ctx, "is not a percent value such as '<0,01' or '24.56%'")
     if scale == "fraction":
         number = number * 100
     if number < 0 or number > 100:
@@ -528,16 +537,7 @@ def quantity(value: Any, *, ctx: TransformContext, min: float | None = None,  # 
     comparator). Optional inclusive ``min``/``max`` bound the number as written."""
     if isinstance(value, bool):
         raise TransformError(value, "is not a number")
-    if isinstance(value, int | float):
-        number, comparator = Decimal(str(value)), None
-    else:
-        m = _MEASURED.match(str(value))
-        if m is None:
-            raise TransformError(value, "is not a number such as '12', '<0,01' or '>95'")
-        comparator = _COMPARATORS.get(m.group(1) or "", m.group(1))
-        number = _to_decimal(m.group(2), ctx.decimal)
-    if not number.is_finite():
-        raise TransformError(value, "is not a finite number")
+    number, comparator = _compared(value, _MEASURED, ctx, "is not a number such as '12', '<0,01' or '>95'")
     if (min is not None and number < Decimal(str(min))) or (max is not None and number > Decimal(str(max))):
         raise TransformError(value, f"is outside {min}..{max}")
     return Measured(number, comparator or None)
