@@ -201,7 +201,7 @@ PROFILES: dict[str, tuple[str, str, list[dict[str, Any]]]] = {
         pattern("MedicationAdministration.medicationCodeableConcept", "http://www.nlm.nih.gov/research/umls/rxnorm", "1597258"),
         el("MedicationAdministration.subject", min=1),
         el("MedicationAdministration.effective[x]", min=1, type=[{"code": "Period"}]),
-        el("MedicationAdministration.effectivePeriod.start", min=1), el("MedicationAdministration.dosage", min=1),
+        el("MedicationAdministration.effectivePeriod.start", min=1),
         el("MedicationAdministration.dosage.rateQuantity.system", fixedUri="http://unitsofmeasure.org"),
         el("MedicationAdministration.dosage.rateQuantity.code", fixedCode="ug/m2/d")]),
     "pedall-blinatumomab-dispense": ("MedicationDispense", "Blinatumomab vials used for one cycle", [

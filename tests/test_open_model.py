@@ -318,3 +318,21 @@ def test_shuffling_the_rows_of_a_sites_exports_changes_no_resource_and_no_figure
             assert ingest_file(shuffled, site, mapping, other, settings=settings).stored
         assert _content(other, site) == original
         assert outcomes_report(other.cohort(site), site=site) == figures
+
+
+def test_every_stored_resource_passes_the_core_invariants_the_adapter_can_break(network: Server) -> None:
+    """mad-1 (45 of 199 MedicationAdministrations broke it: a dosage with only a route), per-1 and
+    qty-3, over every resource of every example site, read back through the API."""
+    from adapter.validation.validator import core_invariant_errors
+
+    checked = 0
+    for rtype in ("MedicationAdministration", "Observation", "MedicationDispense", "Encounter", "Procedure", "AdverseEvent"):
+        for r in _all(network, rtype):
+            assert core_invariant_errors(r) == [], r["id"]
+            checked += 1
+    assert checked > 500
+    with_rate = [m for m in _all(network, "MedicationAdministration") if "dosage" in m]
+    assert all("rateQuantity" in m["dosage"] for m in with_rate)
+    assert core_invariant_errors({"resourceType": "MedicationAdministration", "dosage": {"route": {"text": "iv"}}})
+    assert core_invariant_errors({"resourceType": "Encounter", "period": {"start": "2020-02-05", "end": "2020-02-01"}})
+    assert core_invariant_errors({"resourceType": "Observation", "valueQuantity": {"value": 1, "code": "%"}})

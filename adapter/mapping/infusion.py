@@ -5,7 +5,8 @@ later steps point to step 1 through ``partOf``. The cycle number is in the ``tre
 extension. Dose rate in UCUM ``ug/m2/d`` (REFERENCE.md §3; ``ug/m2/24.h`` would parse wrongly).
 Schedule: 5 µg/m²/day on days 1-7 of cycle 1, then 15 µg/m²/day (seed 000 Methods); seed 002
 escalates after 4-7 days, so a course whose escalation day is not recorded stays one resource
-whose ``dosage.text`` says so.
+whose ``note`` says so. ``dosage`` (route and rate) is written only when the rate is known: R4's
+invariant mad-1 requires a dose or a rate in every dosage.
 """
 
 from __future__ import annotations
@@ -84,11 +85,10 @@ def to_medication_administrations(inp: InfusionInput, site: SiteContext) -> list
         if end is not None:
             period["end"] = fhir.fhir_date(end)
         ma["effectivePeriod"] = period
-        dosage: dict[str, Any] = {"route": fhir.concept(fhir.coding(fhir.SNOMED, "47625008", "Intravenous route"))}
         if text:
-            dosage["text"] = text
-        if rate is not None:
-            dosage["rateQuantity"] = _rate(rate)
-        ma["dosage"] = dosage
+            ma["note"] = [{"text": text}]
+        if rate is not None:  # R4 mad-1: a dosage SHALL have a dose or a rate, so none without a rate
+            ma["dosage"] = {"route": fhir.concept(fhir.coding(fhir.SNOMED, "47625008", "Intravenous route")),
+                            "rateQuantity": _rate(rate)}
         out.append(ma)
     return out

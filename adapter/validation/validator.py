@@ -188,9 +188,52 @@ def container_errors(resource: dict[str, Any]) -> list[ValidationIssue]:
     return out
 
 
+def _periods_and_quantities(node: Any, path: str) -> Any:
+    """``(path, kind, value)`` of every Period-like (start and end) and Quantity-like (code) object."""
+    if isinstance(node, dict):
+        if "start" in node and "end" in node and isinstance(node["start"], str) and isinstance(node["end"], str):
+            yield path, "period", node
+        if "code" in node and isinstance(node.get("code"), str) and ("value" in node or "unit" in node or "comparator" in node):
+            yield path, "quantity", node
+        for k, v in node.items():
+            if k != "contained":
+                yield from _periods_and_quantities(v, f"{path}.{k}")
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            yield from _periods_and_quantities(v, f"{path}[{i}]")
+
+
+def core_invariant_errors(resource: dict[str, Any]) -> list[ValidationIssue]:
+    """R4 core invariants the JSON Schema and the R4B model do not check, for the elements the
+    adapter writes (until a FHIRPath engine runs them all):
+
+    - per-1 (Period): when both are present, ``start`` SHALL be before or at ``end``;
+    - qty-3 (Quantity): a ``code`` SHALL have a ``system``;
+    - mad-1 (MedicationAdministration): a ``dosage`` SHALL have a ``dose`` or a ``rate[x]``."""
+    from adapter.search.params import date_range
+
+    rtype = str(resource.get("resourceType"))
+    out: list[ValidationIssue] = []
+    for where, kind, node in _periods_and_quantities(resource, rtype):
+        if kind == "period":
+            try:
+                if date_range(node["start"])[0] > date_range(node["end"])[1]:
+                    out.append(ValidationIssue("r4-invariant", where, "per-1: the period's start is after its end"))
+            except ValueError:
+                continue  # a malformed date is the schema's finding
+        elif not node.get("system"):
+            out.append(ValidationIssue("r4-invariant", where, "qty-3: a quantity's code SHALL have a system"))
+    dosage = resource.get("dosage")
+    if rtype == "MedicationAdministration" and isinstance(dosage, dict) and not (
+            "dose" in dosage or any(k.startswith("rate") for k in dosage)):
+        out.append(ValidationIssue("r4-invariant", f"{rtype}.dosage", "mad-1: a dosage SHALL have a dose or a rate"))
+    return out
+
+
 class Validator:
-    """Runs the three validators, and the base invariants on contained resources
-    (:func:`container_errors`). Shapes that passed the model are remembered per process."""
+    """Runs the three validators, the base invariants on contained resources
+    (:func:`container_errors`) and a few R4 core invariants (:func:`core_invariant_errors`).
+    Shapes that passed the model are remembered per process."""
 
     def __init__(self, schema_path: Path, profiles_dir: Path) -> None:
         self.schema = R4Schema(schema_path)
@@ -206,6 +249,7 @@ class Validator:
         implement the same JSON Schema draft)."""
         issues = self.schema.errors(resource, reference=full if reference is None else reference)
         issues += container_errors(resource)
+        issues += core_invariant_errors(resource)
         issues += [ValidationIssue("profile", f.expression, f.message) for f in self.profiles.errors(resource)]
         if full:
             issues += model_errors(resource)
