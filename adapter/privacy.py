@@ -233,7 +233,7 @@ def _whole_month(value: Any) -> bool:
     return value.hi[7:] == f"-{last:02d}T23:59:59.999999"
 
 
-_NON_COUNTS = {"at", "timepoint_months", "median", "mean", "min", "max", "sd", "rate", "survival", "p", "chi2", "df",
+_NON_COUNTS = {"at", "timepoint_months", "median", "mean", "min", "max", "sd", "q1", "q3", "rate", "survival", "p", "chi2", "df",
                "median_months", "reverse_km_median_months", "value", "per_usd", "saving_share", "outpatient_share"}
 
 

@@ -22,7 +22,7 @@ from adapter.config import CANONICAL  # noqa: E402
 from adapter.mapping import adverse_event, disease, dispense, hsct, infusion, mrd, observation, patient  # noqa: E402
 from adapter.mapping.base import SiteContext  # noqa: E402
 from adapter.mapping.fhir import CS, SD  # noqa: E402
-from adapter.mapping.transforms import Concept, Measured, MRDValue  # noqa: E402
+from adapter.mapping.transforms import Concept, HLAMatch, Measured, MRDValue  # noqa: E402
 
 VS = f"{CANONICAL}/ValueSet/"
 V3_INTERP = "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation"
@@ -104,6 +104,15 @@ CODESYSTEMS: dict[str, tuple[str, list[tuple[str, str, str]]]] = {
         ("haploidentical", "Haploidentical", "Haploidentical related donor."),
         ("mismatched", "HLA-mismatched", "HLA-mismatched donor.")]),
     "hsct-donor-type": ("Transplant type", [("allogeneic", "Allogeneic", "Allogeneic."), ("autologous", "Autologous", "Autologous.")]),
+    "donor-relatedness": ("Whether an allogeneic donor is a relative (v3-RoleCode names the relative when known)", [
+        ("related", "Related donor", "A family member (v3-RoleCode gives which one when the site says)."),
+        ("unrelated", "Unrelated donor", "An unrelated volunteer donor (registry), adult or cord blood.")]),
+    "hsct-outcome": ("Events of a graft after its infusion (day 0)", [
+        ("neutrophil-engraftment", "Neutrophil engraftment", "First of three consecutive days with an absolute "
+         "neutrophil count >= 0.5 x 10^9/L, as the site recorded it (a day count after day 0, or a date)."),
+        ("platelet-engraftment", "Platelet engraftment", "First day of a platelet count >= 20 x 10^9/L without "
+         "transfusion, as the site recorded it."),
+        ("graft-failure", "Graft failure", "Primary or secondary graft failure, as the site recorded it.")]),
     "stem-cell-source": ("Stem-cell source", [
         ("pbsc", "Mobilized peripheral blood stem cells", "Mobilized peripheral blood."),
         ("bone-marrow", "Bone marrow", "Bone marrow."),
@@ -133,6 +142,8 @@ EXTENSIONS = {  # id: (title, value type, context, value set or None)
     "hsct-donor-relationship": ("Donor's relationship to the patient (v3-RoleCode)", "CodeableConcept", ["Procedure"], None),
     "hsct-hla-match": ("Donor HLA match", "CodeableConcept", ["Procedure"], "hla-match"),
     "hsct-donor-type": ("Allogeneic or autologous", "CodeableConcept", ["Procedure"], "hsct-donor-type"),
+    "hsct-conditioning": ("The conditioning regimen, as the site wrote it (text), coded when a code table gives it",
+                          "CodeableConcept", ["Procedure"], None),
     "source-row": ("Source file row a resource came from", "string", ["Reference"], None),
 }
 
@@ -229,6 +240,7 @@ PROFILES: dict[str, tuple[str, str, list[dict[str, Any]]]] = {
     "pedall-hsct": ("Procedure", "Hematopoietic stem-cell transplant", [
         ext_slicing("Procedure"), ext_slice("Procedure", "hsct-donor-relationship"),
         ext_slice("Procedure", "hsct-hla-match"), ext_slice("Procedure", "hsct-donor-type"),
+        ext_slice("Procedure", "hsct-conditioning"),
         pattern("Procedure.code", "http://snomed.info/sct", "234336002"), el("Procedure.subject", min=1),
         el("Procedure.performed[x]", min=1, type=[{"code": "dateTime"}]),
         required("Procedure.usedCode", "stem-cell-source")]),
@@ -310,7 +322,10 @@ def examples() -> dict[str, list[dict[str, Any]]]:
             outcome=Concept("http://terminology.hl7.org/CodeSystem/adverse-event-outcome", "resolved")), site)
         + adverse_event.to_death(adverse_event.DeathInput(
             patient="X0001", date=date(2021, 1, 5), cause=c("adverse-event-term", "sepsis", "Sepsis")), site)[:1],
-        "pedall-observation": observation.to_observation(observation.ObservationInput(  # marrow blasts (LOINC)
+        "pedall-observation": hsct.to_graft_event(hsct.GraftEventInput(  # neutrophil engraftment on day +14
+            patient="X0001", number=1, event=c("hsct-outcome", "neutrophil-engraftment"), day=14,
+            graft_date=date(2020, 4, 1)), site)
+        + observation.to_observation(observation.ObservationInput(  # marrow blasts (LOINC)
             patient="X0001", code=Concept("http://loinc.org", "11150-0", "Blasts/100 cells in Bone marrow",
                                           {"category": "laboratory"}),
             effectiveDateTime=date(2020, 1, 30), value_quantity=Measured(Decimal("4.5")), unit="%"), site)
@@ -323,7 +338,12 @@ def examples() -> dict[str, list[dict[str, Any]]]:
             patient="X0001", performedDateTime=date(2020, 4, 1),
             donor_relationship=Concept("http://terminology.hl7.org/CodeSystem/v3-RoleCode", "MTH", "mother"),
             hla_match=c("hla-match", "haploidentical"), stem_cell_source=c("stem-cell-source", "pbsc"),
-            donor_type=c("hsct-donor-type", "allogeneic")), site),
+            donor_type=c("hsct-donor-type", "allogeneic")), site)
+        + hsct.to_hsct_procedure(hsct.HSCTInput(  # a second graft: unrelated, 9/10, bone marrow + PBSC, conditioning
+            patient="X0001", performedDateTime=date(2020, 9, 1), number=2,
+            donor_relationship=c("donor-relatedness", "unrelated"), hla_match=HLAMatch("9/10", 9, 10, "mismatched"),
+            stem_cell_source=[c("stem-cell-source", "bone-marrow"), c("stem-cell-source", "pbsc")],
+            donor_type=c("hsct-donor-type", "allogeneic"), conditioning="TBI 12 Gy + etoposide"), site),
         "pedall-diagnosis": disease.to_diagnosis(disease.DiagnosisInput(
             patient="X0001", code=Concept("http://snomed.info/sct", "277571004", "B-cell acute lymphoblastic leukemia"),
             onsetDateTime=date(2018, 5, 2)), site),

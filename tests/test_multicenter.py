@@ -198,8 +198,21 @@ def test_every_mx_row_is_mapped_or_skipped_for_a_stated_reason(network: Server) 
     for mapping, r in reports.items():
         assert r["rowsRejected"] == 0 and r["rowsRead"] == r["rowsMapped"] + r["rowsSkipped"], (mapping, r)
     assert reports["redcap"]["rowsMapped"] == 18 and reports["lab_erm"]["rowsMapped"] == 34
-    assert reports["eventos"]["rowsSkipped"] == 78 and len(reports["eventos"]["skipped"]) == 3
+    assert reports["eventos"]["rowsSkipped"] == 58 and len(reports["eventos"]["skipped"]) == 3  # 20 engraftment rows now mapped
     assert reports["eventos"]["unlinkedPatients"] == 0  # the lab feed, posted first, brought the patients
+
+
+def test_engraftment_days_match_the_paper(network: Server) -> None:
+    """EXPECTED.md: neutrophil engraftment between day +12 and +16, platelets between +14 and +21
+    (seed 001 Results), from cdmx-b's INJERTO_* dates minus the TCPH date and cdmx-c's day columns."""
+    pooled = _pooled_mx(network)["hsct"]
+    anc, plt = pooled["neutrophil_engraftment_day"], pooled["platelet_engraftment_day"]
+    assert anc["n"] > 0 and plt["n"] > 0
+    assert 12 <= anc["min"] and anc["max"] <= 16 and 14 <= plt["min"] and plt["max"] <= 21
+    assert {"q1", "q3"} <= set(anc)
+    sites = _mx(network)
+    assert sites["cdmx-b"]["hsct"]["neutrophil_engraftment_day"]["n"] > 0  # dated events
+    assert sites["cdmx-c"]["hsct"]["neutrophil_engraftment_day"]["n"] > 0  # day counts
 
 
 def _mx(srv: Server, **params: Any) -> dict[str, Any]:

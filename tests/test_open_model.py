@@ -336,3 +336,54 @@ def test_every_stored_resource_passes_the_core_invariants_the_adapter_can_break(
     assert core_invariant_errors({"resourceType": "MedicationAdministration", "dosage": {"route": {"text": "iv"}}})
     assert core_invariant_errors({"resourceType": "Encounter", "period": {"start": "2020-02-05", "end": "2020-02-01"}})
     assert core_invariant_errors({"resourceType": "Observation", "valueQuantity": {"value": 1, "code": "%"}})
+
+
+def test_a_transplant_in_full_and_the_figures_of_the_first_graft() -> None:
+    from datetime import date
+
+    from adapter.config import ROOT
+    from adapter.errors import TransformError
+    from adapter.mapping.base import SiteContext
+    from adapter.mapping.hsct import GraftEventInput, HSCTInput, to_graft_event, to_hsct_procedure
+    from adapter.mapping.patient import PatientInput, to_patient
+    from adapter.mapping.transforms import TransformContext, hla, lookup_each
+    from adapter.outcomes.cohort import course_of
+    from adapter.outcomes.report import group_figures
+    from adapter.spec.loader import load_code_tables
+    from adapter.validation import get_validator
+
+    ctx = TransformContext(decimal=".", date_formats=("%d/%m/%Y",), tables=load_code_tables("hito", ROOT / "mappings"))
+    assert hla("5/10", ctx=ctx).category == "haploidentical" and hla(" 8 / 8", ctx=ctx).category == "identical"
+    assert hla("9/10", ctx=ctx).category == "mismatched" and hla("9/10", ctx=ctx).text == "9/10"
+    with pytest.raises(TransformError):
+        hla("11/10", ctx=ctx)
+    sources = lookup_each("Médula ósea + Sangre periférica", ctx=ctx, table="stem_cell_source")
+    assert [s.code for s in sources] == ["bone-marrow", "pbsc"]
+    with pytest.raises(TransformError, match="no entry"):  # an unmapped part is an error, never dropped
+        lookup_each("Médula ósea + Hígado fetal", ctx=ctx, table="stem_cell_source")
+    site = SiteContext("x", "X", "MX", 0.01, False, "k")
+    unrelated = ctx.tables["donor_relationship"].get("Unrelated")
+    second = to_hsct_procedure(HSCTInput(patient="1", performedDateTime=date(2021, 3, 1), number=2,
+                                         donor_relationship=ctx.tables["donor_relationship"].get("Madre"),
+                                         hla_match=hla("5/10", ctx=ctx)), site)[0]
+    first = to_hsct_procedure(HSCTInput(patient="1", performedDateTime=date(2020, 9, 1), number=1,
+                                        donor_relationship=unrelated, hla_match=hla("9/10", ctx=ctx),
+                                        stem_cell_source=sources, conditioning="Flu/Bu/Thio"), site)[0]
+    neutro = to_graft_event(GraftEventInput(patient="1", number=1, day=14, graft_date=date(2020, 9, 1),
+                                            event=ctx.tables["hsct_outcome"].get("ANC engraftment")), site)[0]
+    plt = to_graft_event(GraftEventInput(patient="1", number=1, date=date(2020, 9, 20),
+                                         event=ctx.tables["hsct_outcome"].get("PLT engraftment")), site)[0]
+    for r in (first, second, neutro, plt):
+        assert get_validator().validate(r, full=True) == [], r
+    assert len(first["usedCode"]) == 2 and neutro["partOf"][0]["reference"] == f"Procedure/{first['id']}"
+    pat = to_patient(PatientInput(patient="1"), site)[0]
+    infusion = {"resourceType": "MedicationAdministration", "id": "m", "status": "completed",
+                "subject": {"reference": f"Patient/{pat['id']}"}, "effectivePeriod": {"start": "2020-07-01", "end": "2020-07-28"}}
+    for order in ([second, first], [first, second]):  # the stored order never changes the figures
+        course = course_of(pat, {"Procedure": order, "Observation": [neutro, plt], "MedicationAdministration": [infusion]})
+        assert course.hsct == date(2020, 9, 1) and course.hsct_count == 2
+        assert course.donor == {"hla_match": "mismatched", "hla_as_written": "9/10", "relatedness": "unrelated",
+                                "stem_cell_source": "bone-marrow+pbsc", "conditioning": "Flu/Bu/Thio"}
+        assert (course.neutrophil_engraftment_day, course.platelet_engraftment_day) == (14, 19)
+        hsct = group_figures([course])["hsct"]
+        assert hsct["more_than_one_graft"] == 1 and hsct["bridging_days"]["median"] == 35.0

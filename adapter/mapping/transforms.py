@@ -53,6 +53,19 @@ class Age:
 
 
 @dataclass(frozen=True, slots=True)
+class HLAMatch:
+    """An HLA match as the site wrote it (``text``, e.g. ``5/10``), with the alleles ``matched`` of
+    ``typed`` and the match category of the project's hla-match CodeSystem: ``identical`` when every
+    typed allele matches, ``haploidentical`` at half or less (one shared haplotype: 5/10, 4/8, 3/6),
+    ``mismatched`` in between (9/10, 7/8)."""
+
+    text: str
+    matched: int
+    typed: int
+    category: str
+
+
+@dataclass(frozen=True, slots=True)
 class Measured:
     """A number read with its comparator (``<0.01``, ``>95``, ``≤5``): ``value`` as written and the
     FHIR ``Quantity.comparator`` (``<``, ``<=``, ``>=``, ``>``; R4 §2.24.0.11, required binding),
@@ -500,6 +513,44 @@ def age(value: Any, *, ctx: TransformContext, unit: str | None = None) -> Age:
         word = _fold(m.group(2))
         code = "mo" if word.startswith(("mo", "me")) or word == "m" else _AGE_UNITS[word[0]]
     return Age(int(number) if number == number.to_integral_value() else number.normalize(), code)
+
+
+_HLA = re.compile(r"^\s*(\d{1,2})\s*/\s*(\d{1,2})\s*$")
+
+
+@transform("hla")
+def hla(value: Any, *, ctx: TransformContext) -> HLAMatch:
+    """An HLA match written as alleles matched of alleles typed: ``5/10``, ``8/8``, ``10 / 10``.
+    Output :class:`HLAMatch`: the text as written and its category (identical, haploidentical,
+    mismatched). A written day-like value Excel turned into a date is refused (write it as text)."""
+    if isinstance(value, date | datetime):
+        raise TransformError(value, "is a date: Excel read '5/10' as a date; store the column as text")
+    m = _HLA.match(str(value))
+    if m is None:
+        raise TransformError(value, "is not an HLA match such as '5/10' or '8/8'")
+    matched, typed = int(m.group(1)), int(m.group(2))
+    if typed == 0 or matched > typed:
+        raise TransformError(value, "matches more alleles than were typed")
+    category = "identical" if matched == typed else "haploidentical" if matched * 2 <= typed else "mismatched"
+    return HLAMatch(f"{matched}/{typed}", matched, typed, category)
+
+
+@transform("lookup_each")
+def lookup_each(value: Any, *, ctx: TransformContext, table: str, sep: str = "+") -> list[Concept]:
+    """Several coded values in one cell, e.g. a combined graft ``Médula ósea + Sangre periférica``:
+    the text split at ``sep`` (also at ``/`` and ``,`` when ``sep`` is ``+``), each part looked up in
+    ``table`` like ``lookup``. An unmapped part is an error, never dropped."""
+    parts = [p.strip() for p in re.split(r"\s*[+/,]\s*" if sep == "+" else re.escape(sep), str(value)) if p.strip()]
+    if not parts:
+        raise TransformError(value, "has no value to look up")
+    out = []
+    for part in parts:
+        concept = lookup(part, ctx=ctx, table=table)
+        if concept is None:
+            raise TransformError(value, f"part {part!r} is mapped to no code")
+        if concept not in out:
+            out.append(concept)
+    return out
 
 
 #: Days in a calendar unit, for durations written in those units (the convention of every

@@ -74,6 +74,10 @@ class PatientCourse:
     response: str | None = None
     hsct: date | None = None  # the first transplant (by date); ``donor`` describes that graft
     hsct_count: int = 0  # every transplant recorded (a second graft after graft failure or relapse)
+    neutrophil_engraftment_day: int | None = None  # days after day 0 of the first graft
+    platelet_engraftment_day: int | None = None
+    graft_failure: bool = False  # of the first graft
+    last_infusion_end: date | None = None  # the end of the last blinatumomab infusion (bridging to HSCT)
     donor: dict[str, str] = field(default_factory=dict)
     adverse_events: list[tuple[str, int | None]] = field(default_factory=list)  # (term, grade)
     picu_admissions: int = 0
@@ -231,6 +235,7 @@ def course_of(pat: dict[str, Any], res: dict[str, list[dict[str, Any]]],  # noqa
         if s is None or e is None:
             continue
         c.start = s if c.start is None or s < c.start else c.start
+        c.last_infusion_end = e if c.last_infusion_end is None or e > c.last_infusion_end else c.last_infusion_end
         c.cycles = max(c.cycles, cycle or 0)
         c.stopped = c.stopped or ma.get("status") == "stopped"
         span = {s + timedelta(days=i) for i in range((e - s).days + 1)}
@@ -288,11 +293,32 @@ def course_of(pat: dict[str, Any], res: dict[str, list[dict[str, Any]]],  # noqa
     c.hsct_count = len(grafts)
     for p in grafts[:1]:  # the first graft by date (then id): never the order rows were stored in
         c.hsct = _d(p.get("performedDateTime"))
+        relation = _ext(p, "hsct-donor-relationship") or {}
+        role = next((x.get("code") for x in relation.get("coding", []) if x.get("system", "").endswith("v3-RoleCode")), None)
+        hla = _ext(p, "hsct-hla-match") or {}
+        conditioning = _ext(p, "hsct-conditioning") or {}
         c.donor = {k: v for k, v in {
-            "hla_match": _code(_ext(p, "hsct-hla-match"), "hla-match"),
+            "hla_match": _code(hla, "hla-match"),
+            "hla_as_written": hla.get("text") if isinstance(hla, dict) else None,
             "donor_type": _code(_ext(p, "hsct-donor-type"), "hsct-donor-type"),
-            "stem_cell_source": _code((p.get("usedCode") or [{}])[0], "stem-cell-source"),
+            "relatedness": _code(relation, "donor-relatedness") or ("related" if role else None),
+            "stem_cell_source": "+".join(sorted(filter(None, (_code(u, "stem-cell-source") for u in p.get("usedCode") or [])))),
+            "conditioning": conditioning.get("text") or next((x.get("display") or x.get("code")
+                                                              for x in conditioning.get("coding", [])), None),
         }.items() if v}
+        first = f"Procedure/{p['id']}"
+        for o in res.get("Observation", []):
+            if not any(ref.get("reference") == first for ref in o.get("partOf") or []):
+                continue
+            event = _code(o.get("code"), "hsct-outcome")
+            if event == "graft-failure":
+                c.graft_failure = True
+            elif event in ("neutrophil-engraftment", "platelet-engraftment"):
+                q = o.get("valueQuantity") or {}
+                when = _d(o.get("effectiveDateTime"))
+                days = q.get("value") if q.get("code") == "d" else ((when - c.hsct).days if when and c.hsct else None)
+                if days is not None:
+                    setattr(c, event.replace("-", "_") + "_day", int(days))
     for ae in res.get("AdverseEvent", []):
         term = _code(ae.get("event"), "adverse-event-term") or _other_term(ae.get("event"))
         if term == "death":

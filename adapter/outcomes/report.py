@@ -307,16 +307,41 @@ def _survival(cohort: list[PatientCourse], timepoint: float, stratify: str | Non
     return out
 
 
+def _with_iqr(values: list[float]) -> dict[str, Any]:
+    """:func:`_summary` with the quartiles (``q1``, ``q3``: statistics.quantiles, method 'inclusive')."""
+    out = _summary(values)
+    if len(values) >= 2:
+        q1, _, q3 = statistics.quantiles(values, n=4, method="inclusive")
+        out.update(q1=round(q1, 2), q3=round(q3, 2))
+    return out
+
+
 def _hsct(cohort: list[PatientCourse]) -> dict[str, Any]:
-    """HSCT rate with donor figures, days from the start of blinatumomab to HSCT, and days from HSCT
-    to the last follow-up of the survivors (seed 004's "median follow up following HSCT")."""
+    """HSCT rate with donor figures, days from the start of blinatumomab to HSCT, the bridging
+    interval (from the end of the last blinatumomab infusion to HSCT), engraftment days with their
+    IQR, graft failures, and days from HSCT to the last follow-up of the survivors (seed 004's
+    "median follow up following HSCT"). Every donor figure describes the first graft by date."""
     done = [c for c in cohort if c.hsct is not None]
     survivors = [c for c in done if not c.deceased and c.last_follow_up is not None]
+
+    def count(key: str) -> dict[str, int]:
+        return dict(sorted(Counter(c.donor.get(key, "unknown") for c in done).items()))
+
     return {**proportion(len(done), len(cohort)),
             "more_than_one_graft": sum(c.hsct_count > 1 for c in done),
-            "hla_match": dict(sorted(Counter(c.donor.get("hla_match", "unknown") for c in done).items())),
-            "stem_cell_source": dict(sorted(Counter(c.donor.get("stem_cell_source", "unknown") for c in done).items())),
+            "hla_match": count("hla_match"),
+            "hla_as_written": count("hla_as_written"),
+            "relatedness": count("relatedness"),
+            "stem_cell_source": count("stem_cell_source"),
+            "conditioning": count("conditioning"),
             "days_from_start": _summary([float((c.hsct - c.start).days) for c in done if c.start and c.hsct]),
+            "bridging_days": _with_iqr([float((c.hsct - c.last_infusion_end).days) for c in done
+                                        if c.hsct and c.last_infusion_end and c.hsct >= c.last_infusion_end]),
+            "neutrophil_engraftment_day": _with_iqr([float(c.neutrophil_engraftment_day) for c in done
+                                                     if c.neutrophil_engraftment_day is not None]),
+            "platelet_engraftment_day": _with_iqr([float(c.platelet_engraftment_day) for c in done
+                                                   if c.platelet_engraftment_day is not None]),
+            "graft_failure": sum(c.graft_failure for c in done),
             "follow_up_days_survivors": _summary([float((c.last_follow_up - c.hsct).days) for c in survivors
                                                   if c.last_follow_up and c.hsct])}
 

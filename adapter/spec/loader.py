@@ -320,7 +320,7 @@ def _compile_field(path: Path, key: str, name: str, fspec: FieldSpec, tables: Ma
             check_arguments(sname, args)
         except TypeError as exc:
             raise MappingSpecError(str(path), skey, f"bad arguments for transform {sname!r}: {exc}") from None
-        if sname == "lookup" and args.get("table") not in tables:
+        if sname in ("lookup", "lookup_each") and args.get("table") not in tables:
             raise MappingSpecError(str(path), f"{skey}.lookup.table",
                                    f"no code table {args.get('table')!r}; tables: {', '.join(sorted(tables))}")
         for aname in column_args:
