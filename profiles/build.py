@@ -19,7 +19,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 from adapter.config import CANONICAL  # noqa: E402
-from adapter.mapping import adverse_event, disease, dispense, hsct, infusion, mrd, observation, patient  # noqa: E402
+from adapter.mapping import adverse_event, disease, dispense, hsct, infusion, mrd, observation, patient, therapy  # noqa: E402
 from adapter.mapping.base import SiteContext  # noqa: E402
 from adapter.mapping.fhir import CS, SD  # noqa: E402
 from adapter.mapping.transforms import Concept, HLAMatch, Measured, MRDValue  # noqa: E402
@@ -104,6 +104,22 @@ CODESYSTEMS: dict[str, tuple[str, list[tuple[str, str, str]]]] = {
         ("haploidentical", "Haploidentical", "Haploidentical related donor."),
         ("mismatched", "HLA-mismatched", "HLA-mismatched donor.")]),
     "hsct-donor-type": ("Transplant type", [("allogeneic", "Allogeneic", "Allogeneic."), ("autologous", "Autologous", "Autologous.")]),
+    "therapy": ("Treatments before and after blinatumomab, and decisions to stop", [
+        ("chemotherapy", "Chemotherapy", "A chemotherapy regimen (its name as written in the CodeableConcept's text)."),
+        ("blinatumomab", "Blinatumomab", "A further course of blinatumomab outside the course under study."),
+        ("inotuzumab", "Inotuzumab ozogamicin", "Inotuzumab ozogamicin."),
+        ("car-t", "CAR-T cell therapy", "Chimeric antigen receptor T-cell therapy (e.g. tisagenlecleucel)."),
+        ("tki", "Tyrosine kinase inhibitor", "A tyrosine kinase inhibitor (e.g. imatinib, dasatinib, ponatinib)."),
+        ("radiotherapy", "Radiotherapy", "Radiotherapy, including total body or cranial irradiation."),
+        ("hsct", "Hematopoietic stem-cell transplant", "A transplant named as a line (the graft itself is a pedall-hsct Procedure)."),
+        ("palliative-care", "Palliative care", "Care aimed at comfort rather than cure: no further antileukemic treatment."),
+        ("treatment-abandoned", "Treatment abandoned", "The family or the team stopped treatment (abandonment).")]),
+    "therapy-intent": ("Why a therapy was given, relative to blinatumomab", [
+        ("prior", "Prior line", "A line of therapy before blinatumomab."),
+        ("bridging", "Bridging", "Between blinatumomab and HSCT, to keep remission until the transplant."),
+        ("consolidation", "Consolidation", "After a remission, to consolidate it."),
+        ("salvage", "Salvage", "For relapse or refractory disease after blinatumomab."),
+        ("maintenance", "Maintenance", "Maintenance therapy (e.g. after HSCT).")]),
     "donor-relatedness": ("Whether an allogeneic donor is a relative (v3-RoleCode names the relative when known)", [
         ("related", "Related donor", "A family member (v3-RoleCode gives which one when the site says)."),
         ("unrelated", "Unrelated donor", "An unrelated volunteer donor (registry), adult or cord blood.")]),
@@ -142,6 +158,7 @@ EXTENSIONS = {  # id: (title, value type, context, value set or None)
     "hsct-donor-relationship": ("Donor's relationship to the patient (v3-RoleCode)", "CodeableConcept", ["Procedure"], None),
     "hsct-hla-match": ("Donor HLA match", "CodeableConcept", ["Procedure"], "hla-match"),
     "hsct-donor-type": ("Allogeneic or autologous", "CodeableConcept", ["Procedure"], "hsct-donor-type"),
+    "treatment-line": ("Line of therapy number as the site gives it (1 = first line)", "integer", ["Procedure"], None),
     "hsct-conditioning": ("The conditioning regimen, as the site wrote it (text), coded when a code table gives it",
                           "CodeableConcept", ["Procedure"], None),
     "source-row": ("Source file row a resource came from", "string", ["Reference"], None),
@@ -244,6 +261,10 @@ PROFILES: dict[str, tuple[str, str, list[dict[str, Any]]]] = {
         pattern("Procedure.code", "http://snomed.info/sct", "234336002"), el("Procedure.subject", min=1),
         el("Procedure.performed[x]", min=1, type=[{"code": "dateTime"}]),
         required("Procedure.usedCode", "stem-cell-source")]),
+    "pedall-therapy": ("Procedure", "A line of therapy before or after blinatumomab (or a decision to stop treatment)", [
+        ext_slicing("Procedure"), ext_slice("Procedure", "treatment-line"),
+        required("Procedure.code", "therapy", 1), required("Procedure.category", "therapy-intent"),
+        el("Procedure.subject", min=1)]),
     "pedall-diagnosis": ("Condition", "The leukemia diagnosis", [
         el("Condition.code", min=1), el("Condition.subject", min=1)]),
     "pedall-provenance": ("Provenance", "What an ingestion changed, from which file (SHA-256) and rows", [
@@ -344,6 +365,11 @@ def examples() -> dict[str, list[dict[str, Any]]]:
             donor_relationship=c("donor-relatedness", "unrelated"), hla_match=HLAMatch("9/10", 9, 10, "mismatched"),
             stem_cell_source=[c("stem-cell-source", "bone-marrow"), c("stem-cell-source", "pbsc")],
             donor_type=c("hsct-donor-type", "allogeneic"), conditioning="TBI 12 Gy + etoposide"), site),
+        "pedall-therapy": therapy.to_therapy(therapy.TherapyInput(  # a prior line, then CAR-T after blinatumomab
+            patient="X0001", therapy=c("therapy", "chemotherapy"), intent=c("therapy-intent", "prior"), text="BFM 2002",
+            line=1, start=date(2018, 5, 10), end=date(2019, 6, 1)), site)
+        + therapy.to_therapy(therapy.TherapyInput(
+            patient="X0001", therapy=c("therapy", "car-t"), intent=c("therapy-intent", "salvage"), start=date(2021, 2, 1)), site),
         "pedall-diagnosis": disease.to_diagnosis(disease.DiagnosisInput(
             patient="X0001", code=Concept("http://snomed.info/sct", "277571004", "B-cell acute lymphoblastic leukemia"),
             onsetDateTime=date(2018, 5, 2)), site),

@@ -387,3 +387,33 @@ def test_a_transplant_in_full_and_the_figures_of_the_first_graft() -> None:
         assert (course.neutrophil_engraftment_day, course.platelet_engraftment_day) == (14, 19)
         hsct = group_figures([course])["hsct"]
         assert hsct["more_than_one_graft"] == 1 and hsct["bridging_days"]["median"] == 35.0
+
+
+def test_therapy_lines_before_and_after_blinatumomab_are_counted_by_intent() -> None:
+    from datetime import date
+
+    from adapter.config import ROOT
+    from adapter.mapping.base import SiteContext
+    from adapter.mapping.patient import PatientInput, to_patient
+    from adapter.mapping.therapy import TherapyInput, to_therapy
+    from adapter.outcomes.cohort import course_of
+    from adapter.outcomes.report import group_figures
+    from adapter.spec.loader import load_code_tables
+    from adapter.validation import get_validator
+
+    t = load_code_tables("hito", ROOT / "mappings")
+    site = SiteContext("x", "X", "MX", 0.01, False, "k")
+    lines = [to_therapy(TherapyInput(patient="1", therapy=t["therapy"].get("Quimioterapia"), intent=t["therapy_intent"].get("previa"),
+                                     text="ALL IC-BFM 2009", line=1, start=date(2018, 1, 5), end=date(2019, 1, 5)), site)[0],
+             to_therapy(TherapyInput(patient="1", therapy=t["therapy"].get("CAR-T"), intent=t["therapy_intent"].get("rescate"),
+                                     start=date(2021, 2, 1)), site)[0],
+             to_therapy(TherapyInput(patient="1", therapy=t["therapy"].get("Abandono"), intent=None), site)[0]]
+    for r in lines:
+        assert get_validator().validate(r, full=True) == [], r
+    assert lines[0]["code"]["text"] == "ALL IC-BFM 2009" and lines[0]["extension"][0]["valueInteger"] == 1
+    pat = to_patient(PatientInput(patient="1"), site)[0]
+    infusion = {"resourceType": "MedicationAdministration", "id": "m", "status": "completed",
+                "subject": {"reference": f"Patient/{pat['id']}"}, "effectivePeriod": {"start": "2020-07-01", "end": "2020-07-28"}}
+    course = course_of(pat, {"Procedure": lines, "MedicationAdministration": [infusion]})
+    assert group_figures([course])["therapies"] == {"prior": {"chemotherapy": 1}, "salvage": {"car-t": 1},
+                                                    "unstated": {"treatment-abandoned": 1}}

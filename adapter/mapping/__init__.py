@@ -9,6 +9,7 @@ from adapter.mapping import (  # noqa: F401  (registration side effects)
     mrd,
     observation,
     patient,
+    therapy,
 )
 from adapter.mapping.base import Concept, ConceptInput, SiteContext, concepts, get_concept
 

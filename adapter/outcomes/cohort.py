@@ -12,6 +12,7 @@ One :class:`PatientCourse` per Patient who received blinatumomab, built only fro
   28-day course would need (``standard-course-quantity``; seed 002);
 - HSCT: ``pedall-hsct`` Procedure: the first graft by date (then id) gives the HSCT date and donor
   figures, ``hsct_count`` counts every graft; adverse events with grade (``ae-grade``);
+- therapies before and after blinatumomab: ``pedall-therapy`` Procedures (therapy and intent codes);
 - relapse/progression: ``pedall-disease-status`` (follow-up) with value relapse/progression, or an
   AdverseEvent ``relapse``; death: ``Patient.deceased[x]`` (``deceasedBoolean: true`` is a death
   whose date is not known) or the death AdverseEvent, its date from ``Patient.deceasedDateTime`` or
@@ -78,6 +79,7 @@ class PatientCourse:
     platelet_engraftment_day: int | None = None
     graft_failure: bool = False  # of the first graft
     last_infusion_end: date | None = None  # the end of the last blinatumomab infusion (bridging to HSCT)
+    therapies: list[tuple[str, str]] = field(default_factory=list)  # (therapy code, intent or "unstated")
     donor: dict[str, str] = field(default_factory=dict)
     adverse_events: list[tuple[str, int | None]] = field(default_factory=list)  # (term, grade)
     picu_admissions: int = 0
@@ -137,6 +139,7 @@ class PatientCourse:
             kw[k] = date.fromisoformat(kw[k]) if kw[k] else None
         kw["mrd"] = [MRD(**{**m, "date": date.fromisoformat(m["date"]) if m["date"] else None}) for m in kw["mrd"]]
         kw["adverse_events"] = [(t, g) for t, g in kw["adverse_events"]]
+        kw["therapies"] = [(t, i) for t, i in kw.get("therapies", [])]
         return cls(**kw)
 
 
@@ -319,6 +322,12 @@ def course_of(pat: dict[str, Any], res: dict[str, list[dict[str, Any]]],  # noqa
                 days = q.get("value") if q.get("code") == "d" else ((when - c.hsct).days if when and c.hsct else None)
                 if days is not None:
                     setattr(c, event.replace("-", "_") + "_day", int(days))
+    for p in res.get("Procedure", []):
+        if _profile(p) == "pedall-therapy":
+            code = _code(p.get("code"), "therapy")
+            if code:
+                c.therapies.append((code, _code(p.get("category"), "therapy-intent") or "unstated"))
+    c.therapies.sort()
     for ae in res.get("AdverseEvent", []):
         term = _code(ae.get("event"), "adverse-event-term") or _other_term(ae.get("event"))
         if term == "death":

@@ -386,6 +386,9 @@ def group_figures(cohort: list[PatientCourse], timepoint: float = 36.0, stratify
                    "related_to_blinatumomab": sum(c.death_related_to_blinatumomab for c in deaths),
                    "after_hsct": sum(bool(c.hsct and c.death and c.death >= c.hsct) for c in deaths)},
         "relapse_or_progression": proportion(sum(c.relapse is not None for c in cohort), n),
+        "therapies": {intent: dict(sorted(Counter(code for c in cohort for code in {t for t, i in c.therapies if i == intent})
+                                          .items()))
+                      for intent in sorted({i for c in cohort for _, i in c.therapies})},
         "survival": _survival(cohort, timepoint, stratify),
         "survival_from_hsct": _survival([c for c in cohort if c.hsct], timepoint, stratify, origin="hsct"),
         "follow_up": _follow_up(cohort),
