@@ -425,7 +425,8 @@ def scan(
         if data_dictionary and not (out / data_dictionary.name).exists():
             (out / data_dictionary.name).write_bytes(data_dictionary.read_bytes())
         if not (out / "site.yaml").exists():
-            (out / "site.yaml").write_text(scanning.draft_site(site), encoding="utf-8")
+            (out / "site.yaml").write_text(scanning.draft_site(site, scanning.identifying_columns(reports)),
+                                              encoding="utf-8")
         console.print(f"draft mapping: {out / f'{export}.yaml'}  (profile: {export}.scan.json)")
 
 

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from adapter.config import ROOT, Settings
+from adapter.errors import MappingSpecError
 from adapter.ingest import ingest_file
 from adapter.readers import reader_for
 from adapter.scan import _date_formats, profile_column, shape
@@ -149,3 +150,94 @@ def test_column_types_and_masking_rules() -> None:
     assert coded.type == "code" and coded.masked is None and coded.top[0] == ("Femenino", 3)
     assert profile_column("MRD %", ["0,01", "1,5", "0.2"]).type == "decimal"
     assert shape("ENG8971488") == "AAA9999999"
+
+
+def _chinese_workbook(path: Path) -> tuple[list[str], list[str]]:
+    """A three-sheet research workbook with Chinese headers (patients, MRD results, adverse events):
+    record numbers 住院号, names 姓名 and a phone 联系电话 on the patient sheet, MRD as written with
+    '<0.01' and '-' (not done), CRS/ICANS grades. Returns the names and phone numbers written."""
+    from datetime import datetime
+
+    import openpyxl
+
+    family, given = "王李张刘陈杨赵黄周吴", ["小明", "丽华", "建国", "海燕", "志强", "秀英"]
+    wb = openpyxl.Workbook()
+    ws = wb.active
+    ws.title = "患者"
+    ws.append(["住院号", "姓名", "性别", "出生日期", "联系电话"])
+    names, phones = [], []
+    for i in range(30):
+        name, phone = family[i % 10] + given[i % 6], f"138{i:08d}"
+        names.append(name)
+        phones.append(phone)
+        ws.append([f"ZY{200100 + i}", name, "男" if i % 2 else "女", datetime(2010 + i % 8, 1 + i % 12, 1 + i % 27), phone])
+    mrd = wb.create_sheet("微小残留病")
+    mrd.append(["住院号", "检测日期", "MRD(%)", "方法"])
+    for i in range(30):
+        for k, value in enumerate(["1.2" if i % 3 else "-", "<0.01" if i % 2 else "0.05"]):
+            mrd.append([f"ZY{200100 + i}", datetime(2023, 1 + k * 2, 1 + i % 27), value, "流式细胞术"])
+    ae = wb.create_sheet("不良事件")
+    ae.append(["住院号", "事件", "分级", "发生日期"])
+    for i in range(0, 30, 2):
+        ae.append([f"ZY{200100 + i}", "CRS" if i % 4 else "ICANS", 1 + i % 3, datetime(2023, 2, 1 + i % 27)])
+    wb.save(path)
+    return names, phones
+
+
+def test_scan_drafts_every_sheet_of_a_workbook_in_another_script(mappings_copy: Path, tmp_path: Path) -> None:
+    path = tmp_path / "研究数据.xlsx"
+    names, phones = _chinese_workbook(path)
+    folder = mappings_copy / "s-zh"
+    out, profile = _scan(path, "s-zh", [], folder)
+    tables = {t["sheet"]: {c["name"]: c for c in t["columns"]} for t in profile}
+    assert set(tables) == {"患者", "微小残留病", "不良事件"}
+
+    # names and phones are masked, identifying, and never printed or written; the record number is the key
+    patients = tables["患者"]
+    assert patients["姓名"]["identifying"] and patients["联系电话"]["identifying"]
+    assert not patients["住院号"]["identifying"] and patients["住院号"]["unique"]
+    written = out + "".join(f.read_text(encoding="utf-8") for f in folder.iterdir())
+    assert not [v for v in names + phones if v in written]
+    site = (folder / "site.yaml").read_text(encoding="utf-8")
+    assert 'identifying_columns: ["姓名", "联系电话"]' in site
+
+    # MRD as written: a quantity ('<0.01' kept apart from numbers), '-' read as no value by the reader
+    assert tables["微小残留病"]["MRD(%)"]["type"] == "quantity"
+    assert tables["微小残留病"]["MRD(%)"]["nullTokens"] == ["-"]
+    draft = load_mapping("s-zh", "draft", mappings_copy)
+    assert draft.spec.reader.null_values == ["-"]
+    assert draft.sheets[0].patient_column == "住院号"
+
+    # the other sheets are drafted too, linked by their record-number column, with the concepts they hold
+    text = (folder / "draft.yaml").read_text(encoding="utf-8")
+    mrd_block = text[text.index('sheet: "微小残留病"'):text.index('sheet: "不良事件"')]
+    assert "proposed concept: mrd" in mrd_block and 'patient: {column: "住院号"' in mrd_block
+    ae_block = text[text.index('sheet: "不良事件"'):]
+    assert "proposed concept: adverse_event" in ae_block and 'patient: {column: "住院号"' in ae_block
+
+    # the draft (patient sheet active) maps every row; sex 男/女 through the shared gender table
+    store = Store(f"sqlite:///{tmp_path}/draft.sqlite3")
+    store.migrate()
+    report = ingest_file(path, "s-zh", "draft", store, settings=Settings(database_url="sqlite://", id_key="k",
+                                                                       mappings_dir=mappings_copy), dry_run=True)
+    assert report.rows_rejected == 0, [(i.row, i.column, i.reason) for i in report.issues][:3]
+    assert report.counts()["Patient"]["created"] == 30
+
+    # a mapping that reads a declared identifying column is refused when it loads
+    named = text.replace("export: draft", "export: names").replace('patient: {column: "住院号", pipe: [text]}',
+                                                                   'patient: {column: "姓名", pipe: [text]}', 1)
+    (folder / "names.yaml").write_text(named, encoding="utf-8")
+    with pytest.raises(MappingSpecError, match="identifies a person"):
+        load_mapping("s-zh", "names", mappings_copy)
+
+
+def test_columns_of_no_value_texts_quantities_and_names_in_caseless_scripts() -> None:
+    p = profile_column("MRD", ["<0.01", "0.5", "NA", "n/a", "1.2", ">95"])
+    assert (p.type, p.null_tokens, p.blank, p.minimum, p.maximum) == ("quantity", ["NA", "n/a"], 2, "0.5", "1.2")
+    assert profile_column("estado", ["-", "-", "-"]).null_tokens == []  # all '-': a value, not a placeholder
+    han = profile_column("负责人", ["王小明", "李丽华", "张建国", "刘海燕", "陈志强"])
+    assert han.masked and han.identifying
+    hangul = profile_column("담당", ["김민준", "이서연", "박지호", "최수아", "정예준"])
+    assert hangul.identifying
+    assert not profile_column("诊断", ["急性淋巴细胞白血病"] * 5).identifying
+    assert profile_column("Nachname", ["x"]).identifying and profile_column("Фамилия", ["x"]).identifying
