@@ -49,16 +49,20 @@ def _raw_text(value: Any) -> str:
     return str(value).strip()
 
 
-def _when(block: CompiledBlock, row: Row) -> bool:  # every condition of the block holds
-    return all(_holds(w, row) for w in block.when)
+def _when(block: CompiledBlock, row: Row, nulls: frozenset[str] = frozenset()) -> bool:  # every condition holds
+    return all(_holds(w, row, nulls) for w in block.when)
 
 
-def _holds(w: When, row: Row) -> bool:
+def _holds(w: When, row: Row, nulls: frozenset[str] = frozenset()) -> bool:
+    """Whether condition ``w`` holds on ``row``. A cell holding one of the reader's ``null_values``
+    (``-``, ``NA``) is absent here as in the fields: ``present: true`` is false, ``not_in`` holds."""
     try:
         text = _raw_text(_cell(row.cells.get(w.column)))
     except TransformError as exc:
         exc.column = w.column  # type: ignore[attr-defined]
         raise
+    if text.casefold() in nulls:
+        text = ""
     if w.present is not None and (text != "") != w.present:
         return False
     try:
@@ -128,7 +132,7 @@ def map_row(row: Row, sheet: CompiledSheet, ctx: TransformContext, site: SiteCon
     applied = 0
     for block in sheet.blocks:
         try:
-            if not _when(block, row):
+            if not _when(block, row, sheet.nulls):
                 continue
         except TransformError as exc:  # a when-pattern that ran out of time, or an unreadable cell
             col = getattr(exc, "column", None)
@@ -184,7 +188,7 @@ def map_row(row: Row, sheet: CompiledSheet, ctx: TransformContext, site: SiteCon
             result.issues.append(_issue(row, None, None, f"{block.concept.name}: {exc}", code="invariant"))
     if applied == 0 and not result.issues:
         try:
-            reason = next((r for conds, r in sheet.skip if all(_holds(w, row) for w in conds)), None)
+            reason = next((r for conds, r in sheet.skip if all(_holds(w, row, sheet.nulls) for w in conds)), None)
         except TransformError as exc:
             col = getattr(exc, "column", None)
             result.issues.append(_issue(row, col, exc.value, f"skip: {exc.reason}"))

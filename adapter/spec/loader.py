@@ -59,6 +59,7 @@ class CompiledSheet:
     blocks: tuple[CompiledBlock, ...]
     columns: frozenset[str]
     skip: tuple[tuple[tuple[When, ...], str], ...] = ()  # (conditions, reason)
+    nulls: frozenset[str] = frozenset()  # the reader's null_values (case-folded): absent in conditions too
 
     @property
     def patient_column(self) -> str | None:
@@ -294,7 +295,7 @@ def _compile_sheet(path: Path, i: int, sheet: Any, tables: Mapping[str, CodeTabl
         blocks.append(CompiledBlock(concept, tuple(block.conditions), tuple(fields), key))
     skip = tuple((tuple(r.conditions), r.reason) for r in sheet.skip)
     columns.update(w.column for r in sheet.skip for w in r.conditions)
-    return CompiledSheet(sheet.sheet, tuple(blocks), frozenset(columns), skip)
+    return CompiledSheet(sheet.sheet, tuple(blocks), frozenset(columns), skip, nulls)
 
 
 def _compile_field(path: Path, key: str, name: str, fspec: FieldSpec, tables: Mapping[str, CodeTable],
