@@ -28,6 +28,7 @@ run: $(STAMP)
 	$(BIN)/adapter ingest examples/mx_multicentro/CDMX-B/eventos_clinicos_CDMX-B.csv --site cdmx-b --mapping eventos
 	$(BIN)/adapter ingest examples/mx_multicentro/CDMX-C/blinatumomab_cohort_CDMX-C.csv --site cdmx-c --mapping cohort_csv
 	$(BIN)/adapter ingest examples/mx_multicentro/QRO-A/base_blinatumomab_QRO-A.xlsx --site qro-a --mapping base_xlsx
+	$(BIN)/adapter ingest examples/suzhou/suzhou_research_workbook.xlsx --site suzhou --mapping research_workbook
 	$(BIN)/adapter summary
 	$(BIN)/adapter outcomes
 	$(BIN)/adapter serve
@@ -36,7 +37,7 @@ run: $(STAMP)
 ## Debian's PostgreSQL at 127.0.0.1:5432 when none answers there)
 test: $(STAMP)
 	bash .ci/postgres
-	$(BIN)/ruff check adapter tests bench
+	$(BIN)/ruff check adapter tests bench examples
 	$(BIN)/python -m pytest -n 2 --dist loadfile --ignore=tests/test_concurrency.py
 	@# the concurrency suite, 5 times in a row, each time on new databases (races to create included)
 	for run in 1 2 3 4 5; do echo "concurrency suite, run $$run of 5"; \

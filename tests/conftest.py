@@ -39,6 +39,7 @@ ALL_EXAMPLE_FILES = [
     ("cdmx-b", "eventos", EXAMPLES / "mx_multicentro" / "CDMX-B" / "eventos_clinicos_CDMX-B.csv"),
     ("cdmx-c", "cohort_csv", EXAMPLES / "mx_multicentro" / "CDMX-C" / "blinatumomab_cohort_CDMX-C.csv"),
     ("qro-a", "base_xlsx", EXAMPLES / "mx_multicentro" / "QRO-A" / "base_blinatumomab_QRO-A.xlsx"),
+    ("suzhou", "research_workbook", EXAMPLES / "suzhou" / "suzhou_research_workbook.xlsx"),
 ]
 
 

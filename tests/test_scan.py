@@ -47,6 +47,7 @@ CASES = [
      ["mrn", "first_name", "last_name", "date_of_birth"]),
     ("qro-a", "base_xlsx", MX / "QRO-A" / "base_blinatumomab_QRO-A.xlsx", [],
      ["Expediente", "Nombre(s)", "Apellido paterno", "Apellido materno", "Fecha de nacimiento"]),
+    ("suzhou", "research_workbook", EXAMPLES / "suzhou" / "suzhou_research_workbook.xlsx", [], ["姓名 (Name)"]),
 ]
 
 

@@ -40,7 +40,7 @@ def served(tmp_path_factory: pytest.TempPathFactory, settings: Settings) -> Iter
     store = Store(f"sqlite:///{d}/ui.sqlite3")
     store.migrate()
     runs = make_run_ingests()
-    assert len(runs) == 10
+    assert len(runs) == 11
     for path, site, mapping in runs:
         assert ingest_file(path, site, mapping, store, settings=settings).rows_rejected == 0
     srv = Server(store, settings)
@@ -117,7 +117,7 @@ def test_outcomes_page_follows_the_time_point(served: Server, page: Page) -> Non
     assert page.url.endswith("/ui/outcomes")
     columns = page.locator("#outcomes thead th").all_inner_texts()
     api = served.client.get("/outcomes", params={"timepoint": "36"}).json()
-    assert columns == ["Figure", *api["sites"], "pooled"] and len(api["sites"]) == 7
+    assert columns == ["Figure", *api["sites"], "pooled"] and len(api["sites"]) == 8
     at_36 = _os_cell(page, "hito")
     api_36 = api["sites"]["hito"]["survival"]["os"]
     assert at_36 == _fmt_km(api_36)

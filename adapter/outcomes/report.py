@@ -186,7 +186,8 @@ def _response_figures(cohort: list[PatientCourse]) -> dict[str, Any]:
     for group in sorted({_status_group(c.status_at_start) for c in cohort}):
         members = [c for c in cohort if _status_group(c.status_at_start) == group]
         by_status[group] = {"n": len(members), **{r: sum(c.response == r for c in members) for r in RESPONSES},
-                            "cr": proportion(sum(c.response in CR_MRD_NEGATIVE for c in members), len(members))}
+                            "cr": proportion(sum(c.response in CR_MRD_NEGATIVE for c in members), len(members)),
+                            "cr_morphological": proportion(sum(c.response in CR_MORPHOLOGICAL for c in members), len(members))}
     return {
         "counts": {r: counts.get(r, 0) for r in (*RESPONSES, "not-assessed")},
         "cr": proportion(sum(c.response in CR_MRD_NEGATIVE for c in cohort), n),
