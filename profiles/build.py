@@ -129,6 +129,11 @@ CODESYSTEMS: dict[str, tuple[str, list[tuple[str, str, str]]]] = {
         ("platelet-engraftment", "Platelet engraftment", "First day of a platelet count >= 20 x 10^9/L without "
          "transfusion, as the site recorded it."),
         ("graft-failure", "Graft failure", "Primary or secondary graft failure, as the site recorded it.")]),
+    "response-method": ("How a response Observation was obtained", [
+        ("derived-from-mrd", "Derived from MRD results", "Derived by the adapter from the site's MRD results before "
+         "and after blinatumomab, because the site records no response (seed 002 definitions: MRD-negative after the "
+         "last cycle is CR with MRD negativity, or MRD clearance when the burden before was below 1 %; a 1-log "
+         "reduction that stays detectable is PR; otherwise PD). derivedFrom names the MRD Observations read.")]),
     "stem-cell-source": ("Stem-cell source", [
         ("pbsc", "Mobilized peripheral blood stem cells", "Mobilized peripheral blood."),
         ("bone-marrow", "Bone marrow", "Bone marrow."),

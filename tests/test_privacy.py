@@ -70,7 +70,7 @@ def test_no_name_in_logs_or_cli_output(tmp_path: os.PathLike[str], caplog: pytes
             assert p.returncode == 0, p.stdout + p.stderr
             out += p.stdout + p.stderr
     assert "rows read 48 = mapped 48 + rejected 0" in out
-    assert "271 resource(s), 271 valid" in out  # 246 mapped + 25 of the study (see test_validation)
+    assert "280 resource(s), 280 valid" in out  # 246 mapped + 25 of the study + 9 derived responses (see test_validation)
     assert not _leaks(out)
     assert not _leaks(caplog.text)
     assert not _leaks(open(f"{tmp_path}/all.json", encoding="utf-8").read())

@@ -50,6 +50,7 @@ class MRD:
     interpretation: str
     cycle: int | None
     date: date | None
+    source: str | None = None  # the Observation's id (a derived response's derivedFrom)
 
 
 @dataclass
@@ -275,7 +276,7 @@ def course_of(pat: dict[str, Any], res: dict[str, list[dict[str, Any]]],  # noqa
                 cycle = _ext(o, "treatment-cycle")
             interp = _code((o.get("interpretation") or [{}])[0], "v3-ObservationInterpretation") or "IND"
             value = float(q["value"]) if "value" in q else None
-            c.mrd.append(MRD(value, q.get("comparator"), interp, cycle, when))
+            c.mrd.append(MRD(value, q.get("comparator"), interp, cycle, when, o.get("id")))
         elif prof == "pedall-disease-status":
             status = _code(o.get("valueCodeableConcept"), "disease-status")
             point = _code((o.get("category") or [{}])[0], "assessment-timepoint")
@@ -349,16 +350,16 @@ def course_of(pat: dict[str, Any], res: dict[str, list[dict[str, Any]]],  # noqa
     c.mrd.sort(key=lambda m: (m.date or date.min, -1 if m.cycle is None else m.cycle,
                          -1.0 if m.value is None else m.value, m.comparator or ""))
     c.adverse_events.sort(key=lambda e: (e[0], -1 if e[1] is None else e[1]))
-    if c.response is None:
-        c.response = _derived_response(c)
     return c
 
 
-def _derived_response(c: PatientCourse) -> str | None:
-    """Response when no response Observation is recorded (HITO): MRD-negative after the last cycle
-    (site threshold) is CR with MRD negativity (seed 002 definition, hematologic recovery not
-    recorded) or MRD clearance when the pre-treatment burden was below 1 %; a ≥ 1-log reduction that
-    stays detectable is PR; otherwise PD. None when there is no post-cycle MRD."""
+def derive_response(c: PatientCourse) -> str | None:
+    """The response a site that records none implies through its MRD results (HITO): MRD-negative
+    after the last cycle (site threshold) is CR with MRD negativity (seed 002 definition, hematologic
+    recovery not recorded) or MRD clearance when the pre-treatment burden was below 1 %; a ≥ 1-log
+    reduction that stays detectable is PR; otherwise PD. None when there is no post-cycle MRD. The
+    store keeps the result as a response Observation (adapter/outcomes/derive.py), so the figures
+    read it from FHIR like a recorded one."""
     last, pre = c.mrd_after(), c.mrd_pre
     if last is None:
         return None

@@ -22,6 +22,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from adapter.outcomes import cohort
 from adapter.outcomes.cohort import PatientCourse, course_of
+from adapter.outcomes.derive import derived_response, is_derived
 from adapter.store.schema import patient_course, resources
 
 #: The extraction code's version (adapter/outcomes/cohort.py) and this module's selection rule
@@ -54,10 +55,13 @@ _COMPARTMENTS = (select(resources.c.patient_id, resources.c.type, resources.c.si
                  .where(resources.c.patient_id.in_(bindparam("ids", expanding=True)), resources.c.deleted.is_(False)))
 
 
-def refresh_courses(conn: Connection, patient_ids: Iterable[str]) -> int:
+def refresh_courses(conn: Connection, patient_ids: Iterable[str], tx: Any = None) -> int:
     """Recompute and store the course of each Patient in ``patient_ids`` from its current
     resources (a deleted or absent Patient loses its row). Runs in the caller's transaction.
-    Returns the number of courses written."""
+    With ``tx`` (the :class:`adapter.store.db.Transaction` of that connection), first brings each
+    Patient's derived response Observation up to date (adapter/outcomes/derive.py): written when the
+    MRD results imply a response and none is recorded, deleted when they no longer do, so the course
+    (and every figure) reads the response from FHIR. Returns the number of courses written."""
     ids = sorted(set(patient_ids))
     _lock(conn, ids)
     written = 0
@@ -82,6 +86,8 @@ def refresh_courses(conn: Connection, patient_ids: Iterable[str]) -> int:
             conn.execute(patient_course.delete().where(patient_course.c.patient_id.in_(gone)))
         rows = []
         for pid, (pat, site) in patients.items():
+            if tx is not None:
+                _settle_derived_response(tx, pat, res[pid], site)
             course = course_of(pat, res.get(pid, {}), site)  # the site whose compartment holds the Patient
             rows.append({"patient_id": pid, "site": course.site, "course_version": COURSE_VERSION,
                          "course": course.to_json_bytes().decode()})
@@ -89,6 +95,25 @@ def refresh_courses(conn: Connection, patient_ids: Iterable[str]) -> int:
             _upsert(conn, rows)
             written += len(rows)
     return written
+
+
+def _settle_derived_response(tx: Any, patient: dict[str, Any], res: dict[str, list[dict[str, Any]]], site: str) -> None:
+    """Write, update or delete the Patient's derived response Observation in ``tx`` so that it is
+    what :func:`adapter.outcomes.derive.derived_response` gives, and leave ``res`` as stored."""
+    from adapter.store.db import content_hash
+
+    observations = res.get("Observation", [])
+    current = next((o for o in observations if is_derived(o, patient["id"])), None)
+    want = derived_response(patient, res, site)
+    if want is None:
+        if current is not None:
+            tx.delete("Observation", current["id"])
+            res["Observation"] = [o for o in observations if o is not current]
+        return
+    if current is not None and content_hash(current) == content_hash(want):
+        return
+    tx.upsert([(want, site, None)])
+    res["Observation"] = [o for o in observations if o is not current] + [want]
 
 
 def stale_patients(conn: Connection) -> list[str]:

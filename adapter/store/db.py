@@ -488,7 +488,7 @@ class Store:
                 with conn.begin():
                     tx = Transaction(conn, site)
                     yield tx
-                    refresh_courses(conn, tx.touched_patients)
+                    refresh_courses(conn, tx.touched_patients, tx)
         except Rollback:
             return
         except SQLAlchemyError as exc:
