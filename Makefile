@@ -37,7 +37,7 @@ run: $(STAMP)
 ## Debian's PostgreSQL at 127.0.0.1:5432 when none answers there)
 test: $(STAMP)
 	bash .ci/postgres
-	$(BIN)/ruff check adapter tests bench examples
+	$(BIN)/ruff check adapter tests bench examples mappings
 	$(BIN)/python -m pytest -n 2 --dist loadfile --ignore=tests/test_concurrency.py
 	@# the concurrency suite, 5 times in a row, each time on new databases (races to create included)
 	for run in 1 2 3 4 5; do echo "concurrency suite, run $$run of 5"; \

@@ -122,6 +122,45 @@ def test_a_site_local_adverse_event_term_counts_by_its_text() -> None:
 # --------------------------------------------------------------------- identifying columns, nulls
 
 
+def test_the_ctcae_table_is_ncis_term_list_and_any_site_may_use_it(tmp_path: Any) -> None:
+    """mappings/codes/ctcae_v5.yaml is what its generator writes from NCI's CTCAE v5.0 spreadsheet
+    (837 terms, the MedDRA codes REFERENCE.md §4 confirms); the shared ae_term table falls back to
+    it, so any site's CTCAE term maps with its MedDRA code; a value in neither is an error naming
+    both tables; a table whose ``then`` names no table is refused."""
+    import importlib.util
+    import shutil
+
+    from adapter.config import ROOT
+    from adapter.errors import MappingSpecError, TransformError
+    from adapter.mapping.transforms import TransformContext, lookup
+    from adapter.spec.loader import load_code_tables
+
+    spec = importlib.util.spec_from_file_location("make_ctcae_v5", ROOT / "mappings/codes/source/make_ctcae_v5.py")
+    assert spec is not None and spec.loader is not None
+    make = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(make)
+    rows = make.terms()
+    assert len(rows) == 837 and len({code for code, _, _ in rows}) == 837
+    assert (ROOT / "mappings/codes/ctcae_v5.yaml").read_text(encoding="utf-8") == make.render(rows)
+    codes = {term: code for code, _, term in rows}
+    assert (codes["Cytokine release syndrome"], codes["Febrile neutropenia"], codes["Sepsis"]) == ("10052015", "10016288", "10040047")
+
+    ctx = TransformContext(tables=load_code_tables("hito", ROOT / "mappings"))
+    hypotension = lookup("HYPOTENSION ", ctx=ctx, table="ae_term")
+    assert (hypotension.system, hypotension.code, hypotension.display) == ("https://www.meddra.org", "10021097", "Hypotension")
+    crs = lookup("Cytokine release syndrome", ctx=ctx, table="ae_term")  # the project code, MedDRA beside it
+    assert crs.code == "crs" and crs.extra["meddra"]["code"] == "10052015"
+    with pytest.raises(TransformError, match="no entry in code table 'ae_term' nor 'ctcae_v5'"):
+        lookup("Hypotensión leve", ctx=ctx, table="ae_term")
+
+    mappings = tmp_path / "mappings"
+    shutil.copytree(ROOT / "mappings" / "codes", mappings / "codes")
+    (mappings / "codes" / "broken.yaml").write_text(
+        "name: broken\ndescription: d\nsource: s\nsystem: http://x\nthen: ctcae_v4\nentries: {a: {code: a}}\n", encoding="utf-8")
+    with pytest.raises(MappingSpecError, match="then.*'ctcae_v4', which does not exist"):
+        load_code_tables("hito", mappings)
+
+
 def test_a_mapping_that_reads_an_identifying_column_is_refused(tmp_path: Any, settings: Settings) -> None:
     """The issue's mistake: a name column routed into ``gender``. Refused when loaded (API 400,
     CLI exit 2), naming the key, and no name is read or printed."""
@@ -417,3 +456,58 @@ def test_therapy_lines_before_and_after_blinatumomab_are_counted_by_intent() -> 
     course = course_of(pat, {"Procedure": lines, "MedicationAdministration": [infusion]})
     assert group_figures([course])["therapies"] == {"prior": {"chemotherapy": 1}, "salvage": {"car-t": 1},
                                                     "unstated": {"treatment-abandoned": 1}}
+
+
+def _responses(srv: Server, site: str) -> dict[str, dict[str, Any]]:
+    """The current response Observation of each Patient of ``site``, read as a generic FHIR client
+    would: profile pedall-response, not entered-in-error."""
+    sd = "https://w3id.org/pedall-fhir/StructureDefinition/pedall-response"
+    out = {}
+    for o in _all(srv, "Observation", _site=site):
+        if sd in o.get("meta", {}).get("profile", []) and o.get("status") != "entered-in-error":
+            out[o["subject"]["reference"].split("/")[1]] = o
+    return out
+
+
+def test_derived_responses_are_fhir_observations_and_give_the_facades_counts(network: Server) -> None:
+    """HITO records no response: the responses its MRD results imply are stored as pedall-response
+    Observations (method derived-from-mrd, derivedFrom the MRD Observations read), so counting
+    responses from FHIR gives the facade's counts. A response recorded through the API replaces
+    the derived one; deleting it brings the derived one back. Nothing else moves."""
+    from collections import Counter
+
+    from adapter.outcomes.derive import METHOD_SYSTEM, derived_id
+
+    responses = _responses(network, "hito")
+    assert len(responses) >= 5
+    for pid, o in responses.items():
+        assert o["id"] == derived_id(pid)
+        assert o["method"]["coding"][0] == {"system": METHOD_SYSTEM, "code": "derived-from-mrd",
+                                            "display": "Derived from MRD results"}
+        for ref in o["derivedFrom"]:
+            mrd = network.client.get(f"/{ref['reference']}").json()
+            assert mrd["subject"]["reference"] == f"Patient/{pid}" and "valueQuantity" in mrd
+    counts = Counter(o["valueCodeableConcept"]["coding"][0]["code"] for o in responses.values())
+    report = network.client.get("/outcomes", params={"site": "hito", "suppress": "false"}).json()["sites"]["hito"]
+    assert {k: v for k, v in report["response"]["counts"].items() if v and k != "not-assessed"} == dict(counts)
+    # a response recorded through the API takes the derived one's place
+    pid, derived = next((p, o) for p, o in sorted(responses.items())
+                        if o["valueCodeableConcept"]["coding"][0]["code"] != "pd")
+    recorded = {k: v for k, v in derived.items() if k not in ("id", "meta", "method", "derivedFrom")}
+    recorded["meta"] = {"profile": derived["meta"]["profile"]}
+    recorded["valueCodeableConcept"] = {"coding": [{"system": "https://w3id.org/pedall-fhir/CodeSystem/blinatumomab-response",
+                                                    "code": "pd", "display": "Progressive disease"}]}
+    r = network.client.post("/Observation", json=recorded, headers={"Content-Type": "application/fhir+json"})
+    assert r.status_code == 201, r.text[:400]
+    new_id = r.json()["id"]
+    try:
+        assert network.client.get(f"/Observation/{derived['id']}").status_code in (404, 410)
+        after = network.client.get("/outcomes", params={"site": "hito", "suppress": "false"}).json()["sites"]["hito"]
+        assert after["response"]["counts"]["pd"] == report["response"]["counts"]["pd"] + 1
+        assert sum(after["response"]["counts"].values()) == sum(report["response"]["counts"].values())
+        assert _responses(network, "hito")[pid]["id"] == new_id
+    finally:
+        assert network.client.delete(f"/Observation/{new_id}").status_code in (200, 204)
+    back = network.client.get(f"/Observation/{derived['id']}")
+    assert back.status_code == 200 and back.json()["valueCodeableConcept"] == derived["valueCodeableConcept"]
+    assert network.client.get("/outcomes", params={"site": "hito", "suppress": "false"}).json()["sites"]["hito"] == report

@@ -148,6 +148,13 @@ def test_fhir_alone_carries_deaths_grades_grafts_and_ages(suzhou: Server, figure
     events = _all(suzhou, "AdverseEvent", _site=SITE)
     graded = [e for e in events if any(x["url"].endswith("/ae-grade") for x in e.get("extension", []))]
     assert graded and all((e.get("severity") or {}).get("coding") for e in graded)
+    # every CTCAE v5.0 term carries its MedDRA code (NCI's term list, mappings/codes/ctcae_v5.yaml); the
+    # three non-CTCAE terms (ICANS, acute GVHD, relapse) carry the project code alone
+    meddra = {c["code"]: c["display"] for e in events for c in e["event"]["coding"] if c["system"] == "https://www.meddra.org"}
+    assert meddra["10016558"] == "Fever" and meddra["10052015"] == "Cytokine release syndrome" and len(meddra) >= 18
+    project_only = {c["code"] for e in events for c in e["event"]["coding"]
+                    if len(e["event"]["coding"]) == 1 and c["system"].endswith("/adverse-event-term")}
+    assert project_only <= {"icans", "acute-gvhd", "relapse", "death"}
     grafts = [p for p in _all(suzhou, "Procedure", _site=SITE) if any(pr.endswith("pedall-hsct") for pr in p["meta"]["profile"])]
     per_patient: dict[str, int] = {}
     for g in grafts:

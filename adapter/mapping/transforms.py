@@ -97,14 +97,20 @@ _MEMO_LIMIT = 10_000
 class CodeTable:
     """A code table loaded from a data file (see ``adapter.spec``): source value -> :class:`Concept`.
 
-    ``normalize`` is ``exact`` or ``casefold`` (case-, accent- and whitespace-insensitive).
+    ``normalize`` is ``exact`` or ``casefold`` (case-, accent- and whitespace-insensitive). ``then``
+    names the table a value missing here is looked up in next (e.g. a site's own spellings, then
+    every CTCAE v5.0 term in ``ctcae_v5``); :func:`lookup` follows it.
     """
 
     def __init__(self, name: str, entries: Mapping[str, Concept | None], normalize: str = "casefold",
-                 source: str = "") -> None:
-        self.name, self.normalize, self.source = name, normalize, source
+                 source: str = "", then: str | None = None) -> None:
+        self.name, self.normalize, self.source, self.then = name, normalize, source, then
         self._entries = {self._key(k): v for k, v in entries.items()}
         self._memo: dict[str, Concept | None] = {}
+
+    def concepts(self) -> list[Concept]:
+        """Every concept the table maps to (entries mapped to ``null`` left out), in file order."""
+        return [c for c in self._entries.values() if c is not None]
 
     def _key(self, value: str) -> str:
         if self.normalize == "exact":
@@ -259,15 +265,24 @@ def constant(value: Any, *, ctx: TransformContext, to: Any) -> Any:
 
 @transform("lookup")
 def lookup(value: Any, *, ctx: TransformContext, table: str) -> Concept | None:
-    """Code-table lookup: the value's entry in the named code table (site table first, then the
-    shared ``mappings/codes/``). An unmapped value raises; it is never defaulted."""
-    try:
-        code_table = ctx.tables[table]
-    except KeyError:
-        raise TransformError(value, f"code table '{table}' is not loaded") from None
+    """Code-table lookup: the value's entry in the named code table (a site table overrides a shared
+    ``mappings/codes/`` one of the same name), else in the table its ``then`` names, and so on. An
+    unmapped value raises naming every table tried; it is never defaulted."""
     if isinstance(value, float) and value.is_integer():
         value = int(value)
-    return code_table.get(value)
+    tried: list[str] = []
+    name: str | None = table
+    while name is not None and name not in tried:
+        try:
+            code_table = ctx.tables[name]
+        except KeyError:
+            raise TransformError(value, f"code table '{name}' is not loaded") from None
+        tried.append(name)
+        try:
+            return code_table.get(value)
+        except TransformError:
+            name = code_table.then
+    raise TransformError(value, "no entry in code table " + " nor ".join(f"'{t}'" for t in tried))
 
 
 # ------------------------------------------------------------------------------------------- numbers

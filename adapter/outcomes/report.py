@@ -21,6 +21,7 @@ Definitions (REFERENCE.md §8 and the seed papers):
 
 from __future__ import annotations
 
+import functools
 import statistics
 from collections import Counter
 from collections.abc import Callable, Mapping
@@ -204,17 +205,48 @@ def _response_figures(cohort: list[PatientCourse]) -> dict[str, Any]:
     }
 
 
+MEDDRA = "https://www.meddra.org"
+
+
+@functools.cache
+def _ctcae_terms() -> dict[str, str]:
+    """MedDRA code -> CTCAE v5.0 term, from the shipped table mappings/codes/ctcae_v5.yaml (NCI's
+    CTCAE_v5.0_2017-11-27.xlsx)."""
+    from adapter.config import ROOT
+    from adapter.spec.loader import load_code_table
+
+    table = load_code_table(ROOT / "mappings" / "codes" / "ctcae_v5.yaml")
+    out = {}
+    for concept in table.concepts():
+        # a CTCAE term with a project code carries its MedDRA coding in extra.meddra
+        meddra = {"code": concept.code, "display": concept.display} if concept.system == MEDDRA else concept.extra.get("meddra")
+        if meddra and meddra.get("code") and meddra.get("display"):
+            out[str(meddra["code"])] = str(meddra["display"])
+    return out
+
+
+def event_label(term: str) -> str:
+    """How the figures name an adverse-event term: a project adverse-event-term code as it is
+    (``crs``); a MedDRA code (``meddra:10016558``, counted by code) as its CTCAE v5.0 term in lower
+    case (``fever``), so a site's text term and another site's MedDRA-coded one meet; a MedDRA code
+    outside CTCAE v5.0 stays ``meddra:<code>``; a site-local text as its lower-cased text."""
+    if term.startswith("meddra:"):
+        name = _ctcae_terms().get(term[len("meddra:"):])
+        return " ".join(name.split()).lower() if name else term
+    return term
+
+
 def _toxicity(cohort: list[PatientCourse]) -> dict[str, Any]:
     n = len(cohort)
 
     def worst(c: PatientCourse, term: str) -> int | None:
-        grades = [g or 0 for t, g in c.adverse_events if t == term]
+        grades = [g or 0 for t, g in c.adverse_events if event_label(t) == term]
         return max(grades) if grades else None
 
     crs = [worst(c, "crs") for c in cohort]
     icans = [worst(c, "icans") for c in cohort]
     by_grade = Counter(g for g in crs if g is not None)
-    terms = Counter(t for c in cohort for t in {t for t, _ in c.adverse_events})
+    terms = Counter(t for c in cohort for t in {event_label(t) for t, _ in c.adverse_events})
     return {
         "crs_any": proportion(sum(g is not None for g in crs), n),
         "crs_grade_3_plus": proportion(sum(g is not None and g >= 3 for g in crs), n),

@@ -163,8 +163,26 @@ def load_drug_costs(mappings_dir: Path) -> dict[str, DrugCost]:
     return costs
 
 
+#: Loaded code tables by (path, modification time, size): a table such as ctcae_v5 (837 terms) is
+#: parsed once per process, not once per mapping load; an edited file is read again.
+_TABLES: dict[tuple[str, int, int], CodeTable] = {}
+
+
 def load_code_table(path: Path) -> CodeTable:
-    """Load one code table data file. Raises MappingSpecError naming the file and key."""
+    """Load one code table data file (cached while the file is unchanged). Raises MappingSpecError
+    naming the file and key."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file") from None
+    key = (str(path.resolve()), st.st_mtime_ns, st.st_size)
+    table = _TABLES.get(key)
+    if table is None:
+        table = _TABLES[key] = _read_code_table(path)
+    return table
+
+
+def _read_code_table(path: Path) -> CodeTable:
     spec: CodeTableSpec = _model(CodeTableSpec, _read_yaml(path), path)
     if spec.name != path.stem:
         raise MappingSpecError(str(path), "name", f"is {spec.name!r} but the file is {path.stem!r}")
@@ -177,7 +195,7 @@ def load_code_table(path: Path) -> CodeTable:
         if target.code is not None and system is None:
             raise MappingSpecError(str(path), f"entries.{key}.system", "a code needs a system")
         entries[key] = Concept(system, target.code, target.display, dict(target.extra))
-    return CodeTable(spec.name, entries, spec.normalize, spec.source)
+    return CodeTable(spec.name, entries, spec.normalize, spec.source, spec.then)
 
 
 def load_code_tables(site: str, mappings_dir: Path) -> dict[str, CodeTable]:
@@ -187,6 +205,10 @@ def load_code_tables(site: str, mappings_dir: Path) -> dict[str, CodeTable]:
     for folder in (mappings_dir / "codes", mappings_dir / site / "tables"):
         for path in sorted(folder.glob("*.yaml")):
             tables[path.stem] = load_code_table(path)
+    for name, table in tables.items():
+        if table.then is not None and table.then not in tables:
+            raise MappingSpecError(f"{name}.yaml", "then", f"names code table {table.then!r}, which does not exist; "
+                                   f"known: {', '.join(sorted(tables))}")
     return tables
 
 

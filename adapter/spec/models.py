@@ -191,4 +191,6 @@ class CodeTableSpec(_Strict):
     source: str
     normalize: Literal["exact", "casefold"] = "casefold"
     system: str | None = Field(default=None, description="default Coding.system for entries without one")
+    then: str | None = Field(default=None, description="the code table a value missing here is looked up in next "
+                             "(e.g. ctcae_v5: every CTCAE v5.0 term with its MedDRA code)")
     entries: dict[str, CodeTarget | None]
