@@ -188,19 +188,38 @@ def container_errors(resource: dict[str, Any]) -> list[ValidationIssue]:
     return out
 
 
-def _periods_and_quantities(node: Any, path: str) -> Any:
-    """``(path, kind, value)`` of every Period-like (start and end) and Quantity-like (code) object."""
-    if isinstance(node, dict):
-        if "start" in node and "end" in node and isinstance(node["start"], str) and isinstance(node["end"], str):
-            yield path, "period", node
-        if "code" in node and isinstance(node.get("code"), str) and ("value" in node or "unit" in node or "comparator" in node):
-            yield path, "quantity", node
-        for k, v in node.items():
-            if k != "contained":
-                yield from _periods_and_quantities(v, f"{path}.{k}")
-    elif isinstance(node, list):
-        for i, v in enumerate(node):
-            yield from _periods_and_quantities(v, f"{path}[{i}]")
+def _nested_path(where: Any) -> str:
+    """``Observation.component[0].valueQuantity`` from the nested ``(parent, key)`` pairs of
+    :func:`_periods_and_quantities` (built only for a finding)."""
+    keys: list[Any] = []
+    while isinstance(where, tuple):
+        where, key = where
+        keys.append(key)
+    return _path(str(where), reversed(keys))
+
+
+def _periods_and_quantities(node: Any, path: str) -> list[tuple[str, str, dict[str, Any]]]:
+    """``(path, kind, value)`` of every Period-like (start and end) and Quantity-like (code) object,
+    in document order (only objects and arrays are visited, never scalars, and a path is rendered
+    only for what is found: this runs on every stored resource)."""
+    found: list[tuple[Any, str, dict[str, Any]]] = []
+
+    def visit(n: Any, where: Any) -> None:
+        if isinstance(n, dict):
+            if "start" in n and "end" in n and isinstance(n["start"], str) and isinstance(n["end"], str):
+                found.append((where, "period", n))
+            if isinstance(n.get("code"), str) and ("value" in n or "unit" in n or "comparator" in n):
+                found.append((where, "quantity", n))
+            for k, v in n.items():
+                if k != "contained" and isinstance(v, (dict, list)):
+                    visit(v, (where, k))
+        else:
+            for i, v in enumerate(n):
+                if isinstance(v, (dict, list)):
+                    visit(v, (where, i))
+
+    visit(node, path)
+    return [(_nested_path(w), kind, n) for w, kind, n in found]
 
 
 def core_invariant_errors(resource: dict[str, Any]) -> list[ValidationIssue]:
