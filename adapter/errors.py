@@ -4,7 +4,8 @@ Hierarchy::
 
     AdapterError                      exit 1   anything the adapter raises on purpose
     ├── ConfigError                   exit 2   settings, mapping files, code tables, profiles
-    │   └── MappingSpecError          exit 2   a mapping file or code table is invalid (names file and key)
+    │   ├── MappingSpecError          exit 2   a mapping file or code table is invalid (names file and key)
+    │   └── ViewDefinitionError       exit 2   a SQL on FHIR ViewDefinition cannot be run (adapter/views)
     ├── ReaderError                   exit 3   a file cannot be read (encoding, format, missing sheet/column)
     ├── RowError                      --       one row cannot be mapped; collected, never raised past ingest
     │   └── TransformError            --       a transform rejected a value (names the value)
