@@ -22,6 +22,7 @@ WORKDIR /app
 COPY --from=build /opt/venv /opt/venv
 COPY mappings ./mappings
 COPY profiles ./profiles
+COPY views ./views
 RUN mkdir -p /app/data/exports /app/data/audit-spool && chown -R adapter:adapter /app/data
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \

@@ -24,7 +24,7 @@ from rich.panel import Panel
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from adapter.config import get_settings
+from adapter.config import ROOT, get_settings
 from adapter.errors import AdapterError, ConfigError, IngestRejected, ReaderError, ValidationFailed
 
 app = typer.Typer(add_completion=True, no_args_is_help=True,
@@ -345,6 +345,59 @@ def outcomes(
         sys.stdout.write(to_csv(report))
         return
     _print_outcomes(report)
+
+
+@app.command("verify-figures")
+def verify_figures(
+    export_dir: Annotated[Path, typer.Argument(help="a Bulk Data export folder (NDJSON files), e.g. from adapter export")],
+    server: Annotated[str | None, typer.Option(help="compare with this server's /outcomes (its FHIR base URL); "
+                                                       "default: this machine's store")] = None,
+    token: Annotated[str | None, typer.Option(help="bearer token for --server when it has auth on", envvar="ADAPTER_TOKEN")] = None,
+    views: Annotated[Path, typer.Option(help="folder of ViewDefinitions")] = ROOT / "views",
+    fmt: Annotated[str, typer.Option("--format", help="table or json")] = "table",
+) -> None:
+    """Check the facade's figures against the SQL on FHIR views run over a Bulk export. The headline
+    figures (N, deaths, CRS, CRS grade 3+, HSCT, responses; per site and pooled) are recomputed from
+    the export with the views alone. Exit 0 when every number agrees, 8 when one differs (each is
+    listed)."""
+    from adapter.errors import FiguresDiffer
+    from adapter.readers.ndjson import iter_export
+    from adapter.views.figures import compare, figures_from_views, load_views, run_views
+
+    if fmt not in ("table", "json"):
+        _fail(ConfigError(f"--format must be table or json, not {fmt!r}"))
+    try:
+        with err_console.status("running the views over the export"):
+            recomputed = figures_from_views(run_views(load_views(views), iter_export(export_dir)))
+        if server:
+            import httpx
+
+            headers = {"Authorization": f"Bearer {token}"} if token else {}
+            r = httpx.get(server.rstrip("/") + "/outcomes", params={"suppress": "false"}, headers=headers, timeout=120)
+            if r.status_code != 200:
+                raise ConfigError(f"{server}/outcomes answered {r.status_code}")
+            report = r.json()
+        else:
+            from adapter.outcomes import outcomes_report
+
+            report = outcomes_report(_store().cohort(None))
+        differences = compare(recomputed, report)
+    except AdapterError as exc:
+        _fail(exc)
+    if fmt == "json":
+        sys.stdout.write(json.dumps({"views": recomputed, "differences": differences}, indent=2) + "\n")
+    else:
+        table = Table("site", "n", "deaths", "CRS", "CRS ≥3", "HSCT", "responses", title="Figures from the views")
+        for site, f in [*recomputed["sites"].items(), ("pooled", recomputed["pooled"])]:
+            table.add_row(site, *(str(f[k]) for k in ("n", "deaths", "crs_any", "crs_grade_3_plus", "hsct")),
+                          ", ".join(f"{k} {v}" for k, v in f["response"].items()))
+        console.print(table)
+        for d in differences:
+            err_console.print(f"[red]differs[/red] {d}")
+    if differences:
+        _fail(FiguresDiffer(f"{len(differences)} figure(s) differ between the views and the facade"))
+    if fmt == "table":
+        console.print("every figure agrees with the facade")
 
 
 def _print_outcomes(report: dict[str, Any]) -> None:

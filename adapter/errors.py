@@ -11,8 +11,9 @@ Hierarchy::
     │   └── TransformError            --       a transform rejected a value (names the value)
     ├── IngestRejected                exit 4   --strict and at least one row was rejected; nothing stored
     ├── ValidationFailed              exit 5   a resource fails R4 schema / R4B model / profile validation
-    └── StoreError                    exit 6   the database refused the write; nothing was stored
-        └── StoreBusy                 exit 7   the write waited too long for a lock; nothing was stored, try again
+    ├── StoreError                    exit 6   the database refused the write; nothing was stored
+    │   └── StoreBusy                 exit 7   the write waited too long for a lock; nothing was stored, try again
+    └── FiguresDiffer                 exit 8   figures recomputed from the views differ from the facade's
 
 Exit code 0 is success; 64 is a command-line usage error (typer/click's own code is 2, which we remap
 so that 2 always means "configuration").
@@ -123,3 +124,10 @@ class RowIssue:
         if self.expression:
             issue["expression"] = list(self.expression)
         return issue
+
+
+class FiguresDiffer(AdapterError):
+    """``adapter verify-figures``: a count recomputed from the SQL on FHIR views over an export
+    differs from the facade's (the message lists each one). CLI exit 8."""
+
+    exit_code = 8

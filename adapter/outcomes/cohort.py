@@ -7,7 +7,8 @@ One :class:`PatientCourse` per Patient who received blinatumomab, built only fro
 - disease status at start: ``pedall-disease-status`` with category ``pre-treatment``;
 - MRD before (no ``partOf``) and after each cycle (``partOf`` → the cycle's infusion), in percent of
   nucleated cells, with comparator and interpretation (site threshold, seed 000/002);
-- response: ``pedall-response`` when recorded, else derived from the last post-cycle MRD;
+- response: the latest ``pedall-response`` Observation by ``effectiveDateTime`` (then id), recorded
+  by the site or derived by the store from the MRD results (adapter/outcomes/derive.py);
 - vials: ``pedall-blinatumomab-dispense`` MedicationDispense ``quantity`` and the vials a standard
   28-day course would need (``standard-course-quantity``; seed 002);
 - HSCT: ``pedall-hsct`` Procedure: the first graft by date (then id) gives the HSCT date and donor
@@ -263,6 +264,7 @@ def course_of(pat: dict[str, Any], res: dict[str, list[dict[str, Any]]],  # noqa
         std = _ext(md, "standard-course-quantity")
         if isinstance(std, dict) and "value" in std:
             c.vials_standard_course = (c.vials_standard_course or 0) + int(std["value"])
+    responses: list[tuple[date, str, str | None]] = []
     for o in res.get("Observation", []):
         prof = _profile(o)
         when = _d(o.get("effectiveDateTime"))
@@ -289,9 +291,11 @@ def course_of(pat: dict[str, Any], res: dict[str, list[dict[str, Any]]],  # noqa
                 if c.start is None or when >= c.start:
                     c.relapse = when if c.relapse is None or when < c.relapse else c.relapse
         elif prof == "pedall-response":
-            c.response = _code(o.get("valueCodeableConcept"), "blinatumomab-response")
+            responses.append((when or date.min, str(o.get("id")), _code(o.get("valueCodeableConcept"), "blinatumomab-response")))
         elif prof == "pedall-vital-status" and when is not None:
             c.last_follow_up = when if c.last_follow_up is None or when > c.last_follow_up else c.last_follow_up
+    if responses:  # the latest by effectiveDateTime (then id): never the order rows were stored in
+        c.response = max(responses)[2]
     grafts = sorted((p for p in res.get("Procedure", []) if _profile(p) == "pedall-hsct" and p.get("status") == "completed"),
                     key=lambda p: (_d(p.get("performedDateTime")) or date.max, p["id"]))
     c.hsct_count = len(grafts)
