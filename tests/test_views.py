@@ -54,6 +54,9 @@ def test_errors_name_what_is_wrong() -> None:
         CompiledView({"resource": "Patient", "select": [{"column": [{"name": "id", "path": "@@"}]}]})
     with pytest.raises(ViewDefinitionError, match="%site is not a constant"):
         CompiledView({"resource": "Patient", "select": [{"column": [{"name": "s", "path": "%site"}]}]})
+    unknown = CompiledView({"resource": "Patient", "select": [{"column": [{"name": "x", "path": "name.noSuchFunction()"}]}]})
+    with pytest.raises(ViewDefinitionError, match="cannot be evaluated: Not implemented: noSuchFunction"):
+        list(unknown.rows([{"resourceType": "Patient", "name": [{"given": ["A"]}]}]))
     view = CompiledView({"resource": "Patient", "select": [{"column": [{"name": "given", "path": "name.given"}]}]})
     with pytest.raises(ViewDefinitionError, match="'given': several values"):
         list(view.rows([{"resourceType": "Patient", "name": [{"given": ["A", "B"]}]}]))
@@ -153,3 +156,102 @@ def test_verify_figures_cli_agrees_and_names_a_difference(network: Any, tmp_path
     assert bad.exit_code == 8, bad.output
     assert "huanl: deaths: views 4, facade 5" in bad.output and "pooled: deaths" in bad.output
     assert runner.invoke(cli, ["verify-figures", str(tmp_path / "missing"), "--server", network.base]).exit_code == 3
+
+
+# ------------------------------------------------------------------ $viewdefinition-run over HTTP
+
+def _run(client: Any, method: str, path: str, **params: Any) -> Any:
+    if method == "GET":
+        return client.get(path, params=params)
+    parameter = []
+    for name, value in params.items():
+        for v in value if isinstance(value, list) else [value]:
+            if isinstance(v, dict) and "resourceType" in v:
+                parameter.append({"name": name, "resource": v})
+            elif name in ("viewReference", "patient", "group"):
+                parameter.append({"name": name, "valueReference": {"reference": v}})
+            else:
+                parameter.append({"name": name, "valueString": str(v)})
+    return client.post(path, json={"resourceType": "Parameters", "parameter": parameter})
+
+
+@pytest.mark.parametrize("method", ["GET", "POST"])
+def test_viewdefinition_run_answers_csv_ndjson_and_json_within_the_callers_site(secure: Any, method: str) -> None:
+    """A site client runs a project view at instance, type and system level: its own site's rows
+    only, in each format; _limit caps the rows; the rows equal the reference runner's over the
+    site's resources read from the store."""
+    from adapter.config import ROOT
+
+    with secure.http("site") as c:
+        r = _run(c, method, "/ViewDefinition/pedall_patient/$viewdefinition-run", _format="csv")
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/csv"), r.text
+        lines = r.text.splitlines()
+        assert lines[0] == "patient_key,site,gender,birth_date,deceased_boolean,deceased_date_time"
+        assert len(lines) - 1 == secure.store.counts("hito")["Patient"] and all(",hito," in ln for ln in lines[1:])
+        nd = _run(c, method, "/ViewDefinition/$viewdefinition-run", viewReference="ViewDefinition/pedall_mrd", _format="ndjson")
+        assert nd.status_code == 200 and nd.headers["content-type"].startswith("application/x-ndjson")
+        rows = [json.loads(x) for x in nd.text.splitlines()]
+        view = json.loads((ROOT / "views" / "pedall_mrd.json").read_text(encoding="utf-8"))
+        expected = run_view(view, secure.store.iter_resources("Observation", site="hito"))
+        assert _canonical(rows) == _canonical(expected) and len(rows) > 10
+        limited = _run(c, method, "/$viewdefinition-run", viewReference=view["url"], _format="json", _limit=3)
+        assert limited.status_code == 200 and len(limited.json()) == 3
+        bare = _run(c, method, "/$viewdefinition-run", viewReference="ViewDefinition/pedall_hsct", _format="csv", header="false")
+        assert bare.status_code == 200 and not bare.text.startswith("id,")
+
+
+def test_viewdefinition_run_follows_the_export_rules(secure: Any) -> None:
+    """Coordinators: only with a group, over de-identified resources (birth dates cut), and never
+    filtered by patient; a subscriber may not run views; inline views and resources work; bad
+    parameters and views are 4xx with an OperationOutcome naming them, never 5xx."""
+    inline = {"resourceType": "ViewDefinition", "resource": "Patient",
+              "select": [{"column": [{"name": "id", "path": "id"}, {"name": "birth_date", "path": "birthDate"},
+                                     {"name": "given", "path": "name.given"}]}]}
+    with secure.http("coordinator") as c:
+        assert _run(c, "GET", "/ViewDefinition/pedall_patient/$viewdefinition-run").status_code == 403
+        r = _run(c, "GET", "/ViewDefinition/pedall_patient/$viewdefinition-run", group="Group/study-pedall-blinatumomab")
+        assert r.status_code == 200, r.text
+        rows = r.json()
+        assert rows and all(row["birth_date"] is None or len(row["birth_date"]) <= 7 for row in rows)
+        pid = secure.ids["hito-patient"]
+        who = {"resourceType": "ViewDefinition", "resource": "Patient", "select": [{"column": [
+            {"name": "id", "path": "id"}, {"name": "systems", "path": "identifier.system", "collection": True},
+            {"name": "names", "path": "name.exists()"}]}]}
+        seen = _run(c, "POST", "/$viewdefinition-run", viewResource=who, group="Group/study-pedall-blinatumomab")
+        assert seen.status_code == 200 and len(seen.json()) == len(rows)
+        from adapter.privacy import PSEUDONYM_SYSTEM
+
+        assert all(row["systems"] == [PSEUDONYM_SYSTEM] and row["names"] is False for row in seen.json())  # no record numbers
+        refused = _run(c, "GET", "/ViewDefinition/pedall_patient/$viewdefinition-run",
+                       group="Group/study-pedall-blinatumomab", patient=f"Patient/{pid}")
+        assert refused.status_code == 400 and "de-identified" in refused.text
+    with secure.http("subscriber") as c:
+        assert _run(c, "GET", "/ViewDefinition/pedall_mrd/$viewdefinition-run").status_code == 403
+    with secure.http("site") as c:
+        own = _run(c, "POST", "/$viewdefinition-run", viewResource=inline, patient=f"Patient/{secure.ids['hito-patient']}")
+        assert own.status_code == 200 and [row["id"] for row in own.json()] == [secure.ids["hito-patient"]]
+        other = _run(c, "POST", "/$viewdefinition-run", viewResource=inline, patient=f"Patient/{secure.ids['huanl-patient']}")
+        assert other.status_code == 200 and other.json() == []  # another site's patient: nothing
+        sent = _run(c, "POST", "/$viewdefinition-run", viewResource=inline,
+                    resource=[{"resourceType": "Patient", "id": "p1", "name": [{"given": ["Ana"]}]}])
+        assert sent.status_code == 200 and sent.json() == [{"id": "p1", "birth_date": None, "given": "Ana"}]
+        several = _run(c, "POST", "/$viewdefinition-run", viewResource=inline,
+                       resource=[{"resourceType": "Patient", "id": "p2", "name": [{"given": ["A", "B"]}]}])
+        assert several.status_code == 422 and "'given': several values" in several.text
+        cases = [
+            ({"viewReference": "ViewDefinition/nope"}, 404, "no ViewDefinition"),
+            ({"viewReference": "ViewDefinition/pedall_mrd", "_format": "parquet"}, 400, "parquet"),
+            ({"viewReference": "ViewDefinition/pedall_mrd", "_format": "xml"}, 400, "_format"),
+            ({"viewReference": "ViewDefinition/pedall_mrd", "_limit": "0"}, 400, "_limit"),
+            ({"viewReference": "ViewDefinition/pedall_mrd", "_since": "yesterday"}, 400, "_since"),
+            ({"viewReference": "ViewDefinition/pedall_mrd", "source": "s3://bucket"}, 400, "source"),
+            ({}, 400, "exactly one of viewResource and viewReference"),
+        ]
+        for params, status, text in cases:
+            r = _run(c, "GET", "/$viewdefinition-run", **params)
+            assert r.status_code == status and text in r.text and r.json()["resourceType"] == "OperationOutcome", (params, r.text)
+        bad = _run(c, "POST", "/$viewdefinition-run", viewResource={"resourceType": "ViewDefinition", "resource": "Patient",
+                                                                     "select": [{"forEach": "@@"}]})
+        assert bad.status_code == 400 and "select[0].forEach" in bad.text
+        listed = c.get("/ViewDefinition")
+        assert listed.status_code == 200 and listed.json()["total"] >= 6

@@ -95,6 +95,9 @@ def create_app(settings: Settings | None = None, store: Store | None = None, val
     from adapter.bulk.runner import ExportWorker
 
     add_bulk_routes(app, store, settings, lambda request: _base(request, settings))
+    from adapter.api.views_routes import add_view_routes
+
+    add_view_routes(app, store, settings)  # SQL on FHIR $viewdefinition-run, before the generic /{type} routes
     _routes(app, settings, store, validator)
     app.state.export_worker = ExportWorker(store, settings)
     from adapter.subscriptions.delivery import DeliveryWorker

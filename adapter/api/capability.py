@@ -106,6 +106,12 @@ def capability_statement(base: str, profiles_dir: Path, auth: bool = False, toke
                  "documentation": "POST /$ingest multipart (file, site, mapping[, strict, dry_run]): ingest a site export"},
                 {"name": "validate", "definition": "http://hl7.org/fhir/OperationDefinition/Resource-validate"},
                 {"name": "export", "definition": _BULK + "export"},
+                {"name": "viewdefinition-run", "definition": "http://sql-on-fhir.org/OperationDefinition/$viewdefinition-run",
+                 "documentation": "GET|POST /$viewdefinition-run (also /ViewDefinition/$viewdefinition-run and "
+                                  "/ViewDefinition/{name}/$viewdefinition-run for the project views, GET /ViewDefinition "
+                                  "lists them): a SQL on FHIR v2 ViewDefinition over this server's data or the resources "
+                                  "sent, as json, ndjson or csv, under the $export rules (site-confined; coordinators "
+                                  "de-identified with a group)"},
             ],
         }],
     }

@@ -7,11 +7,13 @@ Two gates, both must pass:
 
    ============  =====================================================================================
    site          ingest for its site; read, search, history, writes, transactions, ``$everything``,
-                 ``$export``, Subscriptions — all confined to its site's compartment
+                 ``$export``, ``$viewdefinition-run``, Subscriptions — all confined to its site's
+                 compartment
    subscriber    Subscriptions (create, read, update, delete, ``$status``, ``$events``), and read/search
                  of Patient and Observation — confined to its site
    coordinator   outcomes, Measures and MeasureReports, Group and ResearchStudy reads, and
-                 de-identified ``Group/{id}/$export`` — nothing identifying
+                 de-identified ``Group/{id}/$export`` and ``$viewdefinition-run`` with a group — nothing
+                 identifying
    admin         the audit trail (AuditEvent search); clients are managed with ``adapter clients``
    ============  =====================================================================================
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import itertools
 import re
+import threading
 from collections.abc import Iterable, Iterator, Mapping
 from decimal import Decimal
 from typing import Any
@@ -178,6 +179,9 @@ _register_boundaries()
 
 
 _OPTIONS = {"userInvocationTable": _FUNCTIONS, "returnRawData": True}
+#: fhirpathpy keeps the model and the clock of an evaluation in class attributes: one evaluation at
+#: a time per process (views run in worker threads of the service)
+_FHIRPATH_LOCK = threading.Lock()
 
 
 class CompiledView:
@@ -274,8 +278,16 @@ class CompiledView:
     # ---------------------------------------------------------------------------------- running
 
     def _eval(self, path: str, node: Any, row_index: int) -> list[Any]:
-        """FHIRPath nodes (typed, so that a focus passed to a nested selection keeps its type)."""
-        return list(self._compiled[path](node, {**self.constants, "rowIndex": row_index}))
+        """FHIRPath nodes (typed, so that a focus passed to a nested selection keeps its type).
+        Raises ViewDefinitionError when the expression fails on this input (an unknown function, a
+        type error), naming the expression."""
+        try:
+            with _FHIRPATH_LOCK:
+                return list(self._compiled[path](node, {**self.constants, "rowIndex": row_index}))
+        except ViewDefinitionError:
+            raise
+        except Exception as exc:  # noqa: BLE001  (fhirpathpy raises plain Exceptions at evaluation)
+            raise ViewDefinitionError(f"{path!r} cannot be evaluated: {str(exc)[:200]}") from None
 
     def rows(self, resources: Iterable[Mapping[str, Any]]) -> Iterator[dict[str, Any]]:
         """Rows of every resource of the view's type, in input order (Process a Resource)."""
