@@ -357,9 +357,9 @@ def verify_figures(
     fmt: Annotated[str, typer.Option("--format", help="table or json")] = "table",
 ) -> None:
     """Check the facade's figures against the SQL on FHIR views run over a Bulk export. The headline
-    figures (N, deaths, CRS, CRS grade 3+, HSCT, responses; per site and pooled) are recomputed from
-    the export with the views alone. Exit 0 when every number agrees, 8 when one differs (each is
-    listed)."""
+    figures (N, deaths, CRS, CRS grade 3+, HSCT, MRD-negative after, responses; per site and
+    pooled) are recomputed from the export with the views alone. Exit 0 when every number agrees,
+    8 when one differs (each is listed)."""
     from adapter.errors import FiguresDiffer
     from adapter.readers.ndjson import iter_export
     from adapter.views.figures import compare, figures_from_views, load_views, run_views
@@ -387,9 +387,9 @@ def verify_figures(
     if fmt == "json":
         sys.stdout.write(json.dumps({"views": recomputed, "differences": differences}, indent=2) + "\n")
     else:
-        table = Table("site", "n", "deaths", "CRS", "CRS ≥3", "HSCT", "responses", title="Figures from the views")
+        table = Table("site", "n", "deaths", "CRS", "CRS ≥3", "HSCT", "MRD− after", "responses", title="Figures from the views")
         for site, f in [*recomputed["sites"].items(), ("pooled", recomputed["pooled"])]:
-            table.add_row(site, *(str(f[k]) for k in ("n", "deaths", "crs_any", "crs_grade_3_plus", "hsct")),
+            table.add_row(site, *(str(f[k]) for k in ("n", "deaths", "crs_any", "crs_grade_3_plus", "hsct", "mrd_negative_after")),
                           ", ".join(f"{k} {v}" for k, v in f["response"].items()))
         console.print(table)
         for d in differences:

@@ -111,7 +111,8 @@ def test_figures_from_the_views_over_a_system_export_equal_the_facades(network: 
     """The headline figures recomputed from a system $export with the views alone (no adapter
     code beyond counting rows) equal /outcomes, site by site and pooled. The three gaps a Spark
     reader found are closed: deaths on Patient.deceased[x] (cdmx-b's included), CRS grade >= 3
-    from the ae-grade extension, responses as Observations (HITO's derived ones included)."""
+    from the ae-grade extension, responses as Observations (HITO's derived ones included), and
+    MRD-negative after blinatumomab from MRD results and responses by the published rule."""
     from adapter.config import ROOT
     from adapter.readers.ndjson import iter_export
     from adapter.views.figures import compare, figures_from_views, load_views, run_views
@@ -124,6 +125,7 @@ def test_figures_from_the_views_over_a_system_export_equal_the_facades(network: 
     assert pooled["deaths"] == report["pooled"]["deaths"]["count"] and recomputed["sites"]["cdmx-b"]["deaths"] > 0
     assert pooled["crs_grade_3_plus"] > 0
     assert recomputed["sites"]["hito"]["response"].get("not-assessed", 0) == 0  # derived responses are in FHIR
+    assert pooled["mrd_negative_after"] == report["pooled"]["response"]["mrd_negative_after"]["count"] > 0
 
 
 def test_verify_figures_cli_agrees_and_names_a_difference(network: Any, tmp_path: Path) -> None:

@@ -17,7 +17,11 @@ Rules, the same as the facade's (``adapter/outcomes``, README "rules the figures
 - HSCT: patients with a ``completed`` HSCT Procedure (SNOMED CT 234336002);
 - response: each patient's latest response Observation by ``effectiveDateTime`` (then id),
   recorded or derived, not ``entered-in-error``/``cancelled``; patients without one are
-  ``not-assessed``.
+  ``not-assessed``;
+- MRD-negative after blinatumomab: the last post-cycle MRD result (the highest cycle, then the
+  latest date; a result's cycle is that of the infusion in ``partOf``, else its own
+  ``treatment-cycle``) has interpretation ``NEG``; without a post-cycle result, the response is
+  ``cr-mrd-negative`` or ``mrd-clearance`` (seed 002 definitions).
 """
 
 from __future__ import annotations
@@ -31,7 +35,8 @@ from typing import Any
 from adapter.views.runner import CompiledView
 
 #: The views the figures read, by name (files ``views/<name>.json``)
-VIEWS = ("pedall_patient", "pedall_blinatumomab_infusion", "pedall_adverse_event", "pedall_hsct", "pedall_response")
+VIEWS = ("pedall_patient", "pedall_blinatumomab_infusion", "pedall_adverse_event", "pedall_hsct", "pedall_response",
+         "pedall_mrd")
 _GONE = ("entered-in-error", "not-done", "cancelled")
 
 
@@ -72,6 +77,21 @@ def _counts(patients: set[str], pat: Mapping[str, dict[str, Any]], rows: Mapping
         if r["patient_key"] in patients and r["status"] not in _GONE and r["response"]:
             key = (r["effective"] or "", r["id"], r["response"])
             latest[r["patient_key"]] = max(latest.get(r["patient_key"], key), key)
+    cycle_of = {r["id"]: r["cycle"] for r in rows["pedall_blinatumomab_infusion"]}
+    last_mrd: dict[str, tuple[int, str, float, str, str]] = {}
+    for r in rows["pedall_mrd"]:
+        if r["patient_key"] not in patients or r["status"] in _GONE:
+            continue
+        cycle = cycle_of.get(r["part_of"]) if r["part_of"] else None
+        if cycle is None:
+            cycle = r["cycle"]
+        if cycle is None:
+            continue  # before blinatumomab
+        key = (cycle, r["effective"] or "", -1.0 if r["value_percent"] is None else float(r["value_percent"]),
+               r["comparator"] or "", r["interpretation"] or "IND")
+        last_mrd[r["patient_key"]] = max(last_mrd.get(r["patient_key"], key), key)
+    negative_after = sum(1 for k in patients if (last_mrd[k][4] == "NEG" if k in last_mrd else
+                                                 (latest.get(k, ("", "", ""))[2] in ("cr-mrd-negative", "mrd-clearance"))))
     responses = Counter(v[2] for v in latest.values())
     responses["not-assessed"] = len(patients) - len(latest)
     return {
@@ -81,6 +101,7 @@ def _counts(patients: set[str], pat: Mapping[str, dict[str, Any]], rows: Mapping
         "crs_grade_3_plus": sum(g >= 3 for g in crs.values()),
         "hsct": len({r["patient_key"] for r in rows["pedall_hsct"] if r["patient_key"] in patients and r["status"] == "completed"}),
         "response": dict(sorted((k, v) for k, v in responses.items() if v)),
+        "mrd_negative_after": negative_after,
     }
 
 
@@ -103,7 +124,7 @@ def facade_counts(figures: Mapping[str, Any]) -> dict[str, Any]:
     responses = {k: v for k, v in figures["response"]["counts"].items() if v}
     return {"n": figures["n"], "deaths": figures["deaths"]["count"], "crs_any": figures["toxicity"]["crs_any"]["count"],
             "crs_grade_3_plus": figures["toxicity"]["crs_grade_3_plus"]["count"], "hsct": figures["hsct"]["count"],
-            "response": dict(sorted(responses.items()))}
+            "response": dict(sorted(responses.items())), "mrd_negative_after": figures["response"]["mrd_negative_after"]["count"]}
 
 
 def compare(from_views: Mapping[str, Any], report: Mapping[str, Any]) -> list[str]:
