@@ -110,7 +110,7 @@ def capability_statement(base: str, profiles_dir: Path, auth: bool = False, toke
                  "documentation": "GET|POST /$viewdefinition-run (also /ViewDefinition/$viewdefinition-run and "
                                   "/ViewDefinition/{name}/$viewdefinition-run for the project views, GET /ViewDefinition "
                                   "lists them): a SQL on FHIR v2 ViewDefinition over this server's data or the resources "
-                                  "sent, as json, ndjson or csv, under the $export rules (site-confined; coordinators "
+                                  "sent, as json, ndjson, csv or parquet, under the $export rules (site-confined; coordinators "
                                   "de-identified with a group)"},
             ],
         }],

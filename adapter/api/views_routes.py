@@ -1,6 +1,6 @@
 """SQL on FHIR v2 ``$viewdefinition-run`` (https://sql-on-fhir.org/ig/OperationDefinition-ViewDefinitionRun.html):
 a ViewDefinition applied to the server's data (or to resources sent with the request), answered
-synchronously as JSON, NDJSON or CSV.
+synchronously as JSON, NDJSON, CSV or Parquet (adapter/views/output.py).
 
 - ``GET|POST /$viewdefinition-run`` (R4 mode: system level) and ``/ViewDefinition/$viewdefinition-run``
   (type level): the view is ``viewResource`` (inline, POST only) or ``viewReference``
@@ -9,10 +9,10 @@ synchronously as JSON, NDJSON or CSV.
 - ``GET /ViewDefinition`` lists the project's views (a searchset Bundle), ``GET /ViewDefinition/{name}``
   reads one.
 
-Parameters: ``_format`` (``json``, ``ndjson``, ``csv``; or the ``Accept`` header), ``header`` (CSV
-header line, default true), ``patient``, ``group`` (repeatable), ``_since``, ``_limit``, ``resource``
-(POST: transform these resources instead of the server's). ``parquet`` and ``source`` are refused
-with 400 (not supported yet).
+Parameters: ``_format`` (``json``, ``ndjson``, ``csv``, ``parquet``; or the ``Accept`` header),
+``header`` (CSV header line, default true), ``patient``, ``group`` (repeatable), ``_since``,
+``_limit``, ``resource`` (POST: transform these resources instead of the server's). ``source`` is
+refused with 400 (not supported).
 
 Authorization is that of ``$export`` (adapter/auth/policy.py), on the view's resource type: a site
 client sees its site's resources only; a coordinator must name a ``group`` and gets the view over
@@ -21,8 +21,6 @@ de-identified resources (adapter/privacy.py), where a ``patient`` filter is refu
 
 from __future__ import annotations
 
-import csv
-import io
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -35,10 +33,11 @@ from adapter.api.fhir_http import FHIRError, parse_json_body
 from adapter.api.security import require
 from adapter.config import ROOT, Settings
 from adapter.store import Store
+from adapter.views.output import MEDIA_TYPES as FORMATS
+from adapter.views.output import render
 
-FORMATS = {"json": "application/json", "ndjson": "application/x-ndjson", "csv": "text/csv"}
 _ACCEPT = {"application/json": "json", "application/x-ndjson": "ndjson", "application/ndjson": "ndjson",
-           "text/csv": "csv", "application/octet-stream": "parquet"}
+           "text/csv": "csv", "application/vnd.apache.parquet": "parquet", "application/octet-stream": "parquet"}
 _MAX_LIMIT = 1_000_000
 
 
@@ -82,30 +81,6 @@ def _one(params: dict[str, list[Any]], name: str) -> Any:
     if len(values) > 1:
         raise FHIRError(400, "invalid", f"{name} may be given once")
     return values[0] if values else None
-
-
-def _cell(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (list, dict)):
-        return orjson.dumps(value).decode()
-    return str(value)
-
-
-def _render(rows: Iterable[dict[str, Any]], names: list[str], fmt: str, header: bool) -> bytes:
-    if fmt == "json":
-        return orjson.dumps(list(rows))
-    if fmt == "ndjson":
-        return b"".join(orjson.dumps(r) + b"\n" for r in rows)
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\r\n")
-    if header:
-        w.writerow(names)
-    for r in rows:
-        w.writerow([_cell(r.get(n)) for n in names])
-    return buf.getvalue().encode()
 
 
 def add_view_routes(app: FastAPI, store: Store, settings: Settings) -> None:
@@ -177,8 +152,6 @@ def add_view_routes(app: FastAPI, store: Store, settings: Settings) -> None:
             accept = request.headers.get("accept", "")
             fmt = next((f for mime, f in _ACCEPT.items() if mime in accept), "json")
         fmt = str(fmt).lower()
-        if fmt == "parquet":
-            raise FHIRError(400, "not-supported", "_format parquet is not supported yet; use json, ndjson or csv")
         if fmt not in FORMATS:
             raise FHIRError(400, "invalid", f"_format {fmt[:20]!r}: one of {', '.join(FORMATS)}")
         header = _one(params, "header")
@@ -213,7 +186,10 @@ def add_view_routes(app: FastAPI, store: Store, settings: Settings) -> None:
                         break
             except ViewDefinitionError as exc:
                 raise FHIRError(422, "processing", f"ViewDefinition: {exc}") from None
-            return _render(rows, [c["name"] for c in view.columns], fmt, header_on)
+            try:
+                return render(rows, view.columns, fmt, header_on)
+            except ValueError as exc:
+                raise FHIRError(422, "processing", f"ViewDefinition: {exc}") from None
 
         # FHIRPath is CPU work: a worker thread, so that the event loop keeps serving other requests
         return Response(await run_in_threadpool(collect), media_type=FORMATS[fmt])
