@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test ingest-examples lint bench bench-serve bench-export bench-subscriptions bench-security bench-writes docker-smoke clean
+.PHONY: run test ingest-examples lint bench bench-serve bench-export bench-subscriptions bench-security bench-writes bench-views docker-smoke clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -61,6 +61,9 @@ bench-subscriptions: $(STAMP)
 
 bench-writes: $(STAMP)
 	$(BIN)/python bench/writes.py --postgres postgresql+psycopg://postgres@127.0.0.1:5432/postgres
+
+bench-views: $(STAMP)
+	$(BIN)/python bench/views.py
 
 bench-security: $(STAMP)
 	$(BIN)/python bench/security.py --postgres postgresql+psycopg://postgres@127.0.0.1:5432/postgres

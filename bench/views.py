@@ -1,0 +1,135 @@
+"""SQL on FHIR views, reference runner, against the facade's Python (a documented command, not a test).
+
+    .venv/bin/python bench/views.py [--patients 2000]
+
+Ingests every example export into a scratch SQLite store, clones its patients (each with its whole
+compartment, references rewritten to the clone) to ``--patients`` patients in memory, then, in the
+same run, computes the headline counts two ways over the same resources and checks they agree:
+
+1. baseline: the facade's extraction (adapter/outcomes/cohort.py ``course_of`` per patient) and
+   report (adapter/outcomes/report.py ``outcomes_report``), as ``/outcomes`` does;
+2. the project's ViewDefinitions (views/) on the reference runner (adapter/views/runner.py,
+   FHIRPath by fhirpathpy) and adapter/views/figures.py.
+
+Reports wall time, resources/s and the peak of Python memory (tracemalloc, in a second run) for
+each. The baseline computes every figure of /outcomes (Kaplan-Meier, confidence intervals), the
+views only the headline counts, so the comparison bounds the views' cost rather than matching the
+work. The reference runner is the correctness oracle; the SQL engines of issue 19 are to be
+measured against it here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+import tempfile
+import time
+import tracemalloc
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from adapter.config import Settings  # noqa: E402
+from adapter.ingest import ingest_file  # noqa: E402
+from adapter.outcomes.cohort import course_of  # noqa: E402
+from adapter.outcomes.report import outcomes_report  # noqa: E402
+from adapter.store import Store  # noqa: E402
+from adapter.views.figures import compare, figures_from_views, load_views, run_views  # noqa: E402
+
+EX = ROOT / "examples"
+FILES = [("hito", "seguimiento", EX / "hito" / "hito_seguimiento_blinatumomab.xlsx"),
+         ("hito", "erm_citometria", EX / "hito" / "hito_erm_citometria.csv"),
+         ("huanl", "curso_corto", EX / "huanl" / "huanl_blinatumomab_curso_corto.xlsx"),
+         ("uk-infants", "registry", EX / "uk_infants" / "uk_infant_blinatumomab_registry.csv"),
+         ("uk-infants", "mrd_lab", EX / "uk_infants" / "uk_mrd_lab_ORU_R01.hl7"),
+         ("cdmx-a", "redcap", EX / "mx_multicentro" / "CDMX-A" / "BlinaLLAMulticentro_DATA_2025-01-15_1032.csv"),
+         ("cdmx-b", "lab_erm", EX / "mx_multicentro" / "CDMX-B" / "ERM_CDMX-B_ORU_R01.hl7"),
+         ("cdmx-b", "eventos", EX / "mx_multicentro" / "CDMX-B" / "eventos_clinicos_CDMX-B.csv"),
+         ("cdmx-c", "cohort_csv", EX / "mx_multicentro" / "CDMX-C" / "blinatumomab_cohort_CDMX-C.csv"),
+         ("qro-a", "base_xlsx", EX / "mx_multicentro" / "QRO-A" / "base_blinatumomab_QRO-A.xlsx"),
+         ("suzhou", "research_workbook", EX / "suzhou" / "suzhou_research_workbook.xlsx")]
+
+
+def _rewrite(node: Any, ids: dict[str, str]) -> Any:
+    if isinstance(node, dict):
+        return {k: (ids.get(v, v) if k == "reference" and isinstance(v, str) else _rewrite(v, ids)) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_rewrite(v, ids) for v in node]
+    return node
+
+
+def compartments(folder: str) -> list[tuple[str, list[dict[str, Any]]]]:
+    """(site, the Patient and its compartment) of every example patient."""
+    settings = Settings(database_url=f"sqlite:///{folder}/x.sqlite3", id_key="bench-id-key", pseudonym_key="bench-pseudonym-key",
+                        export_dir=Path(folder))
+    store = Store(f"sqlite:///{folder}/templates.sqlite3")
+    store.migrate()
+    for site, mapping, path in FILES:
+        ingest_file(path, site, mapping, store, settings=settings)
+    out = [(str(p["managingOrganization"]["reference"]).split("/")[1], [p, *store.compartment(p["id"])])
+           for p in store.iter_resources("Patient")]
+    store.engine.dispose()
+    return out
+
+
+def clone(templates: list[tuple[str, list[dict[str, Any]]]], patients: int) -> list[tuple[str, list[dict[str, Any]]]]:
+    out = []
+    for n in range(patients):
+        site, src = templates[n % len(templates)]
+        ids = {f"{r['resourceType']}/{r['id']}": f"{r['resourceType']}/c{n}-{i}" for i, r in enumerate(src)}
+        copies = []
+        for r in src:
+            c = _rewrite(copy.deepcopy(r), ids)
+            c["id"] = ids[f"{r['resourceType']}/{r['id']}"].split("/")[1]
+            copies.append(c)
+        out.append((site, copies))
+    return out
+
+
+def facade(cohort_input: list[tuple[str, list[dict[str, Any]]]]) -> dict[str, Any]:
+    courses = []
+    for site, res in cohort_input:
+        by_type: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for r in res[1:]:
+            by_type[r["resourceType"]].append(r)
+        c = course_of(res[0], by_type, site)
+        if c.start is not None:
+            courses.append(c)
+    return outcomes_report(sorted(courses, key=lambda c: (c.site, c.patient)))
+
+
+def measure(label: str, fn: Any, resources: int) -> Any:
+    """Run ``fn`` twice: timed, then under tracemalloc for the peak (tracing slows Python down)."""
+    t0 = time.perf_counter()
+    result = fn()
+    wall = time.perf_counter() - t0
+    tracemalloc.start()
+    fn()
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    print(f"  {label:44} {wall:7.2f} s  {resources / wall:9,.0f} resources/s  peak {peak / 2**20:7.1f} MiB")  # noqa: T201
+    return result
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--patients", type=int, default=2000)
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as d:
+        templates = compartments(d)
+    data = clone(templates, args.patients)
+    flat = [r for _, res in data for r in res]
+    print(f"{args.patients:,} patients, {len(flat):,} resources (the {len(templates)} example patients cloned)")  # noqa: T201
+    report = measure("facade (course_of + outcomes_report)", lambda: facade(data), len(flat))
+    views = load_views(ROOT / "views")
+    figures = measure("views on the reference runner (fhirpathpy)", lambda: figures_from_views(run_views(views, flat)), len(flat))
+    differences = compare(figures, report)
+    print("  figures agree" if not differences else f"  {len(differences)} figure(s) differ: {differences[:5]}")  # noqa: T201
+
+
+if __name__ == "__main__":
+    main()
