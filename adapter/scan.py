@@ -333,7 +333,21 @@ def profile_rows(rows: Iterable[Row], file: str, fmt: str, sheet: str | None, to
 
 
 _PIPES = {"date": "[date]", "integer": "[integer]", "decimal": "[decimal]", "boolean": "[boolean]",
-          "code": "[{lookup: {table: TODO}}]", "text": "[text]", "empty": "[text]", "quantity": "[quantity]"}
+          "text": "[text]", "empty": "[text]", "quantity": "[quantity]"}
+
+
+def _table_name(column: str, position: int) -> str:
+    """The code table a draft suggests for a code column: the header's ASCII words in snake case
+    (``Tipo de donante`` -> ``tipo_de_donante``), else ``column_<position>`` for a header in another
+    script. The engineer writes it as ``mappings/<site>/tables/<name>.yaml`` (or points the pipe at a
+    shared table in ``mappings/codes/``)."""
+    ascii_text = unicodedata.normalize("NFKD", column).encode("ascii", "ignore").decode()
+    slug = "_".join(re.findall(r"[a-z0-9]+", ascii_text.casefold()))[:40].strip("_")
+    return slug if slug and not slug[0].isdigit() else f"column_{position}"
+
+
+def _pipe(c: Any, position: int) -> str:
+    return f"[{{lookup: {{table: {_table_name(c.name, position)}}}}}]" if c.type == "code" else _PIPES[c.type]
 
 
 def _yaml_str(s: str) -> str:
@@ -419,7 +433,8 @@ def draft_mapping(reports: list[ScanReport], *, site: str, export: str, reader: 
     next to a ``site.yaml``: a ``patient`` concept on the guessed patient identifier column (plus
     sex and birth date when recognised) is filled in, and every column is listed as a comment with
     its profile and a suggested ``{column, pipe}`` to move into the concept it belongs to. Pipes on
-    code columns name a table ``TODO``, to be written under ``mappings/<site>/tables/``.
+    code columns name a table after the column (:func:`_table_name`), to be written under
+    ``mappings/<site>/tables/``.
     """
     lines = [
         f"# Draft mapping written by `adapter scan` from {reports[0].file}. Review every line: the types,",
@@ -472,7 +487,7 @@ def _sheet_block(rep: ScanReport, pat: ColumnProfile | None) -> list[str]:
             found.setdefault("birthDate", f"{{column: {_yaml_str(c.name)}, pipe: [date]}}")
     lines += [f"          {k}: {v}" for k, v in found.items()]
     lines.append("      # Columns found: type, blanks/rows, distinct values; a suggested field for each.")
-    for c in rep.columns:
+    for position, c in enumerate(rep.columns, start=1):
         about = f"{c.type}" + (f" {'|'.join(c.date_formats)}" if c.date_formats else "")
         about += f", {c.blank}/{c.rows} blank, {c.distinct} distinct" + (", masked" if c.masked else "")
         if c.null_tokens:
@@ -481,7 +496,7 @@ def _sheet_block(rep: ScanReport, pat: ColumnProfile | None) -> list[str]:
         if c.identifying:  # site.yaml lists it: a mapping that reads it is refused
             lines.append("      #     identifies a person (site.yaml identifying_columns): never mapped")
         else:
-            lines.append(f"      #     {{column: {_yaml_str(c.name)}, pipe: {_PIPES[c.type]}}}")
+            lines.append(f"      #     {{column: {_yaml_str(c.name)}, pipe: {_pipe(c, position)}}}")
     return [x for ln in lines for x in ln.split("\n")]
 
 

@@ -40,26 +40,10 @@ from adapter.outcomes.report import outcomes_report  # noqa: E402
 from adapter.store import Store  # noqa: E402
 from adapter.views.figures import compare, figures_from_views, load_views, run_views  # noqa: E402
 
-EX = ROOT / "examples"
-FILES = [("hito", "seguimiento", EX / "hito" / "hito_seguimiento_blinatumomab.xlsx"),
-         ("hito", "erm_citometria", EX / "hito" / "hito_erm_citometria.csv"),
-         ("huanl", "curso_corto", EX / "huanl" / "huanl_blinatumomab_curso_corto.xlsx"),
-         ("uk-infants", "registry", EX / "uk_infants" / "uk_infant_blinatumomab_registry.csv"),
-         ("uk-infants", "mrd_lab", EX / "uk_infants" / "uk_mrd_lab_ORU_R01.hl7"),
-         ("cdmx-a", "redcap", EX / "mx_multicentro" / "CDMX-A" / "BlinaLLAMulticentro_DATA_2025-01-15_1032.csv"),
-         ("cdmx-b", "lab_erm", EX / "mx_multicentro" / "CDMX-B" / "ERM_CDMX-B_ORU_R01.hl7"),
-         ("cdmx-b", "eventos", EX / "mx_multicentro" / "CDMX-B" / "eventos_clinicos_CDMX-B.csv"),
-         ("cdmx-c", "cohort_csv", EX / "mx_multicentro" / "CDMX-C" / "blinatumomab_cohort_CDMX-C.csv"),
-         ("qro-a", "base_xlsx", EX / "mx_multicentro" / "QRO-A" / "base_blinatumomab_QRO-A.xlsx"),
-         ("suzhou", "research_workbook", EX / "suzhou" / "suzhou_research_workbook.xlsx")]
+sys.path.insert(0, str(ROOT / "bench"))
+from serve import _rewrite  # noqa: E402  (references rewritten to the clone, as bench/serve.py clones)
 
-
-def _rewrite(node: Any, ids: dict[str, str]) -> Any:
-    if isinstance(node, dict):
-        return {k: (ids.get(v, v) if k == "reference" and isinstance(v, str) else _rewrite(v, ids)) for k, v in node.items()}
-    if isinstance(node, list):
-        return [_rewrite(v, ids) for v in node]
-    return node
+from tests.conftest import ALL_EXAMPLE_FILES as FILES  # noqa: E402  (every example export, as `make run` ingests them)
 
 
 def compartments(folder: str) -> list[tuple[str, list[dict[str, Any]]]]:

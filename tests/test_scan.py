@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -114,7 +115,12 @@ def test_scan_masks_identities_and_drafts_a_mapping_that_runs(
     leaked = sorted(s for s in secrets if s.casefold() in low)
     assert not leaked, f"{len(leaked)} identifying value(s) in the scan output"
 
-    # 3. the draft loads, picks the site's own patient column, and maps every row in a dry run
+    # 3. code columns suggest a table named after the column, never a placeholder
+    draft_text = (folder / "draft.yaml").read_text(encoding="utf-8")
+    tables = re.findall(r"lookup: \{table: ([^}]+)\}", draft_text)
+    assert "TODO" not in tables and all(re.fullmatch(r"[a-z][a-z0-9_]*", t) for t in tables)
+
+    # 4. the draft loads, picks the site's own patient column, and maps every row in a dry run
     draft = load_mapping(name, "draft", mappings_copy)
     real = load_mapping(site, mapping, ROOT / "mappings")
     assert draft.sheets[0].patient_column == real.sheets[0].patient_column
