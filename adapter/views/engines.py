@@ -1,0 +1,117 @@
+"""Running compiled ViewDefinitions (adapter/views/sql.py) on DuckDB and PostgreSQL.
+
+- DuckDB, embedded: over FHIR resources in memory, over a Bulk Data export folder (NDJSON files,
+  read with DuckDB's own ``read_json_objects``), or over an SQLite store's ``resources`` table.
+- PostgreSQL: over the store's ``resources`` table (its JSON text cast to ``jsonb``), or over
+  resources loaded into a temporary table.
+
+Every engine returns rows as lists of dicts in column order with JSON values, as the reference
+runner does, so that the three can be compared value for value.
+"""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from adapter.views.sql import SqlView, compile_view
+
+
+def _plain(v: Any) -> Any:
+    """JSON numbers as Python numbers: PostgreSQL's numeric arrives as Decimal."""
+    if isinstance(v, Decimal):
+        return int(v) if v == v.to_integral_value() and v.as_tuple().exponent >= 0 else float(v)
+    if isinstance(v, list):
+        return [_plain(x) for x in v]
+    if isinstance(v, dict):
+        return {k: _plain(x) for k, x in v.items()}
+    return v
+
+
+def _rows(compiled: SqlView, cursor_rows: Iterable[Sequence[Any]], text: bool) -> list[dict[str, Any]]:
+    """Rows as dicts; ``text``: the engine returns JSON as text (DuckDB), else decoded (psycopg)."""
+    names = [c["name"] for c in compiled.columns]
+    if text:
+        return [{n: (json.loads(v) if v is not None else None) for n, v in zip(names, row)} for row in cursor_rows]
+    return [{n: _plain(v) for n, v in zip(names, row)} for row in cursor_rows]
+
+
+# ======================================================================================= DuckDB
+
+
+def duckdb_connection() -> Any:
+    """A new in-memory DuckDB connection (the ``json`` extension is built in, nothing is downloaded)."""
+    import duckdb
+
+    return duckdb.connect(":memory:")
+
+
+def load_resources_duckdb(con: Any, resources: Iterable[Mapping[str, Any]], table: str = "fhir") -> None:
+    """``resources`` (FHIR JSON objects) into table ``table(resource JSON)``, replacing it."""
+    con.execute(f"CREATE OR REPLACE TABLE {table} (resource JSON)")
+    batch = [(json.dumps(r),) for r in resources]
+    if batch:
+        con.executemany(f"INSERT INTO {table} VALUES (?)", batch)
+
+
+def load_export_duckdb(con: Any, export_dir: str | Path, table: str = "fhir") -> int:
+    """Every ``*.ndjson`` file of a Bulk Data export folder into ``table(resource JSON)``, read by
+    DuckDB itself. Returns the number of resources."""
+    files = sorted(str(p) for p in Path(export_dir).glob("*.ndjson"))
+    con.execute(f"CREATE OR REPLACE TABLE {table} (resource JSON)")
+    if files:
+        con.execute(f"INSERT INTO {table} SELECT json AS resource FROM read_json_objects(?, format = 'newline_delimited')",
+                    [files])
+    return int(con.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
+
+
+def run_duckdb(view: Mapping[str, Any], con: Any, table: str = "fhir") -> list[dict[str, Any]]:
+    """The rows of ``view`` over ``table(resource JSON)`` on DuckDB connection ``con``. Raises
+    :class:`~adapter.views.runner.ViewDefinitionError` (invalid view), ``SqlCompileError``
+    (FHIRPath the compiler does not translate) or ``duckdb.Error`` (evaluation, e.g. several values
+    in a non-collection column)."""
+    compiled = compile_view(view, "duckdb")
+    source = f"(SELECT resource AS r FROM {table} WHERE resource ->> 'resourceType' = '{compiled.resource}')"
+    return _rows(compiled, con.execute(compiled.over(source)).fetchall(), text=True)
+
+
+def run_duckdb_resources(view: Mapping[str, Any], resources: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """``view`` over ``resources`` in a throwaway in-memory DuckDB."""
+    con = duckdb_connection()
+    try:
+        load_resources_duckdb(con, resources)
+        return run_duckdb(view, con)
+    finally:
+        con.close()
+
+
+# =================================================================================== PostgreSQL
+
+
+def run_postgresql(view: Mapping[str, Any], connection: Any, table: str = "resources",
+                   where: str = "NOT deleted") -> list[dict[str, Any]]:
+    """The rows of ``view`` on PostgreSQL over ``table`` (a text or jsonb column ``resource``; by
+    default the store's table, current versions only). ``connection`` is a SQLAlchemy connection.
+    Raises as :func:`run_duckdb` does (``sqlalchemy.exc.DBAPIError`` for evaluation errors)."""
+    from sqlalchemy import text
+
+    compiled = compile_view(view, "postgresql")
+    cond = f" AND {where}" if where else ""
+    source = (f"(SELECT CAST(resource AS jsonb) AS r FROM {table} WHERE CAST(resource AS jsonb) ->> 'resourceType' = "
+              f"'{compiled.resource}'{cond})")
+    result = connection.execute(text(compiled.over(source).replace(":", r"\:")))
+    return _rows(compiled, result.fetchall(), text=False)
+
+
+def load_resources_postgresql(connection: Any, resources: Iterable[Mapping[str, Any]], table: str) -> None:
+    """``resources`` into a new table ``table(resource jsonb)`` (dropped first)."""
+    from sqlalchemy import text
+
+    connection.execute(text(f"DROP TABLE IF EXISTS {table}"))
+    connection.execute(text(f"CREATE TABLE {table} (resource jsonb NOT NULL)"))
+    rows = [{"r": json.dumps(r)} for r in resources]
+    if rows:
+        connection.execute(text(f"INSERT INTO {table} (resource) VALUES (CAST(:r AS jsonb))"), rows)
