@@ -128,6 +128,29 @@ def test_figures_from_the_views_over_a_system_export_equal_the_facades(network: 
     assert pooled["mrd_negative_after"] == report["pooled"]["response"]["mrd_negative_after"]["count"] > 0
 
 
+def test_our_views_compiled_to_sql_give_the_reference_runners_rows(network: Any) -> None:
+    """Every project view compiled to SQL gives, row for row, what the reference runner gives: on
+    DuckDB over the export folder (read by DuckDB itself), and on PostgreSQL over the store's own
+    table of resources (its JSON cast to jsonb); the figures from the DuckDB rows equal /outcomes."""
+    from adapter.config import ROOT
+    from adapter.readers.ndjson import iter_export
+    from adapter.views.engines import run_postgresql, run_views_duckdb
+    from adapter.views.figures import compare, figures_from_views, load_views, run_views
+
+    views = load_views(ROOT / "views")
+    reference = run_views(views, iter_export(network.export_folder))
+    duck = run_views_duckdb(views, network.export_folder)
+    for name in views:
+        assert reference[name], name
+        assert _canonical(duck[name]) == _canonical(reference[name]), name
+    report = network.client.get("/outcomes", params={"suppress": "false"}).json()
+    assert compare(figures_from_views(duck), report) == []
+    if network.store.engine.dialect.name == "postgresql":
+        with network.store.engine.connect() as con:
+            for name, v in views.items():
+                assert _canonical(run_postgresql(v.view, con)) == _canonical(reference[name]), name
+
+
 def test_verify_figures_cli_agrees_and_names_a_difference(network: Any, tmp_path: Path) -> None:
     """`adapter verify-figures EXPORT --server URL`: exit 0 when every figure agrees; an export in
     which one Patient lost its death gives exit 8 and names the site, the figure and both values."""
@@ -138,6 +161,10 @@ def test_verify_figures_cli_agrees_and_names_a_difference(network: Any, tmp_path
     runner = CliRunner()
     ok = runner.invoke(cli, ["verify-figures", str(network.export_folder), "--server", network.base])
     assert ok.exit_code == 0, ok.output
+    reference = runner.invoke(cli, ["verify-figures", str(network.export_folder), "--server", network.base,
+                                    "--engine", "reference"])
+    assert reference.exit_code == 0, reference.output
+    assert runner.invoke(cli, ["verify-figures", str(network.export_folder), "--engine", "spark"]).exit_code == 2
     assert "every figure agrees" in ok.output
     edited = tmp_path / "edited"
     edited.mkdir()

@@ -12,11 +12,13 @@ runner does, so that the three can be compared value for value.
 from __future__ import annotations
 
 import json
+import re
 from decimal import Decimal
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from adapter.views.runner import ViewDefinitionError
 from adapter.views.sql import SqlView, compile_view
 
 
@@ -29,6 +31,17 @@ def _plain(v: Any) -> Any:
     if isinstance(v, dict):
         return {k: _plain(x) for k, x in v.items()}
     return v
+
+
+_OURS = re.compile(r"(column '[^']*': several values[^\"\n]*|where\[\d+\]\.path .*? must give a boolean)")
+
+
+def _engine_error(exc: Exception) -> Exception:
+    """A failure the compiled SQL raised on purpose (several values in a plain column, a where
+    path that is not Boolean) as the ViewDefinitionError the reference runner raises; any other
+    engine error as it is."""
+    m = _OURS.search(str(exc))
+    return ViewDefinitionError(m.group(1)) if m else exc
 
 
 def _rows(compiled: SqlView, cursor_rows: Iterable[Sequence[Any]], text: bool) -> list[dict[str, Any]]:
@@ -59,12 +72,29 @@ def load_resources_duckdb(con: Any, resources: Iterable[Mapping[str, Any]], tabl
 
 def load_export_duckdb(con: Any, export_dir: str | Path, table: str = "fhir") -> int:
     """Every ``*.ndjson`` file of a Bulk Data export folder into ``table(resource JSON)``, read by
-    DuckDB itself. Returns the number of resources."""
-    files = sorted(str(p) for p in Path(export_dir).glob("*.ndjson"))
+    DuckDB itself. Returns the number of resources. Raises ReaderError (CLI exit 3) for a missing
+    folder, a folder without NDJSON, a line that is not JSON or not a resource, naming the file."""
+    import duckdb
+
+    from adapter.errors import ReaderError
+
+    folder = Path(export_dir)
+    if not folder.is_dir():
+        raise ReaderError(f"{folder}: not a folder")
+    files = sorted(str(p) for p in folder.glob("*.ndjson"))
+    if not files:
+        raise ReaderError(f"{folder}: no .ndjson file")
     con.execute(f"CREATE OR REPLACE TABLE {table} (resource JSON)")
-    if files:
-        con.execute(f"INSERT INTO {table} SELECT json AS resource FROM read_json_objects(?, format = 'newline_delimited')",
-                    [files])
+    for f in files:
+        try:
+            con.execute(f"INSERT INTO {table} SELECT json AS resource FROM read_json_objects(?, format = 'newline_delimited')",
+                        [f])
+        except duckdb.Error as exc:
+            raise ReaderError(f"{Path(f).name}: not NDJSON ({str(exc).splitlines()[0][:200]})") from None
+    missing = con.execute(f"SELECT count(*) FROM {table} WHERE json_type(resource) <> 'OBJECT' OR "
+                          f"resource ->> 'resourceType' IS NULL").fetchone()[0]
+    if missing:
+        raise ReaderError(f"{folder}: {missing} line(s) are not FHIR resources (no resourceType)")
     return int(con.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
 
 
@@ -75,7 +105,13 @@ def run_duckdb(view: Mapping[str, Any], con: Any, table: str = "fhir") -> list[d
     in a non-collection column)."""
     compiled = compile_view(view, "duckdb")
     source = f"(SELECT resource AS r FROM {table} WHERE resource ->> 'resourceType' = '{compiled.resource}')"
-    return _rows(compiled, con.execute(compiled.over(source)).fetchall(), text=True)
+    import duckdb
+
+    try:
+        fetched = con.execute(compiled.over(source)).fetchall()
+    except duckdb.Error as exc:
+        raise _engine_error(exc) from None
+    return _rows(compiled, fetched, text=True)
 
 
 def run_duckdb_resources(view: Mapping[str, Any], resources: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -102,8 +138,16 @@ def run_postgresql(view: Mapping[str, Any], connection: Any, table: str = "resou
     cond = f" AND {where}" if where else ""
     source = (f"(SELECT CAST(resource AS jsonb) AS r FROM {table} WHERE CAST(resource AS jsonb) ->> 'resourceType' = "
               f"'{compiled.resource}'{cond})")
-    result = connection.execute(text(compiled.over(source).replace(":", r"\:")))
-    return _rows(compiled, result.fetchall(), text=False)
+    from sqlalchemy.exc import DBAPIError
+
+    try:
+        # the planner's estimates for nested jsonb set functions are high enough to switch its JIT
+        # on, which costs about a second per query and gains nothing here: off, for this transaction
+        connection.execute(text("SELECT set_config('jit', 'off', true)"))
+        fetched = connection.execute(text(compiled.over(source).replace(":", r"\:"))).fetchall()
+    except DBAPIError as exc:
+        raise _engine_error(exc) from None
+    return _rows(compiled, fetched, text=False)
 
 
 def load_resources_postgresql(connection: Any, resources: Iterable[Mapping[str, Any]], table: str) -> None:
@@ -115,3 +159,19 @@ def load_resources_postgresql(connection: Any, resources: Iterable[Mapping[str, 
     rows = [{"r": json.dumps(r)} for r in resources]
     if rows:
         connection.execute(text(f"INSERT INTO {table} (resource) VALUES (CAST(:r AS jsonb))"), rows)
+
+
+def run_views_duckdb(views: Mapping[str, Any], export_dir: str | Path) -> dict[str, list[dict[str, Any]]]:
+    """The rows of every view (name -> ViewDefinition JSON, or anything with a ``view`` attribute
+    holding it, such as a :class:`~adapter.views.runner.CompiledView`) over a Bulk Data export
+    folder, on one in-memory DuckDB that reads the NDJSON files itself."""
+    con = duckdb_connection()
+    try:
+        load_export_duckdb(con, export_dir)
+        return {name: run_duckdb(getattr(v, "view", v), con) for name, v in views.items()}
+    finally:
+        con.close()
+
+
+#: the engines ``adapter verify-figures --engine`` can use
+ENGINES = ("duckdb", "reference")
