@@ -9,19 +9,22 @@ same run, computes the headline counts two ways over the same resources and chec
 1. baseline: the facade's extraction (adapter/outcomes/cohort.py ``course_of`` per patient) and
    report (adapter/outcomes/report.py ``outcomes_report``), as ``/outcomes`` does;
 2. the project's ViewDefinitions (views/) on the reference runner (adapter/views/runner.py,
-   FHIRPath by fhirpathpy) and adapter/views/figures.py.
+   FHIRPath by fhirpathpy) and adapter/views/figures.py;
+3. the same views compiled to SQL (adapter/views/sql.py) on an embedded DuckDB reading the
+   resources as a Bulk export folder (NDJSON written first, not timed), then figures.py.
 
 Reports wall time, resources/s and the peak of Python memory (tracemalloc, in a second run) for
 each. The baseline computes every figure of /outcomes (Kaplan-Meier, confidence intervals), the
 views only the headline counts, so the comparison bounds the views' cost rather than matching the
-work. The reference runner is the correctness oracle; the SQL engines of issue 19 are to be
-measured against it here.
+work. The reference runner is the correctness oracle. DuckDB's memory is native, outside
+tracemalloc: its step also runs in a forked child whose peak resident set size is reported.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import json
 import sys
 import tempfile
 import time
@@ -38,6 +41,7 @@ from adapter.ingest import ingest_file  # noqa: E402
 from adapter.outcomes.cohort import course_of  # noqa: E402
 from adapter.outcomes.report import outcomes_report  # noqa: E402
 from adapter.store import Store  # noqa: E402
+from adapter.views.engines import run_views_duckdb  # noqa: E402
 from adapter.views.figures import compare, figures_from_views, load_views, run_views  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "bench"))
@@ -113,6 +117,29 @@ def main() -> None:
     figures = measure("views on the reference runner (fhirpathpy)", lambda: figures_from_views(run_views(views, flat)), len(flat))
     differences = compare(figures, report)
     print("  figures agree" if not differences else f"  {len(differences)} figure(s) differ: {differences[:5]}")  # noqa: T201
+    with tempfile.TemporaryDirectory() as d:
+        by_type: dict[str, list[str]] = defaultdict(list)
+        for r in flat:
+            by_type[r["resourceType"]].append(json.dumps(r))
+        for t, lines in by_type.items():
+            (Path(d) / f"{t}.ndjson").write_text("\n".join(lines) + "\n", encoding="utf-8")
+        duck = measure("views compiled to SQL on DuckDB", lambda: figures_from_views(run_views_duckdb(views, d)), len(flat))
+        print(f"  {'':44} peak RSS of a child running it: {child_peak_rss(lambda: run_views_duckdb(views, d)):,.0f} MiB")  # noqa: T201
+    differences = compare(duck, report)
+    print("  figures agree" if not differences else f"  {len(differences)} figure(s) differ: {differences[:5]}")  # noqa: T201
+
+
+def child_peak_rss(fn: Any) -> float:
+    """Peak resident set size (MiB) of a forked child that runs ``fn``."""
+    import os
+    import resource
+
+    pid = os.fork()
+    if pid == 0:
+        fn()
+        os._exit(0)
+    _, _, usage = os.wait4(pid, 0)
+    return usage.ru_maxrss / 1024 if resource else 0.0
 
 
 if __name__ == "__main__":

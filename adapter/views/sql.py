@@ -97,11 +97,10 @@ class DuckDB(Dialect):
         return f"(CASE WHEN ({j}) IS NULL THEN {self.empty} ELSE [CAST({j} AS JSON)] END)"
 
     def member(self, x: str, key: str) -> str:
-        path = self.q(f'$."{key}"')
-        each = self.q(f'$."{key}"[*]')
-        kind = f"json_type({x}, {path})"
-        return (f"(CASE WHEN {kind} IS NULL OR {kind} = 'NULL' THEN {self.empty} WHEN {kind} = 'ARRAY' "
-                f"THEN json_extract({x}, {each}) ELSE [json_extract({x}, {path})] END)")
+        # one parse of the (possibly large) item, then the small value is inspected
+        j = f"json_extract({x}, {self.q('$.' + json.dumps(key))})"
+        return (f"list_transform([{j}], lambda m_: CASE WHEN m_ IS NULL OR json_type(m_) = 'NULL' THEN {self.empty} "
+                f"WHEN json_type(m_) = 'ARRAY' THEN json_extract(m_, '$[*]') ELSE [m_] END)[1]")
 
     def let(self, value: str, var: str, body: str) -> str:
         """``body`` with ``var`` bound to ``value``, evaluated once."""
