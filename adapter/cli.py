@@ -354,19 +354,20 @@ def verify_figures(
                                                        "default: this machine's store")] = None,
     token: Annotated[str | None, typer.Option(help="bearer token for --server when it has auth on", envvar="ADAPTER_TOKEN")] = None,
     views: Annotated[Path, typer.Option(help="folder of ViewDefinitions")] = ROOT / "views",
-    engine: Annotated[str, typer.Option(help="duckdb (the views compiled to SQL) or reference (the in-memory runner)")] = "duckdb",
+    engine: Annotated[str, typer.Option(help="duckdb or spark (the views compiled to SQL), or reference (the in-memory runner)")] = "duckdb",
+    spark_master: Annotated[str, typer.Option(help="Spark master URL for --engine spark", envvar="SPARK_MASTER")] = "local[2]",
     fmt: Annotated[str, typer.Option("--format", help="table or json")] = "table",
 ) -> None:
     """Check the facade's figures against the SQL on FHIR views run over a Bulk export. The headline
     figures (N, deaths, CRS, CRS grade 3+, HSCT, MRD-negative after, responses; per site and
     pooled) are recomputed from the export with the views alone, compiled to SQL and run on an
-    embedded DuckDB (``--engine reference``: the in-memory reference runner). Exit 0 when every
-    number agrees, 8 when one differs (each is listed), 2 for a bad option or view."""
+    embedded DuckDB (``--engine spark``: Spark SQL on ``--spark-master``; ``--engine reference``:
+    the in-memory reference runner). Exit 0 when every number agrees, 8 when one differs (each is
+    listed), 2 for a bad option or view, 3 for an unreadable export."""
     from adapter.errors import FiguresDiffer
     from adapter.readers.ndjson import iter_export
+    from adapter.views.engines import ENGINES, run_views_duckdb, run_views_spark
     from adapter.views.figures import compare, figures_from_views, load_views, run_views
-
-    from adapter.views.engines import ENGINES, run_views_duckdb
 
     if fmt not in ("table", "json"):
         _fail(ConfigError(f"--format must be table or json, not {fmt!r}"))
@@ -375,8 +376,12 @@ def verify_figures(
     try:
         with err_console.status(f"running the views over the export ({engine})"):
             compiled = load_views(views)
-            rows = (run_views_duckdb(compiled, export_dir) if engine == "duckdb"
-                    else run_views(compiled, iter_export(export_dir)))
+            if engine == "duckdb":
+                rows = run_views_duckdb(compiled, export_dir)
+            elif engine == "spark":
+                rows = run_views_spark(compiled, export_dir, spark_master)
+            else:
+                rows = run_views(compiled, iter_export(export_dir))
             recomputed = figures_from_views(rows)
         if server:
             import httpx

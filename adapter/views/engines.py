@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import json
 import re
-from decimal import Decimal
 from collections.abc import Iterable, Mapping, Sequence
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 from adapter.views.runner import ViewDefinitionError
-from adapter.views.sql import SqlView, compile_view
+from adapter.views.sql import DuckDB, PostgreSQL, SqlView, compile_view
 
 
 def _plain(v: Any) -> Any:
@@ -48,8 +48,8 @@ def _rows(compiled: SqlView, cursor_rows: Iterable[Sequence[Any]], text: bool) -
     """Rows as dicts; ``text``: the engine returns JSON as text (DuckDB), else decoded (psycopg)."""
     names = [c["name"] for c in compiled.columns]
     if text:
-        return [{n: (json.loads(v) if v is not None else None) for n, v in zip(names, row)} for row in cursor_rows]
-    return [{n: _plain(v) for n, v in zip(names, row)} for row in cursor_rows]
+        return [{n: (json.loads(v) if v is not None else None) for n, v in zip(names, row, strict=True)} for row in cursor_rows]
+    return [{n: _plain(v) for n, v in zip(names, row, strict=True)} for row in cursor_rows]
 
 
 # ======================================================================================= DuckDB
@@ -104,7 +104,7 @@ def run_duckdb(view: Mapping[str, Any], con: Any, table: str = "fhir") -> list[d
     (FHIRPath the compiler does not translate) or ``duckdb.Error`` (evaluation, e.g. several values
     in a non-collection column)."""
     compiled = compile_view(view, "duckdb")
-    source = f"(SELECT resource AS r FROM {table} WHERE resource ->> 'resourceType' = '{compiled.resource}')"
+    source = f"(SELECT resource AS r FROM {table} WHERE resource ->> 'resourceType' = {DuckDB().q(compiled.resource)})"
     import duckdb
 
     try:
@@ -137,7 +137,7 @@ def run_postgresql(view: Mapping[str, Any], connection: Any, table: str = "resou
     compiled = compile_view(view, "postgresql")
     cond = f" AND {where}" if where else ""
     source = (f"(SELECT CAST(resource AS jsonb) AS r FROM {table} WHERE CAST(resource AS jsonb) ->> 'resourceType' = "
-              f"'{compiled.resource}'{cond})")
+              f"{PostgreSQL().q(compiled.resource)}{cond})")
     from sqlalchemy.exc import DBAPIError
 
     try:
@@ -174,4 +174,18 @@ def run_views_duckdb(views: Mapping[str, Any], export_dir: str | Path) -> dict[s
 
 
 #: the engines ``adapter verify-figures --engine`` can use
-ENGINES = ("duckdb", "reference")
+ENGINES = ("duckdb", "spark", "reference")
+
+
+def run_views_spark(views: Mapping[str, Any], export_dir: str | Path, master: str = "local[2]") -> dict[str, list[dict[str, Any]]]:
+    """The rows of every view over a Bulk Data export folder on Spark (``master``: ``local[2]`` or
+    a cluster URL), the views compiled to Spark SQL (adapter/views/spark.py)."""
+    from adapter.errors import ReaderError
+    from adapter.views.spark import load_export_spark, run_spark, spark_session
+
+    folder = Path(export_dir)
+    if not folder.is_dir() or not any(folder.glob("*.ndjson")):
+        raise ReaderError(f"{folder}: not a folder of .ndjson files")
+    spark = spark_session(master)
+    load_export_spark(spark, str(folder.resolve()))
+    return {name: run_spark(getattr(v, "view", v), spark) for name, v in views.items()}

@@ -93,6 +93,19 @@ class DuckDB(Dialect):
     name = "duckdb"
     empty = "CAST([] AS JSON[])"
 
+    def first(self, c: str) -> str:
+        return f"({c})[1]"
+
+    def key(self, v: str, key: str) -> str:
+        """The raw JSON value of ``key`` of object ``v`` (NULL when absent)."""
+        return f"json_extract({v}, {self.q('$.' + json.dumps(key))})"
+
+    def half_unit(self, scale: str) -> str:
+        return f"(CAST(5 AS DECIMAL(38, 12)) / power(10, {scale} + 1))"
+
+    def matches(self, s: str, pattern: str) -> str:
+        return f"regexp_matches({s}, {self.q(pattern)})"
+
     def single(self, j: str) -> str:
         return f"(CASE WHEN ({j}) IS NULL THEN {self.empty} ELSE [CAST({j} AS JSON)] END)"
 
@@ -210,6 +223,18 @@ class PostgreSQL(Dialect):
 
     def __init__(self) -> None:
         self._n = itertools.count()
+
+    def first(self, c: str) -> str:
+        return f"(({c}) -> 0)"
+
+    def key(self, v: str, key: str) -> str:
+        return f"({v} -> {self.q(key)})"
+
+    def half_unit(self, scale: str) -> str:
+        return f"(5::numeric / power(10::numeric, {scale} + 1))"
+
+    def matches(self, s: str, pattern: str) -> str:
+        return f"({s} ~ {self.q(pattern)})"
 
     def _alias(self) -> str:
         return f"e{next(self._n)}"
@@ -376,9 +401,7 @@ class _FhirPath:
                                f"THEN {d.boolean(x)} ELSE true END)")
 
     def first_item(self, c: str) -> str:
-        if isinstance(self.d, DuckDB):
-            return f"({c})[1]"
-        return f"(({c}) -> 0)"
+        return self.d.first(c)
 
     # -------------------------------------------------------------------------- tree walk
 
@@ -534,9 +557,7 @@ class _FhirPath:
         return Expr(d.filter(this.sql, v, f"{d.text(self._key(v, 'resourceType'))} = {d.q(tname)}"), "coll", tname)
 
     def _key(self, v: str, key: str) -> str:
-        if isinstance(self.d, DuckDB):
-            return f"json_extract({v}, {self.d.q('$.' + key)})"
-        return f"({v} -> {self.d.q(key)})"
+        return self.d.key(v, key)
 
     # -------------------------------------------------------------------------- functions
 
@@ -664,7 +685,7 @@ class _FhirPath:
         num = d.num(v)
         decimals = d.regex_extract(t, r"\.([0-9]+)$", 1)
         scale = f"length(coalesce({decimals}, ''))"
-        half = f"(CAST(5 AS DECIMAL(38, 12)) / power(10, {scale} + 1))" if isinstance(d, DuckDB) else f"(5::numeric / power(10::numeric, {scale} + 1))"
+        half = d.half_unit(scale)
         dec = d.from_num(f"({num} {'+' if high else '-'} {half})")
         year, month = d.regex_extract(t, r"^(\d{4})", 1), d.regex_extract(t, r"^\d{4}-(\d{2})", 1)
         day = d.regex_extract(t, r"^\d{4}-\d{2}-(\d{2})", 1)
@@ -674,11 +695,7 @@ class _FhirPath:
         tm = r"T(\d{2})(?::(\d{2}))?(?::(\d{2}))?(?:\.(\d+))?(Z|[+-]\d{2}:\d{2})?$"
         hh, mm, ss, frac, tz = (d.regex_extract(t, tm, g) for g in range(1, 6))
         fill = "9" if high else "0"
-        frac_f = f"rpad(coalesce({frac}, ''), 3, {d.q(fill)})"
-        if isinstance(d, DuckDB):
-            frac_f = f"substr({frac_f}, 1, 3)"
-        else:
-            frac_f = f"substr({frac_f}, 1, 3)"
+        frac_f = f"substr(rpad(coalesce({frac}, ''), 3, {d.q(fill)}), 1, 3)"
         time_text = (f"(coalesce({hh}, {d.q('23' if high else '00')}) || ':' || coalesce({mm}, {d.q('59' if high else '00')}) "
                      f"|| ':' || coalesce({ss}, {d.q('59' if high else '00')}) || '.' || {frac_f} || "
                      f"coalesce({tz}, {d.q('-12:00' if high else '+14:00')}))")
@@ -697,11 +714,9 @@ class _FhirPath:
             body = d.from_text(time_only)
         else:
             body = (f"(CASE WHEN {d.jtype(v)} = 'number' THEN {dec} "
-                    f"WHEN {t} ~ '^[0-9]{{2}}(:|$)' THEN {d.from_text(time_only)} "
+                    f"WHEN {d.matches(t, '^[0-9]{2}(:|$)')} THEN {d.from_text(time_only)} "
                     f"WHEN {t} LIKE '%T%' THEN {d.from_text(f'{date_text} || {d.q(chr(84))} || {time_text}')} "
-                    f"WHEN {t} ~ '^[0-9]{{4}}' THEN {d.from_text(date_text)} END)")
-            if isinstance(d, DuckDB):
-                body = body.replace(f"{t} ~ ", f"regexp_matches({t}, ").replace("'^[0-9]{2}(:|$)' THEN", "'^[0-9]{2}(:|$)') THEN").replace("'^[0-9]{4}' THEN", "'^[0-9]{4}') THEN")
+                    f"WHEN {d.matches(t, '^[0-9]{4}')} THEN {d.from_text(date_text)} END)")
         return Expr(d.flatmap(this.sql, v, d.single(f"(CASE WHEN {d.jtype(v)} IN ('number', 'string') THEN {body} END)")),
                     "coll", kind or None)
 
@@ -730,6 +745,8 @@ class _ViewCompiler:
         self.view = view
         self.d = dialect
         self.checked = CompiledView(view)  # the specification's validation, shared with the runner
+        if not re.fullmatch(r"[A-Z][A-Za-z]{1,63}", str(self.checked.resource)):
+            raise ViewDefinitionError(f"ViewDefinition.resource {str(self.checked.resource)[:64]!r} is not a FHIR resource type")
         self._aliases = itertools.count()
         self._vars = itertools.count()
         self.constants = {c["name"]: _constant(c) for c in view.get("constant") or []}
@@ -749,7 +766,7 @@ class _ViewCompiler:
                 conds.append(f"coalesce({e.sql}, false)")
                 continue
             # the specification: a where path must give a Boolean (empty counts as false)
-            x = "(w_v)[1]" if isinstance(d, DuckDB) else "(w_v -> 0)"
+            x = d.first("w_v")
             bad = d.raise_(f"where[{i}].path {w['path']!r} must give a boolean", "w_v")
             conds.append("coalesce(" + d.let(e.sql, "w_v", f"CASE WHEN {d.count('w_v')} = 0 THEN false WHEN {d.count('w_v')} = 1 AND "
                          f"{d.jtype(x)} = 'boolean' THEN {d.boolean(x)} ELSE CAST({bad} AS BOOLEAN) END") + ", false)")
@@ -806,7 +823,7 @@ class _ViewCompiler:
         if iterate == "forEachOrNull":
             # no foci: one row, every column of this selection null (%rowIndex 0)
             nulls = ", ".join(f"{d.literal(0) if p == '%rowIndex' else 'NULL'} AS {d.ident(n)}"
-                              for n, p in zip(names, _paths(s, names)))
+                              for n, p in zip(names, _paths(s, names), strict=True))
             sql = f"{sql} UNION ALL SELECT {nulls} WHERE {d.count(foci)} = 0"
         return sql, names
 
