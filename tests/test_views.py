@@ -325,6 +325,91 @@ def test_viewdefinition_run_follows_the_export_rules(secure: Any) -> None:
         assert listed.status_code == 200 and listed.json()["total"] >= 6
 
 
+def _kickoff(client: Any, views: list[dict[str, Any]], **params: Any) -> Any:
+    parameter: list[dict[str, Any]] = []
+    for v in views:
+        parts = [{"name": "name", "valueString": v["name"]}] if "name" in v else []
+        if "ref" in v:
+            parts.append({"name": "viewReference", "valueReference": {"reference": v["ref"]}})
+        if "resource" in v:
+            parts.append({"name": "viewResource", "resource": v["resource"]})
+        parameter.append({"name": "view", "part": parts})
+    for name, value in params.items():
+        parameter.append({"name": name, "valueReference": {"reference": value}} if name in ("group", "patient")
+                         else {"name": name, "valueString": value})
+    return client.post("/ViewDefinition/$viewdefinition-export", json={"resourceType": "Parameters", "parameter": parameter},
+                       headers={"Prefer": "respond-async", "Accept": "application/fhir+json"})
+
+
+def _follow(client: Any, status_url: str) -> Any:
+    import time
+
+    for _ in range(600):
+        r = client.get(status_url, follow_redirects=False)
+        if r.status_code != 202:
+            return r
+        assert r.json()["parameter"][-2]["valueCode"] == "in-progress" and r.headers["Retry-After"]
+        time.sleep(0.05)
+    raise AssertionError("the view export did not finish")
+
+
+def test_viewdefinition_export_runs_asynchronously_under_the_export_rules(secure: Any) -> None:
+    """$viewdefinition-export (the operation's asynchronous pattern): 202 with a status URL, 202
+    while it runs, 303 to the result, a Parameters resource listing one file per view, files that
+    hold the same rows as $viewdefinition-run for the same caller; several invalid views are one
+    400 naming each parameter; only the caller who started it sees it; DELETE cancels; a
+    coordinator needs a group; no Prefer: respond-async is 400."""
+    inline = {"resourceType": "ViewDefinition", "name": "mrd_values", "resource": "Observation",
+              "select": [{"column": [{"name": "id", "path": "getResourceKey()"},
+                                     {"name": "value", "path": "value.ofType(Quantity).value"}]}],
+              "where": [{"path": "value.ofType(Quantity).exists()"}]}
+    with secure.http("site") as c:
+        plain = c.post("/ViewDefinition/$viewdefinition-export", json={"resourceType": "Parameters", "parameter": []})
+        assert plain.status_code == 400 and "respond-async" in plain.text
+        kick = _kickoff(c, [{"ref": "ViewDefinition/pedall_patient", "name": "patients"}, {"resource": inline}], _format="csv",
+                        clientTrackingId="monthly-2026-12")
+        assert kick.status_code == 202, kick.text
+        status_url = kick.headers["Content-Location"]
+        assert status_url.endswith("/status") and {"name": "clientTrackingId", "valueString": "monthly-2026-12"} in kick.json()["parameter"]
+        done = _follow(c, status_url)
+        assert done.status_code == 303, done.text
+        result = c.get(done.headers["location"])
+        assert result.status_code == 200 and result.headers["Expires"], result.text
+        outputs = {p["part"][0]["valueString"]: p["part"] for p in result.json()["parameter"] if p["name"] == "output"}
+        assert set(outputs) == {"patients", "mrd_values"}
+        for name, ref in (("patients", "ViewDefinition/pedall_patient"), ("mrd_values", None)):
+            location = next(p["valueUri"] for p in outputs[name] if p["name"] == "location")
+            assert location.endswith(f"/{name}.csv")
+            got = c.get(location)
+            assert got.status_code == 200 and got.headers["content-type"].startswith("text/csv")
+            run = (_run(c, "GET", "/$viewdefinition-run", viewReference=ref, _format="csv") if ref else
+                   _run(c, "POST", "/$viewdefinition-run", viewResource=inline, _format="csv"))
+            assert run.status_code == 200
+            assert sorted(got.text.splitlines()) == sorted(run.text.splitlines()) and len(got.text.splitlines()) > 1
+        count = next(p["valueInteger"] for p in outputs["patients"] if p["name"] == "count")
+        assert count == secure.store.counts("hito")["Patient"]  # the caller's site only
+        assert c.get(f"/$export-poll-status/{status_url.split('/')[-2]}").status_code == 404  # not a Bulk job
+        with secure.http("site-huanl") as other:
+            assert other.get(status_url).status_code == 404 and other.get(done.headers["location"]).status_code == 404
+        assert c.delete(status_url).status_code == 202 and c.get(status_url).status_code == 404
+        bad = _kickoff(c, [{"ref": "ViewDefinition/nope"}, {"resource": {"resourceType": "ViewDefinition", "select": []}}])
+        assert bad.status_code == 400
+        issues = bad.json()["issue"]
+        assert [i.get("expression") for i in issues[1:]] == [["parameter[0]"], ["parameter[1]"]], issues
+        assert _kickoff(c, []).status_code == 400
+        assert _kickoff(c, [{"ref": "ViewDefinition/pedall_mrd"}], _format="xml").status_code == 400
+        assert _kickoff(c, [{"ref": "ViewDefinition/pedall_mrd"}], source="s3://bucket").status_code == 400
+    with secure.http("coordinator") as c:
+        assert _kickoff(c, [{"ref": "ViewDefinition/pedall_patient"}]).status_code == 403
+        kick = _kickoff(c, [{"ref": "ViewDefinition/pedall_patient"}], group="Group/study-pedall-blinatumomab", _format="ndjson")
+        assert kick.status_code == 202, kick.text
+        done = _follow(c, kick.headers["Content-Location"])
+        result = c.get(done.headers["location"]).json()
+        location = next(p["valueUri"] for o in result["parameter"] if o["name"] == "output" for p in o["part"] if p["name"] == "location")
+        rows = [json.loads(line) for line in c.get(location).text.splitlines()]
+        assert rows and all(r["birth_date"] is None or len(r["birth_date"]) <= 7 for r in rows)  # de-identified
+
+
 def test_output_formats_refuse_what_they_cannot_write() -> None:
     """adapter/views/output.py: CSV writes collections as JSON text; Parquet refuses a value that
     does not fit its column's type, naming the column; an unknown format is refused."""

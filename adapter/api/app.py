@@ -97,7 +97,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None, val
     add_bulk_routes(app, store, settings, lambda request: _base(request, settings))
     from adapter.api.views_routes import add_view_routes
 
-    add_view_routes(app, store, settings)  # SQL on FHIR $viewdefinition-run, before the generic /{type} routes
+    add_view_routes(app, store, settings, lambda request: _base(request, settings))  # SQL on FHIR $viewdefinition-run, before the generic /{type} routes
     _routes(app, settings, store, validator)
     app.state.export_worker = ExportWorker(store, settings)
     from adapter.subscriptions.delivery import DeliveryWorker

@@ -120,7 +120,8 @@ def add_bulk_routes(app: FastAPI, store: Store, settings: Settings, base_of: Any
     def _job_or_404(request: Request, jid: str) -> Any:
         """The job, when it exists and was kicked off by the same client (else 404)."""
         job = jobs.get(jid)
-        if job is None or job.status in ("cancelled", "expired") or job.params.get("owner") != principal(request).client_id:
+        if (job is None or job.status in ("cancelled", "expired") or job.params.get("owner") != principal(request).client_id
+                or job.params.get("kind") is not None):  # a $viewdefinition-export job has its own URLs
             raise FHIRError(404, "not-found", f"no export {jid[:40]} (unknown, cancelled or expired)")
         return job
 

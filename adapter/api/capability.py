@@ -112,6 +112,11 @@ def capability_statement(base: str, profiles_dir: Path, auth: bool = False, toke
                                   "lists them): a SQL on FHIR v2 ViewDefinition over this server's data or the resources "
                                   "sent, as json, ndjson, csv or parquet, under the $export rules (site-confined; coordinators "
                                   "de-identified with a group)"},
+                {"name": "viewdefinition-export", "definition": "http://sql-on-fhir.org/OperationDefinition/$viewdefinition-export",
+                 "documentation": "POST /$viewdefinition-export or /ViewDefinition/$viewdefinition-export with Prefer: "
+                                  "respond-async and one or more view parameters: 202 and a status URL (202 while running, "
+                                  "303 to the result: one file per view, csv, ndjson, json or parquet), DELETE cancels; "
+                                  "the $export rules apply"},
             ],
         }],
     }

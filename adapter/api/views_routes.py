@@ -7,7 +7,17 @@ synchronously as JSON, NDJSON, CSV or Parquet (adapter/views/output.py).
   (``ViewDefinition/<name>`` or the canonical URL of one of the project's views in ``views/``);
 - ``GET|POST /ViewDefinition/{name}/$viewdefinition-run`` (instance level) runs a project view;
 - ``GET /ViewDefinition`` lists the project's views (a searchset Bundle), ``GET /ViewDefinition/{name}``
-  reads one.
+  reads one;
+- ``POST /$viewdefinition-export`` and ``/ViewDefinition/$viewdefinition-export`` (``Prefer:
+  respond-async``; a Parameters resource with one or more ``view`` parts, ``_format``, ``header``,
+  ``patient``, ``group``, ``_since``, ``clientTrackingId``): the asynchronous pattern of the
+  operation's notes (OperationDefinition-ViewDefinitionExport-notes.md): 202 with ``Content-Location``
+  ``/$viewdefinition-export/{id}/status``, which answers 202 (``X-Progress``, ``Retry-After``)
+  while it runs and then 303 to ``.../result``: a Parameters resource listing each view's file
+  (``output.name``, ``output.location``), or 500 with an OperationOutcome when it failed;
+  ``DELETE .../status`` cancels; files at ``.../{name}.{ext}``. Jobs run in the Bulk Data export
+  worker (adapter/bulk/views_export.py); all views are validated before the job starts, every
+  problem reported with its ``parameter[i]``.
 
 Parameters: ``_format`` (``json``, ``ndjson``, ``csv``, ``parquet``; or the ``Accept`` header),
 ``header`` (CSV header line, default true), ``patient``, ``group`` (repeatable), ``_since``,
@@ -21,16 +31,20 @@ de-identified resources (adapter/privacy.py), where a ``patient`` filter is refu
 
 from __future__ import annotations
 
+import re
+import shutil
+import uuid
 from collections.abc import Iterable, Iterator
+from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import Response
+from fastapi.responses import FileResponse, Response
 
-from adapter.api.fhir_http import FHIRError, parse_json_body
-from adapter.api.security import require
+from adapter.api.fhir_http import FHIRError, http_date, operation_outcome, parse_json_body
+from adapter.api.security import principal, require
 from adapter.config import ROOT, Settings
 from adapter.store import Store
 from adapter.views.output import MEDIA_TYPES as FORMATS
@@ -50,11 +64,11 @@ def _views() -> dict[str, dict[str, Any]]:
     return out
 
 
-def _params(request: Request, body: Any) -> dict[str, list[Any]]:
-    """Operation parameters by name: the query string, plus a POSTed Parameters resource (values as
-    their ``value[x]``, ``resource`` or ``valueReference.reference``)."""
+def _params(query: Iterable[tuple[str, str]], body: Any) -> dict[str, list[Any]]:
+    """Operation parameters by name: the query string's items, plus a POSTed Parameters resource
+    (values as their ``value[x]``, ``resource`` or ``valueReference.reference``)."""
     out: dict[str, list[Any]] = {}
-    for k, v in request.query_params.multi_items():
+    for k, v in query:
         out.setdefault(k, []).append(v)
     if body is None:
         return out
@@ -83,8 +97,9 @@ def _one(params: dict[str, list[Any]], name: str) -> Any:
     return values[0] if values else None
 
 
-def add_view_routes(app: FastAPI, store: Store, settings: Settings) -> None:
-    """Register the routes (before the generic ``/{type}`` ones)."""
+def add_view_routes(app: FastAPI, store: Store, settings: Settings, base_of: Any) -> None:
+    """Register the routes (before the generic ``/{type}`` ones). ``base_of(request)`` gives the
+    public base URL (for the status, result and file URLs of ``$viewdefinition-export``)."""
     from adapter.views.runner import CompiledView, ViewDefinitionError
 
     def lookup(ref: Any) -> dict[str, Any]:
@@ -96,14 +111,14 @@ def add_view_routes(app: FastAPI, store: Store, settings: Settings) -> None:
             raise FHIRError(404, "not-found", f"no ViewDefinition {text[:120]!r}; known: {', '.join(sorted(views))}")
         return view
 
-    def resources_for(request: Request, view: CompiledView, params: dict[str, list[Any]]) -> Iterator[dict[str, Any]]:
+    def export_scope(request: Request, rtype: str, params: dict[str, list[Any]]) -> dict[str, Any]:
+        """What the caller may read of ``rtype`` under the $export rules, resolved now: ``site``
+        (a site-bound client's site, else None), ``deidentified``, ``patients`` (a group's members
+        or the patient filter; None for all) and ``since``. Raises FHIRError 400/403/404/503."""
         from adapter.bulk.runner import group_members
-        from adapter.privacy import deidentify
-        from adapter.store.db import now_instant
-        from adapter.store.exports import stream
 
         groups = [str(g).split("/")[-1] for g in params.get("group") or []]
-        who = require(request, "export", str(view.resource), "group" if groups else "system")
+        who = require(request, "export", rtype, "group" if groups else "system")
         deidentified = settings.export_deidentify or who.role == "coordinator"
         patient = _one(params, "patient")
         if deidentified and patient is not None:
@@ -129,14 +144,24 @@ def add_view_routes(app: FastAPI, store: Store, settings: Settings) -> None:
                 date_range(str(since))
             except ValueError:
                 raise FHIRError(400, "invalid", f"_since: {str(since)[:40]!r} is not a FHIR instant") from None
-        for res in stream(store, str(view.resource), until=now_instant(), since=since, patients=patients,
-                          patient_level=patients is not None and view.resource != "Patient", site=who.site_scope):
+        return {"site": who.site_scope, "deidentified": deidentified, "patients": patients,
+                "since": None if since is None else str(since)}
+
+    def resources_for(request: Request, view: CompiledView, params: dict[str, list[Any]]) -> Iterator[dict[str, Any]]:
+        from adapter.privacy import deidentify
+        from adapter.store.db import now_instant
+        from adapter.store.exports import stream
+
+        scope = export_scope(request, str(view.resource), params)
+        patients = scope["patients"]
+        for res in stream(store, str(view.resource), until=now_instant(), since=scope["since"], patients=patients,
+                          patient_level=patients is not None and view.resource != "Patient", site=scope["site"]):
             yield deidentify(res, settings.pseudonym_key, settings.deidentify_birth_date,
-                             settings.deidentify_date_shift_days) if deidentified else res
+                             settings.deidentify_date_shift_days) if scope["deidentified"] else res
 
     async def run(request: Request, name: str | None = None) -> Response:
         body = parse_json_body(await request.body()) if request.method == "POST" else None
-        params = _params(request, body)
+        params = _params(request.query_params.multi_items(), body)
         if _one(params, "source") is not None:
             raise FHIRError(400, "not-supported", "source: external data sources are not supported; the view runs over "
                             "this server's data or the resources sent with the request")
@@ -217,3 +242,156 @@ def add_view_routes(app: FastAPI, store: Store, settings: Settings) -> None:
     @app.get("/ViewDefinition/{name}", summary="One of the project's SQL on FHIR ViewDefinitions", operation_id="viewdefinition_read")
     def read_view(name: str, request: Request) -> Response:
         return Response(orjson.dumps(lookup(name)), media_type="application/fhir+json")
+
+    # ------------------------------------------------------------------ $viewdefinition-export
+
+    from adapter.bulk.views_export import KIND
+    from adapter.store.exports import ExportJobs
+
+    jobs = ExportJobs(store)
+
+    def _export_views(body: Any) -> tuple[list[dict[str, Any]], dict[str, list[Any]]]:
+        """The ``view`` parameters (each ``{"name", "view"}``) and the other parameters by name.
+        Every view is checked before anything starts; all problems are reported at once, each
+        with its ``parameter[i]`` (the operation's notes, "Multiple ViewDefinitions with Errors")."""
+        if not isinstance(body, dict) or body.get("resourceType") != "Parameters":
+            raise FHIRError(400, "invalid", "POST $viewdefinition-export takes a Parameters resource")
+        views: list[dict[str, Any]] = []
+        others: dict[str, Any] = {"resourceType": "Parameters", "parameter": []}
+        problems: list[tuple[str, str]] = []
+        for i, p in enumerate(body.get("parameter") or []):
+            if not isinstance(p, dict) or p.get("name") != "view":
+                others["parameter"].append(p)
+                continue
+            parts = {q.get("name"): q for q in p.get("part") or [] if isinstance(q, dict)}
+            inline = (parts.get("viewResource") or {}).get("resource")
+            ref = ((parts.get("viewReference") or {}).get("valueReference") or {}).get("reference")
+            try:
+                if (inline is None) == (ref is None):
+                    raise FHIRError(400, "invalid", "give exactly one of viewResource and viewReference")
+                view = inline if inline is not None else lookup(ref)
+                compiled = CompiledView(view)
+            except ViewDefinitionError as exc:
+                problems.append((f"parameter[{i}]", f"ViewDefinition: {exc}"))
+                continue
+            except FHIRError as exc:
+                problems.append((f"parameter[{i}]", exc.diagnostics))
+                continue
+            name = (parts.get("name") or {}).get("valueString") or view.get("name") or f"view_{len(views) + 1}"
+            if not re.fullmatch(r"[A-Za-z0-9_\-]{1,64}", str(name)) or any(v["name"] == name for v in views):
+                problems.append((f"parameter[{i}]", f"view name {str(name)[:64]!r}: letters, digits, _ and -, unique in the request"))
+                continue
+            views.append({"name": name, "view": view, "resource": str(compiled.resource)})
+        if problems:
+            raise FHIRError(400, "invalid", "; ".join(f"{where}: {what}" for where, what in problems),
+                            issues=[{"severity": "error", "code": "invalid", "diagnostics": what, "expression": [where]}
+                                    for where, what in problems])
+        if not views:
+            raise FHIRError(400, "required", "view: at least one ViewDefinition to export")
+        return views, _params((), others)
+
+    async def export_kickoff(request: Request) -> Response:
+        prefer = {t.strip().lower() for t in request.headers.get("prefer", "").split(",")}
+        if "respond-async" not in prefer:
+            raise FHIRError(400, "invalid", "$viewdefinition-export is asynchronous: send the header Prefer: respond-async")
+        views, params = _export_views(parse_json_body(await request.body()))
+        if _one(params, "source") is not None:
+            raise FHIRError(400, "not-supported", "source: external data sources are not supported")
+        fmt = str(_one(params, "_format") or "ndjson").lower()
+        if fmt not in FORMATS:
+            raise FHIRError(400, "invalid", f"_format {fmt[:20]!r}: one of {', '.join(FORMATS)}")
+        header = _one(params, "header")
+        if header is not None and str(header).lower() not in ("true", "false"):
+            raise FHIRError(400, "invalid", "header: true or false")
+        scope: dict[str, Any] = {}
+        for v in views:  # the $export rules, on every view's resource type
+            scope = export_scope(request, v["resource"], params)
+        tracking = _one(params, "clientTrackingId")
+        base = base_of(request)
+        job_id = str(uuid.uuid4())
+        job_params = {"kind": KIND, "base": base, "owner": principal(request).client_id, "format": fmt,
+                      "header": header is None or str(header).lower() == "true", "clientTrackingId": tracking,
+                      "views": [{"name": v["name"], "view": v["view"]} for v in views], **scope}
+        if not jobs.create(job_id, str(request.url), job_params, settings.export_max_jobs):
+            raise FHIRError(429, "throttled", f"{settings.export_max_jobs} export(s) are already running; retry later",
+                            headers={"Retry-After": "30"})
+        status = f"{base}/$viewdefinition-export/{job_id}/status"
+        out = _export_parameters(job_id, tracking, "accepted", [{"name": "location", "valueUri": status}])
+        return Response(orjson.dumps(out), status_code=202, media_type="application/fhir+json",
+                        headers={"Content-Location": status})
+
+    for path in ("/$viewdefinition-export", "/ViewDefinition/$viewdefinition-export"):
+        level = "system" if path.startswith("/$") else "type"
+        app.post(path, summary=f"SQL on FHIR $viewdefinition-export ({level} level, asynchronous)", status_code=202,
+                 operation_id=f"viewdefinition_export_{level}")(export_kickoff)
+
+    def _export_parameters(job_id: str, tracking: Any, status: str, more: list[dict[str, Any]]) -> dict[str, Any]:
+        params = [{"name": "exportId", "valueString": job_id}]
+        if tracking:
+            params.append({"name": "clientTrackingId", "valueString": str(tracking)})
+        params.append({"name": "status", "valueCode": status})
+        return {"resourceType": "Parameters", "parameter": params + more}
+
+    def _view_job(request: Request, jid: str) -> Any:
+        job = jobs.get(jid)
+        if (job is None or job.status in ("cancelled", "expired") or job.params.get("kind") != KIND
+                or job.params.get("owner") != principal(request).client_id):
+            raise FHIRError(404, "not-found", f"no view export {jid[:40]} (unknown, cancelled or expired)")
+        return job
+
+    @app.get("/$viewdefinition-export/{jid}/status", summary="$viewdefinition-export status: 202 while it runs, then 303 to the result",
+             operation_id="viewdefinition_export_status")
+    def export_status(jid: str, request: Request) -> Response:
+        job = _view_job(request, jid)
+        if job.status in ("accepted", "in-progress"):
+            out = _export_parameters(jid, job.params.get("clientTrackingId"), "in-progress",
+                                     [{"name": "exportStartTime", "valueInstant": job.created}])
+            return Response(orjson.dumps(out), status_code=202, media_type="application/fhir+json",
+                            headers={"X-Progress": job.progress or "queued", "Retry-After": "1"})
+        return Response(status_code=303, headers={"Location": f"{job.params['base']}/$viewdefinition-export/{jid}/result"})
+
+    @app.delete("/$viewdefinition-export/{jid}/status", summary="Cancel a $viewdefinition-export, or delete its files",
+                operation_id="viewdefinition_export_cancel")
+    def export_cancel(jid: str, request: Request) -> Response:
+        _view_job(request, jid)
+        if not jobs.cancel(jid):
+            raise FHIRError(404, "not-found", f"no view export {jid[:40]} to cancel")
+        shutil.rmtree(settings.export_dir / jid, ignore_errors=True)
+        return Response(orjson.dumps(operation_outcome("informational", f"view export {jid} cancelled and its files deleted",
+                                                       severity="information")),
+                        status_code=202, media_type="application/fhir+json")
+
+    @app.get("/$viewdefinition-export/{jid}/result", summary="$viewdefinition-export result: the output files",
+             operation_id="viewdefinition_export_result")
+    def export_result(jid: str, request: Request) -> Response:
+        job = _view_job(request, jid)
+        if job.status in ("accepted", "in-progress"):
+            raise FHIRError(409, "conflict", f"view export {jid} is still running: poll its status URL")
+        if job.status == "failed":
+            raise FHIRError(500, "exception", f"the view export failed: {job.error}")
+        base = job.params["base"]
+        more: list[dict[str, Any]] = [
+            {"name": "_format", "valueCode": job.manifest["format"]},
+            {"name": "exportStartTime", "valueInstant": job.created},
+            {"name": "exportEndTime", "valueInstant": job.finished},
+        ]
+        for o in job.manifest["output"]:
+            more.append({"name": "output", "part": [
+                {"name": "name", "valueString": o["name"]},
+                {"name": "location", "valueUri": f"{base}/$viewdefinition-export/{jid}/{o['file']}"},
+                {"name": "count", "valueInteger": o["count"]}]})
+        expires = datetime.fromisoformat(job.finished) + timedelta(seconds=settings.export_expiry_seconds)
+        return Response(orjson.dumps(_export_parameters(jid, job.params.get("clientTrackingId"), "completed", more)),
+                        media_type="application/fhir+json", headers={"Expires": http_date(expires.isoformat())})
+
+    @app.get("/$viewdefinition-export/{jid}/{name}", summary="A $viewdefinition-export output file",
+             operation_id="viewdefinition_export_file")
+    def export_file(jid: str, name: str, request: Request) -> Response:
+        job = _view_job(request, jid)
+        files = {o["file"]: job.manifest["format"] for o in (job.manifest or {}).get("output", [])} if job.status == "completed" else {}
+        if name not in files:
+            raise FHIRError(404, "not-found", f"view export {jid[:40]} has no file {name[:80]}")
+        path = settings.export_dir / jid / name
+        if not path.is_file():
+            raise FHIRError(404, "not-found", f"the file {name} has expired")
+        return FileResponse(path, media_type=FORMATS[files[name]], filename=name)

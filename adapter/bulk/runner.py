@@ -227,7 +227,12 @@ class ExportWorker:
         job = self.jobs.claim(self.settings.export_stale_seconds)
         if job is None:
             return False
-        run_job(self.store, self.settings, self.jobs, job)
+        from adapter.bulk.views_export import KIND, run_view_job
+
+        if job.params.get("kind") == KIND:  # SQL on FHIR $viewdefinition-export (same table and worker)
+            run_view_job(self.store, self.settings, self.jobs, job)
+        else:
+            run_job(self.store, self.settings, self.jobs, job)
         return True
 
     def _loop(self) -> None:

@@ -189,3 +189,17 @@ def run_views_spark(views: Mapping[str, Any], export_dir: str | Path, master: st
     spark = spark_session(master)
     load_export_spark(spark, str(folder.resolve()))
     return {name: run_spark(getattr(v, "view", v), spark) for name, v in views.items()}
+
+
+def view_rows(view: Mapping[str, Any], resources: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The rows of ``view`` over ``resources``: compiled to SQL on a throwaway in-memory DuckDB, or,
+    for FHIRPath outside the compiled subset (SqlCompileError), on the reference runner. Raises
+    ViewDefinitionError as both do."""
+    from adapter.views.runner import run_view
+    from adapter.views.sql import SqlCompileError
+
+    try:
+        compile_view(view, "duckdb")
+    except SqlCompileError:
+        return run_view(view, resources)
+    return run_duckdb_resources(view, resources)
