@@ -91,6 +91,15 @@ def network(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
         yield srv
 
 
+def _as_numbers(rows: list[dict[str, Any]]) -> list[str]:
+    """Rows as canonical JSON with every number as a float (3, 3.0 and 3.000000 are one value)."""
+    def num(v: Any) -> Any:
+        if isinstance(v, list):
+            return [num(x) for x in v]
+        return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v
+    return _canonical([{k: num(v) for k, v in r.items()} for r in rows])
+
+
 def test_our_views_are_valid_view_definitions() -> None:
     """views/*.json: each a ViewDefinition resource with a url, name, title and description, that
     the runner accepts; every column has a name, a FHIR type and reads no adapter-only data."""
@@ -166,16 +175,39 @@ def test_our_views_on_spark_give_the_reference_runners_rows_and_the_facades_figu
     spark.sparkContext.setLogLevel("ERROR")
     load_export_spark(spark, str(network.export_folder))
     on_spark = {name: run_spark(v.view, spark) for name, v in views.items()}
-
-    def as_numbers(rows: list[dict[str, Any]]) -> list[str]:
-        # Spark's VARIANT keeps a decimal's value, not its written precision (3.0 arrives as 3)
-        return _canonical([{k: float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v
-                            for k, v in r.items()} for r in rows])
-
     for name in views:
-        assert as_numbers(on_spark[name]) == as_numbers(reference[name]), name
+        # Spark's VARIANT keeps a decimal's value, not its written precision (3.0 arrives as 3)
+        assert _as_numbers(on_spark[name]) == _as_numbers(reference[name]), name
     report = network.client.get("/outcomes", params={"suppress": "false"}).json()
     assert compare(figures_from_views(on_spark), report) == []
+
+
+def test_pathling_view_of_our_views_gives_the_same_rows_and_figures(network: Any, tmp_path: Path) -> None:
+    """Pathling 9.4 (the field's SQL on FHIR engine, its jars fetched from Maven Central by Spark)
+    runs our ViewDefinitions with its own view() on Spark local[2] over the same export, in a
+    process of its own (Java 21): every view gives the reference runner's rows (numbers compared as
+    numbers: Spark's decimals carry their own scale), so the figures equal /outcomes."""
+    import os
+    import subprocess
+    import sys
+
+    from adapter.config import ROOT
+    from adapter.readers.ndjson import iter_export
+    from adapter.views.figures import compare, figures_from_views, load_views, run_views
+    from tests.java21 import java_home
+
+    out = tmp_path / "pathling.json"
+    env = {**os.environ, "JAVA_HOME": str(java_home(tmp_path / "java21"))}
+    done = subprocess.run([sys.executable, "-m", "adapter.views.pathling_runner", str(network.export_folder), str(out)],
+                          env=env, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    on_pathling = json.loads(out.read_text(encoding="utf-8"))
+    views = load_views(ROOT / "views")
+    reference = run_views(views, iter_export(network.export_folder))
+    for name in views:
+        assert _as_numbers(on_pathling[name]) == _as_numbers(reference[name]), name
+    report = network.client.get("/outcomes", params={"suppress": "false"}).json()
+    assert compare(figures_from_views(on_pathling), report) == []
 
 
 def test_verify_figures_cli_agrees_and_names_a_difference(network: Any, tmp_path: Path) -> None:
@@ -242,8 +274,8 @@ def test_viewdefinition_run_answers_csv_ndjson_and_json_within_the_callers_site(
         r = _run(c, method, "/ViewDefinition/pedall_patient/$viewdefinition-run", _format="csv")
         assert r.status_code == 200 and r.headers["content-type"].startswith("text/csv"), r.text
         lines = r.text.splitlines()
-        assert lines[0] == "patient_key,site,gender,birth_date,deceased_boolean,deceased_date_time"
-        assert len(lines) - 1 == secure.store.counts("hito")["Patient"] and all(",hito," in ln for ln in lines[1:])
+        assert lines[0] == "patient_key,organization_key,gender,birth_date,deceased_boolean,deceased_date_time"
+        assert len(lines) - 1 == secure.store.counts("hito")["Patient"] and all(",Organization/hito," in ln for ln in lines[1:])
         nd = _run(c, method, "/ViewDefinition/$viewdefinition-run", viewReference="ViewDefinition/pedall_mrd", _format="ndjson")
         assert nd.status_code == 200 and nd.headers["content-type"].startswith("application/x-ndjson")
         rows = [json.loads(x) for x in nd.text.splitlines()]

@@ -9,7 +9,8 @@ functions: the caller reads the export (``adapter verify-figures``, tests).
 Rules, the same as the facade's (``adapter/outcomes``, README "rules the figures follow"):
 
 - cohort: patients with a blinatumomab MedicationAdministration (RxNorm 1597258) not
-  ``entered-in-error``/``not-done``, counted in the site of their Patient
+  ``entered-in-error``/``not-done``, counted in the site of their Patient (the id of its
+  ``managingOrganization``)
   (``managingOrganization``);
 - deaths: ``Patient.deceasedDateTime`` present or ``deceasedBoolean`` true;
 - CRS: an AdverseEvent with project term ``crs``; grade from the ``ae-grade`` extension (worst
@@ -113,7 +114,7 @@ def figures_from_views(rows: Mapping[str, list[dict[str, Any]]]) -> dict[str, An
     cohort: dict[str, set[str]] = defaultdict(set)
     for r in rows["pedall_blinatumomab_infusion"]:
         if r["status"] not in _GONE and r["patient_key"] in pat:
-            cohort[pat[r["patient_key"]]["site"]].add(r["patient_key"])
+            cohort[str(pat[r["patient_key"]]["organization_key"]).split("/")[-1]].add(r["patient_key"])
     every = set().union(*cohort.values()) if cohort else set()
     return {"sites": {site: _counts(keys, pat, rows) for site, keys in sorted(cohort.items())},
             "pooled": _counts(every, pat, rows)}
