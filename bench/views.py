@@ -1,6 +1,8 @@
 """SQL on FHIR views, reference runner, against the facade's Python (a documented command, not a test).
 
-    .venv/bin/python bench/views.py [--patients 2000]
+    .venv/bin/python bench/views.py [--patients 2000] [--engines reference,duckdb,spark]
+    make bench-views          # 2,000 patients, every engine
+    .venv/bin/python bench/views.py --patients 8600 --engines duckdb,spark   # the 100x export of issue 19
 
 Ingests every example export into a scratch SQLite store, clones its patients (each with its whole
 compartment, references rewritten to the clone) to ``--patients`` patients in memory, then, in the
@@ -11,7 +13,9 @@ same run, computes the headline counts two ways over the same resources and chec
 2. the project's ViewDefinitions (views/) on the reference runner (adapter/views/runner.py,
    FHIRPath by fhirpathpy) and adapter/views/figures.py;
 3. the same views compiled to SQL (adapter/views/sql.py) on an embedded DuckDB reading the
-   resources as a Bulk export folder (NDJSON written first, not timed), then figures.py.
+   resources as a Bulk export folder (NDJSON written first, not timed), then figures.py;
+4. the views compiled to Spark SQL (adapter/views/spark.py) on Spark local[2] reading the same
+   folder (the session's start is not timed; its JVM's peak resident set is reported).
 
 Reports wall time, resources/s and the peak of Python memory (tracemalloc, in a second run) for
 each. The baseline computes every figure of /outcomes (Kaplan-Meier, confidence intervals), the
@@ -106,7 +110,9 @@ def measure(label: str, fn: Any, resources: int) -> Any:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--patients", type=int, default=2000)
+    ap.add_argument("--engines", default="reference,duckdb,spark", help="comma-separated: reference, duckdb, spark")
     args = ap.parse_args()
+    engines = set(args.engines.split(","))
     with tempfile.TemporaryDirectory() as d:
         templates = compartments(d)
     data = clone(templates, args.patients)
@@ -114,19 +120,72 @@ def main() -> None:
     print(f"{args.patients:,} patients, {len(flat):,} resources (the {len(templates)} example patients cloned)")  # noqa: T201
     report = measure("facade (course_of + outcomes_report)", lambda: facade(data), len(flat))
     views = load_views(ROOT / "views")
-    figures = measure("views on the reference runner (fhirpathpy)", lambda: figures_from_views(run_views(views, flat)), len(flat))
-    differences = compare(figures, report)
-    print("  figures agree" if not differences else f"  {len(differences)} figure(s) differ: {differences[:5]}")  # noqa: T201
+    if "reference" in engines:
+        figures = measure("views on the reference runner (fhirpathpy)", lambda: figures_from_views(run_views(views, flat)), len(flat))
+        differences = compare(figures, report)
+        print("  figures agree" if not differences else f"  {len(differences)} figure(s) differ: {differences[:5]}")  # noqa: T201
     with tempfile.TemporaryDirectory() as d:
         by_type: dict[str, list[str]] = defaultdict(list)
         for r in flat:
             by_type[r["resourceType"]].append(json.dumps(r))
         for t, lines in by_type.items():
             (Path(d) / f"{t}.ndjson").write_text("\n".join(lines) + "\n", encoding="utf-8")
-        duck = measure("views compiled to SQL on DuckDB", lambda: figures_from_views(run_views_duckdb(views, d)), len(flat))
-        print(f"  {'':44} peak RSS of a child running it: {child_peak_rss(lambda: run_views_duckdb(views, d)):,.0f} MiB")  # noqa: T201
-    differences = compare(duck, report)
-    print("  figures agree" if not differences else f"  {len(differences)} figure(s) differ: {differences[:5]}")  # noqa: T201
+        if "duckdb" in engines:
+            duck = measure("views compiled to SQL on DuckDB", lambda: figures_from_views(run_views_duckdb(views, d)), len(flat))
+            print(f"  {'':44} peak RSS of a child running it: {child_peak_rss(lambda: run_views_duckdb(views, d)):,.0f} MiB")  # noqa: T201
+            differences = compare(duck, report)
+            print("  figures agree" if not differences else f"  {len(differences)} figure(s) differ: {differences[:5]}")  # noqa: T201
+        if "spark" in engines:
+            from adapter.views.spark import load_export_spark, run_spark, spark_session
+
+            spark = spark_session("local[2]")
+            spark.sparkContext.setLogLevel("ERROR")
+
+            def on_spark() -> dict[str, Any]:
+                load_export_spark(spark, d)
+                return figures_from_views({name: run_spark(v.view, spark) for name, v in views.items()})
+
+            on_spark()  # warm-up: the JVM's code generation and caches, as a long-running service has them
+            t0 = time.perf_counter()
+            sp = on_spark()
+            wall = time.perf_counter() - t0
+            print(f"  {'views compiled to Spark SQL (local[2])':44} {wall:7.2f} s  {len(flat) / wall:9,.0f} resources/s  "  # noqa: T201
+                  f"JVM peak RSS {jvm_peak_rss():,.0f} MiB")
+            differences = compare(sp, report)
+            print("  figures agree" if not differences else f"  {len(differences)} figure(s) differ: {differences[:5]}")  # noqa: T201
+            spark.stop()
+
+
+def jvm_peak_rss() -> float:
+    """Peak resident set (VmHWM, MiB) of the java processes this process started (Spark's JVM)."""
+    import os
+
+    me, peak = os.getpid(), 0.0
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        ppid = int(next(x for x in status.splitlines() if x.startswith("PPid:")).split()[1])
+        if b"java" in cmd.split(b"\0")[0] and ppid in (me, *_children(me)):
+            hwm = next((x for x in status.splitlines() if x.startswith("VmHWM:")), "VmHWM: 0 kB")
+            peak = max(peak, int(hwm.split()[1]) / 1024)
+    return peak
+
+
+def _children(pid: int) -> list[int]:
+    import os
+
+    out = []
+    for p in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            status = Path(f"/proc/{p}/status").read_text()
+        except OSError:
+            continue
+        if int(next(x for x in status.splitlines() if x.startswith("PPid:")).split()[1]) == pid:
+            out.append(int(p))
+    return out
 
 
 def child_peak_rss(fn: Any) -> float:

@@ -210,6 +210,72 @@ def test_pathling_view_of_our_views_gives_the_same_rows_and_figures(network: Any
     assert compare(figures_from_views(on_pathling), report) == []
 
 
+def test_the_uk_infants_plan_reproduces_its_papers_figures_from_the_export(network: Any, tmp_path: Path) -> None:
+    """plans/uk_infants.yaml over the views of a system $export (DuckDB) gives every figure of
+    examples/uk_infants/EXPECTED.md section A that the plan declares: 11 patients, 2 with a second
+    cycle, 11 of 11 transplanted, age 0.5 (0.2-2.9) years, 51 (34-119) days to HSCT, follow-up of
+    the 9 survivors 267 (58-1163) days, 3 CRS (2 grade 1, 1 grade 2), and the four Kaplan-Meier
+    estimates at 3 years (80.8, 46.8, 79.5, 50.5 %); the CLI prints the same."""
+    from typer.testing import CliRunner
+
+    from adapter.analysis.plan import load_plan, run_plan
+    from adapter.cli import app as cli
+    from adapter.config import ROOT
+    from adapter.views.engines import run_views_duckdb
+    from adapter.views.figures import load_views
+
+    plan = load_plan(ROOT / "plans" / "uk_infants.yaml")
+    out = run_plan(plan, run_views_duckdb(load_views(ROOT / "views"), network.export_folder))
+    assert list(out["sites"]) == ["uk-infants"]
+    f = out["pooled"]
+    assert f["patients"]["count"] == 11
+    assert (f["two_cycles"]["count"], f["two_cycles"]["n"]) == (2, 11)
+    assert (f["hsct"]["count"], f["hsct"]["n"]) == (11, 11)
+    assert (f["age_at_start"]["median"], f["age_at_start"]["range"]) == (0.5, [0.2, 2.9])
+    assert (f["start_to_hsct_days"]["median"], f["start_to_hsct_days"]["range"]) == (51, [34, 119])
+    survivors = f["follow_up_after_hsct_survivors"]
+    assert (survivors["n"], survivors["median"], survivors["range"]) == (9, 267, [58, 1163])
+    assert f["crs"]["count"] == 3 and f["crs_by_grade"]["cells"] == [["1", 2], ["2", 1]]
+    three_years = {k: f[k]["at"]["1095.75"]["survival"] for k in ("os_from_hsct", "efs_from_hsct", "os_from_start", "efs_from_start")}
+    assert three_years == {"os_from_hsct": 0.8081, "efs_from_hsct": 0.4675, "os_from_start": 0.7955, "efs_from_start": 0.5051}
+    assert f["efs_from_start"]["at"]["365.25"]["survival"] == 0.5051  # "12 month EFS of 50%"
+    assert all(f[k]["excluded"] == {} for k in three_years)
+    printed = CliRunner().invoke(cli, ["plan", str(ROOT / "plans" / "uk_infants.yaml"), str(network.export_folder)])
+    assert printed.exit_code == 0, printed.output
+    assert json.loads(printed.stdout)["pooled"]["os_from_hsct"] == f["os_from_hsct"]
+
+
+def test_a_plan_that_breaks_its_schema_or_its_sql_is_named(tmp_path: Path) -> None:
+    """A plan is schema-checked like a mapping file (the element is named), and a variable or
+    figure whose SQL fails on the views is named with the engine's reason; never a crash."""
+    import yaml
+
+    from adapter.analysis.plan import PlanError, load_plan, run_plan
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"id": "x-plan", "title": "A plan", "figures": [{"id": "s", "label": "S", "type": "summary"}]}))
+    with pytest.raises(PlanError, match="figures/0: 'value' is a required property"):
+        load_plan(bad)
+    bad.write_text(yaml.safe_dump({"id": "x-plan", "title": "A plan", "figures": [{"id": "n", "label": "N", "type": "mean"}]}))
+    with pytest.raises(PlanError, match="figures/0/type"):
+        load_plan(bad)
+    rows = {"pedall_patient": [{"patient_key": "Patient/p", "organization_key": "Organization/s"}],
+            "pedall_blinatumomab_infusion": [{"patient_key": "Patient/p", "status": "completed", "cycle": 1}]}
+    plan = {"id": "x-plan", "title": "A plan", "variables": {"v": "SELECT patient_key, no_such_column FROM pedall_patient"},
+            "figures": [{"id": "n", "label": "N", "type": "count"}]}
+    with pytest.raises(PlanError, match="variable v: .*no_such_column"):
+        run_plan(plan, rows)
+    plan = {"id": "x-plan", "title": "A plan", "figures": [{"id": "m", "label": "M", "type": "summary", "value": "nope + 1"}]}
+    with pytest.raises(PlanError, match="figure m: .*nope"):
+        run_plan(plan, rows)
+    sneaky = {"id": "x-plan", "title": "A plan", "variables": {"v": "SELECT 'Patient/p', content FROM read_text('/etc/hostname')"},
+              "figures": [{"id": "n", "label": "N", "type": "count"}]}
+    with pytest.raises(PlanError, match="variable v: .*"):
+        run_plan(sneaky, rows)  # the plan's SQL reads the views, not files
+    ok = run_plan({"id": "x-plan", "title": "A plan", "figures": [{"id": "n", "label": "N", "type": "count"}]}, rows)
+    assert ok["sites"] == {"s": {"n": {"count": 1}}} and ok["pooled"] == {"n": {"count": 1}}
+
+
 def test_verify_figures_cli_agrees_and_names_a_difference(network: Any, tmp_path: Path) -> None:
     """`adapter verify-figures EXPORT --server URL`: exit 0 when every figure agrees; an export in
     which one Patient lost its death gives exit 8 and names the site, the figure and both values."""
