@@ -52,6 +52,7 @@ class Client:
     role: str
     site: str | None
     token: str = ""
+    token_at: float = 0.0  # time.monotonic() when the token was issued
 
 
 @dataclass
@@ -89,12 +90,13 @@ class Secure:
         return Client(reg.client_id, key, jwk["kid"], alg, role, site)
 
     def http(self, who: str) -> httpx.Client:
-        """An HTTP client carrying ``who``'s bearer token (fetched once per module)."""
+        """An HTTP client carrying ``who``'s bearer token (fetched once, and again when half its
+        lifetime has passed: a slow machine's module outlasts a 5-minute token)."""
         c = self.clients[who]
-        if not c.token:
+        if not c.token or time.monotonic() - c.token_at > self.settings.token_lifetime_seconds / 2:
             r = self.get_token(c)
             assert r.status_code == 200, r.text
-            c.token = r.json()["access_token"]
+            c.token, c.token_at = r.json()["access_token"], time.monotonic()
         return httpx.Client(base_url=self.srv.base, timeout=60, headers={"Authorization": f"Bearer {c.token}"})
 
 
