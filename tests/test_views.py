@@ -245,6 +245,40 @@ def test_the_uk_infants_plan_reproduces_its_papers_figures_from_the_export(netwo
     assert json.loads(printed.stdout)["pooled"]["os_from_hsct"] == f["os_from_hsct"]
 
 
+def test_the_mexican_plan_reproduces_its_tables_pooled_and_per_centre(network: Any) -> None:
+    """plans/mx_multicentro.yaml over the views of a system $export: examples/mx_multicentro/
+    EXPECTED.md section A (pooled: Table 1 strata, responses by cycles, CRS by grade, HSCT by donor,
+    5-year KM by subgroup) and section B (5-year KM per centre)."""
+    from adapter.analysis.plan import load_plan, run_plan
+    from adapter.config import ROOT
+    from adapter.views.engines import run_views_duckdb
+    from adapter.views.figures import load_views
+
+    out = run_plan(load_plan(ROOT / "plans" / "mx_multicentro.yaml"), run_views_duckdb(load_views(ROOT / "views"), network.export_folder))
+    f = out["pooled"]
+
+    def cells(fig: str) -> dict[str, int]:
+        return {c[0]: c[1] for c in f[fig]["cells"]}
+
+    assert f["patients"]["count"] == 54
+    assert cells("by_sex") == {"female": 27, "male": 27}
+    assert cells("by_age_band") == {"<1": 3, "1-10": 35, ">10": 16}
+    assert cells("by_status_before") == {"relapse-1": 35, "relapse-2": 9, "refractory": 10}
+    assert (f["one_cycle_cr"]["count"], f["one_cycle_cr"]["n"]) == (18, 24)
+    assert (f["two_cycles_cr"]["count"], f["two_cycles_cr"]["n"]) == (22, 30)
+    assert cells("by_response") == {"cr-mrd-negative": 40, "pr": 6, "nr": 8}
+    assert cells("crs_by_grade") == {"1": 25, "2": 4, "3": 1, "4": 2}
+    assert (f["hsct"]["count"], cells("hsct_by_donor")) == (41, {"haploidentical": 38, "identical": 3})
+    five = {k: f[k]["at"]["1826.25"]["survival"] for k in
+            ("os_transplanted", "efs_transplanted", "os_not_transplanted", "os_matched_related", "os_all")}
+    assert five == {"os_transplanted": 0.8293, "efs_transplanted": 0.6829, "os_not_transplanted": 0.0,
+                    "os_matched_related": 1.0, "os_all": 0.6296}
+    per_centre = {s: tuple(v[k]["at"]["1826.25"]["survival"] for k in ("os_transplanted", "efs_transplanted", "os_all"))
+                  for s, v in out["sites"].items()}
+    assert per_centre == {"cdmx-a": (0.6923, 0.5385, 0.5), "cdmx-b": (0.9, 0.7, 0.6429), "cdmx-c": (0.9, 0.8, 0.75),
+                          "qro-a": (0.875, 0.75, 0.7)}
+
+
 def test_a_plan_that_breaks_its_schema_or_its_sql_is_named(tmp_path: Path) -> None:
     """A plan is schema-checked like a mapping file (the element is named), and a variable or
     figure whose SQL fails on the views is named with the engine's reason; never a crash."""
