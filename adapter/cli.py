@@ -352,11 +352,12 @@ def plan_command(
     plan: Annotated[Path, typer.Argument(help="an analysis plan (plans/*.yaml)")],
     export_dir: Annotated[Path, typer.Argument(help="a Bulk Data export folder (NDJSON files)")],
     views: Annotated[Path, typer.Option(help="folder of ViewDefinitions")] = ROOT / "views",
+    html: Annotated[Path | None, typer.Option(help="also write the HTML study report (tables, Kaplan-Meier plots) here")] = None,
 ) -> None:
     """Compute an analysis plan's figures from a Bulk export: the views run compiled to SQL on an
     embedded DuckDB, then the plan's variables and figures (plans/plan.schema.json) over their
-    rows. Prints JSON: per site and pooled. Exit 2 for a plan that breaks its schema or whose SQL
-    fails (named), 3 for an unreadable export."""
+    rows. Prints JSON: per site and pooled (``--html``: also the study report). Exit 2 for a plan
+    that breaks its schema or whose SQL fails (named), 3 for an unreadable export."""
     from adapter.analysis.plan import load_plan, run_plan
     from adapter.views.engines import run_views_duckdb
     from adapter.views.figures import load_views
@@ -365,6 +366,10 @@ def plan_command(
         checked = load_plan(plan)
         with err_console.status("running the views and the plan"):
             result = run_plan(checked, run_views_duckdb(load_views(views), export_dir))
+        if html is not None:
+            from adapter.analysis.report import render_html
+
+            html.write_text(render_html(checked, result), encoding="utf-8")
     except AdapterError as exc:
         _fail(exc)
     sys.stdout.write(json.dumps(result, indent=2, default=str) + "\n")

@@ -240,9 +240,16 @@ def test_the_uk_infants_plan_reproduces_its_papers_figures_from_the_export(netwo
     assert three_years == {"os_from_hsct": 0.8081, "efs_from_hsct": 0.4675, "os_from_start": 0.7955, "efs_from_start": 0.5051}
     assert f["efs_from_start"]["at"]["365.25"]["survival"] == 0.5051  # "12 month EFS of 50%"
     assert all(f[k]["excluded"] == {} for k in three_years)
-    printed = CliRunner().invoke(cli, ["plan", str(ROOT / "plans" / "uk_infants.yaml"), str(network.export_folder)])
+    assert f["os_from_hsct"]["curve"][0][:2] == [0.0, 1.0] and f["os_from_hsct"]["curve"][-1][1] == 0.8081
+    report = tmp_path / "report.html"
+    printed = CliRunner().invoke(cli, ["plan", str(ROOT / "plans" / "uk_infants.yaml"), str(network.export_folder),
+                                       "--html", str(report)])
     assert printed.exit_code == 0, printed.output
     assert json.loads(printed.stdout)["pooled"]["os_from_hsct"] == f["os_from_hsct"]
+    html = report.read_text(encoding="utf-8")
+    assert all(fig["label"].replace("&", "&amp;") in html for fig in plan["figures"])
+    assert html.count("<svg") == sum(fig["type"] == "km" for fig in plan["figures"]) == 4
+    assert "2 / 11 (18.2 %" in html and "day 1095.75: 80.8 %" in html
 
 
 def test_the_mexican_plan_reproduces_its_tables_pooled_and_per_centre(network: Any) -> None:

@@ -21,13 +21,14 @@ A plan (``plans/<name>.yaml``, checked against ``plans/plan.schema.json``) has t
     counted as ``missing``;
   - ``km``: Kaplan–Meier (lifelines) from ``origin`` (a date expression) to ``event`` (the date of
     the first event, NULL when none) or, without one, censored at ``censor`` (the end of follow-up):
-    survival at ``at_days`` with 95 % CIs, median survival, events; patients left out (no origin,
-    no end of follow-up, an end before the origin) counted by reason;
+    survival at ``at_days`` with 95 % CIs, median survival, events, and the step curve
+    (``[days, survival, CI low, CI high]`` per event time); patients left out (no origin, no end of
+    follow-up, an end before the origin) counted by reason;
   - ``table``: patients by the value of ``rows`` (and ``columns``): a Table 1 stratum or an
     adverse-event table by term x grade.
 
-Every figure is given per site and pooled. Counts below ``suppress_below`` (a plan setting) are
-withheld in the output for other sites (``suppressed: true``), as the facade does.
+Every figure is given per site and pooled. Small-cell suppression is not applied yet: the output
+is for the analyst who holds the export (adapter/analysis/report.py renders it as HTML).
 """
 
 from __future__ import annotations
@@ -217,4 +218,12 @@ def _km(con: Any, f: Mapping[str, Any], scope: str, where: str) -> dict[str, Any
         lo, hi = (float(upto.iloc[-1, 0]), float(upto.iloc[-1, 1])) if len(upto) else (1.0, 1.0)
         at[str(t)] = {"survival": round(s, 4), "ci95": [round(0.0 if math.isnan(lo) else lo, 4), round(0.0 if math.isnan(hi) else hi, 4)]}
     median = kmf.median_survival_time_
-    return {**result, "at": at, "median_days": None if math.isinf(median) else round(float(median), 1)}
+    sf = kmf.survival_function_.iloc[:, 0]
+    curve = [[round(float(t), 2), round(float(v), 4), round(_nan0(float(ci.loc[t].iloc[0])), 4), round(_nan0(float(ci.loc[t].iloc[1])), 4)]
+             for t, v in sf.items()]
+    return {**result, "at": at, "median_days": None if math.isinf(median) else round(float(median), 1),
+            "curve": curve}
+
+
+def _nan0(x: float) -> float:
+    return 0.0 if math.isnan(x) else x
