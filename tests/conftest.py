@@ -50,23 +50,34 @@ def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
                     export_dir=tmp_path_factory.mktemp("exports"), audit_spool_dir=tmp_path_factory.mktemp("audit-spool"))
 
 
-def _pg_store() -> Iterator[Store]:
-    name = f"adapter_test_{uuid.uuid4().hex[:12]}"
+@contextmanager
+def pg_database(prefix: str = "adapter_test") -> Iterator[str]:
+    """The URL of a PostgreSQL database created for the caller and dropped (with its connections)
+    afterwards. PostgreSQL is required: an unreachable server fails the test, never skips it."""
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
     admin = create_engine(PG_URL.rsplit("/", 1)[0] + "/postgres", isolation_level="AUTOCOMMIT")
     try:
         with admin.connect() as c:
             c.execute(text(f'CREATE DATABASE "{name}"'))
     except Exception as exc:  # noqa: BLE001
+        admin.dispose()
         pytest.fail(f"PostgreSQL is required for the test suite and is not reachable at {PG_URL}: {exc}")
-    store = Store(PG_URL.rsplit("/", 1)[0] + "/" + name)
     try:
-        store.migrate()
-        yield store
+        yield PG_URL.rsplit("/", 1)[0] + "/" + name
     finally:
-        store.engine.dispose()
         with admin.connect() as c:
             c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+def _pg_store() -> Iterator[Store]:
+    with pg_database() as url:
+        store = Store(url)
+        try:
+            store.migrate()
+            yield store
+        finally:
+            store.engine.dispose()
 
 
 @contextmanager

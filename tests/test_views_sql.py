@@ -7,39 +7,29 @@ runner (tests/test_views.py)."""
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine
 
 from adapter.views.engines import load_resources_postgresql, run_duckdb_resources, run_postgresql
 from adapter.views.runner import ViewDefinitionError
 from adapter.views.sql import SqlCompileError, compile_view
-from tests.conftest import PG_URL
+from tests.conftest import pg_database
 from tests.test_views import CASES, _canonical
 
 
 @pytest.fixture(scope="module")
 def pg() -> Iterator[Any]:
     """A PostgreSQL database of its own, dropped afterwards (the suite fails without PostgreSQL)."""
-    name = f"adapter_sof_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(PG_URL.rsplit("/", 1)[0] + "/postgres", isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as c:
-            c.execute(text(f'CREATE DATABASE "{name}"'))
-    except Exception as exc:  # noqa: BLE001
-        pytest.fail(f"PostgreSQL is required for the test suite and is not reachable at {PG_URL}: {exc}")
-    engine = create_engine(PG_URL.rsplit("/", 1)[0] + "/" + name)
-    try:
-        yield engine
-    finally:
-        engine.dispose()
-        with admin.connect() as c:
-            c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with pg_database("adapter_sof") as url:
+        engine = create_engine(url)
+        try:
+            yield engine
+        finally:
+            engine.dispose()
 
 
 def _run(engine: str, pg: Any, view: dict[str, Any], resources: list[dict[str, Any]]) -> list[dict[str, Any]]:

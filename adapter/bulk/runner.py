@@ -91,24 +91,34 @@ class _Writer:
 
 
 def run_job(store: Store, settings: Settings, jobs: ExportJobs, job: ExportJob) -> None:
-    """Run one claimed job to completion, failure or cancellation (see the module docstring)."""
+    """Run one claimed ``$export`` job to completion, failure or cancellation (see the module docstring)."""
+    run_lifecycle(settings, jobs, job, "export", lambda folder: _export(store, settings, jobs, job, folder))
+
+
+def run_lifecycle(settings: Settings, jobs: ExportJobs, job: ExportJob, what: str,
+                  write: Callable[[Path], dict[str, Any]]) -> None:
+    """The life of one claimed job, shared by ``$export`` and ``$viewdefinition-export``: give up
+    after :data:`MAX_ATTEMPTS` cut-offs, start from an empty ``<export_dir>/<job id>/``, call
+    ``write(folder)`` for the manifest and store it with the completion (unless the job was
+    cancelled meanwhile). :class:`Cancelled` (from ``write`` or a lost completion) deletes the
+    files; any other exception marks the job failed with its reason. Never raises."""
     folder = settings.export_dir / job.id
     try:
         if job.attempts > MAX_ATTEMPTS:
             raise RuntimeError(f"the export was cut off {MAX_ATTEMPTS} times")
         shutil.rmtree(folder, ignore_errors=True)  # a rerun starts clean
         folder.mkdir(parents=True)
-        manifest = _export(store, settings, jobs, job, folder)
+        manifest = write(folder)
         if not jobs.complete(job.id, manifest):
             raise Cancelled
-        log.info("export %s completed: %d file(s)", job.id, len(manifest["output"]))
+        log.info("%s %s completed: %d file(s)", what, job.id, len(manifest["output"]))
     except Cancelled:
         shutil.rmtree(folder, ignore_errors=True)
-        log.info("export %s cancelled", job.id)
+        log.info("%s %s cancelled", what, job.id)
     except Exception as exc:  # noqa: BLE001  (any failure ends the job with its reason, never a crash)
         shutil.rmtree(folder, ignore_errors=True)
         jobs.fail(job.id, f"{exc.__class__.__name__}: {exc}")
-        log.warning("export %s failed: %s", job.id, exc.__class__.__name__)
+        log.warning("%s %s failed: %s", what, job.id, exc.__class__.__name__)
 
 
 def _export(store: Store, settings: Settings, jobs: ExportJobs, job: ExportJob, folder: Path) -> dict[str, Any]:

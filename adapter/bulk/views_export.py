@@ -15,8 +15,6 @@ subset (adapter/views/engines.py ``view_rows``). Output formats: adapter/views/o
 
 from __future__ import annotations
 
-import logging
-import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -26,39 +24,19 @@ from adapter.privacy import deidentify
 from adapter.store import Store
 from adapter.store.exports import ExportJob, ExportJobs, stream
 
-log = logging.getLogger("adapter.bulk")
-
 KIND = "viewdefinition-export"
 #: file name extension per ``_format``
 EXTENSIONS = {"json": "json", "ndjson": "ndjson", "csv": "csv", "parquet": "parquet"}
 
 
-class _Cancelled(Exception):
-    pass
-
-
 def run_view_job(store: Store, settings: Settings, jobs: ExportJobs, job: ExportJob) -> None:
     """Run one claimed view-export job to completion, failure (its reason stored, shown by the
-    result URL as an OperationOutcome) or cancellation. Never raises."""
-    from adapter.bulk.runner import MAX_ATTEMPTS
+    result URL as an OperationOutcome) or cancellation, with the Bulk export's job lifecycle
+    (adapter/bulk/runner.py ``run_lifecycle``). Never raises."""
+    from adapter.bulk.runner import run_lifecycle
 
-    folder = settings.export_dir / job.id
-    try:
-        if job.attempts > MAX_ATTEMPTS:
-            raise RuntimeError(f"the export was cut off {MAX_ATTEMPTS} times")
-        shutil.rmtree(folder, ignore_errors=True)
-        folder.mkdir(parents=True)
-        manifest = write_view_export(store, settings, job, folder, beat=lambda text: jobs.beat(job.id, text))
-        if not jobs.complete(job.id, manifest):
-            raise _Cancelled
-        log.info("view export %s completed: %d view(s)", job.id, len(manifest["output"]))
-    except _Cancelled:
-        shutil.rmtree(folder, ignore_errors=True)
-        log.info("view export %s cancelled", job.id)
-    except Exception as exc:  # noqa: BLE001  (any failure ends the job with its reason, never a crash)
-        shutil.rmtree(folder, ignore_errors=True)
-        jobs.fail(job.id, f"{exc.__class__.__name__}: {exc}")
-        log.warning("view export %s failed: %s", job.id, exc.__class__.__name__)
+    run_lifecycle(settings, jobs, job, "view export",
+                  lambda folder: write_view_export(store, settings, job, folder, beat=lambda text: jobs.beat(job.id, text)))
 
 
 def _resources(store: Store, settings: Settings, p: dict[str, Any], rtype: str, until: str) -> Iterator[dict[str, Any]]:
@@ -75,6 +53,7 @@ def write_view_export(store: Store, settings: Settings, job: ExportJob, folder: 
     "file", "count"}]}``. ``beat(progress)`` is called per view and returning False (cancelled)
     stops the job. Raises ViewDefinitionError (a view that fails on the data) or ValueError (a
     value that does not fit its Parquet column)."""
+    from adapter.bulk.runner import Cancelled
     from adapter.views.engines import view_rows
     from adapter.views.output import render
     from adapter.views.runner import CompiledView
@@ -84,7 +63,7 @@ def write_view_export(store: Store, settings: Settings, job: ExportJob, folder: 
     outputs = []
     for k, spec in enumerate(p["views"]):
         if not beat(f"view {k + 1} of {len(p['views'])}"):
-            raise _Cancelled
+            raise Cancelled
         view = CompiledView(spec["view"])
         rows = view_rows(spec["view"], _resources(store, settings, p, str(view.resource), job.transaction_time))
         data = render(rows, view.columns, fmt, header)

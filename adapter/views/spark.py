@@ -113,20 +113,8 @@ class SparkSQL(Dialect):
     def join(self, c: str, sep: str) -> str:
         return f"array_join(transform({c}, y_ -> try_variant_get(y_, '$', 'string')), {sep})"
 
-    def regex_replace(self, s: str, pattern: str, repl: str) -> str:
-        return f"regexp_replace({s}, {self.q(pattern)}, {self.q(repl)})"
-
-    def regex_extract(self, s: str, pattern: str, group: int) -> str:
-        return f"nullif(regexp_extract({s}, {self.q(pattern)}, {group}), '')"
-
-    def replace(self, s: str, a: str, b: str) -> str:
-        return f"replace({s}, {a}, {b})"
-
     def last_day(self, year_month: str) -> str:
         return f"date_format(last_day(to_date({year_month} || '-01')), 'dd')"
-
-    def half_unit(self, scale: str) -> str:
-        return f"(CAST(5 AS DECIMAL(38, 12)) / power(10, {scale} + 1))"
 
     def matches(self, s: str, pattern: str) -> str:
         return f"({s} RLIKE {self.q(pattern)})"

@@ -86,6 +86,21 @@ class Dialect:
     def ident(self, name: str) -> str:
         return '"' + name.replace('"', '""') + '"'
 
+    # the primitives DuckDB and Spark SQL spell alike; PostgreSQL overrides the ones it spells otherwise
+
+    def replace(self, s: str, a: str, b: str) -> str:
+        return f"replace({s}, {a}, {b})"
+
+    def regex_replace(self, s: str, pattern: str, repl: str) -> str:
+        return f"regexp_replace({s}, {self.q(pattern)}, {self.q(repl)})"
+
+    def regex_extract(self, s: str, pattern: str, group: int) -> str:
+        return f"nullif(regexp_extract({s}, {self.q(pattern)}, {group}), '')"
+
+    def half_unit(self, scale: str) -> str:
+        """Half a unit of the last decimal place kept, ``scale`` digits after the point (FHIRPath boundaries)."""
+        return f"(CAST(5 AS DECIMAL(38, 12)) / power(10, {scale} + 1))"
+
 
 class DuckDB(Dialect):
     """DuckDB (>= 1.3): collections are ``JSON[]`` lists, lambdas ``lambda x: ...``."""
@@ -99,9 +114,6 @@ class DuckDB(Dialect):
     def key(self, v: str, key: str) -> str:
         """The raw JSON value of ``key`` of object ``v`` (NULL when absent)."""
         return f"json_extract({v}, {self.q('$.' + json.dumps(key))})"
-
-    def half_unit(self, scale: str) -> str:
-        return f"(CAST(5 AS DECIMAL(38, 12)) / power(10, {scale} + 1))"
 
     def matches(self, s: str, pattern: str) -> str:
         return f"regexp_matches({s}, {self.q(pattern)})"
@@ -182,15 +194,6 @@ class DuckDB(Dialect):
 
     def join(self, c: str, sep: str) -> str:
         return f"array_to_string(list_transform({c}, lambda y: y ->> '$'), {sep})"
-
-    def regex_replace(self, s: str, pattern: str, repl: str) -> str:
-        return f"regexp_replace({s}, {self.q(pattern)}, {self.q(repl)})"
-
-    def regex_extract(self, s: str, pattern: str, group: int) -> str:
-        return f"nullif(regexp_extract({s}, {self.q(pattern)}, {group}), '')"
-
-    def replace(self, s: str, a: str, b: str) -> str:
-        return f"replace({s}, {a}, {b})"
 
     def last_day(self, year_month: str) -> str:
         return f"strftime(last_day(CAST({year_month} || '-01' AS DATE)), '%d')"
@@ -323,9 +326,6 @@ class PostgreSQL(Dialect):
 
     def regex_extract(self, s: str, pattern: str, group: int) -> str:
         return f"(regexp_match({s}, {self.q(pattern)}))[{group}]"
-
-    def replace(self, s: str, a: str, b: str) -> str:
-        return f"replace({s}, {a}, {b})"
 
     def last_day(self, year_month: str) -> str:
         return (f"to_char((date_trunc('month', CAST({year_month} || '-01' AS date)) + interval '1 month - 1 day'), 'DD')")
