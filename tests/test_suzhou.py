@@ -27,14 +27,16 @@ SITE, MAPPING = "suzhou", "research_workbook"
 WORKBOOK = EXAMPLES / "suzhou" / "suzhou_research_workbook.xlsx"
 
 
-def _expected() -> dict[str, Any]:
+def _expected(marker: str = "figures") -> dict[str, Any]:
     text = (EXAMPLES / "suzhou" / "EXPECTED.md").read_text(encoding="utf-8")
-    block = re.search(r"<!-- figures:begin -->\s*```json\n(.*?)```\s*<!-- figures:end -->", text, re.DOTALL)
-    assert block, "EXPECTED.md has no figures block"
+    block = re.search(rf"<!-- {marker}:begin -->\s*```json\n(.*?)```\s*<!-- {marker}:end -->", text, re.DOTALL)
+    assert block, f"EXPECTED.md has no {marker} block"
     return json.loads(block.group(1))
 
 
 EXPECTED = _expected()
+#: the figures plans/suzhou.yaml adds (log-rank, Cox, reverse-KM follow-up), from the generator
+EXPECTED_PLAN = _expected("plan")
 
 
 def _names() -> set[str]:
@@ -220,6 +222,7 @@ def test_the_workbook_and_expected_md_are_what_the_generator_writes() -> None:
         del sys.modules[spec.name]
     patients, grafts, events, figures = gen.build()
     assert figures == EXPECTED
+    assert gen.plan_figures() == EXPECTED_PLAN
     wb = openpyxl.load_workbook(WORKBOOK, read_only=True)
     for title, rows in (("患者 Patients", patients), ("移植 HSCT", grafts), ("不良事件 AE", events)):
         stored = [list(r) for r in wb[title].iter_rows(min_row=2, values_only=True)]

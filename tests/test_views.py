@@ -286,6 +286,91 @@ def test_the_mexican_plan_reproduces_its_tables_pooled_and_per_centre(network: A
                           "qro-a": (0.875, 0.75, 0.7)}
 
 
+def test_the_suzhou_plan_reproduces_its_papers_tables_and_comparisons(network: Any) -> None:
+    """plans/suzhou.yaml over the views of a system $export gives every figure of
+    examples/suzhou/EXPECTED.md (the paper's abstract, the AE table by term x worst grade, the
+    transplant characteristics, engraftment medians with IQR, deaths with and without a date) and
+    its "Analysis plan" block, which the generator computes by plain arithmetic: log-rank HSCT vs no
+    HSCT among the 26 in CR (chi2 0.7333) and relapsed vs refractory, Cox hazard ratios of not
+    reaching CR for OS (10.59) and RFS (18.21), median follow-up by reverse KM (487 days). With the
+    plan's small-cell threshold the same output keeps no count from 1 to 4."""
+    from adapter.analysis.plan import load_plan, run_plan
+    from adapter.config import ROOT
+    from adapter.views.engines import run_views_duckdb
+    from adapter.views.figures import load_views
+    from tests.test_suzhou import EXPECTED, EXPECTED_PLAN
+
+    plan = load_plan(ROOT / "plans" / "suzhou.yaml")
+    rows = run_views_duckdb(load_views(ROOT / "views"), network.export_folder)
+    out = run_plan(plan, rows)
+    assert list(out["sites"]) == ["suzhou"] and out["sites"]["suzhou"] == out["pooled"]
+    f, e, h = out["pooled"], EXPECTED, EXPECTED["hsct"]
+
+    def cells(fig: str) -> dict[str, int]:
+        return {c[0]: c[1] for c in f[fig]["cells"]}
+
+    def prop(fig: dict[str, Any]) -> tuple[Any, ...]:
+        return fig["count"], fig["n"], fig["rate"], fig["ci95"]
+
+    def iqr(fig: dict[str, Any]) -> dict[str, Any]:
+        return {"n": fig["n"], "median": fig["median"], "q1": fig["iqr"][0], "q3": fig["iqr"][1],
+                "min": fig["range"][0], "max": fig["range"][1]}
+
+    assert f["patients"]["count"] == e["n"] == 33
+    assert cells("sex") == e["sex"] and cells("status_at_start") == e["status_at_start"]
+    assert abs(f["age"]["median"] - e["age_decimal_years_median"]) <= 0.1  # birth dates to the month
+    assert cells("response") == e["response_counts"]
+    for fig, key in [("cr", "cr_morphological"), ("cr_mrd_negative", "cr_mrd_negative"), ("cr_refractory", "cr_morphological_refractory"),
+                     ("cr_relapse", "cr_morphological_relapse"), ("crs", "crs_any"), ("deaths", "deaths"),
+                     ("relapse_or_progression", "relapse_or_progression")]:
+        assert prop(f[fig]) == prop({**e[key]}), fig
+    assert prop(f["hsct"]) == prop(h) and f["more_than_one_graft"]["count"] == h["more_than_one_graft"]
+    for fig in ("hla_as_written", "hla_match", "relatedness", "stem_cell_source", "conditioning"):
+        assert cells(fig) == h[fig], fig
+    assert f["graft_failure"]["count"] == h["graft_failure"]
+    for fig in ("bridging_days", "neutrophil_engraftment_day", "platelet_engraftment_day"):
+        assert iqr(f[fig]) == h[fig], fig
+    assert cells("crs_by_grade") == e["crs_by_worst_grade"]
+    ae: dict[str, dict[str, int]] = {}
+    for term, grade, k in f["adverse_events_by_term_and_grade"]["cells"]:
+        ae.setdefault(term, {})[grade] = k
+    assert ae == e["adverse_events_worst_grade"] and len(ae) == 22
+    assert f["deaths_date_not_known"]["count"] == e["deaths"]["date_not_known"] == 1
+    assert cells("death_causes") == e["deaths"]["causes"] and f["deaths_after_hsct"]["count"] == e["deaths"]["after_hsct"]
+    therapies: dict[str, dict[str, int]] = {}
+    for intent, therapy, k in f["therapies"]["cells"]:
+        therapies.setdefault(intent, {})[therapy] = k
+    assert therapies == e["therapies"]
+    for fig, key in [("os", "os_12_months"), ("rfs", "rfs_12_months")]:
+        km, want = f[fig], e[key]
+        assert (km["n"], km["events"], sum(km["excluded"].values())) == (want["n"], want["events"], 1)
+        at = km["at"]["365.25"]
+        assert abs(at["survival"] - want["survival"]) <= 0.001
+        assert all(abs(a - b) <= 0.001 for a, b in zip(at["ci95"], want["ci95"], strict=True))
+    p = EXPECTED_PLAN
+    for fig in ("os_logrank_hsct_vs_none_among_cr", "os_logrank_relapsed_vs_refractory"):
+        got = f[fig]
+        assert {k: got[k] for k in ("n", "events", "chi2", "df", "p")} == p[fig], fig
+    assert f["os_logrank_hsct_vs_none_among_cr"]["groups"] == {"hsct": {"n": 15, "events": 1}, "no hsct": {"n": 11, "events": 0}}
+    for fig in ("os_cox_not_in_cr", "rfs_cox_not_in_cr"):
+        got, want = f[fig]["covariates"]["not_in_cr"], p[fig]
+        assert f[fig]["n"] == want["n"] and f[fig]["excluded"] == {"no event and no end of follow-up": 1}
+        assert got["hr"] == pytest.approx(want["hr"], rel=1e-3) and got["p"] == pytest.approx(want["p"], abs=1e-3)
+        assert got["ci95"] == pytest.approx(want["ci95"], rel=1e-3)
+    assert f["follow_up"]["median_days"] == p["follow_up_reverse_km_median_days"]
+    assert f["follow_up_survivors"]["median"] == p["follow_up_survivors_median_days"]
+
+    shared = run_plan(plan, rows, suppress_below=plan["min_cell_count"])["pooled"]
+    assert shared["more_than_one_graft"]["count"] == "<5" and shared["deaths"]["rate"] is None
+    assert cells("hla_match") == {"haploidentical": 9, "identical": 3, "mismatched": 3}
+    assert [c[-1] for c in shared["hla_match"]["cells"]] == [9, "<5", "<5"]
+    assert shared["cr"] == f["cr"] and shared["os"]["n"] == 32
+    pd_only = {**plan, "figures": [{"id": "os_in_pd", "label": "OS, PD", "type": "km", "where": "response = 'pd'",
+                                    "origin": "blina_start", "event": "death_date", "censor": "last_follow_up"}]}
+    assert run_plan(pd_only, rows)["pooled"]["os_in_pd"]["n"] == 1  # 2 with progressive disease, one without a date of death
+    assert run_plan(pd_only, rows, suppress_below=5)["pooled"]["os_in_pd"] == {"n": "<5"}
+
+
 def test_a_plan_that_breaks_its_schema_or_its_sql_is_named(tmp_path: Path) -> None:
     """A plan is schema-checked like a mapping file (the element is named), and a variable or
     figure whose SQL fails on the views is named with the engine's reason; never a crash."""

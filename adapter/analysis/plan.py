@@ -25,16 +25,30 @@ A plan (``plans/<name>.yaml``, checked against ``plans/plan.schema.json``) has t
     (``[days, survival, CI low, CI high]`` per event time); patients left out (no origin, no end of
     follow-up, an end before the origin) counted by reason;
   - ``table``: patients by the value of ``rows`` (and ``columns``): a Table 1 stratum or an
-    adverse-event table by term x grade.
+    adverse-event table by term x grade;
+  - ``logrank``: the log-rank test (lifelines ``multivariate_logrank_test``; Mantel-Haenszel) of
+    the ``km`` times between the values of ``groups``, within ``where`` (a comparison inside a
+    subgroup, e.g. HSCT vs none among patients in CR): per group n and events, chi2, df, p;
+  - ``cox``: a Cox proportional-hazards model (lifelines ``CoxPHFitter``, Efron ties) of the
+    ``km`` times on ``covariates`` (name -> numeric SQL expression): per covariate the hazard ratio
+    with its Wald 95 % interval and p;
+  - ``followup``: median follow-up by the reverse Kaplan-Meier method (Schemper & Smith, Control
+    Clin Trials 1996;17:343): the ``km`` times with censoring as the event.
 
-Every figure is given per site and pooled. Small-cell suppression is not applied yet: the output
-is for the analyst who holds the export (adapter/analysis/report.py renders it as HTML).
+Survival figures count the patients they leave out by reason (no origin, no end, an end before the
+origin, a NULL group or covariate): nothing is dropped in silence.
+
+Every figure is given per site and pooled. With ``suppress_below`` (the plan's ``min_cell_count``,
+or ``adapter plan --suppress N``) the output is fit to leave the analyst: small cells follow the
+facade's rule (adapter/privacy.py ``suppress_small_cells``), and a survival figure of fewer
+patients keeps only its ``n``. adapter/analysis/report.py renders the output as HTML.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -81,10 +95,13 @@ def _tables(con: Any, rows: Mapping[str, list[dict[str, Any]]]) -> None:
         con.unregister(f"_{name}")
 
 
-def run_plan(plan: Mapping[str, Any], rows: Mapping[str, list[dict[str, Any]]]) -> dict[str, Any]:
+def run_plan(plan: Mapping[str, Any], rows: Mapping[str, list[dict[str, Any]]],
+             suppress_below: int | None = None) -> dict[str, Any]:
     """The figures of ``plan`` from the view rows ``rows`` (view name -> rows, e.g. from
     adapter/views/engines.py ``run_views_duckdb``): ``{"plan", "title", "sites": {site: {figure
-    id: result}}, "pooled": {...}}``. Raises PlanError naming the variable or figure whose SQL fails."""
+    id: result}}, "pooled": {...}}`` (plus ``"suppression": {"threshold"}`` when
+    ``suppress_below`` is given; see the module docstring). Raises PlanError naming the variable or
+    figure whose SQL fails."""
     import duckdb
 
     con = duckdb.connect(":memory:")
@@ -121,13 +138,33 @@ def run_plan(plan: Mapping[str, Any], rows: Mapping[str, list[dict[str, Any]]]) 
         out: dict[str, Any] = {"plan": plan["id"], "title": plan.get("title"), "sites": {}, "pooled": {}}
         for scope, cond in [*((s, f"site = {_q(s)}") for s in site_list), ("pooled", "true")]:
             figures = {f["id"]: _figure(con, f, cond) for f in plan["figures"]}
+            if suppress_below:
+                figures = {f["id"]: suppress(f["type"], figures[f["id"]], suppress_below) for f in plan["figures"]}
             if scope == "pooled":
                 out["pooled"] = figures
             else:
                 out["sites"][scope] = figures
+        if suppress_below:
+            out["suppression"] = {"threshold": suppress_below}
         return out
     finally:
         con.close()
+
+
+_SURVIVAL = ("km", "logrank", "cox", "followup")
+
+
+def suppress(kind: str, result: dict[str, Any], threshold: int) -> dict[str, Any]:
+    """One figure's result fit to leave the analyst: a survival figure (``km``, ``logrank``,
+    ``cox``, ``followup``) of 1 to ``threshold`` - 1 patients keeps only ``{"n": "<threshold"}``;
+    anything else follows adapter/privacy.py ``suppress_small_cells`` (counts from 1 to threshold - 1
+    shown as ``"<threshold"``, their rates and intervals withheld, small summaries reduced to n)."""
+    from adapter.privacy import suppress_small_cells
+
+    n = result.get("n")
+    if kind in _SURVIVAL and isinstance(n, int) and 0 < n < threshold:
+        return {"n": f"<{threshold}"}
+    return suppress_small_cells(result, threshold)
 
 
 def _duck_type(con: Any, column: str) -> str:
@@ -161,6 +198,12 @@ def _figure(con: Any, f: Mapping[str, Any], scope: str) -> dict[str, Any]:
             return {**_summary(values, int(f.get("round", 2))), "missing": missing}
         if kind == "km":
             return _km(con, f, scope, where)
+        if kind == "followup":
+            return _followup(con, f, scope, where)
+        if kind == "logrank":
+            return _logrank(con, f, scope, where)
+        if kind == "cox":
+            return _cox(con, f, scope, where)
         if kind == "table":
             cols = [f["rows"], *([f["columns"]] if f.get("columns") else [])]
             grouped = con.execute(f"SELECT {', '.join(f'({c})' for c in cols)}, count(DISTINCT patient_key) FROM "
@@ -190,23 +233,38 @@ def _summary(values: list[float], digits: int) -> dict[str, Any]:
             "range": [r(a.min()), r(a.max())], "mean": r(a.mean()), "sd": r(a.std(ddof=1)) if len(a) > 1 else None}
 
 
-def _km(con: Any, f: Mapping[str, Any], scope: str, where: str) -> dict[str, Any]:
-    """Kaplan–Meier from ``origin`` to ``event`` or ``censor`` (dates), in days (lifelines)."""
-    from lifelines import KaplanMeierFitter
-
-    data = con.execute(f"""SELECT CAST(({f['origin']}) AS DATE), CAST(({f['event']}) AS DATE), CAST(({f['censor']}) AS DATE)
-                           FROM patients WHERE ({scope}) AND ({where})""").fetchall()
-    durations, events, excluded = [], [], {}
-    for origin, event, censor in data:
+def _times(con: Any, f: Mapping[str, Any], scope: str, where: str,
+           extra: Mapping[str, str] | None = None) -> tuple[list[float], list[int], list[list[Any]], dict[str, int]]:
+    """Durations in days from ``origin`` to ``event`` (event 1) or else ``censor`` (event 0), the
+    ``extra`` expressions per patient kept, and the patients left out, counted by reason."""
+    extra = dict(extra or {})
+    cols = "".join(f", ({e})" for e in extra.values())
+    data = con.execute(f"""SELECT CAST(({f['origin']}) AS DATE), CAST(({f['event']}) AS DATE), CAST(({f['censor']}) AS DATE){cols}
+                           FROM patients WHERE ({scope}) AND ({where}) ORDER BY patient_key""").fetchall()
+    durations: list[float] = []
+    events: list[int] = []
+    kept: list[list[Any]] = []
+    excluded: dict[str, int] = {}
+    for origin, event, censor, *more in data:
         end, happened = (event, 1) if event is not None else (censor, 0)
         reason = ("no origin date" if origin is None else "no event and no end of follow-up" if end is None
-                  else "event or end of follow-up before the origin" if end < origin else None)
+                  else "event or end of follow-up before the origin" if end < origin else
+                  next((f"no {name}" for name, v in zip(extra, more, strict=True) if v is None), None))
         if reason:
             excluded[reason] = excluded.get(reason, 0) + 1
             continue
         durations.append(float((end - origin).days))
         events.append(happened)
-    result: dict[str, Any] = {"n": len(durations), "events": int(sum(events)), "excluded": dict(sorted(excluded.items()))}
+        kept.append(more)
+    return durations, events, kept, dict(sorted(excluded.items()))
+
+
+def _km(con: Any, f: Mapping[str, Any], scope: str, where: str) -> dict[str, Any]:
+    """Kaplan–Meier from ``origin`` to ``event`` or ``censor`` (dates), in days (lifelines)."""
+    from lifelines import KaplanMeierFitter
+
+    durations, events, _, excluded = _times(con, f, scope, where)
+    result: dict[str, Any] = {"n": len(durations), "events": int(sum(events)), "excluded": excluded}
     if not durations:
         return {**result, "at": {}, "median_days": None}
     kmf = KaplanMeierFitter().fit(durations, events)
@@ -223,6 +281,60 @@ def _km(con: Any, f: Mapping[str, Any], scope: str, where: str) -> dict[str, Any
              for t, v in sf.items()]
     return {**result, "at": at, "median_days": None if math.isinf(median) else round(float(median), 1),
             "curve": curve}
+
+
+def _followup(con: Any, f: Mapping[str, Any], scope: str, where: str) -> dict[str, Any]:
+    """Median follow-up in days by the reverse Kaplan–Meier method: the same times, with the end of
+    follow-up of a patient alive as the event and an event (death) as censoring."""
+    from lifelines import KaplanMeierFitter
+
+    durations, events, _, excluded = _times(con, f, scope, where)
+    result: dict[str, Any] = {"n": len(durations), "excluded": excluded}
+    if not durations:
+        return {**result, "median_days": None, "iqr_days": None}
+    kmf = KaplanMeierFitter().fit(durations, [1 - e for e in events])
+
+    def pct(p: float) -> float | None:
+        with warnings.catch_warnings():  # the step function is what is wanted, not an interpolation
+            warnings.simplefilter("ignore")
+            v = float(kmf.percentile(p))
+        return None if math.isinf(v) else round(v, 1)
+
+    return {**result, "median_days": pct(0.5), "iqr_days": [pct(0.75), pct(0.25)]}
+
+
+def _logrank(con: Any, f: Mapping[str, Any], scope: str, where: str) -> dict[str, Any]:
+    """The log-rank test between the groups of ``groups`` (lifelines; chi2 with groups - 1 df)."""
+    from lifelines.statistics import multivariate_logrank_test
+
+    durations, events, kept, excluded = _times(con, f, scope, where, {"group": f["groups"]})
+    groups = [str(k[0]) for k in kept]
+    per = {g: {"n": groups.count(g), "events": sum(e for e, h in zip(events, groups, strict=True) if h == g)} for g in sorted(set(groups))}
+    result: dict[str, Any] = {"n": len(durations), "events": int(sum(events)), "groups": per, "excluded": excluded}
+    if len(per) < 2 or not sum(events):
+        return {**result, "chi2": None, "df": None, "p": None}
+    test = multivariate_logrank_test(durations, groups, events)
+    return {**result, "chi2": round(float(test.test_statistic), 4), "df": len(per) - 1, "p": round(float(test.p_value), 4)}
+
+
+def _cox(con: Any, f: Mapping[str, Any], scope: str, where: str) -> dict[str, Any]:
+    """Cox proportional hazards on ``covariates`` (lifelines CoxPHFitter, Efron ties): per
+    covariate the hazard ratio, its Wald 95 % interval and p."""
+    import pandas as pd
+    from lifelines import CoxPHFitter
+
+    names = list(f["covariates"])
+    durations, events, kept, excluded = _times(con, f, scope, where, f["covariates"])
+    result: dict[str, Any] = {"n": len(durations), "events": int(sum(events)), "excluded": excluded}
+    frame = pd.DataFrame([[float(v) for v in k] for k in kept], columns=names)
+    if not sum(events) or any(frame[c].nunique() < 2 for c in names):
+        return {**result, "covariates": {c: None for c in names}}
+    frame["_t"], frame["_e"] = durations, events
+    summary = CoxPHFitter().fit(frame, duration_col="_t", event_col="_e").summary
+    return {**result, "covariates": {c: {"hr": round(float(summary.loc[c, "exp(coef)"]), 4),
+                                         "ci95": [round(float(summary.loc[c, "exp(coef) lower 95%"]), 4),
+                                                  round(float(summary.loc[c, "exp(coef) upper 95%"]), 4)],
+                                         "p": round(float(summary.loc[c, "p"]), 4)} for c in names}}
 
 
 def _nan0(x: float) -> float:

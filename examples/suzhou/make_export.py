@@ -304,6 +304,93 @@ def build() -> tuple[list[list[object]], list[list[object]], list[list[object]],
     return patients, grafts, events, figures
 
 
+def _survival_days() -> list[dict[str, object]]:
+    """Per patient with a known end: days from the start of blinatumomab to death or the end of
+    follow-up (OS), to relapse/progression or death (RFS), and the groups the plan compares."""
+    out = []
+    for i, c in enumerate(CASES):
+        start = date(2021, 8, 2) + timedelta(days=14 * i)
+        if c.dead and c.death_months is None:
+            continue  # date of death not known: left out of survival analyses, counted
+        alive_months = round(float(Decimal((CUTOFF - start).days) / MONTH), 1)
+        end = add_months(start, c.death_months if c.dead else alive_months)
+        os_days = (end - start).days
+        rfs = (add_months(start, c.progression_months) - start).days if c.progression_months is not None else None
+        out.append({"os": (os_days, int(c.dead)), "rfs": (rfs, 1) if rfs is not None else (os_days, int(c.dead)),
+                    "cr": c.response.startswith("CR"), "hsct": c.hsct, "relapsed": c.status == L})
+    return out
+
+
+def logrank(times: list[tuple[int, int, int]]) -> dict[str, object]:
+    """Two-group log-rank (Mantel-Haenszel): (time, event, group 0/1) -> chi2 (1 df) and p."""
+    o1 = e1 = v = 0.0
+    for u in sorted({t for t, e, _ in times if e}):
+        n = sum(1 for t, _, _ in times if t >= u)
+        n1 = sum(1 for t, _, g in times if t >= u and g)
+        d = sum(1 for t, e, _ in times if t == u and e)
+        o1 += sum(1 for t, e, g in times if t == u and e and g)
+        e1 += d * n1 / n
+        if n > 1:
+            v += d * (n1 / n) * (1 - n1 / n) * (n - d) / (n - 1)
+    chi2 = (o1 - e1) ** 2 / v
+    return {"chi2": round(chi2, 4), "df": 1, "p": round(math.erfc(math.sqrt(chi2 / 2)), 4)}
+
+
+def cox(times: list[tuple[int, int, int]]) -> dict[str, object]:
+    """Cox model on one 0/1 covariate by Newton-Raphson on the partial likelihood (no tied event
+    times here, so Breslow's and Efron's likelihoods coincide): HR, Wald 95 % interval, p."""
+    assert len({t for t, e, _ in times if e}) == sum(e for _, e, _ in times), "tied event times"
+    beta, info = 0.0, 0.0
+    for _ in range(100):
+        score, info = 0.0, 0.0
+        for ti, ei, xi in times:
+            if not ei:
+                continue
+            risk = [(x, math.exp(beta * x)) for t, _, x in times if t >= ti]
+            s0 = sum(w for _, w in risk)
+            s1 = sum(x * w for x, w in risk)
+            s2 = sum(x * x * w for x, w in risk)
+            score += xi - s1 / s0
+            info += s2 / s0 - (s1 / s0) ** 2
+        step = score / info
+        beta += step
+        if abs(step) < 1e-12:
+            break
+    se, z = 1 / math.sqrt(info), 1.959963984540054
+    return {"hr": round(math.exp(beta), 4), "ci95": [round(math.exp(beta - z * se), 4), round(math.exp(beta + z * se), 4)],
+            "p": round(math.erfc(abs(beta / se) / math.sqrt(2)), 4)}
+
+
+def reverse_km_median(times: list[tuple[int, int]]) -> float:
+    """Median follow-up by the reverse Kaplan-Meier method: the end of follow-up of a patient alive
+    is the event, a death censors; the first time the estimate is at or below one half."""
+    s = 1.0
+    for u in sorted({t for t, e in times if not e}):
+        at_risk = sum(1 for t, _ in times if t >= u)
+        s *= 1 - sum(1 for t, e in times if t == u and not e) / at_risk
+        if s <= 0.5:
+            return float(u)
+    raise AssertionError("the reverse KM estimate never reaches one half")
+
+
+def plan_figures() -> dict[str, object]:
+    """The figures plans/suzhou.yaml adds to the paper's (section "Analysis plan" of EXPECTED.md),
+    in days from the start of blinatumomab, computed here by plain arithmetic."""
+    sv = _survival_days()
+    in_cr = [x for x in sv if x["cr"]]
+    os_cr = [(*x["os"], int(x["hsct"])) for x in in_cr]  # type: ignore[misc]
+    survivors = sorted(x["os"][0] for x in sv if not x["os"][1])  # type: ignore[index]
+    return {
+        "os_logrank_hsct_vs_none_among_cr": {"n": len(in_cr), "events": sum(t[1] for t in os_cr), **logrank(os_cr)},
+        "os_logrank_relapsed_vs_refractory": {"n": len(sv), "events": sum(x["os"][1] for x in sv),  # type: ignore[index]
+                                              **logrank([(*x["os"], int(x["relapsed"])) for x in sv])},  # type: ignore[misc]
+        "os_cox_not_in_cr": {"n": len(sv), **cox([(*x["os"], int(not x["cr"])) for x in sv])},  # type: ignore[misc]
+        "rfs_cox_not_in_cr": {"n": len(sv), **cox([(*x["rfs"], int(not x["cr"])) for x in sv])},  # type: ignore[misc]
+        "follow_up_reverse_km_median_days": reverse_km_median([x["os"] for x in sv]),  # type: ignore[misc]
+        "follow_up_survivors_median_days": median(survivors),
+    }
+
+
 PATIENT_HEADERS = ["住院号 (MRN)", "姓名 (Name)", "性别 (Sex)", "年龄(岁) (Age, years)", "疾病状态 (Disease status)",
                    "既往治疗线数 (Prior lines)", "融合基因 (Fusion gene)", "骨髓原始细胞% (Marrow blasts %)",
                    "贝林妥欧单抗开始 (Blinatumomab start)", "贝林妥欧单抗结束 (Blinatumomab end)", "治疗前MRD% (MRD before %)",
@@ -319,6 +406,9 @@ EVENT_HEADERS = ["住院号 (MRN)", "不良事件 (CTCAE v5.0 term)", "分级 (G
 def main() -> None:
     import openpyxl
 
+    if sys.argv[1:] == ["--plan-figures"]:  # the "Analysis plan" block only; the workbook is not written
+        sys.stdout.write(json.dumps(plan_figures(), indent=2) + "\n")
+        return
     patients, grafts, events, figures = build()
     wb = openpyxl.Workbook()
     sheets = [("患者 Patients", PATIENT_HEADERS, patients), ("移植 HSCT", GRAFT_HEADERS, grafts),
