@@ -378,6 +378,8 @@ def plan_command(
 @app.command("verify-figures")
 def verify_figures(
     export_dir: Annotated[Path, typer.Argument(help="a Bulk Data export folder (NDJSON files), e.g. from adapter export")],
+    plan: Annotated[Path, typer.Option(help="the analysis plan whose figures naming `outcomes` are compared "
+                                            "(default: the facade's, plans/default.yaml)")] = ROOT / "plans" / "default.yaml",
     server: Annotated[str | None, typer.Option(help="compare with this server's /outcomes (its FHIR base URL); "
                                                        "default: this machine's store")] = None,
     token: Annotated[str | None, typer.Option(help="bearer token for --server when it has auth on", envvar="ADAPTER_TOKEN")] = None,
@@ -386,23 +388,28 @@ def verify_figures(
     spark_master: Annotated[str, typer.Option(help="Spark master URL for --engine spark", envvar="SPARK_MASTER")] = "local[2]",
     fmt: Annotated[str, typer.Option("--format", help="table or json")] = "table",
 ) -> None:
-    """Check the facade's figures against the SQL on FHIR views run over a Bulk export. The headline
-    figures (N, deaths, CRS, CRS grade 3+, HSCT, MRD-negative after, responses; per site and
-    pooled) are recomputed from the export with the views alone, compiled to SQL and run on an
-    embedded DuckDB (``--engine spark``: Spark SQL on ``--spark-master``; ``--engine reference``:
-    the in-memory reference runner). Exit 0 when every number agrees, 8 when one differs (each is
-    listed), 2 for a bad option or view, 3 for an unreadable export."""
+    """Check the facade's figures against an analysis plan run over a Bulk export. The plan
+    (``--plan``; by default plans/default.yaml, the facade's headline figures: N, sex, deaths,
+    CRS, CRS grade 3+, HSCT, grafts, HLA match, responses, CR, MRD-negative after) runs over the
+    rows of the SQL on FHIR views, compiled to SQL on an embedded DuckDB (``--engine spark``: Spark
+    SQL on ``--spark-master``; ``--engine reference``: the in-memory reference runner); each of its
+    figures that names ``outcomes`` is compared, per site and pooled, with ``/outcomes``. Exit 0
+    when every number agrees, 8 when one differs (each is listed), 2 for a bad option, view or plan,
+    3 for an unreadable export."""
+    from adapter.analysis.plan import load_plan, run_plan
+    from adapter.analysis.verify import comparable, compare_with_outcomes
     from adapter.errors import FiguresDiffer
     from adapter.readers.ndjson import iter_export
     from adapter.views.engines import ENGINES, run_views_duckdb, run_views_spark
-    from adapter.views.figures import compare, figures_from_views, load_views, run_views
+    from adapter.views.figures import load_views, run_views
 
     if fmt not in ("table", "json"):
         _fail(ConfigError(f"--format must be table or json, not {fmt!r}"))
     if engine not in ENGINES:
         _fail(ConfigError(f"--engine must be one of {', '.join(ENGINES)}, not {engine!r}"))
     try:
-        with err_console.status(f"running the views over the export ({engine})"):
+        checked = load_plan(plan)
+        with err_console.status(f"running the views over the export ({engine}) and the plan"):
             compiled = load_views(views)
             if engine == "duckdb":
                 rows = run_views_duckdb(compiled, export_dir)
@@ -410,7 +417,7 @@ def verify_figures(
                 rows = run_views_spark(compiled, export_dir, spark_master)
             else:
                 rows = run_views(compiled, iter_export(export_dir))
-            recomputed = figures_from_views(rows)
+            result = run_plan(checked, rows)
         if server:
             import httpx
 
@@ -423,21 +430,28 @@ def verify_figures(
             from adapter.outcomes import outcomes_report
 
             report = outcomes_report(_store().cohort(None))
-        differences = compare(recomputed, report)
+        differences = compare_with_outcomes(checked, result, report)
     except AdapterError as exc:
         _fail(exc)
     if fmt == "json":
-        sys.stdout.write(json.dumps({"views": recomputed, "differences": differences}, indent=2) + "\n")
+        sys.stdout.write(json.dumps({"plan": result, "differences": differences}, indent=2, default=str) + "\n")
     else:
-        table = Table("site", "n", "deaths", "CRS", "CRS ≥3", "HSCT", "MRD− after", "responses", title="Figures from the views")
-        for site, f in [*recomputed["sites"].items(), ("pooled", recomputed["pooled"])]:
-            table.add_row(site, *(str(f[k]) for k in ("n", "deaths", "crs_any", "crs_grade_3_plus", "hsct", "mrd_negative_after")),
-                          ", ".join(f"{k} {v}" for k, v in f["response"].items()))
+        scopes = [*result["sites"], "pooled"]
+        table = Table("figure", *scopes, title=f"Figures of plan {checked['id']} from the views")
+        for f in checked["figures"]:
+            if f["type"] not in ("count", "proportion", "table") or f.get("columns"):
+                continue  # survival analyses and two-way tables: --format json
+            cells = []
+            for scope in scopes:
+                value = comparable(f["type"], (result["pooled"] if scope == "pooled" else result["sites"][scope])[f["id"]], facade=False)
+                cells.append(str(value["count"]) if f["type"] == "proportion" else
+                             ", ".join(f"{k} {v}" for k, v in value.items()) if f["type"] == "table" else str(value))
+            table.add_row(f["id"] + ("" if f.get("outcomes") else " (plan only)"), *cells)
         console.print(table)
         for d in differences:
             err_console.print(f"[red]differs[/red] {d}")
     if differences:
-        _fail(FiguresDiffer(f"{len(differences)} figure(s) differ between the views and the facade"))
+        _fail(FiguresDiffer(f"{len(differences)} figure(s) differ between the plan and the facade"))
     if fmt == "table":
         console.print("every figure agrees with the facade")
 

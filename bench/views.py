@@ -11,15 +11,16 @@ same run, computes the headline counts two ways over the same resources and chec
 1. baseline: the facade's extraction (adapter/outcomes/cohort.py ``course_of`` per patient) and
    report (adapter/outcomes/report.py ``outcomes_report``), as ``/outcomes`` does;
 2. the project's ViewDefinitions (views/) on the reference runner (adapter/views/runner.py,
-   FHIRPath by fhirpathpy) and adapter/views/figures.py;
+   FHIRPath by fhirpathpy), then the default plan (plans/default.yaml: the facade's headline
+   figures as an analysis plan, adapter/analysis/plan.py) over their rows;
 3. the same views compiled to SQL (adapter/views/sql.py) on an embedded DuckDB reading the
-   resources as a Bulk export folder (NDJSON written first, not timed), then figures.py;
+   resources as a Bulk export folder (NDJSON written first, not timed), then the default plan;
 4. the views compiled to Spark SQL (adapter/views/spark.py) on Spark local[2] reading the same
    folder (the session's start is not timed; its JVM's peak resident set is reported).
 
 Reports wall time, resources/s and the peak of Python memory (tracemalloc, in a second run) for
 each. The baseline computes every figure of /outcomes (Kaplan-Meier, confidence intervals), the
-views only the headline counts, so the comparison bounds the views' cost rather than matching the
+views and the default plan only the headline figures, so the comparison bounds the views' cost rather than matching the
 work. The reference runner is the correctness oracle. DuckDB's memory is native, outside
 tracemalloc: its step also runs in a forked child whose peak resident set size is reported.
 """
@@ -40,13 +41,15 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from adapter.analysis.plan import load_plan, run_plan  # noqa: E402
+from adapter.analysis.verify import DEFAULT_PLAN, compare_with_outcomes  # noqa: E402
 from adapter.config import Settings  # noqa: E402
 from adapter.ingest import ingest_file  # noqa: E402
 from adapter.outcomes.cohort import course_of  # noqa: E402
 from adapter.outcomes.report import outcomes_report  # noqa: E402
 from adapter.store import Store  # noqa: E402
 from adapter.views.engines import run_views_duckdb  # noqa: E402
-from adapter.views.figures import compare, figures_from_views, load_views, run_views  # noqa: E402
+from adapter.views.figures import load_views, run_views  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "bench"))
 from serve import _rewrite  # noqa: E402  (references rewritten to the clone, as bench/serve.py clones)
@@ -120,6 +123,14 @@ def main() -> None:
     print(f"{args.patients:,} patients, {len(flat):,} resources (the {len(templates)} example patients cloned)")  # noqa: T201
     report = measure("facade (course_of + outcomes_report)", lambda: facade(data), len(flat))
     views = load_views(ROOT / "views")
+    plan = load_plan(DEFAULT_PLAN)
+
+    def compare(result: dict[str, Any], facade_report: dict[str, Any]) -> list[str]:
+        return compare_with_outcomes(plan, result, facade_report)
+
+    def figures_from_views(rows: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+        return run_plan(plan, rows)
+
     if "reference" in engines:
         figures = measure("views on the reference runner (fhirpathpy)", lambda: figures_from_views(run_views(views, flat)), len(flat))
         differences = compare(figures, report)

@@ -104,10 +104,9 @@ def test_our_views_are_valid_view_definitions() -> None:
     """views/*.json: each a ViewDefinition resource with a url, name, title and description, that
     the runner accepts; every column has a name, a FHIR type and reads no adapter-only data."""
     from adapter.config import ROOT
-    from adapter.views.figures import VIEWS, load_views
+    from adapter.views.figures import load_views
 
     views = load_views(ROOT / "views")
-    assert set(VIEWS) <= set(views)
     for path in sorted((ROOT / "views").glob("*.json")):
         v = json.loads(path.read_text(encoding="utf-8"))
         assert v["resourceType"] == "ViewDefinition" and v["name"] == path.stem
@@ -117,34 +116,48 @@ def test_our_views_are_valid_view_definitions() -> None:
 
 
 def test_figures_from_the_views_over_a_system_export_equal_the_facades(network: Any) -> None:
-    """The headline figures recomputed from a system $export with the views alone (no adapter
-    code beyond counting rows) equal /outcomes, site by site and pooled. The three gaps a Spark
-    reader found are closed: deaths on Patient.deceased[x] (cdmx-b's included), CRS grade >= 3
-    from the ae-grade extension, responses as Observations (HITO's derived ones included), and
-    MRD-negative after blinatumomab from MRD results and responses by the published rule."""
+    """The facade's figures declared as a plan (plans/default.yaml) and run over the views of a
+    system $export (reference runner) equal /outcomes, site by site and pooled, count, rate and
+    Wilson interval. The three gaps a Spark reader found are closed: deaths on
+    Patient.deceased[x] (cdmx-b's included), CRS grade >= 3 from the ae-grade extension, responses
+    as Observations (HITO's derived ones included), and MRD-negative after blinatumomab from MRD
+    results and responses by the published rule. A changed facade number is named."""
+    import copy
+
+    from adapter.analysis.plan import load_plan
+    from adapter.analysis.verify import DEFAULT_PLAN, compare_with_outcomes, verify_rows
     from adapter.config import ROOT
     from adapter.readers.ndjson import iter_export
-    from adapter.views.figures import compare, figures_from_views, load_views, run_views
+    from adapter.views.figures import load_views, run_views
 
-    recomputed = figures_from_views(run_views(load_views(ROOT / "views"), iter_export(network.export_folder)))
     report = network.client.get("/outcomes", params={"suppress": "false"}).json()
-    assert compare(recomputed, report) == []
-    assert set(recomputed["sites"]) == set(report["sites"]) and len(recomputed["sites"]) == 8
-    pooled = recomputed["pooled"]
-    assert pooled["deaths"] == report["pooled"]["deaths"]["count"] and recomputed["sites"]["cdmx-b"]["deaths"] > 0
-    assert pooled["crs_grade_3_plus"] > 0
-    assert recomputed["sites"]["hito"]["response"].get("not-assessed", 0) == 0  # derived responses are in FHIR
-    assert pooled["mrd_negative_after"] == report["pooled"]["response"]["mrd_negative_after"]["count"] > 0
+    result, differences = verify_rows(run_views(load_views(ROOT / "views"), iter_export(network.export_folder)), report)
+    assert differences == []
+    plan = load_plan(DEFAULT_PLAN)
+    assert sum(1 for f in plan["figures"] if f.get("outcomes")) == len(plan["figures"]) == 14
+    assert set(result["sites"]) == set(report["sites"]) and len(result["sites"]) == 8
+    pooled = result["pooled"]
+    assert pooled["deaths"]["count"] == report["pooled"]["deaths"]["count"] and result["sites"]["cdmx-b"]["deaths"]["count"] > 0
+    assert pooled["crs_grade_3_plus"]["count"] > 0
+    assert all(c[0] != "not-assessed" for c in result["sites"]["hito"]["response"]["cells"])  # derived responses are in FHIR
+    assert pooled["mrd_negative_after"]["count"] == report["pooled"]["response"]["mrd_negative_after"]["count"] > 0
+    changed = copy.deepcopy(report)
+    changed["sites"]["hito"]["toxicity"]["crs_grade_3_plus"]["count"] += 1
+    changed["pooled"]["response"]["counts"]["nr"] += 1
+    differences = compare_with_outcomes(plan, result, changed)
+    assert [d.split(": plan ")[0] for d in differences] == ["hito: crs_grade_3_plus", "pooled: response"], differences
+    assert "'nr': " + str(changed["pooled"]["response"]["counts"]["nr"]) in differences[1]
 
 
 def test_our_views_compiled_to_sql_give_the_reference_runners_rows(network: Any) -> None:
     """Every project view compiled to SQL gives, row for row, what the reference runner gives: on
     DuckDB over the export folder (read by DuckDB itself), and on PostgreSQL over the store's own
     table of resources (its JSON cast to jsonb); the figures from the DuckDB rows equal /outcomes."""
+    from adapter.analysis.verify import verify_rows
     from adapter.config import ROOT
     from adapter.readers.ndjson import iter_export
     from adapter.views.engines import run_postgresql, run_views_duckdb
-    from adapter.views.figures import compare, figures_from_views, load_views, run_views
+    from adapter.views.figures import load_views, run_views
 
     views = load_views(ROOT / "views")
     reference = run_views(views, iter_export(network.export_folder))
@@ -153,7 +166,7 @@ def test_our_views_compiled_to_sql_give_the_reference_runners_rows(network: Any)
         assert reference[name], name
         assert _canonical(duck[name]) == _canonical(reference[name]), name
     report = network.client.get("/outcomes", params={"suppress": "false"}).json()
-    assert compare(figures_from_views(duck), report) == []
+    assert verify_rows(duck, report)[1] == []
     if network.store.engine.dialect.name == "postgresql":
         with network.store.engine.connect() as con:
             for name, v in views.items():
@@ -164,9 +177,10 @@ def test_our_views_on_spark_give_the_reference_runners_rows_and_the_facades_figu
     """The project views compiled to Spark SQL, on Spark local[2] reading the export folder itself
     (one NDJSON line per resource), give the reference runner's rows, so the same figures as
     /outcomes, site by site and pooled."""
+    from adapter.analysis.verify import verify_rows
     from adapter.config import ROOT
     from adapter.readers.ndjson import iter_export
-    from adapter.views.figures import compare, figures_from_views, load_views, run_views
+    from adapter.views.figures import load_views, run_views
     from adapter.views.spark import load_export_spark, run_spark, spark_session
 
     views = load_views(ROOT / "views")
@@ -179,7 +193,7 @@ def test_our_views_on_spark_give_the_reference_runners_rows_and_the_facades_figu
         # Spark's VARIANT keeps a decimal's value, not its written precision (3.0 arrives as 3)
         assert _as_numbers(on_spark[name]) == _as_numbers(reference[name]), name
     report = network.client.get("/outcomes", params={"suppress": "false"}).json()
-    assert compare(figures_from_views(on_spark), report) == []
+    assert verify_rows(on_spark, report)[1] == []
 
 
 def test_pathling_view_of_our_views_gives_the_same_rows_and_figures(network: Any, tmp_path: Path) -> None:
@@ -191,9 +205,10 @@ def test_pathling_view_of_our_views_gives_the_same_rows_and_figures(network: Any
     import subprocess
     import sys
 
+    from adapter.analysis.verify import verify_rows
     from adapter.config import ROOT
     from adapter.readers.ndjson import iter_export
-    from adapter.views.figures import compare, figures_from_views, load_views, run_views
+    from adapter.views.figures import load_views, run_views
     from tests.java21 import java_home
 
     out = tmp_path / "pathling.json"
@@ -207,7 +222,7 @@ def test_pathling_view_of_our_views_gives_the_same_rows_and_figures(network: Any
     for name in views:
         assert _as_numbers(on_pathling[name]) == _as_numbers(reference[name]), name
     report = network.client.get("/outcomes", params={"suppress": "false"}).json()
-    assert compare(figures_from_views(on_pathling), report) == []
+    assert verify_rows(on_pathling, report)[1] == []
 
 
 def test_the_uk_infants_plan_reproduces_its_papers_figures_from_the_export(network: Any, tmp_path: Path) -> None:
@@ -434,8 +449,20 @@ def test_verify_figures_cli_agrees_and_names_a_difference(network: Any, tmp_path
     assert changed is not None
     bad = runner.invoke(cli, ["verify-figures", str(edited), "--server", network.base, "--format", "json"])
     assert bad.exit_code == 8, bad.output
-    assert "huanl: deaths: views 4, facade 5" in bad.output and "pooled: deaths" in bad.output
+    assert "huanl: deaths: plan {'count': 4," in bad.output and "facade {'count': 5," in bad.output
+    assert "pooled: deaths" in bad.output
     assert runner.invoke(cli, ["verify-figures", str(tmp_path / "missing"), "--server", network.base]).exit_code == 3
+    from adapter.config import ROOT
+
+    paper = runner.invoke(cli, ["verify-figures", str(network.export_folder), "--server", network.base, "--format", "json",
+                                "--plan", str(ROOT / "plans" / "suzhou.yaml")])
+    assert paper.exit_code == 0, paper.output
+    assert json.loads(paper.stdout)["plan"]["sites"]["suzhou"]["hla_match"]["cells"] == [["haploidentical", 9], ["identical", 3],
+                                                                                          ["mismatched", 3]]
+    edited_paper = runner.invoke(cli, ["verify-figures", str(edited), "--server", network.base, "--plan",
+                                       str(ROOT / "plans" / "suzhou.yaml")])
+    assert edited_paper.exit_code == 0, edited_paper.output  # the edit is at another site than the plan's
+    assert "(plan only)" in edited_paper.output and "every figure agrees" in edited_paper.output
 
 
 # ------------------------------------------------------------------ $viewdefinition-run over HTTP
