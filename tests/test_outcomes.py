@@ -234,6 +234,47 @@ def test_evaluate_measure_carries_the_same_figures(api: Server) -> None:
     assert {g["id"] for g in measure["group"]} == {g["id"] for g in rates["group"]}
 
 
+def test_measures_say_what_they_count() -> None:
+    """Each published Measure names the Library of its plan (plans/default.yaml); every group is a
+    figure of the plan and every population's criteria are the plan's own SQL (no %denominator
+    numerator), as adapter/outcomes/measure.py builds them; the Library depends on the views the
+    plan reads. The Measures and the Library are valid R4 (official schema, R4B model)."""
+    from adapter.analysis.plan import load_plan
+    from adapter.analysis.verify import DEFAULT_PLAN
+    from adapter.config import ROOT
+    from adapter.outcomes.measure import LIBRARY, PLAN_URL, load_measures, measure_groups
+    from adapter.validation import get_validator
+    from adapter.validation.validator import model_errors
+
+    plan = load_plan(DEFAULT_PLAN)
+    figures = {f["id"] for f in plan["figures"]}
+    measures = load_measures(str(ROOT / "profiles"))
+    assert set(measures) == {"blinatumomab-outcomes", "blinatumomab-survival"}
+    library = json.loads((ROOT / "profiles" / "Library-pedall-default-plan.json").read_text(encoding="utf-8"))
+    assert library["url"] == LIBRARY and library["content"][0]["url"] == PLAN_URL
+    views = {json.loads(p.read_text(encoding="utf-8"))["url"] for p in (ROOT / "views").glob("*.json")}
+    assert {a["resource"] for a in library["relatedArtifact"]} == views
+    for m in [*measures.values(), library]:
+        # R4 binds Expression.language extensibly ("text/cql | text/fhirpath | application/x-fhir-query | etc.",
+        # Metadata Types); the official JSON schema lists the three as an enum, so application/sql (RFC 6922, the
+        # media type SQL on FHIR's SQLQuery Library uses) is its one complaint, accepted for that reason
+        complaints = get_validator().schema.errors(m, reference=True)
+        assert all(e.expression.endswith(".criteria.language") and "'application/sql' is not one of" in e.message
+                   for e in complaints), (m["id"], complaints[:3])
+        assert model_errors(m) == [], m["id"]
+    assert get_validator().schema.errors(library, reference=True) == []
+    for m in measures.values():
+        assert m["library"] == [LIBRARY] and m["group"] == measure_groups(plan, m)
+        for g in m["group"]:
+            assert g["code"]["text"] in figures
+            for p in g["population"]:
+                c = p["criteria"]
+                assert c["language"] == "application/sql" and "%" not in c["expression"]
+                assert c["reference"].startswith(PLAN_URL + "#")
+        counted = [tuple(p["criteria"]["expression"] for p in g["population"][1:]) for g in m["group"]]
+        assert len(set(counted)) == len(counted)  # each group counts its own thing
+
+
 @pytest.mark.parametrize(("url", "status"), [
     ("/Measure/nothing/$evaluate-measure", 404), ("/Measure/nothing", 404),
     ("/Measure/blinatumomab-outcomes/$evaluate-measure?periodStart=last-year", 400),

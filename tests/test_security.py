@@ -224,6 +224,19 @@ def test_a_coordinator_export_is_de_identified(secure: Secure) -> None:
     assert all(len(p.get("birthDate", "")) <= 7 and "name" not in p for p in patients)
 
 
+def test_a_coordinators_measure_report_leaves_out_small_cells(secure: Secure) -> None:
+    """$evaluate-measure for a coordinator (figures computed by plans/default.yaml over the views):
+    a count from 1 to 4 is left out of the population, with the score and interval computed from
+    it."""
+    with secure.http("coordinator") as c:
+        r = c.get("/Measure/blinatumomab-outcomes/$evaluate-measure")
+    assert r.status_code == 200, r.text[:300]
+    counts = [p.get("count") for g in r.json()["group"] for s in g["stratifier"][0]["stratum"] for p in s["population"]]
+    assert counts and all(k is None or k == 0 or k >= 5 for k in counts) and None in counts
+    small = [s for g in r.json()["group"] for s in g["stratifier"][0]["stratum"] if any("count" not in p for p in s["population"][1:])]
+    assert small and all("measureScore" not in s and "extension" not in s for s in small)
+
+
 # --------------------------------------------------------------- site A never sees site B
 
 

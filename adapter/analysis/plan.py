@@ -59,6 +59,11 @@ from adapter.errors import ConfigError
 
 SCHEMA = Path(__file__).resolve().parents[2] / "plans" / "plan.schema.json"
 _GONE = "('entered-in-error', 'not-done')"
+#: The cohort of every plan (one row per patient and the site of its Patient): patients with a
+#: blinatumomab infusion that is not entered-in-error or not-done (views/README.md, "Cohort").
+COHORT_SQL = ("SELECT DISTINCT i.patient_key, split_part(p.organization_key, '/', 2) AS site "
+              "FROM pedall_blinatumomab_infusion i JOIN pedall_patient p USING (patient_key) "
+              f"WHERE i.status NOT IN {_GONE}")
 
 
 class PlanError(ConfigError):
@@ -96,12 +101,13 @@ def _tables(con: Any, rows: Mapping[str, list[dict[str, Any]]]) -> None:
 
 
 def run_plan(plan: Mapping[str, Any], rows: Mapping[str, list[dict[str, Any]]],
-             suppress_below: int | None = None) -> dict[str, Any]:
+             suppress_below: int | None = None, period: tuple[str, str] | None = None) -> dict[str, Any]:
     """The figures of ``plan`` from the view rows ``rows`` (view name -> rows, e.g. from
     adapter/views/engines.py ``run_views_duckdb``): ``{"plan", "title", "sites": {site: {figure
     id: result}}, "pooled": {...}}`` (plus ``"suppression": {"threshold"}`` when
-    ``suppress_below`` is given; see the module docstring). Raises PlanError naming the variable or
-    figure whose SQL fails."""
+    ``suppress_below`` is given; see the module docstring). ``period`` (ISO dates, inclusive)
+    keeps the patients whose first blinatumomab infusion started in it (FHIR $evaluate-measure's
+    periodStart/periodEnd). Raises PlanError naming the variable or figure whose SQL fails."""
     import duckdb
 
     con = duckdb.connect(":memory:")
@@ -112,12 +118,13 @@ def run_plan(plan: Mapping[str, Any], rows: Mapping[str, list[dict[str, Any]]],
         con.execute("SET lock_configuration = true")
         sites = plan.get("cohort", {}).get("sites")
         site_filter = f" AND site IN ({', '.join(_q(s) for s in sites)})" if sites else ""
-        con.execute(f"""CREATE TABLE patients AS
-            SELECT DISTINCT i.patient_key, split_part(p.organization_key, '/', 2) AS site
-            FROM pedall_blinatumomab_infusion i JOIN pedall_patient p USING (patient_key)
-            WHERE i.status NOT IN {_GONE}""")
+        con.execute(f"CREATE TABLE patients AS {COHORT_SQL}")
         if site_filter:
             con.execute(f"DELETE FROM patients WHERE NOT (true{site_filter})")
+        if period is not None:
+            con.execute(f"""DELETE FROM patients WHERE patient_key NOT IN (
+                SELECT patient_key FROM pedall_blinatumomab_infusion WHERE status NOT IN {_GONE}
+                GROUP BY 1 HAVING min(substr("start", 1, 10)) BETWEEN ? AND ?)""", [period[0][:10], period[1][:10]])
         for name, sql in (plan.get("variables") or {}).items():
             try:
                 con.execute(f"CREATE TEMP TABLE _q AS SELECT * FROM ({sql}) AS q")

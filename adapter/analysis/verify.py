@@ -5,7 +5,10 @@ e.g. ``toxicity.crs_any``) is compared with the facade's value there, per site a
 
 - ``count``: the count (the facade's number, or its ``count`` when it reports an object);
 - ``proportion``: ``count``, ``n``, ``rate`` and ``ci95`` (both Wilson, adapter/outcomes/stats.py);
-- ``table`` (one dimension): every non-zero cell (the facade lists zeros, the plan does not).
+- ``table`` (one dimension): every non-zero cell (the facade lists zeros, the plan does not);
+- ``km``: n, events, the number left out, and the survival with its 95 % interval at the plan's
+  first ``at_days``, which must be the facade's time point (``/outcomes?timepoint=`` months x
+  30.4375; 36 months = 1095.75 days by default).
 
 Figures without ``outcomes`` are the plan's own (the facade does not compute them): they are
 recomputed, not compared. Plans: plans/default.yaml is the facade's, plans/*.yaml a paper's.
@@ -45,6 +48,13 @@ def comparable(kind: str, value: Any, *, facade: bool) -> Any:
         return value.get("count") if isinstance(value, Mapping) else value
     if kind == "proportion":
         return {k: value.get(k) for k in _PROPORTION} if isinstance(value, Mapping) else value
+    if kind == "km":  # at the plan's first time point, which must be the facade's (/outcomes?timepoint=)
+        if facade:
+            out = {k: value.get(k) for k in ("n", "events", "survival", "ci95")}
+        else:
+            at = next(iter(value["at"].values()), {}) if value.get("at") else {}
+            out = {"n": value["n"], "events": value["events"], "survival": at.get("survival"), "ci95": at.get("ci95")}
+        return {**out, "excluded": sum((value.get("excluded") or {}).values())}
     if kind == "table":
         if facade:
             return {str(k): v for k, v in value.items() if v} if isinstance(value, Mapping) else value

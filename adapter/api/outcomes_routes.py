@@ -13,12 +13,12 @@ from fastapi.responses import JSONResponse, Response
 
 from adapter.api.fhir_http import FHIRError, FHIRResponse
 from adapter.api.security import require
-from adapter.config import Settings
+from adapter.config import ROOT, Settings
 from adapter.outcomes import STRATA, outcomes_report
 from adapter.outcomes.cohort import PatientCourse
 from adapter.outcomes.measure import load_measures, measure_report
 from adapter.outcomes.render import km_plot, to_csv
-from adapter.outcomes.stats import load_libraries
+from adapter.outcomes.stats import DAYS_PER_MONTH, load_libraries
 from adapter.privacy import suppress_small_cells
 from adapter.search.params import date_range
 from adapter.spec.loader import load_drug_costs
@@ -103,9 +103,13 @@ def add_outcome_routes(app: FastAPI, store: Store, settings: Settings) -> None:
         return FHIRResponse(m)
 
     @app.get("/Measure/{mid}/$evaluate-measure", summary="MeasureReport of the outcome figures (per site and pooled)")
-    def evaluate_measure(mid: str, _: Allowed, periodStart: Annotated[str | None, Query()] = None,  # noqa: N803 (FHIR names)
+    def evaluate_measure(mid: str, forced: Allowed, periodStart: Annotated[str | None, Query()] = None,  # noqa: N803 (FHIR names)
                          periodEnd: Annotated[str | None, Query()] = None, site: Site = None,  # noqa: N803
                          timepoint: Timepoint = 36.0) -> FHIRResponse:
+        """The Measure's figures computed by its plan (profiles/Library-pedall-default-plan.json:
+        plans/default.yaml) over the SQL on FHIR views of the stored resources, the views compiled
+        to SQL on an embedded DuckDB; Kaplan–Meier figures read at ``timepoint`` months. A
+        coordinator's report leaves out counts under the small-cell threshold."""
         m = load_measures(str(settings.profiles_dir)).get(mid)
         if m is None:
             raise FHIRError(404, "not-found", f"Measure/{mid} is not known")
@@ -116,14 +120,27 @@ def add_outcome_routes(app: FastAPI, store: Store, settings: Settings) -> None:
                 except ValueError:
                     raise FHIRError(400, "invalid", f"{name}: '{value}' is not a FHIR date") from None
         cohort = _cohort(store, site)
-        if periodStart or periodEnd:  # patients whose blinatumomab started in the period
-            lo = date_range(periodStart)[0][:10] if periodStart else "0001-01-01"
-            hi = date_range(periodEnd)[1][:10] if periodEnd else "9999-12-31"
-            cohort = [c for c in cohort if c.start is not None and lo <= c.start.isoformat() <= hi]
-        starts = sorted(c.start.isoformat() for c in cohort if c.start is not None)
+        lo = date_range(periodStart)[0][:10] if periodStart else "0001-01-01"
+        hi = date_range(periodEnd)[1][:10] if periodEnd else "9999-12-31"
+        starts = sorted(c.start.isoformat() for c in cohort if c.start is not None and lo <= c.start.isoformat() <= hi)
         period = (periodStart or (starts[0] if starts else "0001-01-01"), periodEnd or (starts[-1] if starts else "9999-12-31"))
-        report = outcomes_report(cohort, timepoint, drug_costs=load_drug_costs(settings.mappings_dir))
-        return FHIRResponse(measure_report(m, report, period, now_instant()))
+        result = _default_plan_result(site, timepoint, (lo, hi) if periodStart or periodEnd else None)
+        return FHIRResponse(measure_report(m, result, period, now_instant(), settings.small_cell_threshold if forced else None))
+
+    def _default_plan_result(site: str | None, timepoint: float, period: tuple[str, str] | None) -> dict[str, Any]:
+        from adapter.analysis.plan import load_plan, run_plan
+        from adapter.analysis.verify import DEFAULT_PLAN
+        from adapter.views.engines import run_views_resources
+        from adapter.views.figures import load_views
+
+        plan = load_plan(DEFAULT_PLAN)
+        views = load_views(ROOT / "views")
+        days = round(timepoint * DAYS_PER_MONTH, 4)
+        plan = {**plan, "figures": [{**f, "at_days": [days]} if f["type"] == "km" else f for f in plan["figures"]],
+                **({"cohort": {"sites": [site]}} if site else {})}
+        types = sorted({str(v.resource) for v in views.values()})
+        rows = run_views_resources(views, (r for t in types for r in store.iter_resources(t)))
+        return run_plan(plan, rows, period=period)
 
     @app.get("/outcomes/km.{fmt}", response_class=Response, summary="Kaplan-Meier plot (png or svg)")
     def km(fmt: str, forced: Allowed, endpoint: Annotated[str, Query(pattern="^(os|rfs)$")] = "os", site: Site = None,

@@ -173,6 +173,31 @@ def run_views_duckdb(views: Mapping[str, Any], export_dir: str | Path) -> dict[s
         con.close()
 
 
+def run_views_resources(views: Mapping[str, Any], resources: Iterable[Mapping[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """The rows of every view over ``resources`` (e.g. a store's, streamed), loaded once into an
+    in-memory DuckDB; a view whose FHIRPath is outside the compiled subset (SqlCompileError) runs
+    on the reference runner over the same resources. Raises ViewDefinitionError as both do."""
+    from adapter.views.runner import run_view
+    from adapter.views.sql import SqlCompileError
+
+    kept = list(resources)
+    con = duckdb_connection()
+    try:
+        load_resources_duckdb(con, kept)
+        out = {}
+        for name, v in views.items():
+            view = getattr(v, "view", v)
+            try:
+                compile_view(view, "duckdb")
+            except SqlCompileError:
+                out[name] = run_view(view, kept)
+                continue
+            out[name] = run_duckdb(view, con)
+        return out
+    finally:
+        con.close()
+
+
 #: the engines ``adapter verify-figures --engine`` can use
 ENGINES = ("duckdb", "spark", "reference")
 
