@@ -402,46 +402,65 @@ def examples() -> dict[str, list[dict[str, Any]]]:
 
 
 #: Measures evaluated by GET /Measure/{id}/$evaluate-measure (adapter/outcomes/measure.py). Each
-#: group's id names the figure of the outcomes report it carries (group_path).
+#: group's code.text is the figure of the default analysis plan (plans/default.yaml) it carries.
 MEASURE_GROUPS = {
     "blinatumomab-outcomes": ("Response, MRD, HSCT, toxicity and deaths after blinatumomab", "proportion", [
-        ("cr", "CR (CR with MRD negativity or MRD clearance; seed 002)", "response.cr"),
-        ("mrd-negative-after", "MRD < 0.01 % after blinatumomab (site threshold)", "response.mrd_negative_after"),
-        ("mrd-clearance", "MRD clearance among MRD-positive patients with < 1 % blasts", "response.mrd_clearance_among_mrd_positive_below_1_percent"),
+        ("cr", "CR (CR with MRD negativity or MRD clearance; seed 002)", "cr"),
+        ("mrd-negative-after", "MRD < 0.01 % after blinatumomab (site threshold)", "mrd_negative_after"),
+        ("mrd-clearance", "MRD clearance among MRD-positive patients with < 1 % blasts", "mrd_clearance"),
         ("hsct", "Proceeded to HSCT", "hsct"),
-        ("crs-any", "CRS, any grade", "toxicity.crs_any"),
-        ("crs-grade-3-plus", "CRS grade 3 or more", "toxicity.crs_grade_3_plus"),
-        ("icans-any", "ICANS, any grade", "toxicity.icans_any"),
+        ("crs-any", "CRS, any grade", "crs_any"),
+        ("crs-grade-3-plus", "CRS grade 3 or more", "crs_grade_3_plus"),
+        ("icans-any", "ICANS, any grade", "icans_any"),
         ("death", "Deaths, any cause", "deaths"),
     ]),
     "blinatumomab-survival": ("Kaplan-Meier survival from the start of blinatumomab", "cohort", [
-        ("os", "Overall survival (REFERENCE.md section 8)", "survival.os"),
-        ("rfs", "Relapse-free survival: relapse, progression or death (seed 002)", "survival.rfs"),
+        ("os", "Overall survival (REFERENCE.md section 8)", "os"),
+        ("rfs", "Relapse-free survival: relapse, progression or death (seed 002)", "rfs"),
     ]),
 }
 
 
 def measure(mid: str, title: str, scoring: str, groups: list[tuple[str, str, str]]) -> dict[str, Any]:
-    return {"resourceType": "Measure", "id": mid, "url": f"{CANONICAL}/Measure/{mid}", "version": "0.1.0",
-            "name": "".join(p.capitalize() for p in mid.split("-")), "title": title, "status": "draft",
-            "subjectCodeableConcept": {"coding": [{"system": "http://hl7.org/fhir/resource-types", "code": "Patient"}]},
-            "scoring": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/measure-scoring", "code": scoring}]},
-            "type": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/measure-type", "code": "outcome"}]}],
-            "description": f"{title}. Computed from stored FHIR resources by adapter/outcomes; per site as "
-                           "stratifier 'site', pooled as the group score.",
-            "group": [{"id": gid, "description": desc, "code": {"text": path},
-                       "population": [{"code": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/measure-population",
-                                                            "code": code}]},
-                                       "criteria": {"language": "text/fhirpath", "description": text, "expression": expr}}
-                                      for code, text, expr in (
-                                          ("initial-population", "patients who started blinatumomab",
-                                           "MedicationAdministration.where(medication.coding.code = '1597258').subject"),
-                                          *((("denominator", "patients assessable for the figure", "%initial-population"),
-                                             ("numerator", f"patients with the outcome ({path})", "%denominator"))
-                                            if scoring == "proportion" else ()))],
-                       "stratifier": [{"code": {"text": "site"}, "criteria": {
-                           "language": "text/fhirpath", "expression": "Patient.managingOrganization.reference"}}]}
-                      for gid, desc, path in groups]}
+    """A Measure defined by the default plan: its Library, and each group's populations with the
+    plan's SQL as criteria (adapter/outcomes/measure.py ``measure_groups``)."""
+    from adapter.analysis.plan import load_plan
+    from adapter.analysis.verify import DEFAULT_PLAN
+    from adapter.outcomes.measure import LIBRARY, measure_groups
+
+    m = {"resourceType": "Measure", "id": mid, "url": f"{CANONICAL}/Measure/{mid}", "version": "0.1.0",
+         "name": "".join(p.capitalize() for p in mid.split("-")), "title": title, "status": "draft",
+         "subjectCodeableConcept": {"coding": [{"system": "http://hl7.org/fhir/resource-types", "code": "Patient"}]},
+         "scoring": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/measure-scoring", "code": scoring}]},
+         "type": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/measure-type", "code": "outcome"}]}],
+         "description": f"{title}. Defined by the analysis plan plans/default.yaml (Library pedall-default-plan) over the "
+                        "SQL on FHIR views of views/: each group's code.text is a figure of the plan, and each population's "
+                        "criteria are the plan's SQL over the view tables. The pooled figure is the group score and each "
+                        "site a stratum of the stratifier 'site'.",
+         "library": [LIBRARY],
+         "group": [{"id": gid, "description": desc, "code": {"text": fid}} for gid, desc, fid in groups]}
+    m["group"] = measure_groups(load_plan(DEFAULT_PLAN), m)
+    return m
+
+
+def library() -> dict[str, Any]:
+    """The default analysis plan as a FHIR Library: its YAML by URL, and the views it depends on."""
+    from adapter.outcomes.measure import LIBRARY, PLAN_URL
+
+    views = sorted(json.loads(p.read_text(encoding="utf-8"))["url"] for p in (HERE.parent / "views").glob("*.json"))
+    return {"resourceType": "Library", "id": "pedall-default-plan", "url": LIBRARY, "version": "0.1.0",
+            "name": "PedallDefaultPlan", "title": "The facade's figures as an analysis plan over SQL on FHIR views",
+            "status": "draft",
+            "type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/library-type", "code": "asset-collection"}]},
+            "description": "plans/default.yaml: the headline outcome figures of GET /outcomes (N, deaths, CRS, ICANS, HSCT, "
+                           "responses, CR, MRD negativity after blinatumomab, MRD clearance, Kaplan-Meier OS and RFS) "
+                           "declared as an analysis plan: per-patient variables and figures in SQL over the tables of the "
+                           "SQL on FHIR v2 ViewDefinitions it depends on, which read standard FHIR R4 elements and the "
+                           "project's published CodeSystems only. Run it with adapter plan plans/default.yaml EXPORT_DIR "
+                           "(DuckDB) or over the same views on any SQL on FHIR engine; the Measures blinatumomab-outcomes "
+                           "and blinatumomab-survival are defined by its figures.",
+            "relatedArtifact": [{"type": "depends-on", "display": u.rsplit("/", 1)[1], "resource": u} for u in views],
+            "content": [{"contentType": "application/yaml", "url": PLAN_URL, "title": "plans/default.yaml"}]}
 
 
 def build() -> dict[Path, str]:
@@ -456,6 +475,7 @@ def build() -> dict[Path, str]:
         files[HERE / f"ValueSet-{name}.json"] = valueset(name, include)
     for mid, (title, scoring, groups) in MEASURE_GROUPS.items():
         files[HERE / f"Measure-{mid}.json"] = measure(mid, title, scoring, groups)
+    files[HERE / "Library-pedall-default-plan.json"] = library()
     for pid, resources in examples().items():
         for n, res in enumerate(resources, start=1):
             files[HERE / "examples" / f"{pid}-{n}.json"] = res

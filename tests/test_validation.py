@@ -65,6 +65,12 @@ def test_conformance_resources_are_valid_r4(path: Path) -> None:
     # Known defect of the official R4 JSON Schema: its FHIRVersion enum ends at 4.0.0, so it refuses
     # the correct "4.0.1" of R4's technical correction. Only that finding is exempted.
     errors = [e for e in errors if not (e.expression.endswith(".fhirVersion") and "'4.0.1'" in e.message)]
+    # The same for Expression.language: R4 binds it extensibly ("text/cql | text/fhirpath |
+    # application/x-fhir-query | etc.", Metadata Types) and the schema lists the three as an enum; our
+    # Measures' criteria are the default plan's SQL, application/sql (RFC 6922, as SQL on FHIR's
+    # SQLQuery Library). Only that finding is exempted, and only on Measure population criteria.
+    errors = [e for e in errors if not (doc["resourceType"] == "Measure" and e.expression.endswith(".criteria.language")
+                                        and "'application/sql' is not one of" in e.message)]
     assert errors == []
 
 

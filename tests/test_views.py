@@ -134,7 +134,7 @@ def test_figures_from_the_views_over_a_system_export_equal_the_facades(network: 
     result, differences = verify_rows(run_views(load_views(ROOT / "views"), iter_export(network.export_folder)), report)
     assert differences == []
     plan = load_plan(DEFAULT_PLAN)
-    assert sum(1 for f in plan["figures"] if f.get("outcomes")) == len(plan["figures"]) == 14
+    assert sum(1 for f in plan["figures"] if f.get("outcomes")) == len(plan["figures"]) == 16
     assert set(result["sites"]) == set(report["sites"]) and len(result["sites"]) == 8
     pooled = result["pooled"]
     assert pooled["deaths"]["count"] == report["pooled"]["deaths"]["count"] and result["sites"]["cdmx-b"]["deaths"]["count"] > 0
@@ -301,6 +301,82 @@ def test_the_mexican_plan_reproduces_its_tables_pooled_and_per_centre(network: A
                           "qro-a": (0.875, 0.75, 0.7)}
 
 
+def _plan_figures(network: Any, name: str) -> dict[str, Any]:
+    from adapter.analysis.plan import load_plan, run_plan
+    from adapter.config import ROOT
+    from adapter.views.engines import run_views_duckdb
+    from adapter.views.figures import load_views
+
+    out = run_plan(load_plan(ROOT / "plans" / f"{name}.yaml"), run_views_duckdb(load_views(ROOT / "views"), network.export_folder))
+    assert len(out["sites"]) == 1 and next(iter(out["sites"].values())) == out["pooled"]
+    return out["pooled"]
+
+
+def _cells(fig: dict[str, Any]) -> dict[str, int]:
+    return {c[0]: c[-1] for c in fig["cells"]}
+
+
+def _prop(fig: dict[str, Any]) -> tuple[int, int]:
+    return fig["count"], fig["n"]
+
+
+def test_the_hito_plan_reproduces_seed_000(network: Any) -> None:
+    """plans/hito.yaml over the views of a system $export gives examples/hito/EXPECTED.md section A:
+    9 patients, 5 women and 4 men, age mean 10.22 (SD 4.68), median 10, range 1-17; 4/2/3 patients
+    with 1/2/3 cycles, 17 cycles and 26 MRD results in all; MRD above 0.01 % before in 8 of 9; after
+    the last cycle < 0.01 in 6 and <= 0.01 % in 9; after cycle 1 4 and 6; HSCT 9 of 9; CRS 3 (grade 2
+    x 2, grade 1 x 1); 2 PICU admissions; 4 deaths (PJP pneumonia 2, septic shock, haemorrhage);
+    3-year OS and DFS 55.6 %, the same from HSCT."""
+    f = _plan_figures(network, "hito")
+    assert f["patients"]["count"] == 9 and _cells(f["sex"]) == {"female": 5, "male": 4}
+    age = f["age"]
+    assert (age["mean"], age["sd"], age["median"], age["range"]) == (10.22, 4.68, 10.0, [1.0, 17.0])
+    assert _cells(f["cycles"]) == {"1": 4, "2": 2, "3": 3}
+    assert f["cycles_given"]["sum"] == 17 and f["mrd_results"]["sum"] == 26
+    assert _prop(f["mrd_before_above_0_01"]) == (8, 9)
+    assert _prop(f["mrd_after_last_below_0_01"]) == (6, 9) and _prop(f["mrd_after_last_at_most_0_01"]) == (9, 9)
+    assert _prop(f["mrd_after_cycle_1_below_0_01"]) == (4, 9) and _prop(f["mrd_after_cycle_1_at_most_0_01"]) == (6, 9)
+    assert _prop(f["hsct"]) == (9, 9) and _prop(f["crs"]) == (3, 9) and _cells(f["crs_by_grade"]) == {"1": 1, "2": 2}
+    assert f["picu"]["count"] == 2 and _prop(f["deaths"]) == (4, 9)
+    assert _cells(f["death_causes"]) == {"pjp-pneumonia": 2, "septic-shock": 1, "hemorrhagic-syndrome": 1}
+    for km in ("os", "dfs", "os_from_hsct"):
+        assert f[km]["at"]["1095.75"]["survival"] == 0.5556 and f[km]["excluded"] == {}, km
+
+
+def test_the_huanl_plan_reproduces_seed_002(network: Any) -> None:
+    """plans/huanl.yaml over the views of a system $export gives examples/huanl/EXPECTED.md sections
+    A1-A3: 12 patients (8 male), age median 4.5 (7 months-15 years), 3 infants; refractory / first /
+    second relapse 3/7/2; previous lines 2.5 (2-4); 8 with more than 1 %; course 20 (11-21) days, 9
+    entirely outpatient; neutropenia 3; responses 5/4/1/2; MRD-negative after 9 of 12, 5 of the 8
+    above 1 % (PR 1, PD 2), clearance 4 of 4; HSCT 10; CRS 4 (grade 1 x 3, grade 2); 5 deaths;
+    follow-up of survivors 33.0 (10.1-65.1) months, of all 10.8 (2.9-65.1), from diagnosis 33.0
+    (10.0-76.0); diagnosis to relapse 10.5 (5.1-29.0); 3-year OS 53.3 %, RFS 43.8 %, RFS 52.5 % of
+    the transplanted and 0 % of the others (log-rank)."""
+    f = _plan_figures(network, "huanl")
+    assert f["patients"]["count"] == 12 and _cells(f["sex"]) == {"female": 4, "male": 8}
+    assert (f["age"]["median"], f["age"]["range"]) == (4.5, [0.58, 15.0]) and f["infants"]["count"] == 3
+    assert _cells(f["status_at_start"]) == {"refractory": 3, "relapse-1": 7, "relapse-2": 2}
+    assert (f["prior_lines"]["median"], f["prior_lines"]["range"]) == (2.5, [2.0, 4.0])
+    assert _prop(f["burden_above_1_percent"]) == (8, 12)
+    assert (f["course_days"]["median"], f["course_days"]["range"]) == (20.0, [11.0, 21.0])
+    assert _prop(f["outpatient_only"]) == (9, 12) and f["neutropenia"]["count"] == 3
+    assert _cells(f["response"]) == {"cr-mrd-negative": 5, "mrd-clearance": 4, "pr": 1, "pd": 2}
+    assert _prop(f["mrd_negative_after"]) == (9, 12)
+    assert _prop(f["cr_mrd_negative_among_above_1_percent"]) == (5, 8)
+    assert _prop(f["pr_among_above_1_percent"]) == (1, 8) and _prop(f["pd_among_above_1_percent"]) == (2, 8)
+    assert _prop(f["mrd_clearance_among_mrd_positive"]) == (4, 4)
+    assert _prop(f["hsct"]) == (10, 12) and _prop(f["crs"]) == (4, 12) and _cells(f["crs_by_grade"]) == {"1": 3, "2": 1}
+    assert _prop(f["deaths"]) == (5, 12)
+    for fig, want in [("follow_up_survivors_months", (7, 33.0, [10.1, 65.1])), ("follow_up_all_months", (12, 10.8, [2.9, 65.1])),
+                      ("follow_up_from_diagnosis_months", (12, 33.0, [10.0, 76.0])),
+                      ("diagnosis_to_relapse_months", (9, 10.5, [5.1, 29.0]))]:
+        assert (f[fig]["n"], f[fig]["median"], f[fig]["range"]) == want, fig
+    at = {k: f[k]["at"]["1095.75"]["survival"] for k in ("os", "rfs", "rfs_transplanted", "rfs_not_transplanted")}
+    assert at == {"os": 0.5333, "rfs": 0.4375, "rfs_transplanted": 0.525, "rfs_not_transplanted": 0.0}
+    assert f["rfs_logrank_hsct"]["groups"] == {"hsct": {"n": 10, "events": 4}, "no hsct": {"n": 2, "events": 2}}
+    assert f["rfs_logrank_hsct"]["p"] < 0.01
+
+
 def test_the_suzhou_plan_reproduces_its_papers_tables_and_comparisons(network: Any) -> None:
     """plans/suzhou.yaml over the views of a system $export gives every figure of
     examples/suzhou/EXPECTED.md (the paper's abstract, the AE table by term x worst grade, the
@@ -454,6 +530,10 @@ def test_verify_figures_cli_agrees_and_names_a_difference(network: Any, tmp_path
     assert runner.invoke(cli, ["verify-figures", str(tmp_path / "missing"), "--server", network.base]).exit_code == 3
     from adapter.config import ROOT
 
+    for name in ("hito", "huanl"):  # the seeds' plans name the facade's figures they share with it
+        seed = runner.invoke(cli, ["verify-figures", str(network.export_folder), "--server", network.base,
+                                   "--plan", str(ROOT / "plans" / f"{name}.yaml")])
+        assert seed.exit_code == 0, seed.output
     paper = runner.invoke(cli, ["verify-figures", str(network.export_folder), "--server", network.base, "--format", "json",
                                 "--plan", str(ROOT / "plans" / "suzhou.yaml")])
     assert paper.exit_code == 0, paper.output

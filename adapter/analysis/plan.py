@@ -17,7 +17,7 @@ A plan (``plans/<name>.yaml``, checked against ``plans/plan.schema.json``) has t
   - ``proportion``: patients meeting ``where`` among those meeting ``among`` (default all), with
     the Wilson 95 % interval (SciPy);
   - ``summary``: ``value`` (an SQL expression) over the patients that have one: n, median,
-    quartiles, range, mean and SD, with ``round`` decimals; the patients without a value are
+    quartiles, range, mean, SD and sum, with ``round`` decimals; the patients without a value are
     counted as ``missing``;
   - ``km``: Kaplan–Meier (lifelines) from ``origin`` (a date expression) to ``event`` (the date of
     the first event, NULL when none) or, without one, censored at ``censor`` (the end of follow-up):
@@ -175,6 +175,11 @@ def suppress(kind: str, result: dict[str, Any], threshold: int) -> dict[str, Any
 
 
 def _duck_type(con: Any, column: str) -> str:
+    """The column's SQL type as the query declared it (a DATE stays a DATE with no row); a column of
+    NULLs whose type the engine could not tell (the view had no value at all) is VARCHAR."""
+    declared = next(str(r[1]) for r in con.execute("DESCRIBE _v").fetchall() if r[0] == column)
+    if declared != '"NULL"' and declared.upper() != "NULL":
+        return declared
     row = con.execute(f'SELECT typeof("{column}") FROM _v WHERE "{column}" IS NOT NULL LIMIT 1').fetchone()
     return str(row[0]) if row else "VARCHAR"
 
@@ -229,15 +234,16 @@ def _one(con: Any, sql: str) -> int:
 
 
 def _summary(values: list[float], digits: int) -> dict[str, Any]:
-    """n, median, quartiles (linear interpolation, numpy's default), range, mean, SD (n - 1)."""
+    """n, median, quartiles (linear interpolation, numpy's default), range, mean, SD (n - 1), sum."""
     import numpy as np
 
     if not values:
-        return {"n": 0, "median": None, "iqr": None, "range": None, "mean": None, "sd": None}
+        return {"n": 0, "median": None, "iqr": None, "range": None, "mean": None, "sd": None, "sum": None}
     a = np.array(values, dtype=float)
     r = lambda x: round(float(x), digits)  # noqa: E731
     return {"n": len(values), "median": r(np.median(a)), "iqr": [r(np.percentile(a, 25)), r(np.percentile(a, 75))],
-            "range": [r(a.min()), r(a.max())], "mean": r(a.mean()), "sd": r(a.std(ddof=1)) if len(a) > 1 else None}
+            "range": [r(a.min()), r(a.max())], "mean": r(a.mean()), "sd": r(a.std(ddof=1)) if len(a) > 1 else None,
+            "sum": r(a.sum())}
 
 
 def _times(con: Any, f: Mapping[str, Any], scope: str, where: str,
