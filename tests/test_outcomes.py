@@ -275,6 +275,30 @@ def test_measures_say_what_they_count() -> None:
         assert len(set(counted)) == len(counted)  # each group counts its own thing
 
 
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_a_measure_report_follows_the_stored_resources(backend: str, tmp_path: Any, settings: Any) -> None:
+    """$evaluate-measure runs the default plan over the views of what is stored now: a Patient whose
+    death is removed (PUT) is no longer counted in the next report, and the KM time point and the
+    period are the request's."""
+    from tests.conftest import EXAMPLE_FILES, posted
+
+    with posted(backend, tmp_path, settings, EXAMPLE_FILES[2:]) as srv:  # HUANL
+        before = srv.client.get("/Measure/blinatumomab-outcomes/$evaluate-measure").json()
+        assert _count(_group(before, "death")["population"], "numerator") == 5
+        dead = next(e["resource"] for e in srv.client.get("/Patient", params={"_count": 50}).json()["entry"]
+                    if "deceasedDateTime" in e["resource"])
+        del dead["deceasedDateTime"]
+        assert srv.client.put(f"/Patient/{dead['id']}", json=dead).status_code == 200
+        after = srv.client.get("/Measure/blinatumomab-outcomes/$evaluate-measure").json()
+        assert _count(_group(after, "death")["population"], "numerator") == 4
+        one_year = srv.client.get("/Measure/blinatumomab-survival/$evaluate-measure", params={"timepoint": 12}).json()
+        three = srv.client.get("/Measure/blinatumomab-survival/$evaluate-measure").json()
+        assert _group(one_year, "os")["measureScore"]["value"] > _group(three, "os")["measureScore"]["value"]
+        period = srv.client.get("/Measure/blinatumomab-outcomes/$evaluate-measure",
+                                params={"periodStart": "2024-01-01", "periodEnd": "2024-12-31"}).json()
+        assert _count(_group(period, "hsct")["population"], "initial-population") == 3  # the three 2024 starts
+
+
 @pytest.mark.parametrize(("url", "status"), [
     ("/Measure/nothing/$evaluate-measure", 404), ("/Measure/nothing", 404),
     ("/Measure/blinatumomab-outcomes/$evaluate-measure?periodStart=last-year", 400),

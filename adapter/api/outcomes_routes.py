@@ -6,6 +6,7 @@ patient courses, which the store keeps in step with the FHIR resources (adapter/
 
 from __future__ import annotations
 
+import threading
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Query, Request
@@ -127,6 +128,9 @@ def add_outcome_routes(app: FastAPI, store: Store, settings: Settings) -> None:
         result = _default_plan_result(site, timepoint, (lo, hi) if periodStart or periodEnd else None)
         return FHIRResponse(measure_report(m, result, period, now_instant(), settings.small_cell_threshold if forced else None))
 
+    view_rows_lock = threading.Lock()
+    view_rows_cache: dict[str, Any] = {}
+
     def _default_plan_result(site: str | None, timepoint: float, period: tuple[str, str] | None) -> dict[str, Any]:
         from adapter.analysis.plan import load_plan, run_plan
         from adapter.analysis.verify import DEFAULT_PLAN
@@ -138,8 +142,13 @@ def add_outcome_routes(app: FastAPI, store: Store, settings: Settings) -> None:
         days = round(timepoint * DAYS_PER_MONTH, 4)
         plan = {**plan, "figures": [{**f, "at_days": [days]} if f["type"] == "km" else f for f in plan["figures"]],
                 **({"cohort": {"sites": [site]}} if site else {})}
-        types = sorted({str(v.resource) for v in views.values()})
-        rows = run_views_resources(views, (r for t in types for r in store.iter_resources(t)))
+        with view_rows_lock:  # the views' rows are kept until the store changes (a new version of anything)
+            version = store.version_total()
+            if view_rows_cache.get("version") != version:
+                types = sorted({str(v.resource) for v in views.values()})
+                view_rows_cache.update(version=version, rows=run_views_resources(
+                    views, (r for t in types for r in store.iter_resources(t))))
+            rows = view_rows_cache["rows"]
         return run_plan(plan, rows, period=period)
 
     @app.get("/outcomes/km.{fmt}", response_class=Response, summary="Kaplan-Meier plot (png or svg)")
