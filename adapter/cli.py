@@ -353,10 +353,13 @@ def plan_command(
     export_dir: Annotated[Path, typer.Argument(help="a Bulk Data export folder (NDJSON files)")],
     views: Annotated[Path, typer.Option(help="folder of ViewDefinitions")] = ROOT / "views",
     html: Annotated[Path | None, typer.Option(help="also write the HTML study report (tables, Kaplan-Meier plots) here")] = None,
+    suppress: Annotated[bool, typer.Option(help="small-cell suppression at the plan's min_cell_count (5 when it has "
+                                                "none), for figures that leave the analyst")] = False,
 ) -> None:
     """Compute an analysis plan's figures from a Bulk export: the views run compiled to SQL on an
     embedded DuckDB, then the plan's variables and figures (plans/plan.schema.json) over their
-    rows. Prints JSON: per site and pooled (``--html``: also the study report). Exit 2 for a plan
+    rows. Prints JSON: per site and pooled (``--html``: also the study report; ``--suppress``:
+    counts under the plan's small-cell threshold withheld). Exit 2 for a plan
     that breaks its schema or whose SQL fails (named), 3 for an unreadable export."""
     from adapter.analysis.plan import load_plan, run_plan
     from adapter.views.engines import run_views_duckdb
@@ -365,7 +368,8 @@ def plan_command(
     try:
         checked = load_plan(plan)
         with err_console.status("running the views and the plan"):
-            result = run_plan(checked, run_views_duckdb(load_views(views), export_dir))
+            result = run_plan(checked, run_views_duckdb(load_views(views), export_dir),
+                              suppress_below=checked.get("min_cell_count", 5) if suppress else None)
         if html is not None:
             from adapter.analysis.report import render_html
 

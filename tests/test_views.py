@@ -377,7 +377,7 @@ def test_the_huanl_plan_reproduces_seed_002(network: Any) -> None:
     assert f["rfs_logrank_hsct"]["p"] < 0.01
 
 
-def test_the_suzhou_plan_reproduces_its_papers_tables_and_comparisons(network: Any) -> None:
+def test_the_suzhou_plan_reproduces_its_papers_tables_and_comparisons(network: Any, tmp_path: Path) -> None:
     """plans/suzhou.yaml over the views of a system $export gives every figure of
     examples/suzhou/EXPECTED.md (the paper's abstract, the AE table by term x worst grade, the
     transplant characteristics, engraftment medians with IQR, deaths with and without a date) and
@@ -451,6 +451,11 @@ def test_the_suzhou_plan_reproduces_its_papers_tables_and_comparisons(network: A
     assert f["follow_up"]["median_days"] == p["follow_up_reverse_km_median_days"]
     assert f["follow_up_survivors"]["median"] == p["follow_up_survivors_median_days"]
 
+    by_status = f["cr_by_status"]
+    assert {g: (r["count"], r["n"]) for g, r in by_status["by"].items()} == {"refractory": (10, 11), "relapse": (16, 22)}
+    assert by_status["by"]["refractory"] == f["cr_refractory"] and by_status["by_missing"] == 0
+    assert {g: r["n"] for g, r in f["table1_age_by_status"]["by"].items()} == {"refractory": 11, "relapse": 22}
+
     shared = run_plan(plan, rows, suppress_below=plan["min_cell_count"])["pooled"]
     assert shared["more_than_one_graft"]["count"] == "<5" and shared["deaths"]["rate"] is None
     assert cells("hla_match") == {"haploidentical": 9, "identical": 3, "mismatched": 3}
@@ -460,6 +465,17 @@ def test_the_suzhou_plan_reproduces_its_papers_tables_and_comparisons(network: A
                                     "origin": "blina_start", "event": "death_date", "censor": "last_follow_up"}]}
     assert run_plan(pd_only, rows)["pooled"]["os_in_pd"]["n"] == 1  # 2 with progressive disease, one without a date of death
     assert run_plan(pd_only, rows, suppress_below=5)["pooled"]["os_in_pd"] == {"n": "<5"}
+    from typer.testing import CliRunner
+
+    from adapter.cli import app as cli
+
+    report = tmp_path / "suzhou.html"
+    printed = CliRunner().invoke(cli, ["plan", str(ROOT / "plans" / "suzhou.yaml"), str(network.export_folder),
+                                       "--html", str(report), "--suppress"])
+    assert printed.exit_code == 0, printed.output
+    assert json.loads(printed.stdout)["suppression"] == {"threshold": 5}
+    html = report.read_text(encoding="utf-8")
+    assert "chi² 0.7333" in html and "not_in_cr: HR 10.5" in html and "refractory: 10 / 11" in html
 
 
 def test_a_plan_that_breaks_its_schema_or_its_sql_is_named(tmp_path: Path) -> None:

@@ -35,6 +35,10 @@ A plan (``plans/<name>.yaml``, checked against ``plans/plan.schema.json``) has t
   - ``followup``: median follow-up by the reverse Kaplan-Meier method (Schemper & Smith, Control
     Clin Trials 1996;17:343): the ``km`` times with censoring as the event.
 
+Any figure may have ``by`` (an SQL expression over the patients table): the same figure is then
+given for each of its values too, a Table 1 by stratum or a comparison by group, with the patients
+without a value counted.
+
 Survival figures count the patients they leave out by reason (no origin, no end, an end before the
 origin, a NULL group or covariate): nothing is dropped in silence.
 
@@ -168,6 +172,10 @@ def suppress(kind: str, result: dict[str, Any], threshold: int) -> dict[str, Any
     shown as ``"<threshold"``, their rates and intervals withheld, small summaries reduced to n)."""
     from adapter.privacy import suppress_small_cells
 
+    if "by" in result:
+        overall = suppress(kind, {k: v for k, v in result.items() if k not in ("by", "by_missing")}, threshold)
+        return {**overall, **suppress_small_cells({"by_missing": result["by_missing"]}, threshold),
+                "by": {g: suppress(kind, r, threshold) for g, r in result["by"].items()}}
     n = result.get("n")
     if kind in _SURVIVAL and isinstance(n, int) and 0 < n < threshold:
         return {"n": f"<{threshold}"}
@@ -189,8 +197,21 @@ def _q(text: str) -> str:
 
 
 def _figure(con: Any, f: Mapping[str, Any], scope: str) -> dict[str, Any]:
+    """One figure in one scope (an SQL condition on the patients table); with ``by``, the same
+    figure per value of the ``by`` expression too (``"by": {value: result}``), and the patients
+    without a value counted (``by_missing``)."""
     import duckdb
 
+    if f.get("by"):
+        plain = {k: v for k, v in f.items() if k != "by"}
+        try:
+            values = [r[0] for r in con.execute(f"SELECT DISTINCT CAST(({f['by']}) AS VARCHAR) AS g FROM patients "
+                                                 f"WHERE ({scope}) AND ({f['by']}) IS NOT NULL ORDER BY 1").fetchall()]
+            missing = _one(con, f"SELECT count(*) FROM patients WHERE ({scope}) AND ({f['by']}) IS NULL")
+        except duckdb.Error as exc:
+            raise PlanError(f"figure {f.get('id')}: by: {str(exc).splitlines()[0][:300]}") from None
+        return {**_figure(con, plain, scope), "by_missing": missing,
+                "by": {v: _figure(con, plain, f"({scope}) AND CAST(({f['by']}) AS VARCHAR) = {_q(v)}") for v in values}}
     try:
         kind = f["type"]
         where = f.get("where") or "true"

@@ -35,26 +35,50 @@ FHIR resources through the project's SQL on FHIR views.</p>
 """
 
 
+def _pct(x: Any) -> str:
+    return f"{100 * x:.1f}" if isinstance(x, (int, float)) else "—"
+
+
 def _describe(f: Mapping[str, Any], r: Mapping[str, Any]) -> str:
-    """One figure result as text (the table cell)."""
-    kind = f["type"]
+    """One figure result as text (the table cell); a value withheld by small-cell suppression
+    shows as written (``<5``) or as a dash; with ``by``, each group follows the overall value."""
+    text = _describe_one(f["type"], r)
+    if "by" in r:
+        groups = "; ".join(f"{g}: {_describe_one(f['type'], v)}" for g, v in r["by"].items())
+        text += f" — by {f['by']}: {groups or 'none'}" + (f"; no value: {r['by_missing']}" if r.get("by_missing") else "")
+    return text
+
+
+def _describe_one(kind: str, r: Mapping[str, Any]) -> str:  # noqa: PLR0911  (one branch per figure type)
+    if set(r) == {"n"}:  # suppressed: only the number of patients is shown
+        return f"n {r['n']}"
     if kind == "count":
         return str(r["count"])
     if kind == "proportion":
         if r["rate"] is None:
-            return f"{r['count']} / 0"
-        return f"{r['count']} / {r['n']} ({100 * r['rate']:.1f} %, 95 % CI {100 * r['ci95'][0]:.1f}–{100 * r['ci95'][1]:.1f})"
+            return f"{r['count']} / {r['n']}"
+        return f"{r['count']} / {r['n']} ({_pct(r['rate'])} %, 95 % CI {_pct(r['ci95'][0])}–{_pct(r['ci95'][1])})"
     if kind == "summary":
-        if not r["n"]:
-            return f"no values (missing {r['missing']})"
+        if not isinstance(r["n"], int) or not r["n"]:
+            return f"n {r['n']} (missing {r['missing']})"
         return (f"n {r['n']}: median {r['median']} (IQR {r['iqr'][0]}–{r['iqr'][1]}; range {r['range'][0]}–{r['range'][1]}); "
                 f"mean {r['mean']} (SD {r['sd']}); missing {r['missing']}")
     if kind == "table":
         return "; ".join(" × ".join("—" if v is None else str(v) for v in c[:-1]) + f": {c[-1]}" for c in r["cells"]) or "none"
-    at = ", ".join(f"day {t}: {100 * v['survival']:.1f} % ({100 * v['ci95'][0]:.1f}–{100 * v['ci95'][1]:.1f})"
-                   for t, v in r["at"].items())
-    left = "; ".join(f"{k}: {v}" for k, v in r["excluded"].items())
-    return f"n {r['n']}, events {r['events']}; {at}; median {r['median_days'] or 'not reached'} days" + (f"; left out: {left}" if left else "")
+    left = "; ".join(f"{k}: {v}" for k, v in r.get("excluded", {}).items())
+    tail = f"; left out: {left}" if left else ""
+    if kind == "logrank":
+        groups = ", ".join(f"{g} {v['n']} ({v['events']} events)" for g, v in r["groups"].items())
+        return f"{groups}; chi² {r['chi2']}, df {r['df']}, p {r['p']}" + tail
+    if kind == "cox":
+        hrs = "; ".join(f"{c}: HR {v['hr']} (95 % CI {v['ci95'][0]}–{v['ci95'][1]}), p {v['p']}" if v else f"{c}: not estimable"
+                        for c, v in r["covariates"].items())
+        return f"n {r['n']}, events {r['events']}; {hrs}" + tail
+    if kind == "followup":
+        iqr = r.get("iqr_days") or [None, None]
+        return f"n {r['n']}: median {r['median_days'] or 'not reached'} days (IQR {iqr[0]}–{iqr[1]})" + tail
+    at = ", ".join(f"day {t}: {_pct(v['survival'])} % ({_pct(v['ci95'][0])}–{_pct(v['ci95'][1])})" for t, v in r["at"].items())
+    return f"n {r['n']}, events {r['events']}; {at}; median {r['median_days'] or 'not reached'} days" + tail
 
 
 def _km_svg(label: str, scopes: list[tuple[str, Mapping[str, Any]]]) -> str:
@@ -84,6 +108,7 @@ def _km_svg(label: str, scopes: list[tuple[str, Mapping[str, Any]]]) -> str:
 def render_html(plan: Mapping[str, Any], result: Mapping[str, Any]) -> str:
     """The HTML report of ``result`` (run_plan's output for ``plan``)."""
     scopes = [*result["sites"].items(), ("pooled", result["pooled"])]
-    plots = {f["id"]: _km_svg(f["label"], [(s, figs[f["id"]]) for s, figs in scopes]) for f in plan["figures"] if f["type"] == "km"}
+    plots = {f["id"]: _km_svg(f["label"], [(s, figs[f["id"]]) for s, figs in scopes if "curve" in figs[f["id"]]])
+             for f in plan["figures"] if f["type"] == "km"}
     env = Environment(autoescape=select_autoescape(default=True, default_for_string=True))
     return env.from_string(_TEMPLATE).render(plan=plan, scopes=scopes, plots=plots, describe=_describe)
