@@ -336,6 +336,10 @@ def outcomes(
         with err_console.status("computing outcomes (Kaplan–Meier, confidence intervals)"):
             report = outcomes_report(store.cohort(site), timepoint, stratify,
                                      drug_costs=load_drug_costs(get_settings().mappings_dir))
+            if fmt == "table":  # the table renders the default plan's figures (adapter/analysis/store_plan.py)
+                from adapter.analysis.store_plan import StorePlan
+
+                plan = StorePlan(store).result(timepoint, [site] if site else None)
     except AdapterError as exc:
         _fail(exc)
     if fmt == "json":
@@ -344,7 +348,7 @@ def outcomes(
     if fmt == "csv":
         sys.stdout.write(to_csv(report))
         return
-    _print_outcomes(report)
+    _print_outcomes(report, plan)
 
 
 @app.command("plan")
@@ -460,10 +464,10 @@ def verify_figures(
         console.print("every figure agrees with the facade")
 
 
-def _print_outcomes(report: dict[str, Any]) -> None:
+def _print_outcomes(report: dict[str, Any], plan: dict[str, Any] | None = None) -> None:
     from adapter.outcomes.render import outcome_table
 
-    columns, rows = outcome_table(report)
+    columns, rows = outcome_table(report, plan)
     t = Table(title=f"outcomes (KM at {report['timepoint_months']:g} months; 95% CI)")
     t.add_column("figure")
     for name in columns:

@@ -134,7 +134,7 @@ def test_figures_from_the_views_over_a_system_export_equal_the_facades(network: 
     result, differences = verify_rows(run_views(load_views(ROOT / "views"), iter_export(network.export_folder)), report)
     assert differences == []
     plan = load_plan(DEFAULT_PLAN)
-    assert sum(1 for f in plan["figures"] if f.get("outcomes")) == len(plan["figures"]) == 16
+    assert sum(1 for f in plan["figures"] if f.get("outcomes")) == len(plan["figures"]) == 17
     assert set(result["sites"]) == set(report["sites"]) and len(result["sites"]) == 8
     pooled = result["pooled"]
     assert pooled["deaths"]["count"] == report["pooled"]["deaths"]["count"] and result["sites"]["cdmx-b"]["deaths"]["count"] > 0
@@ -147,6 +147,28 @@ def test_figures_from_the_views_over_a_system_export_equal_the_facades(network: 
     differences = compare_with_outcomes(plan, result, changed)
     assert [d.split(": plan ")[0] for d in differences] == ["hito: crs_grade_3_plus", "pooled: response"], differences
     assert "'nr': " + str(changed["pooled"]["response"]["counts"]["nr"]) in differences[1]
+
+
+def test_the_dashboard_and_cli_table_render_the_default_plan(network: Any) -> None:
+    """The people's table of the dashboard and of `adapter outcomes` takes every figure the
+    default plan defines from the plan run over the store's resources (adapter/analysis/
+    store_plan.py), the same numbers as /outcomes; a plan figure is what the table shows; the
+    view rows are kept until the store changes."""
+    import copy
+
+    from adapter.api.outcomes_routes import store_plan
+    from adapter.outcomes.render import outcome_table
+
+    report = network.client.get("/outcomes", params={"suppress": "false"}).json()
+    over_store = store_plan(network.store)
+    plan = over_store.result(36.0)
+    assert over_store.rows() is over_store.rows()  # nothing written: the rows are not recomputed
+    assert outcome_table(report, plan) == outcome_table(report)
+    changed = copy.deepcopy(plan)
+    changed["pooled"]["hsct"] = {**changed["pooled"]["hsct"], "count": 1, "rate": None}
+    rows = dict(outcome_table(report, changed)[1])
+    assert rows["HSCT"][-1] == f"1/{plan['pooled']['hsct']['n']}"
+    assert rows["OS"] == dict(outcome_table(report)[1])["OS"]
 
 
 def test_our_views_compiled_to_sql_give_the_reference_runners_rows(network: Any) -> None:

@@ -8,7 +8,8 @@ e.g. ``toxicity.crs_any``) is compared with the facade's value there, per site a
 - ``table`` (one dimension): every non-zero cell (the facade lists zeros, the plan does not);
 - ``km``: n, events, the number left out, and the survival with its 95 % interval at the plan's
   first ``at_days``, which must be the facade's time point (``/outcomes?timepoint=`` months x
-  30.4375; 36 months = 1095.75 days by default).
+  30.4375; 36 months = 1095.75 days by default);
+- ``followup``: the reverse Kaplan-Meier median, in months (days / 30.4375) as the facade gives it.
 
 Figures without ``outcomes`` are the plan's own (the facade does not compute them): they are
 recomputed, not compared. Plans: plans/default.yaml is the facade's, plans/*.yaml a paper's.
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from adapter.analysis.plan import PlanError
+from adapter.outcomes.stats import DAYS_PER_MONTH
 
 #: The facade's figures as a plan
 DEFAULT_PLAN = Path(__file__).resolve().parents[2] / "plans" / "default.yaml"
@@ -55,6 +57,10 @@ def comparable(kind: str, value: Any, *, facade: bool) -> Any:
             at = next(iter(value["at"].values()), {}) if value.get("at") else {}
             out = {"n": value["n"], "events": value["events"], "survival": at.get("survival"), "ci95": at.get("ci95")}
         return {**out, "excluded": sum((value.get("excluded") or {}).values())}
+    if kind == "followup":  # the facade reports months (days / 30.4375, 2 decimals)
+        if facade:
+            return value
+        return None if value.get("median_days") is None else round(value["median_days"] / DAYS_PER_MONTH, 2)
     if kind == "table":
         if facade:
             return {str(k): v for k, v in value.items() if v} if isinstance(value, Mapping) else value

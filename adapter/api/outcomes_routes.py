@@ -6,20 +6,21 @@ patient courses, which the store keeps in step with the FHIR resources (adapter/
 
 from __future__ import annotations
 
-import threading
+import weakref
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.responses import JSONResponse, Response
 
+from adapter.analysis.store_plan import StorePlan
 from adapter.api.fhir_http import FHIRError, FHIRResponse
 from adapter.api.security import require
-from adapter.config import ROOT, Settings
+from adapter.config import Settings
 from adapter.outcomes import STRATA, outcomes_report
 from adapter.outcomes.cohort import PatientCourse
 from adapter.outcomes.measure import load_measures, measure_report
 from adapter.outcomes.render import km_plot, to_csv
-from adapter.outcomes.stats import DAYS_PER_MONTH, load_libraries
+from adapter.outcomes.stats import load_libraries
 from adapter.privacy import suppress_small_cells
 from adapter.search.params import date_range
 from adapter.spec.loader import load_drug_costs
@@ -74,9 +75,22 @@ def _suppressed(report: dict[str, Any], site: str | None, suppress: bool | None,
                                     f"'<{settings.small_cell_threshold}'; their rates and intervals are withheld"}}
 
 
+_PLANS: weakref.WeakKeyDictionary[Store, StorePlan] = weakref.WeakKeyDictionary()
+
+
+def store_plan(store: Store) -> StorePlan:
+    """The one :class:`StorePlan` of ``store`` in this process (its view rows are shared by the
+    API and the dashboard)."""
+    plan = _PLANS.get(store)
+    if plan is None:
+        plan = _PLANS[store] = StorePlan(store)
+    return plan
+
+
 def add_outcome_routes(app: FastAPI, store: Store, settings: Settings) -> None:
     """Register the outcomes endpoints on ``app``."""
     load_libraries()  # the first outcomes request should not pay for importing lifelines
+    plan_over_store = store_plan(store)
 
     @app.get("/outcomes", response_class=JSONResponse, summary="Outcome figures per site and pooled (JSON)")
     def outcomes(forced: Allowed, site: Site = None, sites: Sites = None, stratify: Stratify = None,
@@ -125,31 +139,8 @@ def add_outcome_routes(app: FastAPI, store: Store, settings: Settings) -> None:
         hi = date_range(periodEnd)[1][:10] if periodEnd else "9999-12-31"
         starts = sorted(c.start.isoformat() for c in cohort if c.start is not None and lo <= c.start.isoformat() <= hi)
         period = (periodStart or (starts[0] if starts else "0001-01-01"), periodEnd or (starts[-1] if starts else "9999-12-31"))
-        result = _default_plan_result(site, timepoint, (lo, hi) if periodStart or periodEnd else None)
+        result = plan_over_store.result(timepoint, [site] if site else None, (lo, hi) if periodStart or periodEnd else None)
         return FHIRResponse(measure_report(m, result, period, now_instant(), settings.small_cell_threshold if forced else None))
-
-    view_rows_lock = threading.Lock()
-    view_rows_cache: dict[str, Any] = {}
-
-    def _default_plan_result(site: str | None, timepoint: float, period: tuple[str, str] | None) -> dict[str, Any]:
-        from adapter.analysis.plan import load_plan, run_plan
-        from adapter.analysis.verify import DEFAULT_PLAN
-        from adapter.views.engines import run_views_resources
-        from adapter.views.figures import load_views
-
-        plan = load_plan(DEFAULT_PLAN)
-        views = load_views(ROOT / "views")
-        days = round(timepoint * DAYS_PER_MONTH, 4)
-        plan = {**plan, "figures": [{**f, "at_days": [days]} if f["type"] == "km" else f for f in plan["figures"]],
-                **({"cohort": {"sites": [site]}} if site else {})}
-        with view_rows_lock:  # the views' rows are kept until the store changes (a new version of anything)
-            version = store.version_total()
-            if view_rows_cache.get("version") != version:
-                types = sorted({str(v.resource) for v in views.values()})
-                view_rows_cache.update(version=version, rows=run_views_resources(
-                    views, (r for t in types for r in store.iter_resources(t))))
-            rows = view_rows_cache["rows"]
-        return run_plan(plan, rows, period=period)
 
     @app.get("/outcomes/km.{fmt}", response_class=Response, summary="Kaplan-Meier plot (png or svg)")
     def km(fmt: str, forced: Allowed, endpoint: Annotated[str, Query(pattern="^(os|rfs)$")] = "os", site: Site = None,

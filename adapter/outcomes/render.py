@@ -168,27 +168,53 @@ def _fmt_cost(f: dict[str, Any]) -> str:
     return "–" if usd is None else f"{usd['used']:,.0f} / {usd['standard_course']:,.0f}"
 
 
-def outcome_table(report: dict[str, Any]) -> tuple[list[str], list[tuple[str, list[str]]]]:
+def outcome_table(report: dict[str, Any], plan: dict[str, Any] | None = None) -> tuple[list[str], list[tuple[str, list[str]]]]:
     """The outcomes report as a table for people (the CLI and the dashboard): column names (each
     site, then ``pooled``) and rows of (figure, formatted cells). Proportions read
     ``count/n (rate %, 95% CI)``; KM estimates ``survival % (95% CI)`` at the report's time point;
-    suppressed small cells keep their ``<5`` mark."""
+    suppressed small cells keep their ``<5`` mark. With ``plan`` (the default plan's result,
+    adapter/analysis/store_plan.py, at the same time point and suppression), every figure the
+    plan defines is the plan's (computed from FHIR through the SQL on FHIR views); exposure, vials
+    and cost, which it does not define, stay the report's."""
     groups = [*report["sites"].items(), ("pooled", report["pooled"])]
+    scopes = {**plan["sites"], "pooled": plan["pooled"]} if plan else {}
+
+    def planned(fid: str, fmt: Any, fallback: Any) -> Any:
+        if not plan:
+            return fallback
+        return lambda f, scope: fmt(scopes[scope][fid]) if scope in scopes else "–"
+
+    def km(k: dict[str, Any]) -> str:
+        at = next(iter(k["at"].values()), None) if k.get("at") else None
+        return _fmt_km(at or {})
+
+    def months(k: dict[str, Any]) -> str:
+        days = k.get("median_days")
+        return "None" if not isinstance(days, (int, float)) else str(round(days / 30.4375, 2))
+
+    def count(k: dict[str, Any]) -> str:
+        return str(k["count"])
+
+    def prop(fid: str, path: Any) -> Any:
+        return planned(fid, _fmt_prop, lambda f, _s: _fmt_prop(path(f)))
+
     rows: list[tuple[str, Any]] = [
-        ("patients", lambda f: str(f["n"])),
-        ("CR (CR MRD-neg + MRD clearance)", lambda f: _fmt_prop(f["response"]["cr"])),
-        ("MRD-negative after blinatumomab", lambda f: _fmt_prop(f["response"]["mrd_negative_after"])),
-        ("MRD clearance (MRD+ <1% at start)", lambda f: _fmt_prop(f["response"]["mrd_clearance_among_mrd_positive_below_1_percent"])),
-        ("HSCT", lambda f: _fmt_prop(f["hsct"])),
-        ("CRS any grade", lambda f: _fmt_prop(f["toxicity"]["crs_any"])),
-        ("CRS grade >= 3", lambda f: _fmt_prop(f["toxicity"]["crs_grade_3_plus"])),
-        ("ICANS", lambda f: _fmt_prop(f["toxicity"]["icans_any"])),
-        ("deaths", lambda f: _fmt_prop(f["deaths"])),
-        ("OS", lambda f: _fmt_km(f["survival"]["os"])),
-        ("RFS", lambda f: _fmt_km(f["survival"]["rfs"])),
-        ("median follow-up, reverse KM (months)", lambda f: str(f["follow_up"]["reverse_km_median_months"])),
-        ("outpatient infusion days", lambda f: _fmt_share(f["exposure"]["outpatient_share"])),
-        ("vials used / standard 28-day course", _fmt_vials),
-        ("drug cost USD, used / standard", _fmt_cost),
+        ("patients", planned("n", count, lambda f, _s: str(f["n"]))),
+        ("CR (CR MRD-neg + MRD clearance)", prop("cr", lambda f: f["response"]["cr"])),
+        ("MRD-negative after blinatumomab", prop("mrd_negative_after", lambda f: f["response"]["mrd_negative_after"])),
+        ("MRD clearance (MRD+ <1% at start)", prop("mrd_clearance",
+                                                   lambda f: f["response"]["mrd_clearance_among_mrd_positive_below_1_percent"])),
+        ("HSCT", prop("hsct", lambda f: f["hsct"])),
+        ("CRS any grade", prop("crs_any", lambda f: f["toxicity"]["crs_any"])),
+        ("CRS grade >= 3", prop("crs_grade_3_plus", lambda f: f["toxicity"]["crs_grade_3_plus"])),
+        ("ICANS", prop("icans_any", lambda f: f["toxicity"]["icans_any"])),
+        ("deaths", prop("deaths", lambda f: f["deaths"])),
+        ("OS", planned("os", km, lambda f, _s: _fmt_km(f["survival"]["os"]))),
+        ("RFS", planned("rfs", km, lambda f, _s: _fmt_km(f["survival"]["rfs"]))),
+        ("median follow-up, reverse KM (months)", planned("follow_up", months,
+                                                          lambda f, _s: str(f["follow_up"]["reverse_km_median_months"]))),
+        ("outpatient infusion days", lambda f, _s: _fmt_share(f["exposure"]["outpatient_share"])),
+        ("vials used / standard 28-day course", lambda f, _s: _fmt_vials(f)),
+        ("drug cost USD, used / standard", lambda f, _s: _fmt_cost(f)),
     ]
-    return [name for name, _ in groups], [(label, [fn(f) for _, f in groups]) for label, fn in rows]
+    return [name for name, _ in groups], [(label, [fn(f, scope) for scope, f in groups]) for label, fn in rows]

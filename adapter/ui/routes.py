@@ -35,7 +35,7 @@ CSRF_COOKIE = "adapter_ui_csrf"
 
 def add_ui_routes(app: FastAPI, store: Store, settings: Settings) -> None:
     """Register the dashboard (before the generic FHIR routes)."""
-    from adapter.api.outcomes_routes import _cohort, _suppressed
+    from adapter.api.outcomes_routes import _cohort, _suppressed, store_plan
     from adapter.outcomes import outcomes_report
     from adapter.outcomes.render import outcome_table
     from adapter.spec.loader import load_drug_costs
@@ -117,7 +117,8 @@ def add_ui_routes(app: FastAPI, store: Store, settings: Settings) -> None:
         forced = True if who.role == "coordinator" else None
         report = _suppressed(outcomes_report(_cohort(store, None), timepoint, drug_costs=load_drug_costs(settings.mappings_dir)),
                              None, forced, settings)
-        columns, rows = outcome_table(report)
+        plan = store_plan(store).result(timepoint, suppress_below=settings.small_cell_threshold)  # as the report: suppressed
+        columns, rows = outcome_table(report, plan)
         q = urlencode({"timepoint": f"{timepoint:g}"})
         km = {f"{e}_{fmt}": f"/outcomes/km.{fmt}?endpoint={e}&stratify=site&{q}" for e in ("os", "rfs") for fmt in ("svg", "png")}
         return TEMPLATES.TemplateResponse(request, "outcomes.html", {
