@@ -13,7 +13,10 @@ timed), then, in the same run:
    folder, then the plan (adapter/analysis/plan.py ``run_plan``) over their rows;
 3. the plan alone over the views' rows already materialised (what a store that keeps its view
    tables current, or a second plan over the same export, pays): the issue-19 target is 2 s for
-   10,000 patients on DuckDB.
+   10,000 patients on DuckDB;
+4. the views over the resources handed over in memory (adapter/views/engines.py
+   ``run_views_resources``), as ``$evaluate-measure`` and the dashboard run them over a store
+   after a write (adapter/analysis/store_plan.py; between writes they reuse the rows).
 
 Each step's wall time, and the peak resident set of a forked child running it (DuckDB's memory
 is native, outside tracemalloc). The plan's figures are compared with the facade's
@@ -37,7 +40,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from adapter.analysis.plan import load_plan, run_plan  # noqa: E402
 from adapter.analysis.verify import DEFAULT_PLAN, compare_with_outcomes  # noqa: E402
-from adapter.views.engines import run_views_duckdb  # noqa: E402
+from adapter.views.engines import run_views_duckdb, run_views_resources  # noqa: E402
 from adapter.views.figures import load_views  # noqa: E402
 from views import child_peak_rss, clone, compartments, facade  # noqa: E402  (bench/views.py)
 
@@ -77,6 +80,8 @@ def main() -> None:
         result = timed("views on DuckDB over the export + the plan", lambda: run_plan(plan, run_views_duckdb(views, d)))
         rows = run_views_duckdb(views, d)
         again = timed("the plan alone over the views' rows (best of 3)", lambda: run_plan(plan, rows), repeat=3)
+        flat = [r for _, res in data for r in res]
+        timed("views over resources in memory (a store after a write)", lambda: run_views_resources(views, flat))
     differences = compare_with_outcomes(plan, result, report)
     assert again == result
     print("  every figure agrees with the facade" if not differences else  # noqa: T201
