@@ -82,6 +82,9 @@ def test_help_lists_every_command_on_one_line_and_completion_works() -> None:
         name = cmd.name or cmd.callback.__name__.replace("_", "-")
         line = next((ln for ln in out.splitlines() if ln.startswith(f"│ {name} ")), "")
         assert line and cmd.short_help and cmd.short_help in line, (name, cmd.short_help)
-    # --show-completion is a flag: typer names the shell from the parent process (shellingham), so run it from bash
-    comp = subprocess.run(["bash", "-c", f"'{exe}' --show-completion"], capture_output=True, text=True, timeout=60)  # noqa: S603, S607
+    # --show-completion is a flag: typer names the shell from the parent processes (shellingham), and a test run
+    # need not have a shell among them (a detached pytest's parent is init), so bash runs it as a child ("; exit":
+    # bash -c would otherwise exec the command in its own place)
+    comp = subprocess.run(["bash", "-c", f"'{exe}' --show-completion; exit $?"], capture_output=True, text=True,  # noqa: S603, S607
+                          timeout=60)
     assert comp.returncode == 0 and "_adapter_completion" in comp.stdout
