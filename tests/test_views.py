@@ -134,7 +134,7 @@ def test_figures_from_the_views_over_a_system_export_equal_the_facades(network: 
     result, differences = verify_rows(run_views(load_views(ROOT / "views"), iter_export(network.export_folder)), report)
     assert differences == []
     plan = load_plan(DEFAULT_PLAN)
-    assert sum(1 for f in plan["figures"] if f.get("outcomes")) == len(plan["figures"]) == 17
+    assert sum(1 for f in plan["figures"] if f.get("outcomes")) == len(plan["figures"]) == 25
     assert set(result["sites"]) == set(report["sites"]) and len(result["sites"]) == 8
     pooled = result["pooled"]
     assert pooled["deaths"]["count"] == report["pooled"]["deaths"]["count"] and result["sites"]["cdmx-b"]["deaths"]["count"] > 0

@@ -50,6 +50,7 @@ patients keeps only its ``n``. adapter/analysis/report.py renders the output as 
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import warnings
@@ -92,13 +93,23 @@ def load_plan(path: Path) -> dict[str, Any]:
     return plan
 
 
+@functools.lru_cache(maxsize=1)
+def _view_columns() -> dict[str, list[str]]:
+    """Column names of the project's views (views/*.json), for a view that gave no row."""
+    from adapter.views.figures import load_views
+
+    return {name: [c["name"] for c in v.columns] for name, v in load_views(SCHEMA.parents[1] / "views").items()}
+
+
 def _tables(con: Any, rows: Mapping[str, list[dict[str, Any]]]) -> None:
-    """Each view's rows as a DuckDB table named after the view (columns as the engine gave them)."""
+    """Each view's rows as a DuckDB table named after the view (columns as the engine gave them;
+    a view without rows gets its declared columns, empty)."""
     import pandas as pd
 
     for name, data in rows.items():
         # object columns: DuckDB infers each column's type from its values (an integer grade stays an integer)
-        frame = pd.DataFrame(data, dtype=object) if data else pd.DataFrame({"patient_key": pd.Series(dtype="object")})
+        frame = pd.DataFrame(data, dtype=object) if data else pd.DataFrame(
+            {c: pd.Series(dtype="object") for c in _view_columns().get(name, ["patient_key"])})
         con.register(f"_{name}", frame)
         con.execute(f'CREATE OR REPLACE TABLE "{name}" AS SELECT * FROM "_{name}"')
         con.unregister(f"_{name}")
