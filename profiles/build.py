@@ -452,8 +452,10 @@ def library() -> dict[str, Any]:
             "name": "PedallDefaultPlan", "title": "The facade's figures as an analysis plan over SQL on FHIR views",
             "status": "draft",
             "type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/library-type", "code": "asset-collection"}]},
-            "description": "plans/default.yaml: the headline outcome figures of GET /outcomes (N, deaths, CRS, ICANS, HSCT, "
-                           "responses, CR, MRD negativity after blinatumomab, MRD clearance, Kaplan-Meier OS and RFS) "
+            "description": "plans/default.yaml: the figures of GET /outcomes (demographics and age, exposure and vials, "
+                           "MRD before and after blinatumomab, responses overall and by status and cycles, HSCT with donor, "
+                           "bridging and engraftment, toxicity by term and worst grade, deaths and causes, therapies, "
+                           "Kaplan-Meier OS and RFS from blinatumomab and from HSCT, follow-up, heterogeneity across sites) "
                            "declared as an analysis plan: per-patient variables and figures in SQL over the tables of the "
                            "SQL on FHIR v2 ViewDefinitions it depends on, which read standard FHIR R4 elements and the "
                            "project's published CodeSystems only. Run it with adapter plan plans/default.yaml EXPORT_DIR "

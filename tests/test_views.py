@@ -125,7 +125,7 @@ def test_figures_from_the_views_over_a_system_export_equal_the_facades(network: 
     import copy
 
     from adapter.analysis.plan import load_plan
-    from adapter.analysis.verify import DEFAULT_PLAN, compare_with_outcomes, verify_rows
+    from adapter.analysis.verify import DEFAULT_PLAN, compare_with_outcomes, uncompared, verify_rows
     from adapter.config import ROOT
     from adapter.readers.ndjson import iter_export
     from adapter.views.figures import load_views, run_views
@@ -134,7 +134,10 @@ def test_figures_from_the_views_over_a_system_export_equal_the_facades(network: 
     result, differences = verify_rows(run_views(load_views(ROOT / "views"), iter_export(network.export_folder)), report)
     assert differences == []
     plan = load_plan(DEFAULT_PLAN)
-    assert sum(1 for f in plan["figures"] if f.get("outcomes")) == len(plan["figures"]) == 25
+    assert sum(1 for f in plan["figures"] if f.get("outcomes")) == len(plan["figures"]) == 86
+    # every number of /outcomes is compared but the vial costs (site prices, not FHIR) and the time point asked for
+    left = uncompared(plan, report)
+    assert left and all(p.startswith("exposure.vials.cost.") or p.endswith(".at") for p in left), left
     assert set(result["sites"]) == set(report["sites"]) and len(result["sites"]) == 8
     pooled = result["pooled"]
     assert pooled["deaths"]["count"] == report["pooled"]["deaths"]["count"] and result["sites"]["cdmx-b"]["deaths"]["count"] > 0
@@ -144,9 +147,17 @@ def test_figures_from_the_views_over_a_system_export_equal_the_facades(network: 
     changed = copy.deepcopy(report)
     changed["sites"]["hito"]["toxicity"]["crs_grade_3_plus"]["count"] += 1
     changed["pooled"]["response"]["counts"]["nr"] += 1
+    changed["pooled"]["hsct"]["bridging_days"]["q3"] += 1  # a summary's quartile
+    changed["sites"]["suzhou"]["toxicity"]["worst_grade_by_event"]["crs"]["1"] += 1  # a two-way table
+    changed["sites"]["huanl"]["response"]["by_status_at_start"]["refractory"]["cr"]["count"] -= 1  # a figure by stratum
+    changed["pooled"]["heterogeneity"]["hsct"]["chi2"] += 0.5  # a test across sites
+    changed["pooled"]["survival_from_hsct"]["rfs"]["events"] += 1
+    changed["pooled"]["exposure"]["cycles_total"] += 1  # a total
     differences = compare_with_outcomes(plan, result, changed)
-    assert [d.split(": plan ")[0] for d in differences] == ["hito: crs_grade_3_plus", "pooled: response"], differences
-    assert "'nr': " + str(changed["pooled"]["response"]["counts"]["nr"]) in differences[1]
+    assert sorted(d.split(": plan ")[0] for d in differences) == [
+        "hito: crs_grade_3_plus", "huanl: cr_by_status [refractory]", "pooled: bridging_days", "pooled: cycles_total",
+        "pooled: heterogeneity_hsct", "pooled: response", "pooled: rfs_from_hsct", "suzhou: worst_grade_by_event"], differences
+    assert "'nr': " + str(changed["pooled"]["response"]["counts"]["nr"]) in next(d for d in differences if "pooled: response" in d)
 
 
 def test_the_dashboard_and_cli_table_render_the_default_plan(network: Any) -> None:

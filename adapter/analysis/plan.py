@@ -18,7 +18,9 @@ A plan (``plans/<name>.yaml``, checked against ``plans/plan.schema.json``) has t
     the Wilson 95 % interval (SciPy);
   - ``summary``: ``value`` (an SQL expression) over the patients that have one: n, median,
     quartiles, range, mean, SD and sum, with ``round`` decimals; the patients without a value are
-    counted as ``missing``;
+    counted as ``missing``. With ``from`` (an SQL query giving ``patient_key`` and more columns,
+    several rows per patient allowed) the values are those rows' (e.g. the length of each cycle),
+    of the patients in scope;
   - ``km``: Kaplan–Meier (lifelines) from ``origin`` (a date expression) to ``event`` (the date of
     the first event, NULL when none) or, without one, censored at ``censor`` (the end of follow-up):
     survival at ``at_days`` with 95 % CIs, median survival, events, and the step curve
@@ -33,7 +35,12 @@ A plan (``plans/<name>.yaml``, checked against ``plans/plan.schema.json``) has t
     ``km`` times on ``covariates`` (name -> numeric SQL expression): per covariate the hazard ratio
     with its Wald 95 % interval and p;
   - ``followup``: median follow-up by the reverse Kaplan-Meier method (Schemper & Smith, Control
-    Clin Trials 1996;17:343): the ``km`` times with censoring as the event.
+    Clin Trials 1996;17:343): the ``km`` times with censoring as the event;
+  - ``ratio``: the sum of ``value`` over the sum of ``over`` (SQL expressions per patient; the
+    patients with both), rounded to ``round`` decimals (default 4);
+  - ``heterogeneity``: whether the proportion of ``where`` among ``among`` differs across the
+    sites in scope: Pearson's chi-square test of independence on the sites x (with, without)
+    table (SciPy ``chi2_contingency``, adapter/outcomes/stats.py); ``{}`` with one site.
 
 Any figure may have ``by`` (an SQL expression over the patients table): the same figure is then
 given for each of its values too, a Table 1 by stratum or a comparison by group, with the patients
@@ -53,6 +60,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import re
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -105,11 +113,15 @@ def _tables(con: Any, rows: Mapping[str, list[dict[str, Any]]]) -> None:
     """Each view's rows as a DuckDB table named after the view (columns as the engine gave them;
     a view without rows gets its declared columns, empty)."""
     import pandas as pd
+    import pyarrow as pa
 
     for name, data in rows.items():
-        # object columns: DuckDB infers each column's type from its values (an integer grade stays an integer)
-        frame = pd.DataFrame(data, dtype=object) if data else pd.DataFrame(
-            {c: pd.Series(dtype="object") for c in _view_columns().get(name, ["patient_key"])})
+        try:  # Arrow infers each column's type from its values (an integer grade stays an integer)
+            frame: Any = pa.Table.from_pylist(data) if data else None
+        except (pa.ArrowInvalid, pa.ArrowTypeError):  # mixed types in a column: DuckDB infers from objects
+            frame = pd.DataFrame(data, dtype=object)
+        if frame is None:
+            frame = pd.DataFrame({c: pd.Series(dtype="object") for c in _view_columns().get(name, ["patient_key"])})
         con.register(f"_{name}", frame)
         con.execute(f'CREATE OR REPLACE TABLE "{name}" AS SELECT * FROM "_{name}"')
         con.unregister(f"_{name}")
@@ -140,26 +152,18 @@ def run_plan(plan: Mapping[str, Any], rows: Mapping[str, list[dict[str, Any]]],
             con.execute(f"""DELETE FROM patients WHERE patient_key NOT IN (
                 SELECT patient_key FROM pedall_blinatumomab_infusion WHERE status NOT IN {_GONE}
                 GROUP BY 1 HAVING min(substr("start", 1, 10)) BETWEEN ? AND ?)""", [period[0][:10], period[1][:10]])
-        for name, sql in (plan.get("variables") or {}).items():
-            try:
-                con.execute(f"CREATE TEMP TABLE _q AS SELECT * FROM ({sql}) AS q")
-                cols = [d[0] for d in con.execute("SELECT * FROM _q LIMIT 0").description]
-                if len(cols) != 2:
-                    raise PlanError(f"variable {name}: the query must give (patient_key, value), gave {len(cols)} columns")
-                con.execute("CREATE TEMP TABLE _v AS SELECT * FROM _q AS q(patient_key, value)")
-                con.execute("DROP TABLE _q")
-                dup = con.execute("SELECT patient_key FROM _v GROUP BY 1 HAVING count(*) > 1 LIMIT 1").fetchone()
-                if dup:
-                    raise PlanError(f"variable {name}: several rows for one patient (the query must give one per patient)")
-                con.execute(f'ALTER TABLE patients ADD COLUMN "{name}" {_duck_type(con, "value")}')
-                con.execute(f'UPDATE patients SET "{name}" = _v.value FROM _v WHERE _v.patient_key = patients.patient_key')
-                con.execute("DROP TABLE _v")
-            except duckdb.Error as exc:
-                raise PlanError(f"variable {name}: {str(exc).splitlines()[0][:300]}") from None
+        _variables(con, plan.get("variables") or {})
         site_list = [r[0] for r in con.execute("SELECT DISTINCT site FROM patients ORDER BY 1").fetchall()]
         out: dict[str, Any] = {"plan": plan["id"], "title": plan.get("title"), "sites": {}, "pooled": {}}
-        for scope, cond in [*((s, f"site = {_q(s)}") for s in site_list), ("pooled", "true")]:
-            figures = {f["id"]: _figure(con, f, cond) for f in plan["figures"]}
+        scopes = [*((s, f"site = {_q(s)}") for s in site_list), ("pooled", "true")]
+        by_scope: dict[Any, dict[str, Any]] = {scope: {} for scope, _ in scopes}
+        counted = _counts_together(con, plan["figures"], scopes, site_list)
+        for f in plan["figures"]:
+            got = counted.get(f["id"]) or _figure_in_scopes(con, f, scopes, site_list)
+            for scope, result in got.items():
+                by_scope[scope][f["id"]] = result
+        for scope, _ in scopes:
+            figures = by_scope[scope]
             if suppress_below:
                 figures = {f["id"]: suppress(f["type"], figures[f["id"]], suppress_below) for f in plan["figures"]}
             if scope == "pooled":
@@ -174,6 +178,46 @@ def run_plan(plan: Mapping[str, Any], rows: Mapping[str, list[dict[str, Any]]],
 
 
 _SURVIVAL = ("km", "logrank", "cox", "followup")
+
+
+def _variables(con: Any, variables: Mapping[str, str]) -> None:
+    """Add each variable to the patients table as a column, in order: a variable's query that reads
+    the patients table sees every variable before it. Columns are added together, in one rebuild
+    of the table, until a query names a variable not yet added (a columnar rebuild per variable was
+    most of a plan's time). Raises PlanError naming the variable."""
+    import duckdb
+
+    pending: list[tuple[str, str, str]] = []  # (variable, its temporary table, SQL type)
+
+    def materialize() -> None:
+        if not pending:
+            return
+        picked = ", ".join(f'CAST({t}.value AS {typ}) AS "{name}"' for name, t, typ in pending)
+        joins = " ".join(f"LEFT JOIN {t} USING (patient_key)" for _, t, _ in pending)
+        con.execute(f"CREATE OR REPLACE TABLE patients AS SELECT patients.*, {picked} FROM patients {joins}")
+        for _, t, _ in pending:
+            con.execute(f"DROP TABLE {t}")
+        pending.clear()
+
+    for i, (name, sql) in enumerate(variables.items()):
+        table = f"_v{i}"
+        try:
+            if re.search(r"\bpatients\b", sql) and any(re.search(rf"\b{re.escape(n)}\b", sql) for n, _, _ in pending):
+                materialize()  # the query reads a variable not yet in the patients table
+            con.execute(f"CREATE TEMP TABLE {table} AS SELECT * FROM ({sql}) AS q(patient_key, value)")
+            cols = con.execute(f"SELECT * FROM {table} LIMIT 0").description
+            if len(cols) != 2:
+                raise PlanError(f"variable {name}: the query must give (patient_key, value), gave {len(cols)} columns")
+            dup = con.execute(f"SELECT patient_key FROM {table} GROUP BY 1 HAVING count(*) > 1 LIMIT 1").fetchone()
+            if dup:
+                raise PlanError(f"variable {name}: several rows for one patient (the query must give one per patient)")
+            pending.append((name, table, _duck_type(con, "value", table, str(cols[1][1]))))
+        except duckdb.Error as exc:
+            raise PlanError(f"variable {name}: {str(exc).splitlines()[0][:300]}") from None
+    try:
+        materialize()
+    except duckdb.Error as exc:
+        raise PlanError(f"variables: {str(exc).splitlines()[0][:300]}") from None
 
 
 def suppress(kind: str, result: dict[str, Any], threshold: int) -> dict[str, Any]:
@@ -193,18 +237,140 @@ def suppress(kind: str, result: dict[str, Any], threshold: int) -> dict[str, Any
     return suppress_small_cells(result, threshold)
 
 
-def _duck_type(con: Any, column: str) -> str:
-    """The column's SQL type as the query declared it (a DATE stays a DATE with no row); a column of
-    NULLs whose type the engine could not tell (the view had no value at all) is VARCHAR."""
-    declared = next(str(r[1]) for r in con.execute("DESCRIBE _v").fetchall() if r[0] == column)
+def _duck_type(con: Any, column: str, table: str = "_v", declared: str | None = None) -> str:
+    """The column's SQL type as the query declared it (``declared``, else from DESCRIBE: a DATE stays a
+    DATE with no row); a column of NULLs whose type the engine could not tell (the view had no value
+    at all) is VARCHAR."""
+    if declared is None:
+        declared = next(str(r[1]) for r in con.execute(f"DESCRIBE {table}").fetchall() if r[0] == column)
     if declared != '"NULL"' and declared.upper() != "NULL":
         return declared
-    row = con.execute(f'SELECT typeof("{column}") FROM _v WHERE "{column}" IS NOT NULL LIMIT 1').fetchone()
+    row = con.execute(f'SELECT typeof("{column}") FROM {table} WHERE "{column}" IS NOT NULL LIMIT 1').fetchone()
     return str(row[0]) if row else "VARCHAR"
 
 
 def _q(text: str) -> str:
     return "'" + str(text).replace("'", "''") + "'"
+
+
+def _counts_together(con: Any, figures: list[Mapping[str, Any]], scopes: list[tuple[Any, str]],
+                     sites: list[Any]) -> dict[str, dict[Any, Any]]:
+    """Every ``count`` and ``proportion`` figure without ``by``, for every scope, from one query
+    (figure id -> scope -> result, as :func:`_figure_in_scopes` gives them). Empty when that query
+    fails: the figures are then computed one by one, and the failing one named."""
+    import duckdb
+
+    simple = [f for f in figures if f["type"] in ("count", "proportion") and not f.get("by")]
+    if not simple or None in sites:
+        return {}
+    parts = []
+    for f in simple:
+        among, where = f.get("among") or "true", f.get("where") or "true"
+        parts.append(f"count(*) FILTER (WHERE ({among})), count(*) FILTER (WHERE ({among}) AND ({where}))")
+    try:
+        rows = con.execute(f"SELECT site, {', '.join(parts)} FROM patients GROUP BY site").fetchall()
+    except duckdb.Error:
+        return {}
+    from adapter.outcomes.stats import proportion
+
+    out: dict[str, dict[Any, Any]] = {}
+    for i, f in enumerate(simple):
+        got = {r[0]: (int(r[1 + 2 * i]), int(r[2 + 2 * i])) for r in rows}
+        got["pooled"] = (sum(n for n, _ in got.values()), sum(k for _, k in got.values()))
+        out[f["id"]] = {scope: ({"count": got.get(scope, (0, 0))[1]} if f["type"] == "count"
+                                else proportion(got.get(scope, (0, 0))[1], got.get(scope, (0, 0))[0])) for scope, _ in scopes}
+    return out
+
+
+def _figure_in_scopes(con: Any, f: Mapping[str, Any], scopes: list[tuple[Any, str]], sites: list[Any],
+                      restrict: str | None = None) -> dict[Any, Any]:
+    """One figure for every scope (each site, then ``pooled``): counts, proportions, tables,
+    summaries and the rows of survival figures in one query grouped by site (the pooled figure
+    from the same rows), a ``by`` figure in one such query per stratum; the others scope by scope
+    (:func:`_figure`), with the same results. ``restrict``: an SQL condition on the patients table
+    the figure's patients must also meet (a stratum of ``by``)."""
+    import duckdb
+
+    kind = f["type"]
+    if None in sites or kind not in ("count", "proportion", "table", "summary", *_SURVIVAL) or (
+            f.get("by") and kind not in ("count", "proportion", "summary")):
+        return {scope: _figure(con, f, cond) for scope, cond in scopes}
+    if f.get("by"):  # the figure overall, then once per value of by (each scope keeps the values it has)
+        plain = {k: v for k, v in f.items() if k != "by"}
+        g = f"CAST(({f['by']}) AS VARCHAR)"
+        try:
+            present = con.execute(f"SELECT site, {g} AS g, count(*) FROM patients GROUP BY ALL ORDER BY 2").fetchall()
+        except duckdb.Error as exc:
+            raise PlanError(f"figure {f.get('id')}: by: {str(exc).splitlines()[0][:300]}") from None
+        out = {scope: {**r, "by_missing": 0, "by": {}} for scope, r in _figure_in_scopes(con, plain, scopes, sites).items()}
+        values: dict[Any, set[str]] = {scope: set() for scope, _ in scopes}
+        for site, v, n in present:
+            for scope in (site, "pooled"):
+                if v is None:
+                    out[scope]["by_missing"] += int(n)
+                else:
+                    values[scope].add(v)
+        for v in sorted(values["pooled"]):
+            each = _figure_in_scopes(con, plain, scopes, sites, restrict=f"{g} = {_q(v)}")
+            for scope, _ in scopes:
+                if v in values[scope]:
+                    out[scope]["by"][v] = each[scope]
+        return out
+    where = f.get("where") or "true"
+    if restrict:
+        where = f"({where}) AND patient_key IN (SELECT patient_key FROM patients WHERE {restrict})"
+    try:
+        if kind in _SURVIVAL:  # the rows once, with their site; the model fitted per scope
+            fit = {"km": _km, "followup": _followup, "logrank": _logrank, "cox": _cox}[kind]
+            every = con.execute(f"SELECT site, {_time_columns(f, _survival_extra(f))} FROM patients WHERE ({where}) "
+                                "ORDER BY patient_key").fetchall()
+            return {scope: fit(con, f, cond, where, data=[r[1:] for r in every if scope == "pooled" or r[0] == scope])
+                    for scope, cond in scopes}
+        if kind in ("count", "proportion"):
+            among = f.get("among") or "true"
+            if restrict:
+                among = f"({among}) AND ({restrict})"
+                where = f.get("where") or "true"
+            got = {site: (int(n), int(k)) for site, n, k in con.execute(
+                f"SELECT site, count(*) FILTER (WHERE ({among})), count(*) FILTER (WHERE ({among}) AND ({where})) "
+                "FROM patients GROUP BY site").fetchall()}
+            got["pooled"] = (sum(n for n, _ in got.values()), sum(k for _, k in got.values()))
+            if kind == "count":
+                return {scope: {"count": got.get(scope, (0, 0))[1]} for scope, _ in scopes}
+            from adapter.outcomes.stats import proportion
+
+            return {scope: proportion(got.get(scope, (0, 0))[1], got.get(scope, (0, 0))[0]) for scope, _ in scopes}
+        # the figure's rows with each patient's site (_site), whatever columns ``from`` gives
+        source = (f"(SELECT t.*, s._site FROM ({f['from']}) AS t JOIN (SELECT patient_key AS _pk, site AS _site "
+                  "FROM patients) AS s ON s._pk = t.patient_key) AS t" if f.get("from")
+                  else "(SELECT *, site AS _site FROM patients) AS t")
+        if kind == "table":
+            cols = [f["rows"], *([f["columns"]] if f.get("columns") else [])]
+            names = [f"_c{i}" for i in range(len(cols))]
+            picked = ", ".join(f"({c}) AS {n}" for c, n in zip(cols, names, strict=True))
+            grouped = con.execute(
+                f"SELECT GROUPING(_site) AS _g, _site, {', '.join(names)}, count(DISTINCT patient_key) FROM "
+                f"(SELECT _site, patient_key, {picked} FROM {source} WHERE ({where})) AS g "
+                f"GROUP BY GROUPING SETS ((_site, {', '.join(names)}), ({', '.join(names)})) "
+                f"ORDER BY _g, _site, {', '.join(names)}").fetchall()
+            tables: dict[Any, list[list[Any]]] = {scope: [] for scope, _ in scopes}
+            for pooled, site, *r in grouped:
+                cell = [*(None if v is None else str(v) for v in r[:-1]), int(r[-1])]
+                tables["pooled" if pooled else site].append(cell)
+            return {scope: {"cells": tables[scope], "dimensions": cols} for scope, _ in scopes}
+        values: dict[Any, list[float]] = {scope: [] for scope, _ in scopes}
+        missing: dict[Any, int] = {scope: 0 for scope, _ in scopes}
+        for site, v in con.execute(f"SELECT _site, ({f['value']}) FROM {source} WHERE ({where})").fetchall():
+            if v is None:
+                missing[site] += 1
+                missing["pooled"] += 1
+            else:
+                values[site].append(float(v))
+                values["pooled"].append(float(v))
+        digits = int(f.get("round", 2))
+        return {scope: {**_summary(values[scope], digits), "missing": missing[scope]} for scope, _ in scopes}
+    except duckdb.Error as exc:
+        raise PlanError(f"figure {f.get('id')}: {str(exc).splitlines()[0][:300]}") from None
 
 
 def _figure(con: Any, f: Mapping[str, Any], scope: str) -> dict[str, Any]:
@@ -236,10 +402,26 @@ def _figure(con: Any, f: Mapping[str, Any], scope: str) -> dict[str, Any]:
             k = _one(con, f"SELECT count(*) FROM patients WHERE ({scope}) AND ({among}) AND ({where})")
             return proportion(k, n)
         if kind == "summary":
+            rows = (f"({f['from']}) AS t WHERE patient_key IN (SELECT patient_key FROM patients WHERE {scope})"
+                    if f.get("from") else f"patients WHERE ({scope})")
             values = [float(r[0]) for r in con.execute(
-                f"SELECT ({f['value']}) FROM patients WHERE ({scope}) AND ({where}) AND ({f['value']}) IS NOT NULL").fetchall()]
-            missing = _one(con, f"SELECT count(*) FROM patients WHERE ({scope}) AND ({where}) AND ({f['value']}) IS NULL")
+                f"SELECT ({f['value']}) FROM {rows} AND ({where}) AND ({f['value']}) IS NOT NULL").fetchall()]
+            missing = _one(con, f"SELECT count(*) FROM {rows} AND ({where}) AND ({f['value']}) IS NULL")
             return {**_summary(values, int(f.get("round", 2))), "missing": missing}
+        if kind == "ratio":  # a quotient of two totals, e.g. outpatient infusion days among all infusion days
+            num, den = con.execute(f"SELECT sum(({f['value']})), sum(({f['over']})) FROM patients WHERE ({scope}) AND ({where}) "
+                                   f"AND ({f['value']}) IS NOT NULL AND ({f['over']}) IS NOT NULL").fetchone()
+            num, den = (None if v is None else float(v) for v in (num, den))
+            return {"numerator": num, "denominator": den,
+                    "ratio": round(num / den, int(f.get("round", 4))) if num is not None and den else None}
+        if kind == "heterogeneity":  # pooled: do the sites differ? (one site: no test, {})
+            from adapter.outcomes.stats import heterogeneity
+
+            among = f.get("among") or "true"
+            counts = {str(site): (int(k), int(n)) for site, k, n in con.execute(
+                f"SELECT site, count(*) FILTER (WHERE ({where})), count(*) FROM patients "
+                f"WHERE ({scope}) AND ({among}) GROUP BY 1 ORDER BY 1").fetchall()}
+            return heterogeneity(counts) or {}
         if kind == "km":
             return _km(con, f, scope, where)
         if kind == "followup":
@@ -266,35 +448,53 @@ def _one(con: Any, sql: str) -> int:
 
 
 def _summary(values: list[float], digits: int) -> dict[str, Any]:
-    """n, median, quartiles (linear interpolation, numpy's default), range, mean, SD (n - 1), sum."""
+    """n, median, quartiles (linear interpolation, numpy's default, as ``statistics.quantiles``
+    method 'inclusive'), range, mean, SD (n - 1) and sum. The mean and the sum are correctly
+    rounded sums (``math.fsum``, as ``statistics.fmean``): whatever order an engine gives the rows
+    in, a mean of x.xx5 rounds the same way."""
     import numpy as np
 
     if not values:
         return {"n": 0, "median": None, "iqr": None, "range": None, "mean": None, "sd": None, "sum": None}
-    a = np.array(values, dtype=float)
+    a = np.sort(np.array(values, dtype=float))
     r = lambda x: round(float(x), digits)  # noqa: E731
+    total = math.fsum(values)
+    mean = total / len(values)
+    sd = math.sqrt(float(np.square(a - mean).sum()) / (len(a) - 1)) if len(a) > 1 else None
     return {"n": len(values), "median": r(np.median(a)), "iqr": [r(np.percentile(a, 25)), r(np.percentile(a, 75))],
-            "range": [r(a.min()), r(a.max())], "mean": r(a.mean()), "sd": r(a.std(ddof=1)) if len(a) > 1 else None,
-            "sum": r(a.sum())}
+            "range": [r(a[0]), r(a[-1])], "mean": r(mean), "sd": None if sd is None else r(sd), "sum": r(total)}
 
 
-def _times(con: Any, f: Mapping[str, Any], scope: str, where: str,
-           extra: Mapping[str, str] | None = None) -> tuple[list[float], list[int], list[list[Any]], dict[str, int]]:
-    """Durations in days from ``origin`` to ``event`` (event 1) or else ``censor`` (event 0), the
-    ``extra`` expressions per patient kept, and the patients left out, counted by reason."""
-    extra = dict(extra or {})
+def _time_columns(f: Mapping[str, Any], extra: Mapping[str, str]) -> str:
+    """The SELECT list of a survival figure's rows: origin, event and censor dates, then ``extra``."""
     cols = "".join(f", ({e})" for e in extra.values())
-    data = con.execute(f"""SELECT CAST(({f['origin']}) AS DATE), CAST(({f['event']}) AS DATE), CAST(({f['censor']}) AS DATE){cols}
-                           FROM patients WHERE ({scope}) AND ({where}) ORDER BY patient_key""").fetchall()
+    return f"CAST(({f['origin']}) AS DATE), CAST(({f['event']}) AS DATE), CAST(({f['censor']}) AS DATE){cols}"
+
+
+def _survival_extra(f: Mapping[str, Any]) -> dict[str, str]:
+    """The per-patient expressions a survival figure keeps besides its times (group, covariates)."""
+    return {"group": f["groups"]} if f["type"] == "logrank" else dict(f.get("covariates") or {}) if f["type"] == "cox" else {}
+
+
+def _times(con: Any, f: Mapping[str, Any], scope: str, where: str, extra: Mapping[str, str] | None = None,
+           data: list[Any] | None = None) -> tuple[list[float], list[int], list[list[Any]], dict[str, int]]:
+    """Durations in days from ``origin`` to ``event`` (event 1) or else ``censor`` (event 0), the
+    ``extra`` expressions per patient kept, and the patients left out, counted by reason. ``data``:
+    the rows already fetched (:func:`_time_columns`, in patient order) instead of a query."""
+    extra = dict(extra or {})
+    if data is None:
+        data = con.execute(f"SELECT {_time_columns(f, extra)} FROM patients WHERE ({scope}) AND ({where}) "
+                           "ORDER BY patient_key").fetchall()
     durations: list[float] = []
     events: list[int] = []
     kept: list[list[Any]] = []
     excluded: dict[str, int] = {}
+    names = list(extra)
     for origin, event, censor, *more in data:
         end, happened = (event, 1) if event is not None else (censor, 0)
         reason = ("no origin date" if origin is None else "no event and no end of follow-up" if end is None
                   else "event or end of follow-up before the origin" if end < origin else
-                  next((f"no {name}" for name, v in zip(extra, more, strict=True) if v is None), None))
+                  next((f"no {name}" for name, v in zip(names, more, strict=True) if v is None), None) if more else None)
         if reason:
             excluded[reason] = excluded.get(reason, 0) + 1
             continue
@@ -304,11 +504,11 @@ def _times(con: Any, f: Mapping[str, Any], scope: str, where: str,
     return durations, events, kept, dict(sorted(excluded.items()))
 
 
-def _km(con: Any, f: Mapping[str, Any], scope: str, where: str) -> dict[str, Any]:
+def _km(con: Any, f: Mapping[str, Any], scope: str, where: str, data: list[Any] | None = None) -> dict[str, Any]:
     """Kaplan–Meier from ``origin`` to ``event`` or ``censor`` (dates), in days (lifelines)."""
     from lifelines import KaplanMeierFitter
 
-    durations, events, _, excluded = _times(con, f, scope, where)
+    durations, events, _, excluded = _times(con, f, scope, where, data=data)
     result: dict[str, Any] = {"n": len(durations), "events": int(sum(events)), "excluded": excluded}
     if not durations:
         return {**result, "at": {}, "median_days": None}
@@ -322,18 +522,19 @@ def _km(con: Any, f: Mapping[str, Any], scope: str, where: str) -> dict[str, Any
         at[str(t)] = {"survival": round(s, 4), "ci95": [round(0.0 if math.isnan(lo) else lo, 4), round(0.0 if math.isnan(hi) else hi, 4)]}
     median = kmf.median_survival_time_
     sf = kmf.survival_function_.iloc[:, 0]
-    curve = [[round(float(t), 2), round(float(v), 4), round(_nan0(float(ci.loc[t].iloc[0])), 4), round(_nan0(float(ci.loc[t].iloc[1])), 4)]
-             for t, v in sf.items()]
+    bounds = ci.reindex(sf.index).to_numpy()
+    curve = [[round(float(t), 2), round(float(v), 4), round(_nan0(float(lo)), 4), round(_nan0(float(hi)), 4)]
+             for t, v, (lo, hi) in zip(sf.index, sf.to_numpy(), bounds, strict=True)]
     return {**result, "at": at, "median_days": None if math.isinf(median) else round(float(median), 1),
             "curve": curve}
 
 
-def _followup(con: Any, f: Mapping[str, Any], scope: str, where: str) -> dict[str, Any]:
+def _followup(con: Any, f: Mapping[str, Any], scope: str, where: str, data: list[Any] | None = None) -> dict[str, Any]:
     """Median follow-up in days by the reverse Kaplan–Meier method: the same times, with the end of
     follow-up of a patient alive as the event and an event (death) as censoring."""
     from lifelines import KaplanMeierFitter
 
-    durations, events, _, excluded = _times(con, f, scope, where)
+    durations, events, _, excluded = _times(con, f, scope, where, data=data)
     result: dict[str, Any] = {"n": len(durations), "excluded": excluded}
     if not durations:
         return {**result, "median_days": None, "iqr_days": None}
@@ -348,11 +549,11 @@ def _followup(con: Any, f: Mapping[str, Any], scope: str, where: str) -> dict[st
     return {**result, "median_days": pct(0.5), "iqr_days": [pct(0.75), pct(0.25)]}
 
 
-def _logrank(con: Any, f: Mapping[str, Any], scope: str, where: str) -> dict[str, Any]:
+def _logrank(con: Any, f: Mapping[str, Any], scope: str, where: str, data: list[Any] | None = None) -> dict[str, Any]:
     """The log-rank test between the groups of ``groups`` (lifelines; chi2 with groups - 1 df)."""
     from lifelines.statistics import multivariate_logrank_test
 
-    durations, events, kept, excluded = _times(con, f, scope, where, {"group": f["groups"]})
+    durations, events, kept, excluded = _times(con, f, scope, where, {"group": f["groups"]}, data=data)
     groups = [str(k[0]) for k in kept]
     per = {g: {"n": groups.count(g), "events": sum(e for e, h in zip(events, groups, strict=True) if h == g)} for g in sorted(set(groups))}
     result: dict[str, Any] = {"n": len(durations), "events": int(sum(events)), "groups": per, "excluded": excluded}
@@ -362,14 +563,14 @@ def _logrank(con: Any, f: Mapping[str, Any], scope: str, where: str) -> dict[str
     return {**result, "chi2": round(float(test.test_statistic), 4), "df": len(per) - 1, "p": round(float(test.p_value), 4)}
 
 
-def _cox(con: Any, f: Mapping[str, Any], scope: str, where: str) -> dict[str, Any]:
+def _cox(con: Any, f: Mapping[str, Any], scope: str, where: str, data: list[Any] | None = None) -> dict[str, Any]:
     """Cox proportional hazards on ``covariates`` (lifelines CoxPHFitter, Efron ties): per
     covariate the hazard ratio, its Wald 95 % interval and p."""
     import pandas as pd
     from lifelines import CoxPHFitter
 
     names = list(f["covariates"])
-    durations, events, kept, excluded = _times(con, f, scope, where, f["covariates"])
+    durations, events, kept, excluded = _times(con, f, scope, where, f["covariates"], data=data)
     result: dict[str, Any] = {"n": len(durations), "events": int(sum(events)), "excluded": excluded}
     frame = pd.DataFrame([[float(v) for v in k] for k in kept], columns=names)
     if not sum(events) or any(frame[c].nunique() < 2 for c in names):

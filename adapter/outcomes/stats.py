@@ -6,6 +6,7 @@ Times are in months = days / 30.4375 (the convention of examples/*/EXPECTED.md).
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,10 +26,18 @@ def proportion(k: int, n: int) -> dict[str, Any]:
     proportion_ci(method="wilson")); ``rate`` and ``ci95`` are None when ``n`` is 0."""
     if n == 0:
         return {"count": k, "n": 0, "rate": None, "ci95": None}
+    low, high = _wilson(k, n)
+    return {"count": k, "n": n, "rate": round(k / n, 4), "ci95": [low, high]}
+
+
+@functools.lru_cache(maxsize=4096)
+def _wilson(k: int, n: int) -> tuple[float, float]:
+    """The Wilson score 95 % interval of k/n, rounded to 4 decimals (SciPy; computed once per (k, n):
+    binomtest also computes its p-value, the cost of a report's hundreds of proportions)."""
     from scipy.stats import binomtest
 
     ci = binomtest(k, n).proportion_ci(confidence_level=0.95, method="wilson")
-    return {"count": k, "n": n, "rate": round(k / n, 4), "ci95": [round(float(ci.low), 4), round(float(ci.high), 4)]}
+    return round(float(ci.low), 4), round(float(ci.high), 4)
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,12 @@ from typing import Any
 LIBRARY = "au.csiro.pathling:library-runtime:9.4.0"
 
 
+
+#: Extension value types Pathling encodes (PathlingContext.create ``enabled_open_types``): its
+#: default list and Quantity
+OPEN_TYPES = ("boolean", "code", "date", "dateTime", "decimal", "integer", "string", "Coding", "CodeableConcept",
+              "Address", "Identifier", "Reference", "Quantity")
+
 def stage(export_dir: str, folder: Path) -> Path:
     """Symbolic links in ``folder`` to every ``*.ndjson`` of the export, named ``<Type>.<n>.ndjson``
     (the type read from the file's first resource when the name does not start with it)."""
@@ -83,8 +89,10 @@ def run(export_dir: str, views: dict[str, dict[str, Any]], master: str = "local[
     builder = builder.config("spark.jars", jars) if jars else builder.config("spark.jars.packages", LIBRARY)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("ERROR")
-    # extensions on: our grades, cycles and transplant details are extensions; no terminology server
-    pc = PathlingContext.create(spark, enable_extensions=True, enable_terminology=False)
+    # extensions on: our grades, cycles and transplant details are extensions; no terminology server.
+    # Pathling encodes extension values of a fixed list of types: its default, and Quantity (the
+    # standard-course-quantity of a dispense)
+    pc = PathlingContext.create(spark, enable_extensions=True, enable_terminology=False, enabled_open_types=OPEN_TYPES)
     out: dict[str, list[dict[str, Any]]] = {}
     with tempfile.TemporaryDirectory() as scratch:
         data = pc.read.ndjson(str(stage(export_dir, Path(scratch))))
