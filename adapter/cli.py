@@ -397,8 +397,7 @@ def verify_figures(
     fmt: Annotated[str, typer.Option("--format", help="table or json")] = "table",
 ) -> None:
     """Check the facade's figures against an analysis plan run over a Bulk export. The plan
-    (``--plan``; by default plans/default.yaml, the facade's headline figures: N, sex, deaths,
-    CRS, CRS grade 3+, HSCT, grafts, HLA match, responses, CR, MRD-negative after) runs over the
+    (``--plan``; by default plans/default.yaml, every figure of /outcomes but the vial costs) runs over the
     rows of the SQL on FHIR views, compiled to SQL on an embedded DuckDB (``--engine spark``: Spark
     SQL on ``--spark-master``; ``--engine reference``: the in-memory reference runner); each of its
     figures that names ``outcomes`` is compared, per site and pooled, with ``/outcomes``. Exit 0

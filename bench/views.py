@@ -6,13 +6,13 @@
 
 Ingests every example export into a scratch SQLite store, clones its patients (each with its whole
 compartment, references rewritten to the clone) to ``--patients`` patients in memory, then, in the
-same run, computes the headline counts two ways over the same resources and checks they agree:
+same run, computes the figures two ways over the same resources and checks they agree:
 
 1. baseline: the facade's extraction (adapter/outcomes/cohort.py ``course_of`` per patient) and
    report (adapter/outcomes/report.py ``outcomes_report``), as ``/outcomes`` does;
 2. the project's ViewDefinitions (views/) on the reference runner (adapter/views/runner.py,
-   FHIRPath by fhirpathpy), then the default plan (plans/default.yaml: the facade's headline
-   figures as an analysis plan, adapter/analysis/plan.py) over their rows;
+   FHIRPath by fhirpathpy), then the default plan (plans/default.yaml: the facade's figures as
+   an analysis plan, adapter/analysis/plan.py) over their rows;
 3. the same views compiled to SQL (adapter/views/sql.py) on an embedded DuckDB reading the
    resources as a Bulk export folder (NDJSON written first, not timed), then the default plan;
 4. the views compiled to Spark SQL (adapter/views/spark.py) on Spark local[2] reading the same
@@ -20,8 +20,7 @@ same run, computes the headline counts two ways over the same resources and chec
 
 Reports wall time, resources/s and the peak of Python memory (tracemalloc, in a second run) for
 each. The baseline computes every figure of /outcomes (Kaplan-Meier, confidence intervals), the
-views and the default plan only the headline figures, so the comparison bounds the views' cost rather than matching the
-work. The reference runner is the correctness oracle. DuckDB's memory is native, outside
+views and the default plan the same figures but the vial costs. The reference runner is the correctness oracle. DuckDB's memory is native, outside
 tracemalloc: its step also runs in a forked child whose peak resident set size is reported.
 """
 

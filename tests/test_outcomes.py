@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -297,6 +298,37 @@ def test_a_measure_report_follows_the_stored_resources(backend: str, tmp_path: A
         period = srv.client.get("/Measure/blinatumomab-outcomes/$evaluate-measure",
                                 params={"periodStart": "2024-01-01", "periodEnd": "2024-12-31"}).json()
         assert _count(_group(period, "hsct")["population"], "initial-population") == 3  # the three 2024 starts
+        _assert_rows_follow_writes(srv)
+
+
+def _assert_rows_follow_writes(srv: Any) -> None:
+    """The view rows a StorePlan keeps are brought up to date after a write by running the views
+    over the changed resources only, and equal a run over the whole store: after the PUT above, a
+    DELETE, and an ingestion of another site's file."""
+    from adapter.analysis.store_plan import StorePlan
+    from adapter.api.outcomes_routes import store_plan
+    from tests.conftest import EXAMPLE_FILES
+
+    def canonical(rows: dict[str, list[dict[str, Any]]]) -> dict[str, list[str]]:
+        return {name: sorted(json.dumps(r, sort_keys=True, default=str) for r in rs) for name, rs in rows.items()}
+
+    kept = store_plan(srv.store)
+    assert kept.last_run is not None and kept.last_run[0] == "incremental" and kept.last_run[1] == 1  # the PUT
+    assert canonical(kept.rows()) == canonical(StorePlan(srv.store).rows())
+    graft = next(e["resource"] for e in srv.client.get("/Procedure", params={"_count": 50}).json()["entry"]
+                 if "234336002" in json.dumps(e["resource"]["code"]))
+    assert srv.client.delete(f"/Procedure/{graft['id']}").status_code in (200, 204)
+    after_delete = kept.rows()
+    assert kept.last_run == ("incremental", 1)
+    assert all(r["id"] != f"Procedure/{graft['id']}" for r in after_delete["pedall_hsct"])
+    assert canonical(after_delete) == canonical(StorePlan(srv.store).rows())
+    site, mapping, path = EXAMPLE_FILES[0]
+    with open(path, "rb") as fh:
+        assert srv.client.post("/$ingest", files={"file": (Path(path).name, fh)},
+                               data={"site": site, "mapping": mapping}).status_code == 200
+    grown = kept.rows()
+    assert kept.last_run[0] == "full"  # most of the store is new: one pass over it
+    assert canonical(grown) == canonical(StorePlan(srv.store).rows()) and len(grown["pedall_patient"]) > 12
 
 
 @pytest.mark.parametrize(("url", "status"), [

@@ -2,10 +2,13 @@
 dashboard's outcomes table and ``adapter outcomes`` render.
 
 :class:`StorePlan` runs the SQL on FHIR views over the store's current resources (compiled to SQL
-on an embedded DuckDB, adapter/views/engines.py ``run_views_resources``) and keeps their rows
-until the store changes: any write adds a version (``Store.version_total``), so the next call
-runs the views again. The plan itself (plans/default.yaml) runs on every call, with the
-Kaplan–Meier time point, the sites and the period of the request.
+on an embedded DuckDB, adapter/views/engines.py ``run_views_resources``) and keeps their rows.
+A view row depends on one resource only (SQL on FHIR v2: a view selects from each resource on its
+own), so after a write only the resources whose version changed are run again and their rows
+replaced: any write adds a version (``Store.version_total``), and the current ``versionId`` of
+every resource (``Store.current_versions``) says which changed. The plan itself
+(plans/default.yaml) runs on every call, with the Kaplan–Meier time point, the sites and the
+period of the request.
 """
 
 from __future__ import annotations
@@ -16,29 +19,59 @@ from typing import Any
 from adapter.config import ROOT
 from adapter.store import Store
 
+#: When more than this share of the resources changed, the views run again over the whole store
+#: (one pass is then cheaper than reading the changed resources one by one)
+FULL_RUN_SHARE = 0.25
+
 
 class StorePlan:
-    """The default plan's figures over one store. Thread-safe; one per process and store."""
+    """The default plan's figures over one store. Thread-safe; one per process and store.
+    ``last_run``: how the view rows were last brought up to date, ``("full" | "incremental", resources)``."""
 
     def __init__(self, store: Store) -> None:
         self.store = store
         self._lock = threading.Lock()
         self._version: int | None = None
+        self._versions: dict[tuple[str, str], int] | None = None
+        self._by_key: dict[str, dict[str, list[dict[str, Any]]]] = {}
         self._rows: dict[str, list[dict[str, Any]]] = {}
+        self.last_run: tuple[str, int] | None = None
 
     def rows(self) -> dict[str, list[dict[str, Any]]]:
         """The rows of every view in ``views/`` over the store's current resources (view name ->
-        rows), run again only when the store has changed since the last call."""
+        rows), brought up to date when the store has changed since the last call: the views run
+        over the resources created, updated or deleted since (their old rows dropped), or over the
+        whole store the first time and after a large change."""
         from adapter.views.engines import run_views_resources
         from adapter.views.figures import load_views
 
         with self._lock:
-            version = self.store.version_total()
-            if version != self._version:
-                views = load_views(ROOT / "views")
-                types = sorted({str(v.resource) for v in views.values()})
-                self._rows = run_views_resources(views, (r for t in types for r in self.store.iter_resources(t)))
-                self._version = version
+            version = self.store.version_total()  # read first: a write after it is seen next time
+            if version == self._version:
+                return self._rows
+            views = load_views(ROOT / "views")
+            keys = {name: _key_column(getattr(v, "view", v)) for name, v in views.items()}
+            types = sorted({str(v.resource) for v in views.values()})
+            current = self.store.current_versions(types)  # before the resources: a later write is seen next time
+            before = self._versions
+            changed = [] if before is None else [k for k, v in current.items() if before.get(k) != v]
+            gone = [] if before is None else [k for k in before if k not in current]
+            if before is None or None in keys.values() or len(changed) + len(gone) > FULL_RUN_SHARE * max(len(current), 1):
+                rows = run_views_resources(views, (r for t in types for r in self.store.iter_resources(t)))
+                self._by_key = {name: _group(rows.get(name, []), keys[name]) for name in views}
+                self.last_run = ("full", len(current))
+            else:
+                fresh = run_views_resources(views, self.store.read_current(changed)) if changed else {}
+                for name in views:
+                    table = self._by_key.setdefault(name, {})
+                    for t, i in (*changed, *gone):
+                        table.pop(f"{t}/{i}", None)
+                    for key, group in _group(fresh.get(name, []), keys[name]).items():
+                        table[key] = group
+                self.last_run = ("incremental", len(changed) + len(gone))
+            self._rows = {name: [r for group in self._by_key[name].values() for r in group] for name in views}
+            self._versions = current
+            self._version = version
             return self._rows
 
     def result(self, timepoint_months: float = 36.0, sites: list[str] | None = None,
@@ -56,3 +89,21 @@ class StorePlan:
         plan = {**plan, "figures": [{**f, "at_days": [days]} if f["type"] == "km" else f for f in plan["figures"]],
                 **({"cohort": {"sites": sites}} if sites else {})}
         return run_plan(plan, self.rows(), suppress_below=suppress_below, period=period)
+
+
+def _key_column(view: Any) -> str | None:
+    """The name of the view's column holding its resource's key (path ``getResourceKey()``), or
+    None when it has none (its rows cannot be told apart by resource: it always runs in full)."""
+    for select in view.get("select", []) if isinstance(view, dict) else []:
+        for column in select.get("column", []):
+            if column.get("path") == "getResourceKey()":
+                return str(column["name"])
+    return None
+
+
+def _group(rows: list[dict[str, Any]], key: str | None) -> dict[str, list[dict[str, Any]]]:
+    """Rows by the resource key in column ``key``."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        out.setdefault(str(r.get(key)) if key else "", []).append(r)
+    return out

@@ -10,7 +10,7 @@ import hashlib
 import random
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -599,6 +599,27 @@ class Store:
             for (text,) in conn.execution_options(stream_results=True, yield_per=1000).execute(
                     q.order_by(resources.c.type, resources.c.id)):
                 yield orjson.loads(text)
+
+    def current_versions(self, types: Iterable[str]) -> dict[tuple[str, str], int]:
+        """``(type, id) -> versionId`` of every current (not deleted) resource of ``types``."""
+        q = select(resources.c.type, resources.c.id, resources.c.version_id).where(
+            resources.c.deleted.is_(False), resources.c.type.in_(sorted(set(types))))
+        with self.engine.connect() as conn:
+            return {(t, i): int(v) for t, i, v in conn.execute(q)}
+
+    def read_current(self, keys: Iterable[tuple[str, str]]) -> list[dict[str, Any]]:
+        """The current resources among ``keys`` (``(type, id)``; deleted and absent ones are left out)."""
+        by_type: dict[str, list[str]] = {}
+        for t, i in keys:
+            by_type.setdefault(t, []).append(i)
+        out = []
+        with self.engine.connect() as conn:
+            for t, ids in sorted(by_type.items()):
+                for n in range(0, len(ids), 500):
+                    q = select(resources.c.resource).where(resources.c.type == t, resources.c.id.in_(ids[n:n + 500]),
+                                                           resources.c.deleted.is_(False))
+                    out.extend(orjson.loads(text) for (text,) in conn.execute(q))
+        return out
 
     def compartment(self, patient_id: str, site: str | None = None) -> list[dict[str, Any]]:
         """Current resources in a Patient's compartment (``subject``/``patient`` = the Patient),
