@@ -321,7 +321,7 @@ def outcomes(
     timepoint: Annotated[float, typer.Option(help="months at which KM estimates are read")] = 36.0,
 ) -> None:
     """Outcome figures (remission, MRD negativity, HSCT, toxicity, deaths, KM OS/RFS) per site and pooled."""
-    from adapter.outcomes import STRATA, outcomes_report
+    from adapter.outcomes import STRATA
     from adapter.outcomes.render import to_csv
     from adapter.spec.loader import load_drug_costs
 
@@ -333,13 +333,14 @@ def outcomes(
         store = _store()
         if site is not None and site not in store.sites():
             raise ConfigError(f"no data for site {site!r} (sites: {', '.join(store.sites())})")
-        with err_console.status("computing outcomes (Kaplan–Meier, confidence intervals)"):
-            report = outcomes_report(store.cohort(site), timepoint, stratify,
-                                     drug_costs=load_drug_costs(get_settings().mappings_dir))
-            if fmt == "table":  # the table renders the default plan's figures (adapter/analysis/store_plan.py)
-                from adapter.analysis.store_plan import StorePlan
+        with err_console.status("computing outcomes (the default plan over the views, Kaplan–Meier, confidence intervals)"):
+            # every figure of the default plan from the plan over the store's views (adapter/analysis/store_plan.py)
+            from adapter.analysis.store_plan import for_store, served_outcomes
 
-                plan = StorePlan(store).result(timepoint, [site] if site else None)
+            report = served_outcomes(store, store.cohort(site), timepoint, stratify, [site] if site else None,
+                                     drug_costs=load_drug_costs(get_settings().mappings_dir))
+            if fmt == "table":
+                plan = for_store(store).result(timepoint, [site] if site else None)
     except AdapterError as exc:
         _fail(exc)
     if fmt == "json":
@@ -404,7 +405,7 @@ def verify_figures(
     when every number agrees, 8 when one differs (each is listed), 2 for a bad option, view or plan,
     3 for an unreadable export."""
     from adapter.analysis.plan import load_plan, run_plan
-    from adapter.analysis.verify import comparable, compare_with_outcomes
+    from adapter.analysis.verify import comparable, compare_with_outcomes, uncompared
     from adapter.errors import FiguresDiffer
     from adapter.readers.ndjson import iter_export
     from adapter.views.engines import ENGINES, run_views_duckdb, run_views_spark
@@ -433,15 +434,19 @@ def verify_figures(
             if r.status_code != 200:
                 raise ConfigError(f"{server}/outcomes answered {r.status_code}")
             report = r.json()
-        else:
-            from adapter.outcomes import outcomes_report
+        else:  # the figures this store serves (GET /outcomes)
+            from adapter.analysis.store_plan import served_outcomes
+            from adapter.spec.loader import load_drug_costs
 
-            report = outcomes_report(_store().cohort(None))
+            store = _store()
+            report = served_outcomes(store, store.cohort(None), drug_costs=load_drug_costs(get_settings().mappings_dir))
         differences = compare_with_outcomes(checked, result, report)
+        left = uncompared(checked, report)
     except AdapterError as exc:
         _fail(exc)
     if fmt == "json":
-        sys.stdout.write(json.dumps({"plan": result, "differences": differences}, indent=2, default=str) + "\n")
+        sys.stdout.write(json.dumps({"plan": result, "differences": differences, "uncompared": left},
+                                    indent=2, default=str) + "\n")
     else:
         scopes = [*result["sites"], "pooled"]
         table = Table("figure", *scopes, title=f"Figures of plan {checked['id']} from the views")
@@ -455,6 +460,8 @@ def verify_figures(
                              ", ".join(f"{k} {v}" for k, v in value.items()) if f["type"] == "table" else str(value))
             table.add_row(f["id"] + ("" if f.get("outcomes") else " (plan only)"), *cells)
         console.print(table)
+        if left:  # e.g. the vial costs: nothing is left out in silence
+            console.print(f"{len(left)} number(s) of /outcomes no figure of the plan compares: {', '.join(left)}")
         for d in differences:
             err_console.print(f"[red]differs[/red] {d}")
     if differences:

@@ -14,6 +14,8 @@ period of the request.
 from __future__ import annotations
 
 import threading
+import weakref
+from collections.abc import Mapping
 from typing import Any
 
 from adapter.config import ROOT
@@ -35,6 +37,7 @@ class StorePlan:
         self._versions: dict[tuple[str, str], int] | None = None
         self._by_key: dict[str, dict[str, list[dict[str, Any]]]] = {}
         self._rows: dict[str, list[dict[str, Any]]] = {}
+        self._results: dict[tuple[Any, ...], dict[str, Any]] = {}
         self.last_run: tuple[str, int] | None = None
 
     def rows(self) -> dict[str, list[dict[str, Any]]]:
@@ -72,6 +75,7 @@ class StorePlan:
             self._rows = {name: [r for group in self._by_key[name].values() for r in group] for name in views}
             self._versions = current
             self._version = version
+            self._results = {}
             return self._rows
 
     def result(self, timepoint_months: float = 36.0, sites: list[str] | None = None,
@@ -80,15 +84,67 @@ class StorePlan:
         ``timepoint_months`` (x 30.4375 days), only ``sites`` when given, only the patients whose
         blinatumomab started in ``period`` (ISO dates) when given, small cells withheld below
         ``suppress_below``. Raises PlanError (a broken plan) or ViewDefinitionError (a broken view)."""
-        from adapter.analysis.plan import load_plan, run_plan
-        from adapter.analysis.verify import DEFAULT_PLAN
+        from adapter.analysis.plan import run_plan
         from adapter.outcomes.stats import DAYS_PER_MONTH
 
-        plan = load_plan(DEFAULT_PLAN)
+        rows = self.rows()
+        key = (self._version, timepoint_months, tuple(sites or ()), period, suppress_below)
+        with self._lock:
+            if key in self._results:  # the same request over the same rows
+                return self._results[key]
+        plan = default_plan()
         days = round(timepoint_months * DAYS_PER_MONTH, 4)
         plan = {**plan, "figures": [{**f, "at_days": [days]} if f["type"] == "km" else f for f in plan["figures"]],
                 **({"cohort": {"sites": sites}} if sites else {})}
-        return run_plan(plan, self.rows(), suppress_below=suppress_below, period=period)
+        result = run_plan(plan, rows, suppress_below=suppress_below, period=period)
+        with self._lock:
+            if len(self._results) >= 32:
+                self._results.clear()
+            self._results[key] = result
+        return result
+
+
+_PLANS: weakref.WeakKeyDictionary[Store, StorePlan] = weakref.WeakKeyDictionary()
+_REGISTRY = threading.Lock()
+
+
+def for_store(store: Store) -> StorePlan:
+    """The one :class:`StorePlan` of ``store`` in this process (its view rows are shared by the
+    API, the dashboard and the CLI)."""
+    with _REGISTRY:
+        kept = _PLANS.get(store)
+        if kept is None:
+            kept = _PLANS[store] = StorePlan(store)
+        return kept
+
+
+_DEFAULT: dict[str, Any] = {}
+
+
+def default_plan() -> dict[str, Any]:
+    """plans/default.yaml, loaded and checked once per change of the file. Raises PlanError."""
+    from adapter.analysis.plan import load_plan
+    from adapter.analysis.verify import DEFAULT_PLAN
+
+    stamp = DEFAULT_PLAN.stat().st_mtime_ns
+    if _DEFAULT.get("stamp") != stamp:
+        _DEFAULT.update(plan=load_plan(DEFAULT_PLAN), stamp=stamp)
+    return dict(_DEFAULT["plan"])
+
+
+def served_outcomes(store: Store, cohort: list[Any], timepoint_months: float = 36.0, stratify: str | None = None,
+                    sites: list[str] | None = None, drug_costs: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """``GET /outcomes`` as served (also its CSV, the dashboard and ``adapter outcomes``): the
+    report's layout from adapter/outcomes/report.py over ``cohort`` (the stored courses of the
+    patients asked for), with every figure of the default plan rendered from the plan over the
+    store's views, for the same sites (adapter/analysis/rendering.py): every number but the vial
+    costs, the definitions and the strata of ``stratify``. Unsuppressed; raises PlanError or
+    ViewDefinitionError for a broken plan or view, ValueError for an unknown ``stratify``."""
+    from adapter.analysis.rendering import render_outcomes
+    from adapter.outcomes import outcomes_report
+
+    report = outcomes_report(cohort, timepoint_months, stratify, drug_costs=drug_costs)
+    return render_outcomes(default_plan(), for_store(store).result(timepoint_months, sites), report)
 
 
 def _key_column(view: Any) -> str | None:
