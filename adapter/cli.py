@@ -321,7 +321,7 @@ def outcomes(
     timepoint: Annotated[float, typer.Option(help="months at which KM estimates are read")] = 36.0,
 ) -> None:
     """Outcome figures (remission, MRD negativity, HSCT, toxicity, deaths, KM OS/RFS) per site and pooled."""
-    from adapter.outcomes import STRATA
+    from adapter.outcomes import STRATA, outcomes_report
     from adapter.outcomes.render import to_csv
     from adapter.spec.loader import load_drug_costs
 
@@ -333,13 +333,12 @@ def outcomes(
         store = _store()
         if site is not None and site not in store.sites():
             raise ConfigError(f"no data for site {site!r} (sites: {', '.join(store.sites())})")
-        with err_console.status("computing outcomes (the default plan over the views, Kaplan–Meier, confidence intervals)"):
-            # every figure of the default plan from the plan over the store's views (adapter/analysis/store_plan.py)
-            from adapter.analysis.store_plan import for_store, served_outcomes
-
-            report = served_outcomes(store, store.cohort(site), timepoint, stratify, [site] if site else None,
+        with err_console.status("computing outcomes (Kaplan–Meier, confidence intervals)"):
+            report = outcomes_report(store.cohort(site), timepoint, stratify,
                                      drug_costs=load_drug_costs(get_settings().mappings_dir))
-            if fmt == "table":
+            if fmt == "table":  # the table renders the default plan's figures (adapter/analysis/store_plan.py)
+                from adapter.analysis.store_plan import for_store
+
                 plan = for_store(store).result(timepoint, [site] if site else None)
     except AdapterError as exc:
         _fail(exc)
@@ -434,12 +433,11 @@ def verify_figures(
             if r.status_code != 200:
                 raise ConfigError(f"{server}/outcomes answered {r.status_code}")
             report = r.json()
-        else:  # the figures this store serves (GET /outcomes)
-            from adapter.analysis.store_plan import served_outcomes
+        else:
+            from adapter.outcomes import outcomes_report
             from adapter.spec.loader import load_drug_costs
 
-            store = _store()
-            report = served_outcomes(store, store.cohort(None), drug_costs=load_drug_costs(get_settings().mappings_dir))
+            report = outcomes_report(_store().cohort(None), drug_costs=load_drug_costs(get_settings().mappings_dir))
         differences = compare_with_outcomes(checked, result, report)
         left = uncompared(checked, report)
     except AdapterError as exc:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import threading
 import weakref
-from collections.abc import Mapping
 from typing import Any
 
 from adapter.config import ROOT
@@ -130,21 +129,6 @@ def default_plan() -> dict[str, Any]:
     if _DEFAULT.get("stamp") != stamp:
         _DEFAULT.update(plan=load_plan(DEFAULT_PLAN), stamp=stamp)
     return dict(_DEFAULT["plan"])
-
-
-def served_outcomes(store: Store, cohort: list[Any], timepoint_months: float = 36.0, stratify: str | None = None,
-                    sites: list[str] | None = None, drug_costs: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """``GET /outcomes`` as served (also its CSV, the dashboard and ``adapter outcomes``): the
-    report's layout from adapter/outcomes/report.py over ``cohort`` (the stored courses of the
-    patients asked for), with every figure of the default plan rendered from the plan over the
-    store's views, for the same sites (adapter/analysis/rendering.py): every number but the vial
-    costs, the definitions and the strata of ``stratify``. Unsuppressed; raises PlanError or
-    ViewDefinitionError for a broken plan or view, ValueError for an unknown ``stratify``."""
-    from adapter.analysis.rendering import render_outcomes
-    from adapter.outcomes import outcomes_report
-
-    report = outcomes_report(cohort, timepoint_months, stratify, drug_costs=drug_costs)
-    return render_outcomes(default_plan(), for_store(store).result(timepoint_months, sites), report)
 
 
 def _key_column(view: Any) -> str | None:

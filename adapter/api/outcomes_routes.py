@@ -1,11 +1,8 @@
 """The outcomes facade over HTTP: ``GET /outcomes`` (JSON), ``GET /outcomes.csv``,
 ``GET /outcomes/km.{png,svg}`` (Kaplan–Meier plots), and ``GET /Measure/{id}/$evaluate-measure``
 (FHIR MeasureReport; R4 §Measure "$evaluate-measure", with ``periodStart``/``periodEnd`` selecting
-patients by the start of blinatumomab). Every figure the default analysis plan defines
-(plans/default.yaml: all but the vial costs) is the plan's, run over the SQL on FHIR views of the
-stored resources (adapter/analysis/store_plan.py ``served_outcomes``); the report's layout, the
-definitions, the vial costs and the strata of ``stratify`` come from the stored patient courses,
-which the store keeps in step with the FHIR resources (adapter/store/courses.py)."""
+patients by the start of blinatumomab). Figures are computed on each request from the stored
+patient courses, which the store keeps in step with the FHIR resources (adapter/store/courses.py)."""
 
 from __future__ import annotations
 
@@ -14,11 +11,11 @@ from typing import Annotated, Any
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.responses import JSONResponse, Response
 
-from adapter.analysis.store_plan import StorePlan, served_outcomes
+from adapter.analysis.store_plan import StorePlan
 from adapter.api.fhir_http import FHIRError, FHIRResponse
 from adapter.api.security import require
 from adapter.config import Settings
-from adapter.outcomes import STRATA
+from adapter.outcomes import STRATA, outcomes_report
 from adapter.outcomes.cohort import PatientCourse
 from adapter.outcomes.measure import load_measures, measure_report
 from adapter.outcomes.render import km_plot, to_csv
@@ -85,13 +82,6 @@ def store_plan(store: Store) -> StorePlan:
     return for_store(store)
 
 
-def _wanted(site: str | None, sites: str | None) -> list[str] | None:
-    """The sites a request names (``sites`` wins over ``site``), or None for every site."""
-    if sites:
-        return [s.strip() for s in sites.split(",") if s.strip()] or None
-    return [site] if site else None
-
-
 def add_outcome_routes(app: FastAPI, store: Store, settings: Settings) -> None:
     """Register the outcomes endpoints on ``app``."""
     load_libraries()  # the first outcomes request should not pay for importing lifelines
@@ -101,7 +91,7 @@ def add_outcome_routes(app: FastAPI, store: Store, settings: Settings) -> None:
     def outcomes(forced: Allowed, site: Site = None, sites: Sites = None, stratify: Stratify = None,
                  timepoint: Timepoint = 36.0, suppress: Suppress = None) -> JSONResponse:
         suppress = forced or suppress
-        report = served_outcomes(store, _cohort(store, site, sites), timepoint, _stratify(stratify), _wanted(site, sites),
+        report = outcomes_report(_cohort(store, site, sites), timepoint, _stratify(stratify),
                                  drug_costs=load_drug_costs(settings.mappings_dir))
         return JSONResponse(_suppressed(report, site, suppress, settings))
 
@@ -109,9 +99,8 @@ def add_outcome_routes(app: FastAPI, store: Store, settings: Settings) -> None:
     def outcomes_csv(forced: Allowed, site: Site = None, sites: Sites = None, stratify: Stratify = None,
                      timepoint: Timepoint = 36.0, suppress: Suppress = None) -> Response:
         suppress = forced or suppress
-        report = _suppressed(served_outcomes(store, _cohort(store, site, sites), timepoint, _stratify(stratify),
-                                             _wanted(site, sites), drug_costs=load_drug_costs(settings.mappings_dir)),
-                             site, suppress, settings)
+        report = _suppressed(outcomes_report(_cohort(store, site, sites), timepoint, _stratify(stratify),
+                                             drug_costs=load_drug_costs(settings.mappings_dir)), site, suppress, settings)
         return Response(to_csv(report), media_type="text/csv; charset=utf-8",
                         headers={"Content-Disposition": 'attachment; filename="outcomes.csv"'})
 

@@ -35,8 +35,8 @@ CSRF_COOKIE = "adapter_ui_csrf"
 
 def add_ui_routes(app: FastAPI, store: Store, settings: Settings) -> None:
     """Register the dashboard (before the generic FHIR routes)."""
-    from adapter.analysis.store_plan import served_outcomes
     from adapter.api.outcomes_routes import _cohort, _suppressed, store_plan
+    from adapter.outcomes import outcomes_report
     from adapter.outcomes.render import outcome_table
     from adapter.spec.loader import load_drug_costs
 
@@ -115,8 +115,8 @@ def add_ui_routes(app: FastAPI, store: Store, settings: Settings) -> None:
     def outcomes_page(request: Request, timepoint: Annotated[float, Query(gt=0, le=600)] = 36.0) -> Response:
         who = require(request, "outcomes", "MeasureReport")
         forced = True if who.role == "coordinator" else None
-        report = _suppressed(served_outcomes(store, _cohort(store, None), timepoint,
-                                             drug_costs=load_drug_costs(settings.mappings_dir)), None, forced, settings)
+        report = _suppressed(outcomes_report(_cohort(store, None), timepoint, drug_costs=load_drug_costs(settings.mappings_dir)),
+                             None, forced, settings)
         plan = store_plan(store).result(timepoint, suppress_below=settings.small_cell_threshold)  # as the report: suppressed
         columns, rows = outcome_table(report, plan)
         q = urlencode({"timepoint": f"{timepoint:g}"})
