@@ -257,7 +257,7 @@ PROFILES: dict[str, tuple[str, str, list[dict[str, Any]]]] = {
         el("Observation.status", min=1), el("Observation.code", min=1), el("Observation.subject", min=1),
         el("Observation.value[x]", min=1)]),
     "pedall-encounter": ("Encounter", "An inpatient stay of interest (e.g. PICU admission)", [
-        el("Encounter.type", min=1), required("Encounter.type", "encounter-type", 1), el("Encounter.subject", min=1),
+        required("Encounter.type", "encounter-type", 1), el("Encounter.subject", min=1),
         el("Encounter.period", min=1), el("Encounter.period.start", min=1)]),
     "pedall-hsct": ("Procedure", "Hematopoietic stem-cell transplant", [
         ext_slicing("Procedure"), ext_slice("Procedure", "hsct-donor-relationship"),
@@ -285,6 +285,12 @@ PROFILES: dict[str, tuple[str, str, list[dict[str, Any]]]] = {
 
 
 def structure_definition(pid: str, rtype: str, title: str, elements: list[dict[str, Any]]) -> dict[str, Any]:
+    """A profile of ``rtype`` with the differential ``elements``. Raises ValueError when an element
+    id appears twice (R4 invariant sdf-17: element ids are unique within the differential)."""
+    seen = [e["id"] for e in elements]
+    if len(seen) != len(set(seen)):
+        raise ValueError(f"{pid}: element ids twice in the differential (sdf-17): "
+                         f"{sorted({i for i in seen if seen.count(i) > 1})}")
     return {"resourceType": "StructureDefinition", "id": pid, "url": SD + pid, "version": "0.1.0",
             "name": "".join(p.capitalize() for p in pid.split("-")), "title": title, "status": "draft",
             "fhirVersion": "4.0.1", "kind": "resource", "abstract": False, "type": rtype,

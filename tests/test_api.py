@@ -178,6 +178,52 @@ def test_everything(api: Server) -> None:
     assert sum(types.values()) == len(mine) + 2
 
 
+def test_pretty_is_accepted_on_search(api: Server) -> None:
+    """_pretty (R4 §3.1.0.1.8, a general parameter) is taken on search as on read; a value other
+    than true or false is a 400."""
+    plain = _search(api, "Observation", {"_count": 3})
+    pretty = api.client.get("/Observation", params={"_count": 3, "_pretty": "true"})
+    assert pretty.status_code == 200 and [e["fullUrl"] for e in pretty.json()["entry"]] == [e["fullUrl"] for e in plain["entry"]]
+    assert api.client.get("/Observation", params={"_pretty": "yes"}).status_code == 400
+
+
+def test_everything_takes_its_parameters_by_get_and_post(api: Server) -> None:
+    """R4 Patient-everything: _type, _count with next links to the end, _since (an instant with its
+    offset), start/end (care dates), by GET and by POST with a Parameters body; an unknown
+    parameter or a bad value is a 400 OperationOutcome, never silently ignored."""
+    p = next(r for r in _stored(api, "Patient") if sum(1 for _ in api.store.compartment(r["id"])) > 6)
+    url = f"/Patient/{p['id']}/$everything"
+    whole = api.client.get(url).json()
+    n = whole["total"]
+    assert n == len(whole["entry"]) > 7
+    only = api.client.get(url, params={"_type": "Observation,Patient"}).json()
+    assert {e["resource"]["resourceType"] for e in only["entry"]} == {"Observation", "Patient"}
+    assert only["total"] == sum(e["resource"]["resourceType"] in ("Observation", "Patient") for e in whole["entry"])
+    seen, page = [], api.client.get(url, params={"_count": 5}).json()
+    while True:  # paging to the end gives every resource once
+        assert len(page["entry"]) <= 5 and page["total"] == n
+        seen += [e["fullUrl"] for e in page["entry"]]
+        nxt = next((lk["url"] for lk in page["link"] if lk["relation"] == "next"), None)
+        if nxt is None:
+            break
+        page = api.client.get(nxt).json()
+    assert sorted(seen) == sorted(e["fullUrl"] for e in whole["entry"]) and len(seen) == n
+    assert api.client.get(url, params={"_since": "2999-01-01T00:00:00+05:30"}).json()["total"] == 0
+    assert api.client.get(url, params={"_since": "2000-01-01T00:00:00-06:00"}).json()["total"] == n
+    dated = [e["resource"] for e in whole["entry"] if e["resource"].get("effectiveDateTime")]
+    first = min(r["effectiveDateTime"][:10] for r in dated)
+    early = api.client.get(url, params={"end": first}).json()
+    assert all(e["resource"].get("effectiveDateTime", first)[:10] <= first for e in early["entry"])
+    assert early["total"] < n
+    posted = api.client.post(url, json={"resourceType": "Parameters", "parameter": [
+        {"name": "_type", "valueCode": "Observation"}, {"name": "_count", "valueInteger": 2}]}).json()
+    assert posted["total"] == only["total"] - 1 and len(posted["entry"]) == 2
+    for bad in ({"_typo": "x"}, {"_count": "-1"}, {"_since": "2020-01-01"}, {"start": "last year"}):
+        r = api.client.get(url, params=bad)
+        assert r.status_code == 400 and r.json()["resourceType"] == "OperationOutcome", (bad, r.text)
+    assert api.client.post(url, content=b"not json", headers={"Content-Type": "application/fhir+json"}).status_code == 400
+
+
 # ------------------------------------------------------------------------------------------- writes
 
 def _example(name: str) -> dict[str, Any]:
@@ -238,6 +284,29 @@ def test_transaction_is_atomic_and_resolves_urn_uuid(api: Server) -> None:
     batch = {**bad, "type": "batch"}
     out = api.client.post("/", json=batch).json()
     assert [e["response"]["status"] for e in out["entry"]] == ["201 Created", "422"]
+
+
+def test_a_transaction_writing_one_resource_twice_fails(api: Server) -> None:
+    """R4 §3.1.0.11.2: when resource identities overlap (two PUTs of one id, a PUT and a DELETE,
+    a conditional update resolving to the id another entry writes), the transaction SHALL fail:
+    400 naming both entries, nothing stored. A batch runs them one by one."""
+    patient = _example("pedall-patient-1")
+    patient["id"] = "tx-twice"
+    system = patient["identifier"][0]["system"]
+    patient["identifier"][0]["value"] = "tx-twice"
+    put = {"resource": patient, "request": {"method": "PUT", "url": "Patient/tx-twice"}}
+    other = {"resource": {**patient, "gender": "other"}, "request": {"method": "PUT", "url": "Patient/tx-twice"}}
+    for entries in ([put, other],
+                    [put, {"request": {"method": "DELETE", "url": "Patient/tx-twice"}}],
+                    [put, {"resource": {k: v for k, v in patient.items() if k != "id"},
+                           "request": {"method": "PUT", "url": f"Patient?identifier={system}|tx-twice"}}]):
+        r = api.client.post("/", json={"resourceType": "Bundle", "type": "transaction", "entry": entries})
+        assert r.status_code == 400, r.text
+        text = r.json()["issue"][0]["diagnostics"]
+        assert r.json()["resourceType"] == "OperationOutcome" and "Patient/tx-twice" in text and "entry[1]" in text
+        assert api.client.get("/Patient/tx-twice").status_code == 404
+    out = api.client.post("/", json={"resourceType": "Bundle", "type": "batch", "entry": [put, other]}).json()
+    assert [e["response"]["status"] for e in out["entry"]] == ["201 Created", "200 OK"]
 
 
 def test_conditional_update_and_create(api: Server) -> None:

@@ -74,6 +74,25 @@ def test_conformance_resources_are_valid_r4(path: Path) -> None:
     assert errors == []
 
 
+@pytest.mark.parametrize("path", sorted(PROFILES.glob("StructureDefinition-*.json")), ids=lambda p: p.stem)
+def test_element_ids_are_unique_in_each_differential(path: Path) -> None:
+    """R4 invariant sdf-17 (StructureDefinition): element ids are unique; pedall-encounter had
+    Encounter.type twice. profiles/build.py now refuses to write such a profile."""
+    ids = [e.get("id") for e in json.loads(path.read_text())["differential"]["element"]]
+    assert len(ids) == len(set(ids)), sorted({i for i in ids if ids.count(i) > 1})
+
+
+def test_building_a_profile_with_an_element_twice_fails() -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("build", PROFILES / "build.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    twice = [{"id": "Encounter.type", "path": "Encounter.type", "min": 1}] * 2
+    with pytest.raises(ValueError, match="sdf-17"):
+        mod.structure_definition("x", "Encounter", "x", twice)
+
+
 def test_profile_json_is_up_to_date() -> None:
     import importlib.util
 

@@ -270,24 +270,33 @@ def _routes(app: FastAPI, settings: Settings, store: Store, validator: Validator
                                                                           site=who.site_scope, principal=who,
                                                                           settings=settings)))
 
-    @app.get("/Patient/{rid}/$everything", summary="Everything about one patient")
-    def everything(request: Request, rid: str) -> FHIRResponse:
+    @app.api_route("/Patient/{rid}/$everything", methods=["GET", "POST"], summary="Everything about one patient")
+    async def everything(request: Request, rid: str) -> FHIRResponse:
+        """R4 Patient-everything (OperationDefinition Patient-everything) by GET or POST (a
+        Parameters body): ``start``/``end`` (care dates), ``_since`` (meta.lastUpdated after this
+        instant, with its offset), ``_type`` (resource types), ``_count`` (page size; ``next``
+        links page on with ``_offset``)."""
+        from adapter.api.everything import everything_parameters, select_everything
+
         site = require(request, "everything", "Patient").site_scope
-        state, patient = store.read_state("Patient", rid, site)
-        if patient is None:
-            raise FHIRError(410 if state == "deleted" else 404, "deleted" if state == "deleted" else "not-found",
-                            f"Patient/{rid} is {'deleted' if state == 'deleted' else 'not known'}")
+        body = await request.body() if request.method == "POST" else b""
+        args = everything_parameters(list(request.query_params.multi_items()), body)
         base = _base(request, settings)
-        res = [patient, *store.compartment(rid, site)]
-        org = (patient.get("managingOrganization") or {}).get("reference", "")
-        if org.startswith("Organization/"):
-            o = store.read("Organization", org.split("/", 1)[1], site)
-            if o:
-                res.append(o)
-        entries = [{"fullUrl": f"{base}/{r['resourceType']}/{r['id']}", "resource": r, "search": {"mode": "match"}}
-                   for r in res]
-        bundle = {"resourceType": "Bundle", "type": "searchset", "total": len(entries),
-                  "link": [{"relation": "self", "url": f"{base}/Patient/{rid}/$everything"}], "entry": entries}
+
+        def work() -> dict[str, Any]:  # the store's reads, off the event loop
+            state, patient = store.read_state("Patient", rid, site)
+            if patient is None:
+                raise FHIRError(410 if state == "deleted" else 404, "deleted" if state == "deleted" else "not-found",
+                                f"Patient/{rid} is {'deleted' if state == 'deleted' else 'not known'}")
+            res = [patient, *store.compartment(rid, site)]
+            org = (patient.get("managingOrganization") or {}).get("reference", "")
+            if org.startswith("Organization/"):
+                o = store.read("Organization", org.split("/", 1)[1], site)
+                if o:
+                    res.append(o)
+            return select_everything(res, args, f"{base}/Patient/{rid}/$everything", base)
+
+        bundle = await _threaded(work)
         return FHIRResponse(_deidentified_bundle(bundle, settings) if _wants_deid(request) else bundle)
 
     @app.get("/Group/{gid}/$everything", summary="Everything about a small Group's members (collection Bundle)")

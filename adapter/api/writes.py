@@ -486,6 +486,7 @@ def _transaction(tx: Transaction, validator: Validator, entries: list[Any], pars
         method, _, req = parsed[k]
         return (_ORDER[method], 0 if method == "POST" and req.get("ifNoneExist") else 1)
 
+    written: dict[str, int] = {}  # Type/id -> the entry that wrote it (R4: each resource once)
     for i in sorted(range(len(entries)), key=order):
         method, url, req = parsed[i]
         entry = entries[i]
@@ -503,6 +504,16 @@ def _transaction(tx: Transaction, validator: Validator, entries: list[Any], pars
                 ids[full] = f"{w.resource['resourceType']}/{w.resource['id']}"
         else:
             w = _run_entry(tx, validator, i, entry, method, url, req, ids, allow)
+        if method != "GET":
+            key = (f"{w.resource['resourceType']}/{w.resource['id']}" if w.resource is not None
+                   else url.split("?")[0] if "?" not in url else None)
+            if key is not None and key in written:
+                # R4 §3.1.0.11.2: "If any resource identities (including resolved identities from
+                # conditional update/delete) overlap in steps 1-3, then the transaction SHALL fail."
+                raise FHIRError(400, "invalid", f"Bundle.entry[{written[key]}] and Bundle.entry[{i}] both write {key}: a "
+                                "transaction writes each resource once (R4 3.1.0.11.2); nothing was stored")
+            if key is not None:
+                written[key] = i
         results[i] = _response_entry(w, base)
     check_site_references(tx)
     return {"resourceType": "Bundle", "type": "transaction-response", "entry": results}

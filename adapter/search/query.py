@@ -18,7 +18,7 @@ from adapter.search.params import COMMON, INDEX_LIMIT, PARAMS, SearchParam, date
 
 PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb")
 RESULT_PARAMS = ("_count", "_sort", "_include", "_revinclude", "_summary", "_total", "_format", "_snapshot", "_offset",
-                 "_elements")
+                 "_elements", "_pretty")
 DEFAULT_COUNT = 20
 MAX_COUNT = 1000
 #: Largest ``_offset`` (a page that far is past any result here; a larger number would overflow
@@ -240,5 +240,8 @@ def _result_param(q: Query, name: str, raw: str, rtype: str) -> None:
     elif name == "_format":
         if raw not in ("json", "application/fhir+json", "application/json"):
             raise SearchError(f"_format: only JSON is served, not '{raw}'")
+    elif name == "_pretty":  # R4 §3.1.0.1.8 general parameter: a presentation hint this server may ignore
+        if raw not in ("true", "false"):
+            raise SearchError(f"_pretty: '{raw}' is not true or false")
     elif name == "_elements":
         raise SearchError("_elements is not supported")
