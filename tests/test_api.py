@@ -4,6 +4,7 @@ history, ETag conflicts, transactions, concurrent conditional creates, and bad i
 
 from __future__ import annotations
 
+import json
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -185,6 +186,32 @@ def test_pretty_is_accepted_on_search(api: Server) -> None:
     pretty = api.client.get("/Observation", params={"_count": 3, "_pretty": "true"})
     assert pretty.status_code == 200 and [e["fullUrl"] for e in pretty.json()["entry"]] == [e["fullUrl"] for e in plain["entry"]]
     assert api.client.get("/Observation", params={"_pretty": "yes"}).status_code == 400
+
+
+def test_xml_is_not_acceptable_and_a_body_must_be_json(api: Server) -> None:
+    """R4 §3.1.0.1.10: this server speaks JSON only. XML asked for by _format or by an Accept that
+    lists XML only is a 406; a POST or PUT whose body is not JSON (text/plain, or no Content-Type)
+    is a 415; both OperationOutcomes. JSON among the accepted types, a form for POST _search and an
+    empty POST are served as before."""
+    p = _stored(api, "Patient")[0]
+    for params, headers in (({"_format": "xml"}, {}), ({"_format": "application/fhir+xml"}, {}),
+                            ({}, {"Accept": "application/fhir+xml"}), ({}, {"Accept": "application/xml, text/xml"})):
+        for url in (f"/Patient/{p['id']}", "/Patient", "/metadata"):
+            r = api.client.get(url, params=params, headers=headers)
+            assert r.status_code == 406 and r.json()["resourceType"] == "OperationOutcome", (url, params, headers, r.text)
+    ok = api.client.get(f"/Patient/{p['id']}", headers={"Accept": "application/fhir+xml, application/fhir+json;q=0.8"})
+    assert ok.status_code == 200 and ok.json()["id"] == p["id"]
+    body = json.dumps(p).encode()  # as read: meta.profile kept
+    for headers in ({"Content-Type": "text/plain"}, {}):
+        r = api.client.put(f"/Patient/{p['id']}", content=body, headers=headers)
+        assert r.status_code == 415 and "application/fhir+json" in r.json()["issue"][0]["diagnostics"], r.text
+        r = api.client.post("/Patient", content=body, headers=headers)
+        assert r.status_code == 415
+    assert api.client.put(f"/Patient/{p['id']}", content=body, headers={"Content-Type": "application/fhir+json"}).status_code == 200
+    form = api.client.post("/Patient/_search", data={"_id": p["id"]})
+    assert form.status_code == 200 and form.json()["total"] == 1
+    assert api.client.post(f"/Patient/{p['id']}/$everything").status_code == 200  # no body, no type
+    assert api.client.get("/outcomes", headers={"Accept": "text/xml"}).status_code != 406  # not a FHIR route
 
 
 def test_everything_takes_its_parameters_by_get_and_post(api: Server) -> None:

@@ -80,6 +80,9 @@ def create_app(settings: Settings | None = None, store: Store | None = None, val
     from adapter.store.security import AuditTrail
 
     app.state.audit_spool = AuditSpool(AuditTrail(store), settings.audit_spool_dir)
+    from adapter.api.negotiation import NegotiationMiddleware
+
+    app.add_middleware(NegotiationMiddleware)  # 406/415 on FHIR routes, inside the audit (added before it)
     app.add_middleware(SecurityMiddleware, settings=settings, store=store, spool=app.state.audit_spool)
     add_security_routes(app, store, settings, lambda request: _base(request, settings))
     from adapter.api.ops import add_ops
@@ -270,7 +273,8 @@ def _routes(app: FastAPI, settings: Settings, store: Store, validator: Validator
                                                                           site=who.site_scope, principal=who,
                                                                           settings=settings)))
 
-    @app.api_route("/Patient/{rid}/$everything", methods=["GET", "POST"], summary="Everything about one patient")
+    @app.get("/Patient/{rid}/$everything", summary="Everything about one patient")
+    @app.post("/Patient/{rid}/$everything", summary="Everything about one patient (parameters in a Parameters body)")
     async def everything(request: Request, rid: str) -> FHIRResponse:
         """R4 Patient-everything (OperationDefinition Patient-everything) by GET or POST (a
         Parameters body): ``start``/``end`` (care dates), ``_since`` (meta.lastUpdated after this
