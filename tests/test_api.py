@@ -249,6 +249,7 @@ def test_everything_takes_its_parameters_by_get_and_post(api: Server) -> None:
         r = api.client.get(url, params=bad)
         assert r.status_code == 400 and r.json()["resourceType"] == "OperationOutcome", (bad, r.text)
     assert api.client.post(url, content=b"not json", headers={"Content-Type": "application/fhir+json"}).status_code == 400
+    assert api.client.get(url, params={"_format": "json", "_pretty": "true"}).json()["total"] == n  # general parameters
 
 
 # ------------------------------------------------------------------------------------------- writes

@@ -46,7 +46,7 @@ def everything_parameters(query: list[tuple[str, str]], body: bytes) -> dict[str
             pairs.append((str(p.get("name")), str(value)))
     out: dict[str, Any] = {"start": None, "end": None, "since": None, "types": None, "count": DEFAULT_COUNT, "offset": 0}
     for name, value in pairs:
-        if name in ("_format", "_pretty"):
+        if name in ("_format", "_pretty", "_deidentify"):  # general parameters, taken by the route itself
             continue
         if name not in NAMES:
             raise FHIRError(400, "not-supported", f"$everything does not take parameter '{name}' "
