@@ -38,8 +38,9 @@ def negotiation_error(method: str, path: str, headers: dict[str, str], query: st
     not speak, else None. ``headers``: lower-case names; ``query``: the raw query string."""
     if not is_fhir_route(path):
         return None
+    view_operation = "$viewdefinition-" in path  # its _format is the operation's output format (400 there)
     for name, value in parse_qsl(query, keep_blank_values=True):
-        if name == "_format" and value.strip().lower() in XML_TYPES:
+        if name == "_format" and not view_operation and value.strip().lower() in XML_TYPES:
             return 406, f"_format={value}: this server answers JSON only (application/fhir+json)"
     accept = [a.split(";")[0].strip().lower() for a in headers.get("accept", "").split(",") if a.strip()]
     if accept and all(a in XML_TYPES for a in accept):
