@@ -13,7 +13,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -165,9 +165,14 @@ def test_since_returns_only_what_changed(bulk: Server, r4_schema: jsonschema_rs.
     mrd = bulk.client.get("/Observation", params={"code": MRD, "_count": "1"}).json()["entry"][0]["resource"]
     mrd.setdefault("note", []).append({"text": "reviewed"})
     assert bulk.client.put(f"/Observation/{mrd['id']}", json=mrd).status_code == 200
-    _, files = _export(bulk, "/$export", r4_schema, {"_type": "Observation,Patient", "_since": first["transactionTime"]})
-    assert list(files) == ["Observation"] and [r["id"] for r in files["Observation"]] == [mrd["id"]]
-    assert files["Observation"][0]["meta"]["versionId"] == "2"
+    # one instant, written with its UTC offset, +05:30 and -06:00: the same export (before: the
+    # offset was compared as text, so east of UTC lost the change and west re-sent everything)
+    since = datetime.fromisoformat(first["transactionTime"].replace("Z", "+00:00"))
+    for spelling in (since.isoformat(), since.astimezone(timezone(timedelta(hours=5, minutes=30))).isoformat(),
+                     since.astimezone(timezone(timedelta(hours=-6))).isoformat()):
+        _, files = _export(bulk, "/$export", r4_schema, {"_type": "Observation,Patient", "_since": spelling})
+        assert list(files) == ["Observation"] and [r["id"] for r in files["Observation"]] == [mrd["id"]], spelling
+        assert files["Observation"][0]["meta"]["versionId"] == "2"
 
 
 def test_deidentified_export_keeps_no_identity(bulk: Server, r4_schema: jsonschema_rs.Validator) -> None:

@@ -20,7 +20,7 @@ from tests.conftest import EXAMPLE_FILES
 
 
 def test_migrations_match_table_definitions(store: Store) -> None:
-    assert store.schema_revision() == "0007"
+    assert store.schema_revision() == "0008"
     with store.engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), metadata)
     assert diff == []
@@ -142,3 +142,31 @@ def test_concurrent_writers_to_one_patient_lose_nothing(store: Store, settings: 
     course = next(c for c in store.cohort() if c.patient == pat["id"])
     assert _as_json([course]) == _as_json([c for c in build_cohort(store.iter_resources()) if c.patient == pat["id"]])
     assert len(course.adverse_events) == events_before + 8
+
+
+def test_migration_0008_reindexes_dates_written_with_an_offset(store: Store) -> None:
+    """Revision 0008 recomputes the index of resources holding a dateTime with a non-zero offset
+    (before it, the offset was ignored): a store indexed the old way finds the result on its UTC
+    day after the upgrade, and leaves date-only resources as they were."""
+    import json
+
+    from adapter.search.query import parse
+    from adapter.store.schema import search_index
+
+    obs = json.loads((Path(__file__).resolve().parent.parent / "profiles" / "examples" / "pedall-mrd-1.json").read_text())
+    with store.transaction() as tx:
+        tx.put({**obs, "id": "mig-offset", "effectiveDateTime": "2031-03-01T01:00:00+05:30"}, "")
+        tx.put({**obs, "id": "mig-date", "effectiveDateTime": "2031-03-01"}, "")
+
+    def found(day: str) -> set[str]:
+        return {r["id"] for r in store.search(parse("Observation", [("date", day)])).matches}
+
+    assert found("2031-02-28") == {"mig-offset"}
+    with store.engine.begin() as conn:  # the index as revision 0007 wrote it: the offset ignored
+        conn.execute(search_index.update().where(search_index.c.id == "mig-offset", search_index.c.name == "date")
+                     .values(lo="2031-03-01T01:00:00.000000", hi="2031-03-01T01:00:00.999999"))
+        conn.execute(text("UPDATE alembic_version SET version_num = '0007'"))
+    assert found("2031-02-28") == set() and found("2031-03-01") == {"mig-offset", "mig-date"}
+    store.migrate()
+    assert store.schema_revision() == "0008"
+    assert found("2031-02-28") == {"mig-offset"} and found("2031-03-01") == {"mig-date"}

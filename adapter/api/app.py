@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -487,9 +488,13 @@ def _routes(app: FastAPI, settings: Settings, store: Store, validator: Validator
     @app.get("/{rtype}/{rid}/_history", summary="Instance history")
     def history(rtype: str, rid: str, request: Request) -> FHIRResponse:
         site = require(request, "history", _served(rtype)).site_scope
+        since, count = _history_params(request)
         versions = store.history_entries(rtype, rid, site)
         if not versions:
             raise FHIRError(404, "not-found", f"{rtype}/{rid} is not known")
+        if since is not None:  # R4 3.1.0.9: versions created at or after the instant
+            versions = [v for v in versions if v[1] >= since]
+        versions = versions[:count] if count is not None else versions
         base = _base(request, settings)
         entries = []
         for v, stamp, method, res in versions:
@@ -503,6 +508,31 @@ def _routes(app: FastAPI, settings: Settings, store: Store, validator: Validator
             entries.append(entry)
         return FHIRResponse({"resourceType": "Bundle", "type": "history", "total": len(entries),
                              "link": [{"relation": "self", "url": f"{base}/{rtype}/{rid}/_history"}], "entry": entries})
+
+
+def _history_params(request: Request) -> tuple[str | None, int | None]:
+    """``(_since as UTC text, _count)`` of an instance history request (R4 §3.1.0.9: ``_since`` an
+    instant, offsets applied; ``_count`` the most recent versions). Raises :class:`FHIRError` 400
+    for another parameter or a bad value (general parameters ``_format``/``_pretty`` pass)."""
+    from adapter.search.params import utc_instant
+
+    since: str | None = None
+    count: int | None = None
+    for name, value in request.query_params.multi_items():
+        if name == "_since":
+            if "T" in value and not re.search(r"(Z|[+-]\d{2}:\d{2})$", value):
+                raise FHIRError(400, "invalid", f"_since: {value[:40]!r} has no time zone (an instant needs one)")
+            try:
+                since = utc_instant(value)
+            except ValueError:
+                raise FHIRError(400, "invalid", f"_since: {value[:40]!r} is not a FHIR instant") from None
+        elif name == "_count":
+            if not value.isascii() or not value.isdigit():
+                raise FHIRError(400, "invalid", f"_count: {value[:40]!r} is not a non-negative integer")
+            count = int(value)
+        elif name not in ("_format", "_pretty"):
+            raise FHIRError(400, "invalid", f"history takes _since and _count, not {name[:40]!r}")
+    return since, count
 
 
 def _one(state: str, res: dict[str, Any] | None, what: str, base: str) -> FHIRResponse:

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from adapter.config import CANONICAL
-from adapter.search.params import PARAMS
+from adapter.search.params import PARAMS, SERVER_TIME_ZONE
 
 INTERACTIONS = ("read", "vread", "history-instance", "search-type", "create", "update", "delete")
 _SP_DEFINITION = "http://hl7.org/fhir/SearchParameter/"
@@ -95,6 +95,7 @@ def capability_statement(base: str, profiles_dir: Path, auth: bool = False, toke
         "format": ["application/fhir+json", "json"],
         "rest": [{
             "mode": "server",
+            "documentation": _DOCUMENTATION,
             **({"security": _security(token_base or base)} if auth else {}),
             "resource": resources,
             "interaction": [{"code": "transaction"}, {"code": "batch"}],
@@ -120,6 +121,14 @@ def capability_statement(base: str, profiles_dir: Path, auth: bool = False, toke
             ],
         }],
     }
+
+
+#: What a client needs to know that no structured element says (``rest.documentation``, markdown).
+_DOCUMENTATION = (
+    f"Dates: search on date parameters, `_lastUpdated`, history and Bulk Data `_since` compare instants; a value "
+    f"with a time zone offset is converted to UTC, and a dateTime without an offset or a date without a time is "
+    f"read in the server's time zone, {SERVER_TIME_ZONE} (FHIR R4 3.1.1.4.5). `meta.lastUpdated` is written in UTC."
+)
 
 
 def _security(base: str) -> dict[str, Any]:

@@ -138,10 +138,10 @@ def add_view_routes(app: FastAPI, store: Store, settings: Settings, base_of: Any
             patients = [pid] if patients is None or pid in patients else []
         since = _one(params, "_since")
         if since is not None:
-            from adapter.search.params import date_range
+            from adapter.search.params import utc_instant
 
-            try:
-                date_range(str(since))
+            try:  # compared with meta.lastUpdated (UTC): the offset applied
+                since = utc_instant(str(since))
             except ValueError:
                 raise FHIRError(400, "invalid", f"_since: {str(since)[:40]!r} is not a FHIR instant") from None
         return {"site": who.site_scope, "deidentified": deidentified, "patients": patients,

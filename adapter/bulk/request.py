@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import asdict, dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -97,7 +97,8 @@ def parse_kickoff(level: str, items: list[tuple[str, str]], *, group_id: str | N
                 raise ExportRequestError(f"_since: '{raw[:40]}' is not a FHIR instant") from None
             if when.tzinfo is None:
                 raise ExportRequestError(f"_since: '{raw[:40]}' has no time zone (a FHIR instant needs one)")
-            since = when.isoformat(timespec="microseconds")
+            # compared with meta.lastUpdated, stored in UTC: the instant, whatever offset it is written with
+            since = when.astimezone(UTC).isoformat(timespec="microseconds")
         elif name == "_typeFilter":
             # a comma inside a search value ORs values; one before "Type?" starts the next filter
             for f in filter(None, (x.strip() for x in re.split(r",(?=[A-Z][A-Za-z]+\?)", raw))):

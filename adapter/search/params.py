@@ -23,6 +23,7 @@ import re
 import unicodedata
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 Entry = tuple[str, str | None, str | None, float | None, str | None, str | None]
@@ -59,15 +60,28 @@ _DATE = re.compile(r"^(\d{4})(?:-(\d{2})(?:-(\d{2})(?:T(\d{2}):(\d{2})(?::(\d{2}
                    r"(Z|[+-]\d{2}:\d{2})?)?)?)?$")
 
 
-def date_range(text: str) -> tuple[str, str]:
-    """The instant range ``(lo, hi)`` that a FHIR date, dateTime or instant covers, at its precision.
+#: The time zone this server assumes for a dateTime without an offset and for a date without a
+#: time (R4 §3.1.1.4.5 "date": "Where both search parameters and resource element date times do not
+#: have time zones, the servers local time zone should be assumed"): UTC. Stated in the
+#: CapabilityStatement (adapter/api/capability.py).
+SERVER_TIME_ZONE = "UTC"
 
-    ``"2019"`` → the whole year; ``"2019-04-08"`` → that day; a time zone offset is ignored (dates
-    here are local to the site). Raises ``ValueError`` for text that is not a FHIR date/dateTime."""
+
+def date_range(text: str) -> tuple[str, str]:
+    """The instant range ``(lo, hi)`` that a FHIR date, dateTime or instant covers, at its precision,
+    as sortable UTC text ``YYYY-MM-DDTHH:MM:SS.ffffff``.
+
+    ``"2019"`` → the whole year; ``"2019-04-08"`` → that day; ``"2019-04-08T10:00"`` → that minute.
+    A value with a time zone offset is converted to UTC (``2019-04-08T10:00:00+05:30`` covers
+    ``04:30:00.000000``–``04:30:00.999999`` UTC), so one instant written with ``Z``, ``+05:30`` or
+    ``-06:00`` covers the same range; a value without an offset, and a date without a time, are read
+    in the server's time zone, :data:`SERVER_TIME_ZONE` (R4 §3.1.1.4.5 "date", implicit ranges and
+    time zones). Ranges are clamped to years 0001-9999. Raises ``ValueError`` for text that is not a
+    FHIR date/dateTime/instant."""
     m = _DATE.match(text.strip())
     if not m:
         raise ValueError(f"not a FHIR date or dateTime: {text!r}")
-    y, mo, d, hh, mm, ss, frac, _tz = m.groups()
+    y, mo, d, hh, mm, ss, frac, tz = m.groups()
     year = int(y)
     if mo is None:
         return f"{y}-01-01T00:00:00.000000", f"{y}-12-31T23:59:59.999999"
@@ -84,11 +98,35 @@ def date_range(text: str) -> tuple[str, str]:
     if int(hh) > 23 or int(mm) > 59 or (ss is not None and int(ss) > 59):
         raise ValueError(f"time out of range: {text!r}")
     if ss is None:
-        return f"{y}-{mo}-{d}T{hh}:{mm}:00.000000", f"{y}-{mo}-{d}T{hh}:{mm}:59.999999"
-    if frac is None:
-        return f"{y}-{mo}-{d}T{hh}:{mm}:{ss}.000000", f"{y}-{mo}-{d}T{hh}:{mm}:{ss}.999999"
-    f = frac.ljust(6, "0")
-    return f"{y}-{mo}-{d}T{hh}:{mm}:{ss}.{f}", f"{y}-{mo}-{d}T{hh}:{mm}:{ss}.{f}"
+        lo, hi = f"{y}-{mo}-{d}T{hh}:{mm}:00.000000", f"{y}-{mo}-{d}T{hh}:{mm}:59.999999"
+    elif frac is None:
+        lo, hi = f"{y}-{mo}-{d}T{hh}:{mm}:{ss}.000000", f"{y}-{mo}-{d}T{hh}:{mm}:{ss}.999999"
+    else:
+        f = frac.ljust(6, "0")
+        lo = hi = f"{y}-{mo}-{d}T{hh}:{mm}:{ss}.{f}"
+    if tz in (None, "Z", "+00:00", "-00:00"):
+        return lo, hi
+    if int(tz[1:3]) > 14 or int(tz[4:6]) > 59:
+        raise ValueError(f"time zone offset out of range: {text!r}")
+    return _to_utc(lo, tz), _to_utc(hi, tz)
+
+
+def _to_utc(local: str, tz: str) -> str:
+    """``local`` (sortable text at offset ``tz``, ``+hh:mm``/``-hh:mm``) as sortable UTC text,
+    clamped to :data:`MIN_INSTANT`/:data:`MAX_INSTANT`."""
+    offset = timedelta(hours=int(tz[1:3]), minutes=int(tz[4:6])) * (1 if tz[0] == "+" else -1)
+    try:
+        return (datetime.fromisoformat(local) - offset).strftime("%Y-%m-%dT%H:%M:%S.%f").rjust(26, "0")
+    except OverflowError:
+        return MIN_INSTANT if offset > timedelta(0) else MAX_INSTANT
+
+
+def utc_instant(text: str) -> str:
+    """The start of a FHIR date/dateTime/instant ``text`` as a UTC instant in the store's
+    ``last_updated`` form (``YYYY-MM-DDTHH:MM:SS.ffffff+00:00``), for ``_since`` comparisons
+    (R4 §3.1.0.9 history ``_since``, Bulk Data ``_since``): offsets applied, none = UTC. Raises
+    ``ValueError`` as :func:`date_range`."""
+    return date_range(text)[0] + "+00:00"
 
 
 @dataclass(frozen=True)
