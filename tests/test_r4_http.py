@@ -6,6 +6,7 @@ batches (R4 §3.1.0.11.2)."""
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
 
 import pytest
 
@@ -92,3 +93,90 @@ def test_history_since_and_count(api: Server) -> None:
 def test_capability_statement_states_the_time_zone(api: Server) -> None:
     doc = api.client.get("/metadata").json()["rest"][0]["documentation"]
     assert "UTC" in doc and "time zone" in doc
+
+
+# ------------------------------------------------------------------ conditional references (R4 3.1.0.11.2)
+
+def _patient(api: Server) -> dict[str, Any]:
+    return api.client.get("/Patient", params={"_count": "1", "_sort": "_id"}).json()["entry"][0]["resource"]
+
+
+def _mrd(oid: str, subject: str) -> dict[str, Any]:
+    obs = _example("pedall-mrd-1")
+    obs.pop("partOf", None)
+    return {**obs, "id": oid, "subject": {"reference": subject}}
+
+
+def test_a_conditional_reference_in_a_transaction_is_resolved(api: Server) -> None:
+    """The Observation's ``subject`` written as ``Patient?identifier=system|value`` is stored as
+    the matching ``Patient/id``: the result belongs to its patient and site, and is found by
+    ``Observation?patient=`` and ``$everything`` (before: stored as the query text, no patient)."""
+    patient = _patient(api)
+    ident = patient["identifier"][0]
+    cond = f"Patient?identifier={ident['system']}|{ident['value']}"
+    obs = _mrd("cond-ref-tx", cond)
+    r = api.client.post("/", json={"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": obs, "request": {"method": "PUT", "url": "Observation/cond-ref-tx"}}]})
+    assert r.status_code == 200, r.text
+    stored = api.client.get("/Observation/cond-ref-tx").json()
+    assert stored["subject"]["reference"] == f"Patient/{patient['id']}"
+    assert "cond-ref-tx" in _ids(api, "Observation", {"patient": patient["id"]})
+    everything = api.client.get(f"/Patient/{patient['id']}/$everything", params={"_type": "Observation",
+                                                                                 "_count": "1000"}).json()
+    assert "cond-ref-tx" in {e["resource"]["id"] for e in everything["entry"]}
+    site = patient["managingOrganization"]["reference"].split("/")[1]  # a site's Organization id is its code
+    assert _ids(api, "Patient", {"_site": site, "_id": patient["id"]}) == {patient["id"]}
+    assert _ids(api, "Observation", {"_site": site, "_id": "cond-ref-tx"}) == {"cond-ref-tx"}
+
+
+def test_a_conditional_reference_to_what_the_transaction_creates(api: Server) -> None:
+    """Creates run before updates (R4 3.1.0.11.2 order): a PUT entry's conditional reference finds
+    the Patient a POST entry of the same transaction creates."""
+    patient = _example("pedall-patient-1")
+    patient.pop("id", None)
+    patient["identifier"] = [{**patient["identifier"][0], "value": "cond-ref-new"}]
+    system = patient["identifier"][0]["system"]
+    r = api.client.post("/", json={"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": _mrd("cond-ref-new-obs", f"Patient?identifier={system}|cond-ref-new"),
+         "request": {"method": "PUT", "url": "Observation/cond-ref-new-obs"}},
+        {"resource": patient, "request": {"method": "POST", "url": "Patient"}}]})
+    assert r.status_code == 200, r.text
+    new_id = r.json()["entry"][1]["resource"]["id"]
+    assert api.client.get("/Observation/cond-ref-new-obs").json()["subject"]["reference"] == f"Patient/{new_id}"
+
+
+@pytest.mark.parametrize(("query", "status", "code"), [
+    ("identifier=urn:none|no-such-record", 400, "not-found"),  # no match
+    ("gender=female", 412, "multiple-matches"),  # many
+    ("colour=blue", 400, "invalid"),  # not a search this server runs
+])
+def test_a_conditional_reference_must_match_exactly_one(api: Server, query: str, status: int, code: str) -> None:
+    """Zero or several matches fail the whole transaction with an OperationOutcome naming the
+    element and the reference; nothing of it is stored."""
+    org = {**_example("pedall-organization-1"), "id": f"cond-ref-org-{status}-{code}"}
+    r = api.client.post("/", json={"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": org, "request": {"method": "PUT", "url": f"Organization/{org['id']}"}},
+        {"resource": _mrd("cond-ref-bad", f"Patient?{query}"), "request": {"method": "PUT", "url": "Observation/cond-ref-bad"}}]})
+    assert r.status_code == status, r.text
+    issue = r.json()["issue"][0]
+    assert issue["code"] == code and "Observation.subject" in issue["diagnostics"] and f"Patient?{query}" in issue["diagnostics"]
+    assert api.client.get("/Observation/cond-ref-bad").status_code == 404
+    assert api.client.get(f"/Organization/{org['id']}").status_code == 404
+
+
+def test_conditional_references_in_a_batch_and_a_single_create(api: Server) -> None:
+    """A batch resolves each entry on its own (one that matches nothing fails alone); a single
+    POST resolves its references too."""
+    patient = _patient(api)
+    ident = patient["identifier"][0]
+    cond = f"Patient?identifier={ident['system']}|{ident['value']}"
+    r = api.client.post("/", json={"resourceType": "Bundle", "type": "batch", "entry": [
+        {"resource": _mrd("cond-ref-batch", cond), "request": {"method": "PUT", "url": "Observation/cond-ref-batch"}},
+        {"resource": _mrd("cond-ref-batch-2", "Patient?identifier=urn:none|x"),
+         "request": {"method": "PUT", "url": "Observation/cond-ref-batch-2"}}]})
+    assert [e["response"]["status"] for e in r.json()["entry"]] == ["201 Created", "400"]
+    assert api.client.get("/Observation/cond-ref-batch").json()["subject"]["reference"] == f"Patient/{patient['id']}"
+    obs = _mrd("ignored", cond)
+    obs.pop("id")
+    r = api.client.post("/Observation", json=obs)
+    assert r.status_code == 201 and r.json()["subject"]["reference"] == f"Patient/{patient['id']}"

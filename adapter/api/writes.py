@@ -261,6 +261,48 @@ def _conditional(tx: Transaction, rtype: str, query: str) -> list[dict[str, Any]
     return tx.search(q, snapshot=EVERYTHING).matches
 
 
+_CONDITIONAL_REF = re.compile(r"^([A-Z][A-Za-z]{1,63})\?(.+)$", re.S)
+
+
+def resolve_conditional_references(tx: Transaction, resource: dict[str, Any]) -> dict[str, Any]:
+    """``resource`` with every conditional reference (``Reference.reference`` = ``Type?query``,
+    e.g. ``Patient?identifier=sys|123``) replaced by the literal reference ``Type/id`` of the one
+    resource the search matches (FHIR R4 §3.1.0.11.2 "Conditional references"; R4 defines them in
+    transactions, this server also resolves them in batches and in a single create or update, as
+    R5 §3.2.0.8 and HAPI FHIR do). The search runs inside ``tx``, so it sees what earlier entries of
+    a transaction wrote, and a site-bound client's search sees its own site only.
+
+    Raises :class:`FHIRError` 400 (``not-found``) when nothing matches, 412 (``multiple-matches``)
+    when several do, 400 (``invalid``/``not-supported``) for a query that is not a supported search
+    or a type not held here; each names the element path and the reference."""
+    found: dict[str, str] = {}
+    for where, name, value in walk(resource, str(resource.get("resourceType"))):
+        if name != "reference" or not isinstance(value, str) or value in found:
+            continue
+        m = _CONDITIONAL_REF.match(value)
+        if not m:
+            continue
+        rtype, query = m.groups()
+        path = where.rsplit(".", 1)[0]
+        if rtype not in PARAMS:
+            raise FHIRError(400, "not-supported", f"{path}: conditional reference '{value[:80]}': resource type "
+                            f"'{rtype}' is not held by this server")
+        try:
+            q = parse(rtype, parse_qsl(query, keep_blank_values=True))
+        except SearchError as exc:
+            raise FHIRError(400, "invalid", f"{path}: conditional reference '{value[:80]}': {exc}") from None
+        q.count = 2
+        matches = tx.search(q, snapshot=EVERYTHING).matches
+        if not matches:
+            raise FHIRError(400, "not-found", f"{path}: conditional reference '{value[:80]}' matches no {rtype}; "
+                            "it must match exactly one (R4 3.1.0.11.2)")
+        if len(matches) > 1:
+            raise FHIRError(412, "multiple-matches", f"{path}: conditional reference '{value[:80]}' matches more "
+                            f"than one {rtype}; it must match exactly one (R4 3.1.0.11.2)")
+        found[value] = f"{rtype}/{matches[0]['id']}"
+    return _rewrite(resource, found) if found else resource
+
+
 def create(tx: Transaction, validator: Validator, resource: dict[str, Any], if_none_exist: str | None = None,
            rid: str | None = None) -> Written:
     """Create with a server-assigned id (``rid``, or a new UUID; a client id is replaced, R4 §3.1.0.8).
@@ -273,7 +315,7 @@ def create(tx: Transaction, validator: Validator, resource: dict[str, Any], if_n
             raise FHIRError(412, "duplicate", f"If-None-Exist '{if_none_exist}' matches more than one {rtype}")
         if found:
             return Written(200, found[0])
-    resource = {**resource, "id": rid or str(uuid.uuid4())}
+    resource = {**resolve_conditional_references(tx, resource), "id": rid or str(uuid.uuid4())}
     validate(validator, resource, tx.settings)
     _put(tx, resource, None)
     return Written(201, _read_back(tx, rtype, resource["id"]))
@@ -286,6 +328,7 @@ def update(tx: Transaction, validator: Validator, rtype: str, rid: str, resource
     check_id(rid)
     if resource.get("id") != rid:
         raise FHIRError(400, "invalid", f"the resource id {resource.get('id')!r} does not match the URL id {rid!r}")
+    resource = resolve_conditional_references(tx, resource)
     validate(validator, resource, tx.settings)
     out = _put(tx, dict(resource), if_match)
     return Written(201 if out.outcome == "created" else 200, _read_back(tx, rtype, rid))
@@ -519,5 +562,5 @@ def _transaction(tx: Transaction, validator: Validator, entries: list[Any], pars
     return {"resourceType": "Bundle", "type": "transaction-response", "entry": results}
 
 
-__all__ = ["Written", "check_site_references", "create", "update", "conditional_update", "delete", "process_bundle",
+__all__ = ["Written", "check_site_references", "resolve_conditional_references", "create", "update", "conditional_update", "delete", "process_bundle",
            "operation_outcome"]
