@@ -180,3 +180,26 @@ def test_conditional_references_in_a_batch_and_a_single_create(api: Server) -> N
     obs.pop("id")
     r = api.client.post("/Observation", json=obs)
     assert r.status_code == 201 and r.json()["subject"]["reference"] == f"Patient/{patient['id']}"
+
+
+# ------------------------------------------------------------------ a plain R4 resource (no meta.profile)
+
+def test_a_plain_resource_is_checked_against_the_profile_its_code_calls_for(api: Server) -> None:
+    """A generic client's first write has no ``meta.profile``: it is checked against the profile
+    for its type and code, and stored declaring it (so the facade and the views classify it); one
+    that does not conform gets a 422 saying which profile it was checked against."""
+    for name, profile in (("pedall-mrd-1", "pedall-mrd"), ("pedall-vital-status-1", "pedall-vital-status"),
+                          ("pedall-observation-1", "pedall-observation"), ("pedall-organization-1", "pedall-organization")):
+        res = _example(name)
+        res.pop("meta", None)
+        res["id"] = f"plain-{name}"
+        r = api.client.put(f"/{res['resourceType']}/{res['id']}", json=res)
+        assert r.status_code in (200, 201), r.text
+        assert r.json()["meta"]["profile"] == [f"https://w3id.org/pedall-fhir/StructureDefinition/{profile}"], name
+        check = api.client.post(f"/{res['resourceType']}/$validate", json=res)
+        assert check.status_code == 200 and not [i for i in check.json()["issue"] if i["severity"] == "error"], check.text
+    r = api.client.post("/Patient", json={"resourceType": "Patient", "gender": "female"})
+    assert r.status_code == 422
+    texts = [i["diagnostics"] for i in r.json()["issue"]]
+    assert any("checked against https://w3id.org/pedall-fhir/StructureDefinition/pedall-patient" in t for t in texts), texts
+    assert "Profiles:" in api.client.get("/metadata").json()["rest"][0]["documentation"]

@@ -127,7 +127,13 @@ def capability_statement(base: str, profiles_dir: Path, auth: bool = False, toke
 _DOCUMENTATION = (
     f"Dates: search on date parameters, `_lastUpdated`, history and Bulk Data `_since` compare instants; a value "
     f"with a time zone offset is converted to UTC, and a dateTime without an offset or a date without a time is "
-    f"read in the server's time zone, {SERVER_TIME_ZONE} (FHIR R4 3.1.1.4.5). `meta.lastUpdated` is written in UTC."
+    f"read in the server's time zone, {SERVER_TIME_ZONE} (FHIR R4 3.1.1.4.5). `meta.lastUpdated` is written in UTC.\n\n"
+    "Profiles: every clinical resource written is checked against one of the `supportedProfile`s of its type. A "
+    "resource without `meta.profile` is checked against the one that fits its type and code (for an Observation, "
+    "its `code`: MRD, disease status, response, vital status, else pedall-observation) and stored declaring it; "
+    "when none fits uniquely the answer is a 422 naming the candidates.\n\n"
+    "Conditional references (`Patient?identifier=system|value`) are resolved in transactions, batches and single "
+    "creates and updates: no match is a 400, several a 412."
 )
 
 

@@ -317,6 +317,7 @@ def create(tx: Transaction, validator: Validator, resource: dict[str, Any], if_n
             return Written(200, found[0])
     resource = {**resolve_conditional_references(tx, resource), "id": rid or str(uuid.uuid4())}
     validate(validator, resource, tx.settings)
+    resource = validator.with_profile(resource)  # a plain resource is stored declaring the profile it passed
     _put(tx, resource, None)
     return Written(201, _read_back(tx, rtype, resource["id"]))
 
@@ -330,6 +331,7 @@ def update(tx: Transaction, validator: Validator, rtype: str, rid: str, resource
         raise FHIRError(400, "invalid", f"the resource id {resource.get('id')!r} does not match the URL id {rid!r}")
     resource = resolve_conditional_references(tx, resource)
     validate(validator, resource, tx.settings)
+    resource = validator.with_profile(resource)  # a plain resource is stored declaring the profile it passed
     out = _put(tx, dict(resource), if_match)
     return Written(201 if out.outcome == "created" else 200, _read_back(tx, rtype, rid))
 

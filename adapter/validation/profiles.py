@@ -64,6 +64,9 @@ class CompiledProfile:
     schema: dict[str, Any]
     rules: list[tuple[str, str]] = field(default_factory=list)
     validator: Any = None
+    #: ``(element, system, code)`` of each coding a top-level element's ``patternCodeableConcept``
+    #: requires (``Observation.code`` of pedall-mrd): what tells this profile's resources apart
+    patterns: list[tuple[str, str, str]] = field(default_factory=list)
 
 
 def _regex_literal(text: str) -> str:
@@ -243,6 +246,8 @@ class ProfileSet:
                 rule(expr, f"must be {fixed!r}", _at(parents, {"properties": {last: _each({"const": fixed})}}))
             pattern = e.get("patternCodeableConcept")
             if pattern is not None:
+                if not parents:
+                    prof.patterns += [(last, pc["system"], pc["code"]) for pc in pattern["coding"]]
                 for pc in pattern["coding"]:
                     rule(expr, f"must include coding {pc['system']}|{pc['code']}",
                          _at(parents, {"properties": {last: _each({"type": "object", "required": ["coding"],
@@ -285,6 +290,34 @@ class ProfileSet:
 
     # ---------------------------------------------------------------------------------------- checks
 
+    def profile_for(self, resource: dict[str, Any]) -> str | None:
+        """The canonical URL of the one profile of this set a resource without ``meta.profile`` is
+        checked against (and declared to conform to when stored): among the profiles for its type,
+        the one whose top-level ``patternCodeableConcept`` codings the resource carries (pedall-mrd
+        for an Observation coded ``observation-code#mrd``), else the one profile of the type that
+        requires no such pattern (pedall-observation). ``None`` for an infrastructure type, a type
+        without a profile here, or when the choice is not unique (then the client must declare
+        one). Never raises."""
+        rtype = resource.get("resourceType")
+        if not isinstance(rtype, str) or rtype in INFRASTRUCTURE:
+            return None
+        candidates = [p for p in self.profiles.values() if p.type == rtype]
+
+        def carries(prof: CompiledProfile) -> bool:
+            for element, system, code in prof.patterns:
+                value = resource.get(element)
+                codings = value.get("coding") if isinstance(value, dict) else None
+                if not isinstance(codings, list) or not any(
+                        isinstance(c, dict) and c.get("system") == system and c.get("code") == code for c in codings):
+                    return False
+            return True
+
+        specific = [p for p in candidates if p.patterns and carries(p)]
+        if len(specific) == 1:
+            return specific[0].url
+        general = [p for p in candidates if not p.patterns]
+        return general[0].url if not specific and len(general) == 1 else None
+
     def errors(self, resource: dict[str, Any]) -> list[ProfileFinding]:
         """Profile findings for a resource, for each profile in its ``meta.profile`` (empty = conforms).
         Never raises for bad input."""
@@ -298,7 +331,10 @@ class ProfileSet:
             if not profiles:
                 return out
         if not profiles:
-            out.append(ProfileFinding(f"{rtype}.meta.profile", "no meta.profile"))
+            urls = sorted(p.url.rsplit("/", 1)[-1] for p in self.profiles.values() if p.type == rtype)
+            out.append(ProfileFinding(f"{rtype}.meta.profile", (
+                f"no meta.profile, and no single profile fits by its code; declare one of {', '.join(urls)}" if urls else
+                f"no meta.profile, and this server has no profile for {rtype}")))
         for url in profiles:
             prof = self.profiles.get(url) if isinstance(url, str) else None
             if prof is None:

@@ -266,10 +266,18 @@ class Validator:
         ``full``): the R4 schema runs on the pure-Python ``jsonschema`` reference implementation
         instead of ``jsonschema-rs`` (about 40 ms per resource instead of well under 1 ms; both
         implement the same JSON Schema draft)."""
+        declared = self.with_profile(resource)
+        inferred = declared is not resource
+        resource = declared
         issues = self.schema.errors(resource, reference=full if reference is None else reference)
         issues += container_errors(resource)
         issues += core_invariant_errors(resource)
-        issues += [ValidationIssue("profile", f.expression, f.message) for f in self.profiles.errors(resource)]
+        findings = [ValidationIssue("profile", f.expression, f.message) for f in self.profiles.errors(resource)]
+        if findings and inferred:
+            findings.insert(0, ValidationIssue("profile", f"{resource['resourceType']}.meta.profile", (
+                f"no meta.profile: checked against {resource['meta']['profile'][0]}, the profile of this server for "
+                "its type and code (declare another in meta.profile)")))
+        issues += findings
         if full:
             issues += model_errors(resource)
         elif not self.shapes.known(resource):
@@ -278,6 +286,22 @@ class Validator:
                 self.shapes.remember(resource)
             issues += model_issues
         return issues
+
+
+    def with_profile(self, resource: dict[str, Any]) -> dict[str, Any]:
+        """``resource`` itself when it declares a ``meta.profile`` (or no profile fits); otherwise a
+        copy declaring the one profile of this server that fits its type and code
+        (:meth:`ProfileSet.profile_for`), which a write stores, so that a plain R4 resource from a
+        generic client is checked against, and classified by, the profile its shape calls for.
+        A resource for which no single profile fits is returned as is (its finding is "no
+        meta.profile", naming the candidates). Never raises."""
+        meta = resource.get("meta")
+        if isinstance(meta, dict) and meta.get("profile"):
+            return resource
+        url = self.profiles.profile_for(resource)
+        if url is None:
+            return resource
+        return {**resource, "meta": {**(meta if isinstance(meta, dict) else {}), "profile": [url]}}
 
 
 @lru_cache
