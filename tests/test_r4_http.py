@@ -203,3 +203,138 @@ def test_a_plain_resource_is_checked_against_the_profile_its_code_calls_for(api:
     texts = [i["diagnostics"] for i in r.json()["issue"]]
     assert any("checked against https://w3id.org/pedall-fhir/StructureDefinition/pedall-patient" in t for t in texts), texts
     assert "Profiles:" in api.client.get("/metadata").json()["rest"][0]["documentation"]
+
+
+# ------------------------------------------------------------------ item 7: the HTTP points real clients use
+
+SUBSETTED = {"system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue", "code": "SUBSETTED",
+             "display": "subsetted"}
+
+
+def _an_mrd(api: Server) -> dict[str, Any]:
+    return api.client.get("/Observation", params={"code": "mrd", "_count": "1"}).json()["entry"][0]["resource"]
+
+
+def test_summary_and_elements_on_read_and_search(api: Server) -> None:
+    """R4 §3.1.1.5.8-9: ``_summary=true`` keeps the summary elements (``note`` is not one),
+    ``text`` the narrative, id, meta and mandatory elements, ``data`` all but the narrative;
+    ``_elements`` the listed ones plus id, meta and the mandatory ones; each tagged SUBSETTED."""
+    full = _an_mrd(api)
+    url = f"/Observation/{full['id']}"
+    true = api.client.get(url, params={"_summary": "true"}).json()
+    assert {"code", "subject", "status", "valueQuantity"} <= set(true) and SUBSETTED in true["meta"]["tag"]
+    assert not {"note", "method", "interpretation", "text"} & set(true)
+    text = api.client.get(url, params={"_summary": "text"}).json()
+    assert set(text) <= {"resourceType", "id", "meta", "text", "status", "code"} and "status" in text
+    data = api.client.get(url, params={"_summary": "data"}).json()
+    assert "text" not in data and set(data) == set(full) - {"text"}
+    elements = api.client.get(url, params={"_elements": "subject,value"}).json()
+    assert set(elements) == {"resourceType", "id", "meta", "subject", "valueQuantity", "status", "code"}
+    bundle = api.client.get("/Observation", params={"code": "mrd", "_elements": "subject", "_count": "3"}).json()
+    assert all(set(e["resource"]) == {"resourceType", "id", "meta", "subject", "status", "code"} for e in bundle["entry"])
+    assert "_elements=subject" in next(ln["url"] for ln in bundle["link"] if ln["relation"] == "next")
+    bundle = api.client.get("/Observation", params={"code": "mrd", "_summary": "true", "_count": "3"}).json()
+    assert all(SUBSETTED in e["resource"]["meta"]["tag"] for e in bundle["entry"])
+    assert api.client.get(url).json() == full  # unchanged without them
+    for params in ({"_summary": "brief"}, {"_elements": "nosuchelement"}, {"_summary": "count"}):
+        r = api.client.get(url, params=params)
+        assert r.status_code == 400 and r.json()["resourceType"] == "OperationOutcome", params
+
+
+def test_prefer_return(api: Server) -> None:
+    """R4 §3.1.0.8: ``Prefer: return=minimal`` answers without a body, ``return=OperationOutcome``
+    with one, ``return=representation`` (the default) with the resource; headers in every case."""
+    org = {**_example("pedall-organization-1"), "id": "prefer-org"}
+    r = api.client.put("/Organization/prefer-org", json=org, headers={"Prefer": "return=minimal"})
+    assert r.status_code == 201 and r.content == b"" and r.headers["etag"] == 'W/"1"' and "location" in r.headers
+    r = api.client.put("/Organization/prefer-org", json={**org, "name": "Prefer"},
+                       headers={"Prefer": "return=OperationOutcome"})
+    assert r.status_code == 200 and r.json()["resourceType"] == "OperationOutcome" and r.headers["etag"] == 'W/"2"'
+    r = api.client.post("/Organization", json={**org, "name": "Prefer 2"}, headers={"Prefer": "return=representation"})
+    assert r.status_code == 201 and r.json()["resourceType"] == "Organization"
+
+
+def test_head_and_conditional_reads(api: Server) -> None:
+    """HEAD answers as GET without a body; ``If-None-Match`` with the current ETag and an
+    ``If-Modified-Since`` not older than ``lastUpdated`` give 304 (R4 §3.1.0.3.3)."""
+    full = _an_mrd(api)
+    url = f"/Observation/{full['id']}"
+    got = api.client.get(url)
+    head = api.client.head(url)
+    assert head.status_code == 200 and head.content == b"" and head.headers["etag"] == got.headers["etag"]
+    assert api.client.head("/Observation/no-such-id").status_code == 404
+    assert api.client.head("/Observation", params={"code": "mrd"}).status_code == 200
+    r = api.client.get(url, headers={"If-None-Match": got.headers["etag"]})
+    assert r.status_code == 304 and r.content == b"" and r.headers["etag"] == got.headers["etag"]
+    assert api.client.get(url, headers={"If-None-Match": 'W/"999"'}).status_code == 200
+    assert api.client.get(url, headers={"If-Modified-Since": got.headers["last-modified"]}).status_code == 304
+    assert api.client.get(url, headers={"If-Modified-Since": "Mon, 01 Jan 2001 00:00:00 GMT"}).status_code == 200
+    assert api.client.get(url, headers={"If-Modified-Since": "not a date"}).status_code == 200
+
+
+def test_reference_search_forms(api: Server) -> None:
+    """R4 §3.1.1.4.6: ``subject=Patient/x``, ``subject:Patient=x``, ``patient=x`` and the absolute
+    ``subject=<our base>/Patient/x`` find the same results; a modifier naming another type or a
+    non-reference parameter is a 400."""
+    pid = _patient(api)["id"]
+    forms = [{"subject": f"Patient/{pid}"}, {"subject:Patient": pid}, {"patient": pid},
+             {"subject": f"{api.base}/Patient/{pid}"}, {"patient:Patient": pid}]
+    sets = [_ids(api, "Observation", f) for f in forms]
+    assert sets[0] and all(s == sets[0] for s in sets), [len(s) for s in sets]
+    for params in ({"patient:Group": pid}, {"code:Patient": "mrd"}, {"subject:Patient": f"Group/{pid}"},
+                   {"subject": f"http://elsewhere.example/fhir/Patient/{pid}"}):
+        r = api.client.get("/Observation", params=params)
+        assert r.status_code == 400, params
+
+
+def test_string_search_is_accent_and_case_insensitive(api: Server) -> None:
+    """R4 §3.1.1.4.7: ``name=jose`` and ``name=JOSÉ`` find an Organization named "Hospital José"."""
+    org = {**_example("pedall-organization-1"), "id": "accent-org", "name": "Hospital Infantil José Martí"}
+    assert api.client.put("/Organization/accent-org", json=org).status_code in (200, 201)
+    for value in ("hospital infantil jose", "HOSPITAL INFANTIL JOSÉ", "Hospital Infantil Jose\u0301"):
+        assert "accent-org" in _ids(api, "Organization", {"name": value}), value
+    assert "accent-org" not in _ids(api, "Organization", {"name": "hospital infantil josefa"})
+
+
+def test_total_method_from_fhirpy(api: Server) -> None:
+    """fhirpy's ``count()`` sends ``_count=0&_totalMethod=count``: the exact total, no entries."""
+    r = api.client.get("/Observation", params={"code": "mrd", "_count": "0", "_totalMethod": "count"})
+    assert r.status_code == 200 and "entry" not in r.json()
+    assert r.json()["total"] == len(_ids(api, "Observation", {"code": "mrd"})) > 0
+    assert api.client.get("/Observation", params={"_totalMethod": "maybe"}).status_code == 400
+
+
+def test_a_search_inside_a_batch_and_a_transaction(api: Server) -> None:
+    """R4 §3.1.0.11: a GET entry may be a search; its response entry holds the searchset Bundle.
+    In a transaction it sees what the transaction wrote before it (GETs run last)."""
+    pid = _patient(api)["id"]
+    r = api.client.post("/", json={"resourceType": "Bundle", "type": "batch", "entry": [
+        {"request": {"method": "GET", "url": f"Observation?patient={pid}&code=mrd"}},
+        {"request": {"method": "GET", "url": "Observation?colour=blue"}},
+        {"request": {"method": "GET", "url": f"Patient/{pid}"}}]})
+    assert r.status_code == 200, r.text
+    first, bad, read = r.json()["entry"]
+    assert first["response"]["status"] == "200 OK" and first["resource"]["type"] == "searchset"
+    assert {e["resource"]["id"] for e in first["resource"].get("entry", [])} == _ids(api, "Observation", {
+        "patient": pid, "code": "mrd"})
+    assert bad["response"]["status"] == "400" and read["resource"]["id"] == pid
+    org = {**_example("pedall-organization-1"), "id": "tx-search-org", "name": "Searched in its transaction"}
+    r = api.client.post("/", json={"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"request": {"method": "GET", "url": "Organization?name=searched in its"}},
+        {"resource": org, "request": {"method": "PUT", "url": "Organization/tx-search-org"}}]})
+    assert r.status_code == 200, r.text
+    found = r.json()["entry"][0]["resource"]
+    assert [e["resource"]["id"] for e in found["entry"]] == ["tx-search-org"]
+
+
+def test_capability_statement_claims_what_works(api: Server) -> None:
+    """What the CapabilityStatement now claims is answered: conditional reads, and each
+    server-wide search parameter on a search."""
+    cs = api.client.get("/metadata").json()
+    rest = cs["rest"][0]
+    assert all(r["conditionalRead"] == "full-support" for r in rest["resource"] if r["type"] != "Measure")
+    values = {"_count": "2", "_sort": "-_lastUpdated", "_summary": "data", "_elements": "status", "_total": "accurate"}
+    assert {p["name"] for p in rest["searchParam"]} == set(values)
+    for name, value in values.items():
+        r = api.client.get("/Observation", params={name: value})
+        assert r.status_code == 200, (name, r.text)

@@ -14,11 +14,12 @@ import re
 import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
-from urllib.parse import parse_qsl, urlencode
+from urllib.parse import parse_qsl
 
-from fastapi import FastAPI, File, Form, Header, Request, UploadFile
+from fastapi import FastAPI, File, Form, Header, Request, Response, UploadFile
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -27,13 +28,16 @@ from adapter.api.capability import capability_statement
 from adapter.api.fhir_http import (
     FHIRError,
     FHIRResponse,
+    etag,
     operation_outcome,
     parse_if_match,
     parse_json_body,
     require_resource,
     resource_headers,
+    searchset,
 )
 from adapter.api.security import principal, require
+from adapter.api.subsetting import subset
 from adapter.config import Settings, get_settings
 from adapter.errors import AdapterError, ConfigError, IngestRejected, ReaderError, StoreBusy
 from adapter.privacy import DeidentifiedFilterError, PseudonymKeyMissing, check_deidentified_query, deidentify
@@ -421,7 +425,7 @@ def _routes(app: FastAPI, settings: Settings, store: Store, validator: Validator
         deid = _deid_flag([v for k, v in items if k == "_deidentify"])
         items = [(k, v) for k, v in items if k != "_deidentify"]
         try:
-            q = parse(rtype, items, lenient=lenient)
+            q = parse(rtype, items, lenient=lenient, base=_base(request, settings))
             if deid:  # no filter on what the de-identified output removes or coarsens
                 check_deidentified_query(q, settings.deidentify_birth_date, settings.deidentify_date_shift_days)
         except (SearchError, DeidentifiedFilterError) as exc:
@@ -433,7 +437,7 @@ def _routes(app: FastAPI, settings: Settings, store: Store, validator: Validator
         result = store.search(q, snapshot, site)
         if any(not who.allows("read", r["resourceType"]) for r in result.included):  # _include without a target type
             result.included = [r for r in result.included if who.allows("read", r["resourceType"])]
-        bundle = _searchset(q, result, snapshot, _base(request, settings))
+        bundle = searchset(q, result, snapshot, _base(request, settings))
         return FHIRResponse(_deidentified_bundle(bundle, settings) if deid else bundle)
 
     @app.post("/{rtype}", summary="Create")
@@ -442,7 +446,7 @@ def _routes(app: FastAPI, settings: Settings, store: Store, validator: Validator
         who = require(request, "create", _served(rtype))
         res = _body_resource(await request.body(), rtype)
         w = await _threaded(_write, store, lambda tx: writes.create(tx, validator, res, if_none_exist), who, settings)
-        return _written(w, _base(request, settings))
+        return _written(w, _base(request, settings), request)
 
     @app.put("/{rtype}", summary="Conditional update (PUT Type?search)")
     async def conditional_update(rtype: str, request: Request) -> FHIRResponse:
@@ -452,7 +456,7 @@ def _routes(app: FastAPI, settings: Settings, store: Store, validator: Validator
         who = require(request, "update", _served(rtype))
         res = _body_resource(await request.body(), rtype)
         w = await _threaded(_write, store, lambda tx: writes.conditional_update(tx, validator, rtype, query, res), who, settings)
-        return _written(w, _base(request, settings))
+        return _written(w, _base(request, settings), request)
 
     @app.put("/{rtype}/{rid}", summary="Update (If-Match for version-aware updates)")
     async def update(rtype: str, rid: str, request: Request, if_match: Annotated[str | None, Header()] = None) -> FHIRResponse:
@@ -460,7 +464,7 @@ def _routes(app: FastAPI, settings: Settings, store: Store, validator: Validator
         res = _body_resource(await request.body(), rtype)
         version = parse_if_match(if_match)
         w = await _threaded(_write, store, lambda tx: writes.update(tx, validator, rtype, rid, res, version), who, settings)
-        return _written(w, _base(request, settings))
+        return _written(w, _base(request, settings), request)
 
     @app.delete("/{rtype}/{rid}", summary="Delete (If-Match for version-aware deletes)")
     async def delete(rtype: str, rid: str, request: Request, if_match: Annotated[str | None, Header()] = None) -> FHIRResponse:
@@ -475,7 +479,7 @@ def _routes(app: FastAPI, settings: Settings, store: Store, validator: Validator
         state, res = store.read_state(rtype, rid, site)
         if res is not None and _wants_deid(request):
             res = _deidentify(res, settings)
-        return _one(state, res, f"{rtype}/{rid}", _base(request, settings))
+        return _one(state, res, f"{rtype}/{rid}", _base(request, settings), request)
 
     @app.get("/{rtype}/{rid}/_history/{vid}", summary="Version read")
     def vread(rtype: str, rid: str, vid: str, request: Request) -> FHIRResponse:
@@ -483,7 +487,7 @@ def _routes(app: FastAPI, settings: Settings, store: Store, validator: Validator
             raise FHIRError(400, "invalid", f"version: '{vid[:40]}' is not a version number (a whole number up to {2**31 - 1})")
         site = require(request, "vread", _served(rtype)).site_scope
         state, res = store.vread(rtype, rid, int(vid), site)
-        return _one(state, res, f"{rtype}/{rid}/_history/{vid}", _base(request, settings))
+        return _one(state, res, f"{rtype}/{rid}/_history/{vid}", _base(request, settings), request)
 
     @app.get("/{rtype}/{rid}/_history", summary="Instance history")
     def history(rtype: str, rid: str, request: Request) -> FHIRResponse:
@@ -535,14 +539,58 @@ def _history_params(request: Request) -> tuple[str | None, int | None]:
     return since, count
 
 
-def _one(state: str, res: dict[str, Any] | None, what: str, base: str) -> FHIRResponse:
+def _one(state: str, res: dict[str, Any] | None, what: str, base: str, request: Request | None = None) -> Response:
+    """A read's answer: 404/410 for a missing or deleted resource; ``304 Not Modified`` when the
+    client's ``If-None-Match`` names the current ETag or its ``If-Modified-Since`` is not older than
+    ``meta.lastUpdated`` (R4 §3.1.0.3.3 "conditional read", RFC 9110 §13.1.2-3; ``If-None-Match``
+    wins when both are sent); else the resource, subsetted by ``_summary``/``_elements``."""
     if res is None:
         if state == "deleted":
             raise FHIRError(410, "deleted", f"{what} has been deleted")
         raise FHIRError(404, "not-found", f"{what} is not known")
     h = resource_headers(res, base)
     h.pop("Location")
-    return FHIRResponse(res, headers=h)
+    if request is None:
+        return FHIRResponse(res, headers=h)
+    if _not_modified(request, res):
+        return Response(status_code=304, headers=h)
+    summary, elements = _subsetting(request, res["resourceType"])
+    return FHIRResponse(subset(res, summary, elements), headers=h)
+
+
+def _not_modified(request: Request, res: dict[str, Any]) -> bool:
+    none_match = request.headers.get("if-none-match")
+    if none_match is not None:
+        tags = {t.strip().removeprefix("W/") for t in none_match.split(",")}
+        return "*" in tags or etag(res).removeprefix("W/") in tags
+    since = request.headers.get("if-modified-since")
+    updated = (res.get("meta") or {}).get("lastUpdated")
+    if since and updated:
+        from email.utils import parsedate_to_datetime
+
+        try:
+            when = parsedate_to_datetime(since)
+        except (TypeError, ValueError):
+            return False  # RFC 9110 §13.1.3: an invalid date is ignored
+        if when.tzinfo is None:
+            return False
+        return datetime.fromisoformat(updated).replace(microsecond=0) <= when
+    return False
+
+
+def _subsetting(request: Request, rtype: str) -> tuple[str | None, tuple[str, ...] | None]:
+    """``_summary`` and ``_elements`` of a read (R4 §3.1.1.5.8-9). Raises :class:`FHIRError` 400
+    for a bad value."""
+    items = [(k, v) for k, v in request.query_params.multi_items() if k in ("_summary", "_elements")]
+    if not items:
+        return None, None
+    try:
+        q = parse(rtype, items)
+    except SearchError as exc:
+        raise FHIRError(400, "invalid", str(exc)) from None
+    if q.summary_count:
+        raise FHIRError(400, "invalid", "_summary=count applies to a search, not a read")
+    return q.summary, q.elements
 
 
 def _write(store: Store, fn: Any, who: Any, settings: Settings) -> writes.Written:
@@ -564,40 +612,23 @@ async def _threaded(fn: Any, *args: Any) -> Any:
     return await run_in_threadpool(fn, *args)
 
 
-def _written(w: writes.Written, base: str) -> FHIRResponse:
+def _written(w: writes.Written, base: str, request: Request | None = None) -> Response:
+    """The answer to a create or update: the resource, or as ``Prefer: return=`` asks (R4
+    §3.1.0.8 / §3.1.0.4): ``minimal`` an empty body, ``OperationOutcome`` an OperationOutcome about
+    the write, ``representation`` (the default) the resource; the headers in every case."""
     assert w.resource is not None
-    return FHIRResponse(w.resource, status_code=w.status, headers=resource_headers(w.resource, base))
-
-
-def _searchset(q: Any, result: Any, snapshot: str, base: str) -> dict[str, Any]:
-    """A searchset Bundle with ``total`` and self/next/previous links (R4 §3.1.1.6 paging)."""
-    params = list(q.params)
-    for s in [f"{'-' if d else ''}{n}" for n, d in q.sort]:
-        params.append(("_sort", s))
-    for inc in q.include:
-        params.append(("_include", f"{inc.source}:{inc.param}" + (f":{inc.target}" if inc.target else "")))
-    for inc in q.revinclude:
-        params.append(("_revinclude", f"{inc.source}:{inc.param}" + (f":{inc.target}" if inc.target else "")))
-    if q.summary_count:
-        params.append(("_summary", "count"))
-
-    def link(offset: int) -> str:
-        extra = [("_count", str(q.count)), ("_snapshot", snapshot), ("_offset", str(offset))]
-        return f"{base}/{q.type}?{urlencode(params + extra)}"
-
-    links = [{"relation": "self", "url": link(q.offset)}]
-    if not q.summary_count and q.count and q.offset + q.count < result.total:
-        links.append({"relation": "next", "url": link(q.offset + q.count)})
-    if not q.summary_count and q.offset > 0:
-        links.append({"relation": "previous", "url": link(max(0, q.offset - q.count))})
-    entries = [{"fullUrl": f"{base}/{r['resourceType']}/{r['id']}", "resource": r, "search": {"mode": "match"}}
-               for r in result.matches]
-    entries += [{"fullUrl": f"{base}/{r['resourceType']}/{r['id']}", "resource": r, "search": {"mode": "include"}}
-                for r in result.included]
-    bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset", "total": result.total, "link": links}
-    if entries:
-        bundle["entry"] = entries
-    return bundle
+    headers = resource_headers(w.resource, base)
+    prefer = request.headers.get("prefer", "") if request is not None else ""
+    wanted = next((p.split("=", 1)[1].strip().strip('"') for p in prefer.replace(";", ",").split(",")
+                   if p.strip().startswith("return=")), "representation")
+    if wanted == "minimal":
+        return Response(status_code=w.status, headers=headers)
+    if wanted == "OperationOutcome":
+        what = f"{w.resource['resourceType']}/{w.resource['id']}"
+        verb = {201: "created", 200: "updated or unchanged"}.get(w.status, "written")
+        return FHIRResponse(operation_outcome("informational", f"{what} {verb} (version {w.resource['meta']['versionId']})",
+                                              severity="information"), status_code=w.status, headers=headers)
+    return FHIRResponse(w.resource, status_code=w.status, headers=headers)
 
 
 def _deid_flag(values: list[str]) -> bool:

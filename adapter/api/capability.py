@@ -49,7 +49,9 @@ def capability_statement(base: str, profiles_dir: Path, auth: bool = False, toke
             "updateCreate": True,
             "conditionalCreate": True,
             "conditionalUpdate": True,
+            "conditionalRead": "full-support",
             "conditionalDelete": "not-supported",
+            "referencePolicy": ["literal", "local"],
             "searchInclude": includes,
             "searchRevInclude": revincludes,
             "searchParam": [
@@ -101,7 +103,12 @@ def capability_statement(base: str, profiles_dir: Path, auth: bool = False, toke
             "interaction": [{"code": "transaction"}, {"code": "batch"}],
             "searchParam": [{"name": "_count", "type": "number", "documentation": "page size (max 1000)"},
                             {"name": "_sort", "type": "string", "documentation": "_id, _lastUpdated or a date parameter; - for descending"},
-                            {"name": "_summary", "type": "token", "documentation": "count"}],
+                            {"name": "_summary", "type": "token", "documentation": "true, text, data, count or false "
+                             "(R4 3.1.1.5.8; also on read); a subsetted resource is tagged SUBSETTED"},
+                            {"name": "_elements", "type": "string", "documentation": "top-level elements to return, "
+                             "plus id, meta and the mandatory ones (R4 3.1.1.5.9; also on read)"},
+                            {"name": "_total", "type": "token", "documentation": "every total is exact (none, "
+                             "estimate and accurate accepted; _totalMethod too)"}],
             "operation": [
                 {"name": "ingest", "definition": f"{CANONICAL}/OperationDefinition/ingest",
                  "documentation": "POST /$ingest multipart (file, site, mapping[, strict, dry_run]): ingest a site export"},
@@ -133,7 +140,12 @@ _DOCUMENTATION = (
     "its `code`: MRD, disease status, response, vital status, else pedall-observation) and stored declaring it; "
     "when none fits uniquely the answer is a 422 naming the candidates.\n\n"
     "Conditional references (`Patient?identifier=system|value`) are resolved in transactions, batches and single "
-    "creates and updates: no match is a 400, several a 412."
+    "creates and updates: no match is a 400, several a 412.\n\n"
+    "HTTP: JSON only (XML is a 406, a body that is not JSON a 415); HEAD on every GET route; conditional reads "
+    "(`If-None-Match`, `If-Modified-Since`: 304); `Prefer: return=minimal|representation|OperationOutcome` on "
+    "create and update; reference search takes `Type/id`, an id with a `:Type` modifier, or an absolute URL under "
+    "this server's base; string search is case- and accent-insensitive and matches the start of the value; a batch "
+    "or transaction entry may be a search (`GET Type?query`)."
 )
 
 

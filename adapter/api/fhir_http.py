@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import datetime
 from email.utils import format_datetime
 from typing import Any
+from urllib.parse import urlencode
 
 import orjson
 from fastapi import Response
@@ -120,3 +121,44 @@ def require_resource(doc: Any, rtype: str | None = None) -> dict[str, Any]:
     if rtype is not None and doc["resourceType"] != rtype:
         raise FHIRError(400, "invalid", f"resourceType is {doc['resourceType']!r} but the URL is for {rtype}")
     return doc
+
+
+def searchset(q: Any, result: Any, snapshot: str, base: str) -> dict[str, Any]:
+    """A searchset Bundle for a parsed search ``q`` (adapter/search/query.py ``Query``) and its
+    ``result`` (adapter/store/search.py ``SearchResult``) as of ``snapshot``: ``total``, self/next/
+    previous links that keep the snapshot (R4 §3.1.1.6 paging), entries subsetted as ``_summary``
+    / ``_elements`` ask (adapter/api/subsetting.py)."""
+    from adapter.api.subsetting import subset
+
+    params = list(q.params)
+    for s in [f"{'-' if d else ''}{n}" for n, d in q.sort]:
+        params.append(("_sort", s))
+    for inc in q.include:
+        params.append(("_include", f"{inc.source}:{inc.param}" + (f":{inc.target}" if inc.target else "")))
+    for inc in q.revinclude:
+        params.append(("_revinclude", f"{inc.source}:{inc.param}" + (f":{inc.target}" if inc.target else "")))
+    if q.summary_count:
+        params.append(("_summary", "count"))
+    if q.summary:
+        params.append(("_summary", q.summary))
+    if q.elements:
+        params.append(("_elements", ",".join(q.elements)))
+
+    def link(offset: int) -> str:
+        extra = [("_count", str(q.count)), ("_snapshot", snapshot), ("_offset", str(offset))]
+        return f"{base}/{q.type}?{urlencode(params + extra)}"
+
+    links = [{"relation": "self", "url": link(q.offset)}]
+    if not q.summary_count and q.count and q.offset + q.count < result.total:
+        links.append({"relation": "next", "url": link(q.offset + q.count)})
+    if not q.summary_count and q.offset > 0:
+        links.append({"relation": "previous", "url": link(max(0, q.offset - q.count))})
+    summary, elements = getattr(q, "summary", None), getattr(q, "elements", None)
+    entries = [{"fullUrl": f"{base}/{r['resourceType']}/{r['id']}", "resource": subset(r, summary, elements),
+                "search": {"mode": "match"}} for r in result.matches]
+    entries += [{"fullUrl": f"{base}/{r['resourceType']}/{r['id']}", "resource": subset(r, summary, None),
+                 "search": {"mode": "include"}} for r in result.included]
+    bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset", "total": result.total, "link": links}
+    if entries:
+        bundle["entry"] = entries
+    return bundle

@@ -10,7 +10,8 @@ operation such as ``/$export``):
   ``application/json-patch+json`` for PATCH; a form for ``POST _search``, multipart for
   ``$ingest``) is answered **415 Unsupported Media Type**; a request without a body needs no type.
 
-Both answers are OperationOutcomes naming what was sent and what is served.
+Both answers are OperationOutcomes naming what was sent and what is served. A ``HEAD`` request on
+a FHIR route is answered as its ``GET`` without the body (status and headers, ETag included).
 """
 
 from __future__ import annotations
@@ -78,4 +79,20 @@ class NegotiationMiddleware:
                 response = JSONResponse(operation_outcome(code, text), status_code=status, media_type="application/fhir+json")
                 await response(scope, receive, send)
                 return
+            if scope["method"] == "HEAD" and is_fhir_route(scope["path"]):
+                await self.app({**scope, "method": "GET"}, receive, _without_body(send))
+                return
         await self.app(scope, receive, send)
+
+
+def _without_body(send: Any) -> Any:
+    """``send`` passing the response start (status, headers with the GET's Content-Length) and an
+    empty body: HEAD is GET without the content (RFC 9110 §9.3.2; R4 §3.1.0 lists HEAD for read)."""
+    async def head_send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.body":
+            if not message.get("more_body"):
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+            return
+        await send(message)
+
+    return head_send

@@ -410,12 +410,14 @@ _OP = {"POST": "create", "PUT": "update", "PATCH": "update", "DELETE": "delete",
 
 
 def _run_entry(tx: Transaction, validator: Validator, i: int, entry: dict[str, Any], method: str, url: str,
-               req: dict[str, Any], ids: dict[str, str], allow: Any = None) -> Written:
+               req: dict[str, Any], ids: dict[str, str], allow: Any = None, base: str = "") -> Written:
     path, _, query = url.partition("?")
     parts = path.split("/")
     rtype = parts[0]
     where = f"Bundle.entry[{i}]"
     try:
+        if method == "GET" and (query or len(parts) == 1):
+            return _search_entry(tx, rtype, query, allow, base)
         if allow is not None:
             allow(_OP[method], rtype)
         if method in ("POST", "PUT"):
@@ -446,6 +448,37 @@ def _run_entry(tx: Transaction, validator: Validator, i: int, entry: dict[str, A
         raise
 
 
+def _search_entry(tx: Transaction, rtype: str, query: str, allow: Any, base: str) -> Written:
+    """A search in a batch or transaction entry (``GET Type?query``; R4 §3.1.0.11: a GET entry is
+    any read or search): its searchset Bundle, run inside ``tx`` (so it sees what the transaction's
+    earlier entries wrote) and confined to a site-bound client's site. Raises :class:`FHIRError`
+    400 for a bad search, 403 for a type (searched or included) the client may not read."""
+    from adapter.api.fhir_http import searchset
+    from adapter.store.db import now_instant
+
+    if allow is not None:
+        allow("search", rtype)
+    try:
+        q = parse(rtype, parse_qsl(query, keep_blank_values=True), base=base or None)
+    except SearchError as exc:
+        raise FHIRError(400, "invalid", str(exc)) from None
+    if allow is not None:
+        for t in [*(inc.target for inc in q.include if inc.target), *(inc.source for inc in q.revinclude)]:
+            allow("read", t)
+    snapshot = now_instant()
+    result = tx.search(q, snapshot)
+    if allow is not None and q.include:  # an _include without a target type: only readable types
+        kept = []
+        for r in result.included:
+            try:
+                allow("read", r["resourceType"])
+                kept.append(r)
+            except FHIRError:
+                continue
+        result.included = kept
+    return Written(200, searchset(q, result, snapshot, base))
+
+
 def _if_match(v: Any) -> int | None:
     from adapter.api.fhir_http import parse_if_match
 
@@ -458,6 +491,9 @@ _STATUS = {200: "200 OK", 201: "201 Created", 204: "204 No Content"}
 def _response_entry(w: Written, base: str) -> dict[str, Any]:
     resp: dict[str, Any] = {"status": _STATUS.get(w.status, str(w.status))}
     entry: dict[str, Any] = {"response": resp}
+    if w.resource is not None and w.resource.get("type") == "searchset" and w.resource["resourceType"] == "Bundle":
+        entry["resource"] = w.resource  # a search's answer: the searchset Bundle itself
+        return entry
     if w.resource is not None:
         meta = w.resource.get("meta", {})
         entry["fullUrl"] = f"{base}/{w.resource['resourceType']}/{w.resource['id']}"
@@ -504,7 +540,7 @@ def process_bundle(store: Store, validator: Validator, bundle: dict[str, Any], b
         def one(tx: Transaction, i: int = i, e: dict[str, Any] = e, method: str = method, url: str = url,
                 req: dict[str, Any] = req) -> Written:
             tx.principal, tx.settings = principal, settings
-            w = _run_entry(tx, validator, i, e, method, url, req, {}, allow)
+            w = _run_entry(tx, validator, i, e, method, url, req, {}, allow, base)
             check_site_references(tx)
             return w
 
@@ -548,7 +584,7 @@ def _transaction(tx: Transaction, validator: Validator, entries: list[Any], pars
             if w.status == 200 and w.resource is not None:  # an existing match stands in for it
                 ids[full] = f"{w.resource['resourceType']}/{w.resource['id']}"
         else:
-            w = _run_entry(tx, validator, i, entry, method, url, req, ids, allow)
+            w = _run_entry(tx, validator, i, entry, method, url, req, ids, allow, base)
         if method != "GET":
             key = (f"{w.resource['resourceType']}/{w.resource['id']}" if w.resource is not None
                    else url.split("?")[0] if "?" not in url else None)

@@ -332,10 +332,18 @@ def _quantity_entries(p: SearchParam, v: Any) -> Iterator[Entry]:
         yield p.name, index_text(v.get("system")), index_text(v.get("code") or v.get("unit")), float(v["value"]), None, None
 
 
+def fold_text(text: str) -> str:
+    """``text`` as string search compares it: case- and accent-insensitive (R4 §3.1.1.4.7
+    "string": "a search against a string ... is case- and accent-insensitive"): Unicode NFKD,
+    combining marks (category Mn) removed, case-folded, so ``José`` and ``JOSE`` are ``jose``."""
+    decomposed = unicodedata.normalize("NFKD", text)
+    return "".join(ch for ch in decomposed if unicodedata.category(ch) != "Mn").casefold()
+
+
 @_extractor("string")
 def _string_entries(p: SearchParam, v: Any) -> Iterator[Entry]:
     if isinstance(v, str):
-        yield p.name, None, v.lower()[:INDEX_LIMIT], None, None, None
+        yield p.name, None, fold_text(v)[:INDEX_LIMIT], None, None, None
 
 
 def index_entries(resource: dict[str, Any]) -> list[Entry]:

@@ -14,11 +14,20 @@ import re
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 
-from adapter.search.params import COMMON, INDEX_LIMIT, PARAMS, SearchParam, date_range, index_text, normalize_identifier
+from adapter.search.params import (
+    COMMON,
+    INDEX_LIMIT,
+    PARAMS,
+    SearchParam,
+    date_range,
+    fold_text,
+    index_text,
+    normalize_identifier,
+)
 
 PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb")
 RESULT_PARAMS = ("_count", "_sort", "_include", "_revinclude", "_summary", "_total", "_format", "_snapshot", "_offset",
-                 "_elements", "_pretty")
+                 "_elements", "_pretty", "_totalMethod")
 DEFAULT_COUNT = 20
 MAX_COUNT = 1000
 #: Largest ``_offset`` (a page that far is past any result here; a larger number would overflow
@@ -99,6 +108,8 @@ class Query:
     include: list[Include] = field(default_factory=list)
     revinclude: list[Include] = field(default_factory=list)
     summary_count: bool = False
+    summary: str | None = None  # _summary true | text | data (R4 §3.1.1.5.8); count is summary_count
+    elements: tuple[str, ...] | None = None  # _elements (R4 §3.1.1.5.9)
     snapshot: str | None = None
     ignored: list[str] = field(default_factory=list)
     params: list[tuple[str, str]] = field(default_factory=list)  # the search parameters as understood
@@ -145,7 +156,7 @@ def _parse_value(p: SearchParam | None, kind: str, raw: str, name: str) -> Token
         system, _, unit = rest.partition("|") if rest else ("", "", "")
         return Number(prefix, float(d), float(d - half), float(d + half), index_text(system) or None, index_text(unit) or None)
     if kind == "string":
-        return Text(raw.lower()[:INDEX_LIMIT])
+        return Text(fold_text(raw)[:INDEX_LIMIT])
     raise SearchError(f"{name}: unsupported parameter type {kind}")
 
 
@@ -165,8 +176,10 @@ def _parse_include(name: str, raw: str, rtype: str, rev: bool) -> Include:
     return Include(src, param, target)
 
 
-def parse(rtype: str, items: list[tuple[str, str]], lenient: bool = False) -> Query:
-    """Parse ``items`` (query parameters in order, as pairs) for a search on ``rtype``.
+def parse(rtype: str, items: list[tuple[str, str]], lenient: bool = False, base: str | None = None) -> Query:
+    """Parse ``items`` (query parameters in order, as pairs) for a search on ``rtype``. ``base``:
+    this server's base URL; a reference value under it (``http://host/fhir/Patient/x``) is read as
+    the relative reference ``Patient/x`` (R4 §3.1.1.4.6).
 
     Raises :class:`SearchError` for an unknown type, parameter or modifier, or a malformed value."""
     if rtype not in PARAMS:
@@ -184,15 +197,24 @@ def parse(rtype: str, items: list[tuple[str, str]], lenient: bool = False) -> Qu
                 continue
             supported = ", ".join([*COMMON, *sorted(known)])
             raise SearchError(f"unknown search parameter '{name}' for {rtype} (supported: {supported})")
-        if modifier:
-            raise SearchError(f"{key}: the modifier ':{modifier}' is not supported")
+        p = known.get(name)
         if raw == "":
             raise SearchError(f"{name}: empty value")
         if CONTROL.search(raw):
             raise SearchError(f"{name}: the value holds a control character")
-        p = known.get(name)
         kind = {"_id": "id", "_lastUpdated": "lastUpdated", "_site": "site"}.get(name) or p.type  # type: ignore[union-attr]
-        values = tuple(_parse_value(p, kind, v, name) for v in raw.split(","))
+        texts = raw.split(",")
+        if base and kind == "reference":  # an absolute reference to this server is its relative reference
+            texts = [v[len(base) + 1:] if v.startswith(base + "/") else v for v in texts]
+        if modifier:
+            if kind != "reference" or modifier not in PARAMS or (p and p.target not in (None, modifier)):
+                raise SearchError(f"{key}: the modifier ':{modifier}' is not supported (reference parameters take a "
+                                  "resource type held here, e.g. subject:Patient)")
+            # R4 §3.1.1.4.6 "reference" :[type]: the id alone, or Type/id of that type
+            texts = [v if "/" in v else f"{modifier}/{v}" for v in texts]
+            if any(not v.startswith(modifier + "/") for v in texts):
+                raise SearchError(f"{key}: a value names another type than {modifier}")
+        values = tuple(_parse_value(p, kind, v, name) for v in texts)
         for v in values:
             if isinstance(v, DateRange | Number) and v.prefix not in PREFIXES:
                 raise SearchError(f"{name}: unknown prefix {v.prefix}")
@@ -232,8 +254,10 @@ def _result_param(q: Query, name: str, raw: str, rtype: str) -> None:
     elif name == "_summary":
         if raw == "count":
             q.summary_count = True
+        elif raw in ("true", "text", "data"):
+            q.summary = raw
         elif raw != "false":
-            raise SearchError(f"_summary: only 'count' and 'false' are supported, not '{raw}'")
+            raise SearchError(f"_summary: '{raw[:40]}' is not true, text, data, count or false")
     elif name == "_total":
         if raw not in ("none", "estimate", "accurate"):
             raise SearchError(f"_total: '{raw}' is not none, estimate or accurate")
@@ -244,4 +268,14 @@ def _result_param(q: Query, name: str, raw: str, rtype: str) -> None:
         if raw not in ("true", "false"):
             raise SearchError(f"_pretty: '{raw}' is not true or false")
     elif name == "_elements":
-        raise SearchError("_elements is not supported")
+        from adapter.api.subsetting import element_names
+
+        names = tuple(e.strip() for e in raw.split(",") if e.strip())
+        known = element_names(rtype)
+        bad = [e for e in names if e not in known]
+        if not names or bad:
+            raise SearchError(f"_elements: {', '.join(bad)[:80] or '(none)'} is not a top-level element of {rtype}")
+        q.elements = (*(q.elements or ()), *names)
+    elif name == "_totalMethod":  # fhirpy's count() (Aidbox's name for _total): every total here is exact
+        if raw not in ("count", "estimate", "none"):
+            raise SearchError(f"_totalMethod: '{raw[:40]}' is not count, estimate or none")
