@@ -15,6 +15,11 @@ $(STAMP): $(BIN)/python requirements.txt requirements-dev.txt pyproject.toml
 	$(BIN)/pip install --quiet --no-deps -e .
 	touch $(STAMP)
 
+# the JavaScript FHIR client the tests drive (fhir-kit-client, pinned by its lock file; Node.js)
+JS_CLIENT := tests/js_client/node_modules/.package-lock.json
+$(JS_CLIENT): tests/js_client/package-lock.json
+	cd tests/js_client && npm ci --no-audit --no-fund --silent
+
 ## make run: create .venv, ingest every example export into the embedded SQLite store, print the summary and outcomes, serve
 run: $(STAMP)
 	$(BIN)/adapter init-db
@@ -34,8 +39,10 @@ run: $(STAMP)
 	$(BIN)/adapter serve
 
 ## make test: the whole suite (lint, then tests on SQLite and PostgreSQL; .ci/postgres installs and starts
-## Debian's PostgreSQL at 127.0.0.1:5432 when none answers there)
-test: $(STAMP)
+## Debian's PostgreSQL at 127.0.0.1:5432 when none answers there; .ci/system-deps installs Debian's
+## Chromium and a Java 17 runtime when missing)
+test: $(STAMP) $(JS_CLIENT)
+	bash .ci/system-deps
 	bash .ci/postgres
 	$(BIN)/ruff check adapter tests bench examples mappings
 	$(BIN)/python -m pytest -n 2 --dist loadfile --ignore=tests/test_concurrency.py

@@ -28,6 +28,7 @@ import tempfile
 import time
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -36,7 +37,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from pgdb import throwaway_database  # noqa: E402
 from sqlalchemy import text  # noqa: E402
 
-from adapter.config import Settings  # noqa: E402
+from adapter.config import Settings, get_settings  # noqa: E402
 from adapter.ingest import ingest_file  # noqa: E402
 from adapter.store import Store  # noqa: E402
 
@@ -122,18 +123,28 @@ def make_registry(cohorts: int, out: Path) -> Path:
     return out
 
 
-def run_adapter(csv: Path, url: str, settings: Settings) -> float:
+def _validator(core_invariants: bool) -> Any:
+    from adapter.validation import Validator, get_validator
+
+    if core_invariants:
+        return get_validator()
+    s = get_settings()
+    return Validator(s.fhir_schema_path, s.profiles_dir, core_invariants=False)
+
+
+def run_adapter(csv: Path, url: str, settings: Settings, core_invariants: bool = True) -> float:
     store = Store(url)
     store.migrate()
     t = time.perf_counter()
-    report = ingest_file(csv, "hito", "erm_citometria", store, settings=settings)
+    report = ingest_file(csv, "hito", "erm_citometria", store, settings=settings, validator=_validator(core_invariants))
     dt = time.perf_counter() - t
     assert report.rows_rejected == 0 and report.rows_mapped == report.rows_read
     store.engine.dispose()
     return report.rows_read / dt
 
 
-def run_adapter_hl7(feed: Path, registry: Path, url: str, settings: Settings) -> tuple[float, float]:
+def run_adapter_hl7(feed: Path, registry: Path, url: str, settings: Settings,
+                    core_invariants: bool = True) -> tuple[float, float]:
     """(messages/s of the feed, seconds to ingest the registry first). Every message is one OBX here."""
     store = Store(url)
     store.migrate()
@@ -142,7 +153,7 @@ def run_adapter_hl7(feed: Path, registry: Path, url: str, settings: Settings) ->
     t_reg = time.perf_counter() - t
     assert reg.rows_rejected == 0, reg.rows_rejected
     t = time.perf_counter()
-    report = ingest_file(feed, "uk-infants", "mrd_lab", store, settings=settings)
+    report = ingest_file(feed, "uk-infants", "mrd_lab", store, settings=settings, validator=_validator(core_invariants))
     dt = time.perf_counter() - t
     assert report.rows_rejected == 0 and report.rows_mapped == report.rows_read, (report.rows_rejected, report.rows_read)
     assert report.unlinked_patients == 0, report.unlinked_patients
@@ -190,6 +201,9 @@ def bench_csv(d: str, args: argparse.Namespace) -> None:
     print(f"  naive baseline (model + dump + INSERT per row), SQLite: {naive:,.0f} rows/s ({args.baseline_rows} rows)")
     sqlite = run_adapter(csv, f"sqlite:///{d}/bench.sqlite3", settings)
     print(f"  adapter, SQLite:     {sqlite:,.0f} rows/s  = {sqlite / naive:.1f}x baseline")
+    off = run_adapter(csv, f"sqlite:///{d}/bench_off.sqlite3", settings, core_invariants=False)
+    print(f"  adapter, SQLite, R4 core invariants off: {off:,.0f} rows/s  (checking them costs "
+          f"{100 * (off - sqlite) / off:.1f} % of throughput)")
     with throwaway_database(args.postgres) as url:
         pg = run_adapter(csv, url, settings)
     print(f"  adapter, PostgreSQL: {pg:,.0f} rows/s  = {pg / naive:.1f}x baseline")
@@ -206,6 +220,9 @@ def bench_hl7(d: str, args: argparse.Namespace) -> None:
     print(f"  naive baseline (model + dump + INSERT per message), SQLite: {naive:,.0f} msg/s ({args.baseline_rows} messages)")
     sqlite, reg = run_adapter_hl7(feed, registry, f"sqlite:///{d}/bench_hl7.sqlite3", settings)
     print(f"  adapter, SQLite:     {sqlite:,.0f} msg/s  = {sqlite / naive:.1f}x baseline  (registry first, untimed: {reg:.0f} s)")
+    off, _ = run_adapter_hl7(feed, registry, f"sqlite:///{d}/bench_hl7_off.sqlite3", settings, core_invariants=False)
+    print(f"  adapter, SQLite, R4 core invariants off: {off:,.0f} msg/s  (checking them costs "
+          f"{100 * (off - sqlite) / off:.1f} % of throughput)")
     with throwaway_database(args.postgres) as url:
         pg, reg = run_adapter_hl7(feed, registry, url, settings)
     print(f"  adapter, PostgreSQL: {pg:,.0f} msg/s  = {pg / naive:.1f}x baseline  (registry first, untimed: {reg:.0f} s)")

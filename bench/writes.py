@@ -13,7 +13,9 @@ database, in four ways, all in the same run:
 3. as a client bound to site ``hito``, with the per-reference site check switched off: the write
    path as it was before issue 17's write confinement;
 4. the same with the check (adapter/api/writes.py ``check_site_references``: every reference of
-   every entry resolved to its site, once per transaction). The last line gives its cost.
+   every entry resolved to its site, once per transaction). A line gives its cost;
+5. case 2 without the R4 core invariants (fhirpathpy, adapter/validation/invariants.py): the last
+   line gives what checking them costs.
 """
 
 from __future__ import annotations
@@ -36,10 +38,10 @@ from pgdb import database_urls  # noqa: E402
 
 from adapter.api import writes  # noqa: E402
 from adapter.auth.policy import Principal  # noqa: E402
-from adapter.config import Settings  # noqa: E402
+from adapter.config import Settings, get_settings  # noqa: E402
 from adapter.ingest import ingest_file  # noqa: E402
 from adapter.store import Store  # noqa: E402
-from adapter.validation import get_validator  # noqa: E402
+from adapter.validation import Validator, get_validator  # noqa: E402
 
 
 class _Reference:
@@ -89,7 +91,9 @@ def run(url: str, n: int) -> None:
     cases = (("baseline (reference schema engine)", _Reference(fast), {}, True),
              ("jsonschema-rs schema, full model", fast, {}, True),
              ("site client, no reference check", fast, {"site": "hito", "principal": site}, False),
-             ("site client, reference check", fast, {"site": "hito", "principal": site}, True))
+             ("site client, reference check", fast, {"site": "hito", "principal": site}, True),
+             ("jsonschema-rs, no core invariants", Validator(get_settings().fhir_schema_path, get_settings().profiles_dir,
+                                                             core_invariants=False), {}, True))
     times: dict[str, list[float]] = {name: [] for name, *_ in cases}
     for _name, validator, kw, with_check in cases:  # warm-up
         _one(store, validator, observations[0], with_check, **kw)
@@ -104,6 +108,10 @@ def run(url: str, n: int) -> None:
     after = statistics.median(times["site client, reference check"])
     print(f"{store.engine.dialect.name:10} per-reference site check: {100 * (after - before) / before:+.1f} % "  # noqa: T201
           "of the 10-entry transaction (median)")
+    off = statistics.median(times["jsonschema-rs, no core invariants"])
+    on = statistics.median(times["jsonschema-rs schema, full model"])
+    print(f"{store.engine.dialect.name:10} R4 core invariants (fhirpathpy): {100 * (on - off) / off:+.1f} % "  # noqa: T201
+          f"of the 10-entry transaction (median, {(on - off) * 100:.2f} ms per resource)")
     store.engine.dispose()
 
 

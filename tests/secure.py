@@ -24,7 +24,7 @@ from adapter.config import Settings
 from adapter.ingest import ingest_file
 from adapter.store import Store
 from adapter.store.security import ClientRegistry
-from tests.server import Server
+from tests.server import Server, check_response
 
 TOKEN_KEY = "test-token-signing-key-of-at-least-32-characters"
 ASYNC = {"Prefer": "respond-async", "Accept": "application/fhir+json"}
@@ -97,7 +97,8 @@ class Secure:
             r = self.get_token(c)
             assert r.status_code == 200, r.text
             c.token, c.token_at = r.json()["access_token"], time.monotonic()
-        return httpx.Client(base_url=self.srv.base, timeout=60, headers={"Authorization": f"Bearer {c.token}"})
+        return httpx.Client(base_url=self.srv.base, timeout=60, headers={"Authorization": f"Bearer {c.token}"},
+                            event_hooks={"response": [check_response]})
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])

@@ -37,12 +37,43 @@ class Server:
                 raise RuntimeError("uvicorn did not start")
             time.sleep(0.05)
         self.base = f"http://127.0.0.1:{self.port}"
-        self.client = httpx.Client(base_url=self.base, timeout=60)
+        self.client = httpx.Client(base_url=self.base, timeout=60, event_hooks={"response": [check_response]})
 
     def stop(self) -> None:
         self.client.close()
         self.server.should_exit = True
         self.thread.join(10)
+
+
+#: How many FHIR response bodies the tests' servers sent, and how many resources in them were
+#: checked against the R4 core invariants (tests/test_validation.py reports the count).
+CHECKED = {"responses": 0, "resources": 0}
+
+
+def check_response(response: httpx.Response) -> None:
+    """Every FHIR JSON body a test server answers with (a resource, a Bundle with its entries, an
+    OperationOutcome) must pass the R4 core invariants (adapter/validation/invariants.py); a
+    response that breaks one fails the test that made the request, naming the invariant."""
+    if not response.headers.get("content-type", "").startswith("application/fhir+json"):
+        return
+    response.read()
+    if not response.content:
+        return
+    import orjson
+
+    from adapter.validation.invariants import core_invariants
+
+    try:
+        doc = orjson.loads(response.content)
+    except orjson.JSONDecodeError:
+        raise AssertionError(f"{response.request.method} {response.request.url}: a FHIR JSON response that is not JSON") from None
+    if not isinstance(doc, dict) or "resourceType" not in doc:
+        return
+    broken = core_invariants().violations(doc)
+    CHECKED["responses"] += 1
+    CHECKED["resources"] += 1 + len(doc.get("entry") or []) if doc["resourceType"] == "Bundle" else 1
+    assert not broken, (f"{response.request.method} {response.request.url.path}: the response breaks R4 core "
+                        f"invariants: {[(v.location, v.key) for v in broken][:5]}")
 
 
 def _post_export(client: httpx.Client, path: Path, site: str, mapping: str, **form: str) -> httpx.Response:

@@ -110,3 +110,24 @@ def test_fhirclient_crud_search_paging_transaction_and_everything(api: Server) -
         raise AssertionError("a deleted Patient was still readable")
     except Exception as exc:  # fhirclient raises requests' HTTPError for a 410
         assert "410" in str(exc), exc
+
+
+def test_fhir_kit_client_javascript(api: Server) -> None:
+    """A second independent client, in another language: fhir-kit-client 2.0.3 (Node.js, pinned in
+    tests/js_client/package-lock.json, installed by `make test`) runs tests/js_client/check.mjs:
+    capabilities, search paged to the end with nextPage(), create/read/update/delete, a
+    transaction with a conditional reference, $everything by operation() (a POST) and history."""
+    import shutil
+    import subprocess
+
+    folder = Path(__file__).resolve().parent / "js_client"
+    assert shutil.which("node"), "Node.js is needed (the README's machine has it)"
+    assert (folder / "node_modules" / "fhir-kit-client").is_dir(), "run `make test` (npm ci in tests/js_client)"
+    expected = sum(1 for r in api.store.iter_resources("Observation") if r["code"]["coding"][0]["code"] == "mrd")
+    done = subprocess.run(["node", str(folder / "check.mjs"), api.base, str(EXAMPLES / "pedall-patient-1.json"),
+                           str(EXAMPLES / "pedall-mrd-1.json"), str(expected)],
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    assert seen["ok"] and seen["fhirVersion"] == "4.0.1" and seen["mrdCount"] == expected and seen["pages"] > 1
+    assert seen["everything"] == ["Observation", "Patient"] and seen["history"] == 2

@@ -8,6 +8,7 @@ Every body is ``application/fhir+json``; every error is an OperationOutcome with
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import re
@@ -668,15 +669,26 @@ def _deidentified_bundle(bundle: dict[str, Any], settings: Settings) -> dict[str
 
 def _ingest_bundle(report: Any, base: str) -> dict[str, Any]:
     """The ingestion report as a ``batch-response`` Bundle: one entry per resource written or left
-    unchanged, then one entry whose ``response.outcome`` is the OperationOutcome of row issues."""
+    unchanged (a resource two rows wrote, e.g. a result and its correction, once, with its last
+    version and "created" if any row created it: R4 invariant bdl-7, a fullUrl once per Bundle),
+    then one entry whose ``response.outcome`` is the OperationOutcome of row issues."""
     status = {"created": "201 Created", "updated": "200 OK", "unchanged": "200 OK"}
+    last: dict[tuple[str, str], Any] = {}
+    created: set[tuple[str, str]] = set()
+    for o in report.outcomes:
+        last.pop((o.type, o.id), None)  # re-inserted: the Bundle keeps the order of the last write
+        last[(o.type, o.id)] = o
+        if o.outcome == "created":
+            created.add((o.type, o.id))
+    outcomes = [o if (o.type, o.id) not in created or o.outcome == "created" else
+                dataclasses.replace(o, outcome="created") for o in last.values()]
     entries: list[dict[str, Any]] = [{
         "fullUrl": f"{base}/{o.type}/{o.id}",
         "response": {"status": status[o.outcome], "location": f"{o.type}/{o.id}/_history/{o.version_id}",
                      "etag": f'W/"{o.version_id}"', "outcome": {
                          "resourceType": "OperationOutcome",
                          "issue": [{"severity": "information", "code": "informational", "diagnostics": o.outcome}]}},
-    } for o in report.outcomes]
+    } for o in outcomes]
     summary = {"severity": "information", "code": "informational",
                "diagnostics": json.dumps({k: v for k, v in report.to_json().items() if k not in ("operationOutcome", "rowIssues")})}
     outcome = report.operation_outcome()

@@ -29,7 +29,6 @@ from typing import Any
 
 import jsonschema
 import jsonschema_rs
-import orjson
 from fhir.resources.R4B import get_fhir_model_class
 from pydantic import ValidationError
 
@@ -157,107 +156,31 @@ class ShapeMemory:
         self._validators[rtype] = jsonschema_rs.Draft202012Validator({"anyOf": list(reversed(schemas))})
 
 
-def container_errors(resource: dict[str, Any]) -> list[ValidationIssue]:
-    """The R4 base invariants on contained resources (R4 §2.36 DomainResource, constraints dom-2
-    and dom-3), which neither the JSON Schema nor the R4B model checks:
-
-    - dom-2: a contained resource SHALL NOT contain nested resources;
-    - dom-3: a contained resource SHALL be referred to from elsewhere in the resource (``#id``),
-      or SHALL refer to the containing resource (``#``)."""
-    contained = resource.get("contained")
-    if not isinstance(contained, list) or not contained:
-        return []
-    rtype = str(resource.get("resourceType"))
-    out: list[ValidationIssue] = []
-    # a reference is a JSON string: '"#id"' in the serialised resource (compact, exact) finds it
-    outside = orjson.dumps({k: v for k, v in resource.items() if k != "contained"})
-    texts = [orjson.dumps(c) for c in contained]
-    for i, c in enumerate(contained):
-        if not isinstance(c, dict):
-            continue
-        if c.get("contained"):
-            out.append(ValidationIssue("r4-invariant", f"{rtype}.contained[{i}]",
-                                       "dom-2: a contained resource SHALL NOT contain nested resources"))
-        cid = c.get("id")
-        needle = orjson.dumps(f"#{cid}") if isinstance(cid, str) else None
-        referred = needle is not None and (needle in outside or any(needle in t for k, t in enumerate(texts) if k != i))
-        if not referred and b'"#"' not in texts[i]:
-            out.append(ValidationIssue("r4-invariant", f"{rtype}.contained[{i}]",
-                                       "dom-3: a contained resource SHALL be referred to from elsewhere in the resource "
-                                       f"('#{cid}') or SHALL refer to the containing resource ('#')"))
-    return out
-
-
-def _nested_path(where: Any) -> str:
-    """``Observation.component[0].valueQuantity`` from the nested ``(parent, key)`` pairs of
-    :func:`_periods_and_quantities` (built only for a finding)."""
-    keys: list[Any] = []
-    while isinstance(where, tuple):
-        where, key = where
-        keys.append(key)
-    return _path(str(where), reversed(keys))
-
-
-def _periods_and_quantities(node: Any, path: str) -> list[tuple[str, str, dict[str, Any]]]:
-    """``(path, kind, value)`` of every Period-like (start and end) and Quantity-like (code) object,
-    in document order (only objects and arrays are visited, never scalars, and a path is rendered
-    only for what is found: this runs on every stored resource)."""
-    found: list[tuple[Any, str, dict[str, Any]]] = []
-
-    def visit(n: Any, where: Any) -> None:
-        if isinstance(n, dict):
-            if "start" in n and "end" in n and isinstance(n["start"], str) and isinstance(n["end"], str):
-                found.append((where, "period", n))
-            if isinstance(n.get("code"), str) and ("value" in n or "unit" in n or "comparator" in n):
-                found.append((where, "quantity", n))
-            for k, v in n.items():
-                if k != "contained" and isinstance(v, (dict, list)):
-                    visit(v, (where, k))
-        else:
-            for i, v in enumerate(n):
-                if isinstance(v, (dict, list)):
-                    visit(v, (where, i))
-
-    visit(node, path)
-    return [(_nested_path(w), kind, n) for w, kind, n in found]
-
-
 def core_invariant_errors(resource: dict[str, Any]) -> list[ValidationIssue]:
-    """R4 core invariants the JSON Schema and the R4B model do not check, for the elements the
-    adapter writes (until a FHIRPath engine runs them all):
+    """The FHIR R4 core invariants (every error-severity FHIRPath constraint of the official
+    StructureDefinitions that applies to the resource, its backbone elements, its data type
+    instances, its contained resources and Bundle entries; e.g. ``mad-1``, ``per-1``, ``qty-3``,
+    ``dom-3``, ``ref-1``, ``bdl-*``), evaluated with fhirpathpy (adapter/validation/invariants.py,
+    which lists what is not evaluated and why). One issue per broken invariant and location,
+    ``"<key>: <human text>"``. Never raises."""
+    from adapter.validation.invariants import core_invariants
 
-    - per-1 (Period): when both are present, ``start`` SHALL be before or at ``end``;
-    - qty-3 (Quantity): a ``code`` SHALL have a ``system``;
-    - mad-1 (MedicationAdministration): a ``dosage`` SHALL have a ``dose`` or a ``rate[x]``."""
-    from adapter.search.params import date_range
-
-    rtype = str(resource.get("resourceType"))
-    out: list[ValidationIssue] = []
-    for where, kind, node in _periods_and_quantities(resource, rtype):
-        if kind == "period":
-            try:
-                if date_range(node["start"])[0] > date_range(node["end"])[1]:
-                    out.append(ValidationIssue("r4-invariant", where, "per-1: the period's start is after its end"))
-            except ValueError:
-                continue  # a malformed date is the schema's finding
-        elif not node.get("system"):
-            out.append(ValidationIssue("r4-invariant", where, "qty-3: a quantity's code SHALL have a system"))
-    dosage = resource.get("dosage")
-    if rtype == "MedicationAdministration" and isinstance(dosage, dict) and not (
-            "dose" in dosage or any(k.startswith("rate") for k in dosage)):
-        out.append(ValidationIssue("r4-invariant", f"{rtype}.dosage", "mad-1: a dosage SHALL have a dose or a rate"))
-    return out
+    return [ValidationIssue("r4-invariant", v.location, f"{v.key}: {v.human}")
+            for v in core_invariants().violations(resource)]
 
 
 class Validator:
-    """Runs the three validators, the base invariants on contained resources
-    (:func:`container_errors`) and a few R4 core invariants (:func:`core_invariant_errors`).
+    """Runs the three validators
+    and the R4 core invariants (:func:`core_invariant_errors`, FHIRPath with fhirpathpy).
     Shapes that passed the model are remembered per process."""
 
-    def __init__(self, schema_path: Path, profiles_dir: Path) -> None:
+    def __init__(self, schema_path: Path, profiles_dir: Path, core_invariants: bool = True) -> None:
+        """``core_invariants=False`` leaves out the R4 core invariants: only for measuring their
+        cost (bench/ingest.py, bench/writes.py); the service always checks them."""
         self.schema = R4Schema(schema_path)
         self.profiles = ProfileSet.load(profiles_dir)
         self.shapes = ShapeMemory()
+        self.core_invariants = core_invariants
 
     def validate(self, resource: dict[str, Any], full: bool = False, reference: bool | None = None) -> list[ValidationIssue]:
         """All findings for one resource (empty list = valid). Never raises for bad input.
@@ -270,8 +193,8 @@ class Validator:
         inferred = declared is not resource
         resource = declared
         issues = self.schema.errors(resource, reference=full if reference is None else reference)
-        issues += container_errors(resource)
-        issues += core_invariant_errors(resource)
+        if self.core_invariants:
+            issues += core_invariant_errors(resource)
         findings = [ValidationIssue("profile", f.expression, f.message) for f in self.profiles.errors(resource)]
         if findings and inferred:
             findings.insert(0, ValidationIssue("profile", f"{resource['resourceType']}.meta.profile", (

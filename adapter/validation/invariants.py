@@ -1,0 +1,272 @@
+"""The FHIR R4 core invariants: the FHIRPath ``constraint`` expressions of the official
+StructureDefinitions (``hl7.fhir.r4.core`` 4.0.1, extracted by ``profiles/r4_invariants.py`` into
+``r4_invariants.json``), evaluated with fhirpathpy (beda.software), each expression compiled once.
+
+A resource is walked with the element types of fhirpathpy's R4 model (``path2Type``,
+``choiceTypePaths``, ``pathsDefinedElsewhere``): each object met is a resource (root or
+contained / in a Bundle entry), a backbone element (``Observation.referenceRange``) or a complex
+data type instance (a ``Period``, a ``Quantity``). The resource's own invariants apply at their
+element path; a data type's wherever an instance of it is. An invariant is broken when its
+expression evaluates to ``false`` (or to something that is not a boolean); an empty result means
+it does not apply (``ref-1`` on a Reference without ``reference``), as the HL7 Java validator
+reads it.
+
+Not evaluated, and listed by :func:`not_evaluated` with the reason: ``ele-1`` (every element; the
+R4 JSON Schema and the R4B model carry it); constraints on primitive elements (``Narrative.div``
+``txt-1``/``txt-2`` call the Java validator's ``htmlChecks()``); ``warning``-severity constraints
+(best practice, e.g. ``dom-6`` "a resource should have narrative"), which are not errors; any
+expression fhirpathpy cannot parse. An invariant whose first disjunct is plainly true of the JSON
+(``ref-1`` on a Reference that is not ``#local``, ``dom-2``..``dom-5`` without ``contained``) is
+not handed to fhirpathpy (:data:`GUARDS`).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+FILE = Path(__file__).resolve().parent / "r4_invariants.json"
+
+#: When an invariant cannot fail: a check on the JSON object, derived from the expression's first
+#: disjunct, which is true (so the whole ``or`` is) when the check is false. Saves fhirpathpy calls
+#: on the commonest elements; every invariant not listed is always evaluated.
+def _contained_with(key: str) -> Any:
+    return lambda n: any(isinstance(c, dict) and key in c for c in n.get("contained") or [])
+
+
+GUARDS: dict[str, Any] = {
+    # "contained.contained.empty()"
+    "dom-2": _contained_with("contained"),
+    # "contained.where(...).empty()"
+    "dom-3": lambda n: "contained" in n,
+    # "contained.meta.versionId.empty() and contained.meta.lastUpdated.empty()", "contained.meta.security.empty()"
+    "dom-4": _contained_with("meta"),
+    "dom-5": _contained_with("meta"),
+    # "reference.startsWith('#').not() or ..."
+    "ref-1": lambda n: isinstance(n.get("reference"), str) and n["reference"].startswith("#"),
+    # "extension.exists() != value.exists()": can fail only when both or neither are there
+    "ext-1": lambda n: ("extension" in n) == any(k.startswith("value") and k[5:6].isupper() for k in n),
+    # "low.exists() or high.exists() or text.exists()"
+    "obs-3": lambda n: not ("low" in n or "high" in n or "text" in n),
+    # "dataAbsentReason.empty() or value.empty()"
+    "obs-6": lambda n: "dataAbsentReason" in n,
+    # "value.empty() or component.code.where(...).empty()"
+    "obs-7": lambda n: "component" in n and any(k.startswith("value") and k[5:6].isupper() for k in n),
+    # "start.hasValue().not() or end.hasValue().not() or (start <= end)"
+    "per-1": lambda n: "start" in n and "end" in n,
+    # "code.empty() or system.exists()"
+    "qty-3": lambda n: "code" in n and "system" not in n,
+}
+#: Spellings of the official expressions that fhirpathpy evaluates differently from the Java
+#: validator, rewritten to the same meaning: ``as(T)`` on a collection is an error in fhirpathpy
+#: (FHIRPath N1 requires a singleton), while ``dom-3`` applies it to ``descendants()``;
+#: ``ofType(T)`` is its collection form. fhirpathpy 2.2.4 compares two FHIR ``dateTime`` element
+#: values as text, so ``per-1`` would reject a period written with offsets
+#: (``10:00+05:00`` ≤ ``06:00Z``); ``toDateTime()`` compares them as instants (FHIRPath §6.3).
+#: It cannot compare two Quantity elements at all (``rng-2``'s ``low <= high`` raises); their
+#: values are compared when both have the same unit code or none (a range across two different
+#: units would need UCUM conversion, and is not checked).
+REWRITES = {"dom-3": (("descendants().as(", "descendants().ofType("),),
+            "per-1": (("(start <= end)", "(start.toDateTime() <= end.toDateTime())"),),
+            "rng-2": (("(low <= high)", "(low.value <= high.value) or (low.code.exists() and high.code.exists() "
+                                        "and low.code != high.code)"),)}
+
+
+def _has_value(inputs: list[Any]) -> list[bool]:
+    """FHIRPath ``hasValue()`` (FHIR R4 §2.24 "FHIRPath additional functions"; fhirpathpy 2.2.4
+    lacks it): true for a single primitive with a value."""
+    return [len(inputs) == 1 and isinstance(inputs[0], str | int | float | bool)]
+
+
+_OPTIONS = {"traceFn": lambda *_: None,  # trace() in dom-3/ref-1: no console output
+            "userInvocationTable": {"hasValue": {"fn": _has_value, "arity": {0: []}}}}
+
+
+@dataclass(frozen=True)
+class Invariant:
+    """One constraint: where it applies (``path``: an element path such as
+    ``MedicationAdministration.dosage``, or a data type's name), its ``key``, ``severity``,
+    ``human`` text and FHIRPath ``expression``."""
+
+    path: str
+    key: str
+    severity: str
+    human: str
+    expression: str
+
+
+@dataclass(frozen=True)
+class Violation:
+    """An invariant that did not evaluate to ``true`` at ``location`` (a FHIRPath-like path into
+    the resource, with list indexes: ``MedicationAdministration.dosage``)."""
+
+    location: str
+    key: str
+    human: str
+
+
+class CoreInvariants:
+    """The evaluable R4 core invariants, compiled once per expression (thread-safe after
+    construction: compiled functions hold no state between calls)."""
+
+    def __init__(self, path: Path = FILE) -> None:
+        import fhirpathpy
+        from fhirpathpy.models import models
+
+        doc = json.loads(path.read_text(encoding="utf-8"))
+        self.model = models["r4"]
+        self.skipped: dict[str, str] = {"ele-1": "every element; carried by the R4 JSON Schema and the R4B model"}
+        self.rules: dict[str, list[tuple[Invariant, Any]]] = {}
+        # results of dom-3 (by _dom3_key) and ref-1 (by the reference and the root's contained ids):
+        # everything either expression reads, so one evaluation per key
+        self._dom3: dict[tuple[Any, ...], bool] = {}
+        compiled: dict[str, Any] = {}
+        entries = [(Invariant(*r), True) for rules in doc["resources"].values() for r in rules]
+        entries += [(Invariant(*r), False) for rules in doc["datatypes"].values() for r in rules]
+        for inv, _ in entries:
+            if inv.severity != "error":
+                self.skipped[inv.key] = f"severity {inv.severity} (best practice, not an error)"
+                continue
+            if "htmlChecks" in inv.expression:
+                self.skipped[inv.key] = "on a primitive (Narrative.div): the Java validator's htmlChecks()"
+                continue
+            expression = inv.expression
+            for old, new in REWRITES.get(inv.key, ()):
+                expression = expression.replace(old, new)
+            inv = Invariant(inv.path, inv.key, inv.severity, inv.human, expression)
+            if inv.expression not in compiled:
+                try:
+                    compiled[inv.expression] = fhirpathpy.compile(inv.expression, self.model, _OPTIONS)
+                except Exception as exc:  # noqa: BLE001 - any parser failure: listed, not evaluated
+                    self.skipped[inv.key] = f"fhirpathpy cannot parse it: {str(exc)[:80]}"
+                    continue
+            self.rules.setdefault(inv.path, []).append((inv, compiled[inv.expression]))
+
+    # ------------------------------------------------------------------------------------ walking
+
+    def _child(self, path: str, key: str) -> tuple[str, str | None] | None:
+        """``(element path, type)`` of JSON property ``key`` below ``path``; type ``None`` for a
+        backbone element; ``None`` when the model does not know the element."""
+        m = self.model
+        child = f"{path}.{key}"
+        child = m["pathsDefinedElsewhere"].get(child, child)
+        if child in m["path2Type"]:
+            return child, m["path2Type"][child]
+        if child in _backbones():
+            return child, None
+        for i in range(len(key) - 1, 0, -1):  # a choice: valueQuantity -> value, Quantity
+            if key[i].isupper():
+                base = f"{path}.{key[:i]}"
+                if key[i:] in m["choiceTypePaths"].get(base, ()):
+                    return base, key[i:]
+                break
+        return None
+
+    def violations(self, resource: dict[str, Any]) -> list[Violation]:
+        """Every error-severity invariant that does not hold in ``resource`` (a FHIR R4 resource
+        as JSON), contained resources and Bundle entries included. Never raises: an expression
+        that fails while evaluating is reported as a violation naming the error."""
+        out: list[Violation] = []
+        rtype = resource.get("resourceType")
+        if isinstance(rtype, str):
+            self._visit(resource, rtype, rtype, resource, out)
+        return out
+
+    def _visit(self, node: dict[str, Any], path: str, where: str, root: dict[str, Any], out: list[Violation]) -> None:
+        from fhirpathpy.engine.nodes import ResourceNode
+
+        rules = self.rules.get(path)
+        if rules:
+            target = node if path == node.get("resourceType") else ResourceNode.create_node(node, path)
+            env = {"resource": root, "rootResource": root}
+            for inv, fn in rules:
+                guard = GUARDS.get(inv.key)
+                if guard is not None and not guard(node):
+                    continue
+                memo = (_dom3_key(node) if inv.key == "dom-3" else
+                        ("ref-1", node.get("reference"), tuple(c.get("id") for c in root.get("contained") or []
+                                                                if isinstance(c, dict))) if inv.key == "ref-1" else None)
+                if memo is not None and memo in self._dom3:
+                    if not self._dom3[memo]:
+                        out.append(Violation(where, inv.key, inv.human))
+                    continue
+                try:
+                    result = fn(target, env)
+                except Exception as exc:  # noqa: BLE001 - reported, never a crash of a write
+                    out.append(Violation(where, inv.key, f"{inv.human} (could not be evaluated: {str(exc)[:80]})"))
+                    continue
+                broken = bool(result) and result != [True]  # false (or not a boolean); empty: not applicable
+                if memo is not None and len(self._dom3) < 4096:
+                    self._dom3[memo] = not broken
+                if broken:
+                    out.append(Violation(where, inv.key, inv.human))
+        for key, value in node.items():
+            if key.startswith("_") or key == "resourceType" or not isinstance(value, dict | list):
+                continue
+            found = self._child(path, key)
+            if found is None:
+                continue
+            child, ctype = found
+            items = value if isinstance(value, list) else [value]
+            for i, item in enumerate(items):
+                if not isinstance(item, dict):
+                    continue
+                at = f"{where}.{key}" + (f"[{i}]" if isinstance(value, list) else "")
+                if ctype == "Resource" and isinstance(item.get("resourceType"), str):
+                    nested_root = root if key == "contained" else item
+                    self._visit(item, item["resourceType"], at, nested_root, out)
+                elif ctype is None:
+                    self._visit(item, child, at, root, out)
+                elif ctype[:1].isupper():
+                    self._visit(item, ctype, at, root, out)
+
+    def not_evaluated(self) -> dict[str, str]:
+        """``key → reason`` of every extracted invariant that is not evaluated."""
+        return dict(self.skipped)
+
+
+def _dom3_key(resource: dict[str, Any]) -> tuple[Any, ...]:
+    """What ``dom-3`` ("a contained resource SHALL be referred to from elsewhere in the resource or
+    SHALL refer to the containing resource") depends on: the resource type, the contained ids,
+    and every string starting with ``#`` with its element path (which fixes its FHIR type) and the
+    contained resource it sits in. Two resources with the same key get the same result, so the
+    (costly) expression runs once per key."""
+    found: list[tuple[str, str, int]] = []
+
+    def visit(n: Any, path: str, inside: int) -> None:
+        if isinstance(n, dict):
+            for k, v in n.items():
+                visit(v, f"{path}.{k}", inside)
+        elif isinstance(n, list):
+            for v in n:
+                visit(v, path, inside)
+        elif isinstance(n, str) and n.startswith("#"):
+            found.append((path, n, inside))
+
+    contained = resource.get("contained") or []
+    for k, v in resource.items():
+        if k != "contained":
+            visit(v, k, -1)
+    for i, c in enumerate(contained):
+        visit(c, f"contained.{c.get('resourceType') if isinstance(c, dict) else ''}", i)
+    ids = tuple(c.get("id") if isinstance(c, dict) else None for c in contained)
+    return (resource.get("resourceType"), ids, tuple(sorted(found, key=repr)))
+
+
+@lru_cache(maxsize=1)
+def _backbones() -> frozenset[str]:
+    """Backbone element paths of the R4 model: paths that have children but no type of their own."""
+    from fhirpathpy.models import models
+
+    m = models["r4"]
+    parents = {p.rsplit(".", 1)[0] for p in (*m["path2Type"], *m["choiceTypePaths"]) if "." in p}
+    return frozenset(p for p in parents if "." in p and p not in m["path2Type"])
+
+
+@lru_cache(maxsize=1)
+def core_invariants() -> CoreInvariants:
+    """The process-wide compiled invariants."""
+    return CoreInvariants()
