@@ -20,6 +20,12 @@ JS_CLIENT := tests/js_client/node_modules/.package-lock.json
 $(JS_CLIENT): tests/js_client/package-lock.json
 	cd tests/js_client && npm ci --no-audit --no-fund --silent
 
+# the HL7 FHIR validator over our resources and responses (tools/hl7-validator; Java 17 + Maven Central)
+HL7_VALIDATOR := tools/hl7-validator/target/hl7-validator-1.jar
+$(HL7_VALIDATOR): tools/hl7-validator/pom.xml tools/hl7-validator/src/main/java/org/pedall/validator/Validate.java
+	bash .ci/system-deps
+	cd tools/hl7-validator && mvn -q -B package -DskipTests
+
 ## make run: create .venv, ingest every example export into the embedded SQLite store, print the summary and outcomes, serve
 run: $(STAMP)
 	$(BIN)/adapter init-db
@@ -41,7 +47,7 @@ run: $(STAMP)
 ## make test: the whole suite (lint, then tests on SQLite and PostgreSQL; .ci/postgres installs and starts
 ## Debian's PostgreSQL at 127.0.0.1:5432 when none answers there; .ci/system-deps installs Debian's
 ## Chromium and a Java 17 runtime when missing)
-test: $(STAMP) $(JS_CLIENT)
+test: $(STAMP) $(JS_CLIENT) $(HL7_VALIDATOR)
 	bash .ci/system-deps
 	bash .ci/postgres
 	$(BIN)/ruff check adapter tests bench examples mappings

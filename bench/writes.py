@@ -53,6 +53,9 @@ class _Reference:
     def validate(self, resource: dict[str, Any], full: bool = False, reference: bool | None = None) -> Any:
         return self.inner.validate(resource, full=True, reference=True)
 
+    def with_profile(self, resource: dict[str, Any]) -> dict[str, Any]:
+        return self.inner.with_profile(resource)
+
 
 def _bundle(template: dict[str, Any]) -> dict[str, Any]:
     entries = []

@@ -22,6 +22,7 @@ from adapter.mapping.transforms import Concept as Coded
 
 AE_OUTCOME = "http://terminology.hl7.org/CodeSystem/adverse-event-outcome"
 AE_SEVERITY = "http://terminology.hl7.org/CodeSystem/adverse-event-severity"
+SERIOUSNESS = "http://terminology.hl7.org/CodeSystem/adverse-event-seriousness"
 #: The HL7 Adverse Event Clinical Research IG's grade extension (STU1 1.0.1; REFERENCE.md §4), coded
 #: with the NCI Thesaurus' CTCAE grade concepts: Grade 1-4 Adverse Event (C41338, C41339, C41340,
 #: C41337). Grade 5 has no confirmed code here, so it is not coded (``ae-grade`` keeps it).
@@ -97,9 +98,10 @@ def to_adverse_event(inp: AdverseEventInput, site: SiteContext) -> list[dict[str
     if inp.grade in SEVERITY:
         ae["severity"] = fhir.concept(fhir.coding(AE_SEVERITY, *SEVERITY[inp.grade]))
     serious = inp.serious if inp.serious is not None else (inp.grade is not None and inp.grade >= 3)
+    # R4 CodeSystem adverse-event-seriousness: the codes are "Serious" and "Non-serious" (case matters;
+    # the HL7 validator found the lower-case spelling unknown)
     ae["seriousness"] = fhir.concept(fhir.coding(
-        "http://terminology.hl7.org/CodeSystem/adverse-event-seriousness",
-        "serious" if serious else "non-serious", "Serious" if serious else "Non-serious"))
+        SERIOUSNESS, "Serious" if serious else "Non-serious", "Serious" if serious else "Non-serious"))
     if inp.outcome is not None:
         ae["outcome"] = fhir.concept(inp.outcome.coding())
     if inp.related and inp.cycle is not None:
@@ -140,8 +142,7 @@ def to_death(inp: DeathInput, site: SiteContext) -> list[dict[str, Any]]:
     if ext:
         ae = {**{k: ae[k] for k in ("resourceType", "id", "meta")}, "extension": ext,
               **{k: v for k, v in ae.items() if k not in ("resourceType", "id", "meta")}}
-    ae["seriousness"] = fhir.concept(fhir.coding(
-        "http://terminology.hl7.org/CodeSystem/adverse-event-seriousness", "serious", "Serious"))
+    ae["seriousness"] = fhir.concept(fhir.coding(SERIOUSNESS, "Serious", "Serious"))
     ae["outcome"] = fhir.concept(fhir.coding(AE_OUTCOME, "fatal", "Fatal"))
     return [ae, patient_death(inp.patient, site, inp.date)]
 
