@@ -114,9 +114,11 @@ def test_a_bundle_is_checked_entry_by_entry() -> None:
 
 
 def test_the_guards_never_change_a_result(every_example_resource: list[dict[str, Any]]) -> None:
-    """GUARDS and the dom-3/ref-1 memo only skip evaluations whose outcome is known: over every
-    example resource, and over each broken case above, the results are the same without them."""
-    plain = CoreInvariants()
+    """GUARDS and the memos (dom-3, ref-1, data type instances) only skip evaluations whose outcome
+    is known: over every example resource, and over broken cases (the same bad Quantity at two
+    places, met twice so that the memo answers the second time), the results are the same without
+    them, locations included."""
+    plain = CoreInvariants(memoise=False)
     plain_guards, inv_module.GUARDS = inv_module.GUARDS, {}
     try:
         samples = list(every_example_resource)
@@ -124,11 +126,17 @@ def test_the_guards_never_change_a_result(every_example_resource: list[dict[str,
             r = _example(name)
             r[key] = {"reference": "#missing"} if key == "specimen" else {"route": r[key]["route"]}
             samples.append(r)
+        twice = _example("pedall-mrd-1")
+        twice["valueQuantity"].pop("system")
+        twice["referenceRange"] = [{"high": dict(twice["valueQuantity"])}, {"low": dict(twice["valueQuantity"])}]
+        samples += [twice, copy.deepcopy(twice)]
         unguarded = {i: plain.violations(copy.deepcopy(r)) for i, r in enumerate(samples)}
     finally:
         inv_module.GUARDS = plain_guards
     guarded = {i: core_invariants().violations(copy.deepcopy(r)) for i, r in enumerate(samples)}
     assert guarded == unguarded
+    assert [v.location for v in guarded[len(samples) - 1]] == [
+        "Observation.valueQuantity", "Observation.referenceRange[0].high", "Observation.referenceRange[1].low"]
 
 
 def test_the_validator_refuses_what_breaks_one() -> None:

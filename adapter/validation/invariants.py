@@ -112,7 +112,9 @@ class CoreInvariants:
     """The evaluable R4 core invariants, compiled once per expression (thread-safe after
     construction: compiled functions hold no state between calls)."""
 
-    def __init__(self, path: Path = FILE) -> None:
+    def __init__(self, path: Path = FILE, memoise: bool = True) -> None:
+        """Loads and compiles ``path`` (``r4_invariants.json``). ``memoise=False`` turns off the memos
+        (dom-3, ref-1, data type instances), to show in the tests that they change no result."""
         import fhirpathpy
         from fhirpathpy.models import models
 
@@ -123,6 +125,11 @@ class CoreInvariants:
         # results of dom-3 (by _dom3_key) and ref-1 (by the reference and the root's contained ids):
         # everything either expression reads, so one evaluation per key
         self._dom3: dict[tuple[Any, ...], bool] = {}
+        # violations below a data type instance, by (type, repr of the instance, the root's contained
+        # ids): a data type's invariants read only the instance, %ucum and (ref-1) those ids
+        self._datatypes: dict[tuple[Any, ...], list[tuple[str, str, str]]] = {}
+        self._children: dict[tuple[str, str], tuple[str, str | None] | None] = {}
+        self.memoise = memoise
         compiled: dict[str, Any] = {}
         entries = [(Invariant(*r), True) for rules in doc["resources"].values() for r in rules]
         entries += [(Invariant(*r), False) for rules in doc["datatypes"].values() for r in rules]
@@ -150,6 +157,13 @@ class CoreInvariants:
     def _child(self, path: str, key: str) -> tuple[str, str | None] | None:
         """``(element path, type)`` of JSON property ``key`` below ``path``; type ``None`` for a
         backbone element; ``None`` when the model does not know the element."""
+        try:
+            return self._children[path, key]
+        except KeyError:
+            found = self._children[path, key] = self._lookup_child(path, key)
+            return found
+
+    def _lookup_child(self, path: str, key: str) -> tuple[str, str | None] | None:
         m = self.model
         child = f"{path}.{key}"
         child = m["pathsDefinedElsewhere"].get(child, child)
@@ -189,6 +203,8 @@ class CoreInvariants:
                 memo = (_dom3_key(node) if inv.key == "dom-3" else
                         ("ref-1", node.get("reference"), tuple(c.get("id") for c in root.get("contained") or []
                                                                 if isinstance(c, dict))) if inv.key == "ref-1" else None)
+                if memo is not None and not self.memoise:
+                    memo = None
                 if memo is not None and memo in self._dom3:
                     if not self._dom3[memo]:
                         out.append(Violation(where, inv.key, inv.human))
@@ -220,8 +236,27 @@ class CoreInvariants:
                     self._visit(item, item["resourceType"], at, nested_root, out)
                 elif ctype is None:
                     self._visit(item, child, at, root, out)
+                elif ctype[:1].isupper() and self.memoise:
+                    self._visit_datatype(item, ctype, at, root, out)
                 elif ctype[:1].isupper():
                     self._visit(item, ctype, at, root, out)
+
+    def _visit_datatype(self, node: dict[str, Any], ctype: str, where: str, root: dict[str, Any],
+                        out: list[Violation]) -> None:
+        """:meth:`_visit` of a data type instance, memoised: the same instance (a LOINC code, a
+        UCUM unit, a Meta with the same profile) is walked once per process. The memo holds
+        locations relative to the instance and is emptied when it reaches 8,192 instances."""
+        contained = root.get("contained")
+        key = (ctype, repr(node), tuple(c.get("id") for c in contained if isinstance(c, dict)) if contained else ())
+        found = self._datatypes.get(key)
+        if found is None:
+            inner: list[Violation] = []
+            self._visit(node, ctype, "", root, inner)
+            found = [(v.location, v.key, v.human) for v in inner]
+            if len(self._datatypes) >= 8192:
+                self._datatypes.clear()
+            self._datatypes[key] = found
+        out.extend(Violation(where + loc, k, human) for loc, k, human in found)
 
     def not_evaluated(self) -> dict[str, str]:
         """``key → reason`` of every extracted invariant that is not evaluated."""
