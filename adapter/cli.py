@@ -601,6 +601,104 @@ def serve(
     uvicorn.run(api, host=host, port=port or settings.port, log_level="info", log_config=None, access_log=False)
 
 
+@app.command()
+def mllp(
+    site: Annotated[str, typer.Option(help="site code, a folder under mappings/")],
+    mapping: Annotated[str, typer.Option(help="the site's HL7 v2 mapping: mappings/<site>/<name>.yaml")],
+    host: Annotated[str | None, typer.Option(help="interface (default: setting ADAPTER_MLLP_HOST, 127.0.0.1)")] = None,
+    port: Annotated[int | None, typer.Option(help="TCP port (default: setting ADAPTER_MLLP_PORT, 2575)")] = None,
+    metrics_port: Annotated[int | None, typer.Option(help="also serve Prometheus metrics on this port")] = None,
+) -> None:
+    """Listen for HL7 v2 results over MLLP: each message is stored with the site's mapping and only
+    then acknowledged (AA; AE with ERR for a row issue, kept as a dead letter; AR for what cannot be
+    parsed or is for another site)."""
+    from adapter.logs import configure_logging
+    from adapter.mllp.listener import config_from_settings, run
+
+    settings = get_settings()
+    try:
+        config = config_from_settings(settings, site, mapping, host, port)
+        if settings.env == "development" and config.host not in ("127.0.0.1", "localhost", "::1"):
+            raise ConfigError(f"development mode listens on 127.0.0.1 only, not {config.host}: set ADAPTER_ENV=production")
+        store = _store()
+    except AdapterError as exc:
+        _fail(exc)
+    configure_logging()
+    err_console.print(f"MLLP listener for {site}/{mapping} on {config.host}:{config.port}"
+                      + (" (TLS)" if config.tls else ""), highlight=False)
+    try:
+        run(config, store, settings, metrics_port)
+    except AdapterError as exc:
+        _fail(exc)
+
+
+dead_letters_app = typer.Typer(no_args_is_help=True, help="HL7 v2 messages acknowledged AE or AR over MLLP: list, replay.")
+app.add_typer(dead_letters_app, name="dead-letters")
+
+
+@dead_letters_app.command("list")
+def dead_letters_list(
+    site: Annotated[str | None, typer.Option(help="only this site")] = None,
+    all_: Annotated[bool, typer.Option("--all", help="also those replayed since")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+) -> None:
+    """The kept messages (id, time, MSH-10, ACK code, errors), never their content."""
+    from adapter.store import dead_letters
+
+    try:
+        rows = [d.listing() for d in dead_letters.letters(_store(), site, include_replayed=all_)]
+    except AdapterError as exc:
+        _fail(exc)
+    if as_json:
+        sys.stdout.write(json.dumps(rows, indent=2, ensure_ascii=False) + "\n")
+        return
+    t = Table(title=f"MLLP dead letters ({len(rows)})")
+    for col in ("id", "received", "site/mapping", "MSH-10", "ack", "errors", "replayed"):
+        t.add_column(col)
+    for r in rows:
+        t.add_row(r["id"], r["received"][:19], f"{r['site']}/{r['mapping']}", r["control_id"] or "", r["ack_code"],
+                  "; ".join(f"{e['location']}: {e['reason']}" for e in r["errors"])[:200], r["replayed"] or "")
+    console.print(t)
+
+
+@dead_letters_app.command("replay")
+def dead_letters_replay(
+    ids: Annotated[list[str] | None, typer.Argument(help="dead-letter ids (default: every one not replayed)")] = None,
+    site: Annotated[str | None, typer.Option(help="with no ids: only this site's")] = None,
+) -> None:
+    """Run kept messages through their site's mapping again (after the mapping, a code table or the
+    sender's data was fixed). A message that is stored now is marked replayed; one that still
+    fails stays, with its errors printed. Exit 0 when every one was stored, 9 otherwise."""
+    from adapter.mllp.receive import receive
+    from adapter.store import dead_letters
+
+    settings = get_settings()
+    try:
+        store = _store()
+        todo = ([dead_letters.letter(store, i) for i in ids] if ids else dead_letters.letters(store, site))
+    except AdapterError as exc:
+        _fail(exc)
+    failed = 0
+    for i, d in zip(ids or [x.id for x in todo], todo, strict=True):
+        if d is None:
+            err_console.print(f"[red]no dead letter {i}[/]")
+            failed += 1
+            continue
+        if d.replayed:
+            console.print(f"{d.id}: already replayed ({d.replayed})", highlight=False)
+            continue
+        receipt = receive(d.message, d.site, d.mapping, store, settings=settings, replay_of=d.id)
+        if receipt.ack_code == "AA" and receipt.report is not None:
+            dead_letters.mark_replayed(store, d.id, receipt.report.ingestion_id)
+            console.print(f"{d.id} (MSH-10 {d.control_id}): stored", highlight=False)
+        else:
+            failed += 1
+            console.print(f"{d.id} (MSH-10 {d.control_id}): still {receipt.ack_code}: "
+                          + "; ".join(f"{e.location}: {e.reason}" for e in receipt.errors), highlight=False)
+    if failed:
+        raise typer.Exit(9)
+
+
 clients_app = typer.Typer(no_args_is_help=True, help="Register, list and revoke SMART Backend Services clients.")
 app.add_typer(clients_app, name="clients")
 

@@ -81,6 +81,15 @@ class Settings(BaseSettings):
             to finish (ingestions of a site run one at a time); then HTTP 503 with ``Retry-After``
             (CLI exit 7). On SQLite every write waits for the database's single write lock for up to
             ``sqlite_busy_seconds``.
+        mllp_host, mllp_port: where ``adapter mllp`` listens for HL7 v2 over MLLP (default
+            127.0.0.1:2575). mllp_site, mllp_mapping: when both are set, ``adapter serve`` runs the
+            same listener beside the REST API.
+        mllp_max_connections: open MLLP connections at once; one more is closed at once.
+        mllp_idle_timeout_seconds: an MLLP connection with no message for this long is closed.
+        mllp_max_message_bytes: largest HL7 v2 message (larger: AR, and the connection is closed).
+        mllp_allow: comma-separated peer networks (``10.2.0.0/16,192.168.1.7``) that may connect;
+            required outside development mode (development accepts any peer, on 127.0.0.1 only).
+        mllp_tls_cert, mllp_tls_key: PEM certificate chain and key: MLLP over TLS.
     """
 
     model_config = SettingsConfigDict(env_prefix="ADAPTER_", env_file=".env", extra="ignore")
@@ -123,6 +132,16 @@ class Settings(BaseSettings):
     audit_spool_dir: Path = ROOT / ".adapter-data" / "audit-spool"
     ingest_lock_wait_seconds: float = Field(default=120, gt=0)
     sqlite_busy_seconds: float = Field(default=30, gt=0)
+    mllp_host: str = "127.0.0.1"
+    mllp_port: int = Field(default=2575, ge=0, le=65535)
+    mllp_site: str | None = None
+    mllp_mapping: str | None = None
+    mllp_max_connections: int = Field(default=16, ge=1)
+    mllp_idle_timeout_seconds: float = Field(default=300, gt=0)
+    mllp_max_message_bytes: int = Field(default=1024 * 1024, ge=1024)
+    mllp_allow: str | None = None
+    mllp_tls_cert: str | None = None
+    mllp_tls_key: str | None = None
 
     @property
     def auth_enabled(self) -> bool:

@@ -56,8 +56,10 @@ class TransformError(ValueError):
     :class:`RowIssue` naming file, sheet, row and column.
     """
 
-    def __init__(self, value: Any, reason: str) -> None:
-        self.value, self.reason = value, reason
+    def __init__(self, value: Any, reason: str, code: str = "value") -> None:
+        """``code``: the FHIR IssueType of the row issue it becomes (``value``; ``code-invalid`` for a
+        value no code table maps)."""
+        self.value, self.reason, self.code = value, reason, code
         super().__init__(f"{reason}: {value!r}")
 
 

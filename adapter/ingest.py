@@ -137,9 +137,11 @@ def _locator(file: str, sheet: str | None, row: int, segment: str | None = None)
 def ingest_file(path: Path, site: str, mapping: str, store: Store, *, strict: bool = False, dry_run: bool = False,
                 settings: Settings | None = None, validator: Validator | None = None,
                 display_name: str | None = None, full_validation: bool = False,
-                progress: Callable[[int], None] | None = None, show: int = 0) -> IngestReport:
+                progress: Callable[[int], None] | None = None, show: int = 0, data: bytes | None = None) -> IngestReport:
     """Ingest one file with the site's named mapping. ``show`` keeps the first N mapped resources
     (from rows without issues) in ``report.sample``, for ``adapter ingest --dry-run --show N``.
+    ``data``: the file's content, already in memory (an HL7 v2 message received over MLLP;
+    ``path`` then only names it): read instead of ``path`` by the ``hl7v2`` reader.
 
     Raises:
         ConfigError / MappingSpecError: unknown site or mapping, invalid mapping file.
@@ -154,9 +156,9 @@ def ingest_file(path: Path, site: str, mapping: str, store: Store, *, strict: bo
     sc = loaded.site_context(settings.id_key)
     path = Path(path)
     name = display_name or path.name
-    digest = file_sha256(path) if path.is_file() else ""
+    digest = hashlib.sha256(data).hexdigest() if data is not None else file_sha256(path) if path.is_file() else ""
     ingestion_id = str(uuid.uuid4())
-    reader = reader_for(loaded.spec.reader.format)(path, loaded.spec.reader, display_name=name)
+    reader = reader_for(loaded.spec.reader.format)(path, loaded.spec.reader, display_name=name, data=data)
     made: list[IngestReport] = []
 
     def attempt(tx: Any) -> IngestReport:

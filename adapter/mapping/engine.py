@@ -150,7 +150,7 @@ def map_row(row: Row, sheet: CompiledSheet, ctx: TransformContext, site: SiteCon
                 raw = row.cells.get(f.column) if f.column is not None else None
                 shown = exc.value if f.column is None or isinstance(raw, CellError) or (
                     isinstance(raw, str) and CONTROL.search(raw)) else raw
-                result.issues.append(_issue(row, f.column, shown, f"{f.name}: {exc.reason}",
+                result.issues.append(_issue(row, f.column, shown, f"{f.name}: {exc.reason}", code=exc.code,
                                             expression=block.concept.name + "." + f.name))
                 failed = True
                 continue

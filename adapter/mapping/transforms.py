@@ -282,7 +282,7 @@ def lookup(value: Any, *, ctx: TransformContext, table: str) -> Concept | None:
             return code_table.get(value)
         except TransformError:
             name = code_table.then
-    raise TransformError(value, "no entry in code table " + " nor ".join(f"'{t}'" for t in tried))
+    raise TransformError(value, "no entry in code table " + " nor ".join(f"'{t}'" for t in tried), code="code-invalid")
 
 
 # ------------------------------------------------------------------------------------------- numbers

@@ -54,8 +54,11 @@ class Reader(abc.ABC):
 
     format_name: ClassVar[str]
 
-    def __init__(self, path: Path, options: Any, display_name: str | None = None) -> None:
+    def __init__(self, path: Path, options: Any, display_name: str | None = None, data: bytes | None = None) -> None:
+        """``data``: the content itself (a message received over MLLP), read instead of ``path``
+        by the formats that support it (``hl7v2``)."""
         self.path = Path(path)
+        self.data = data
         self.options = options
         self.display_name = display_name or self.path.name
         self.stats = ReadStats()

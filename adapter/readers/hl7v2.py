@@ -153,8 +153,6 @@ class HL7v2Reader(Reader):
         return [None]
 
     def rows(self, sheet: str | None, required_columns: set[str]) -> Iterator[Row]:
-        if not self.path.is_file():
-            raise ReaderError(f"{self.display_name}: no such file")
         paths: dict[str, FieldPath] = {}
         for col in sorted(required_columns):
             try:
@@ -162,9 +160,7 @@ class HL7v2Reader(Reader):
             except ValueError as exc:
                 raise ReaderError(f"{self.display_name}: column {exc}") from None
         encoding = getattr(self.options, "encoding", None) or "utf-8"
-        messages = split_messages(self.path.read_bytes())
-        if not messages:
-            raise ReaderError(f"{self.display_name}: no HL7 v2 message (no MSH segment) in the file")
+        messages = self._messages()
         keep = needed_fields(paths.values())
         for n, raw in enumerate(messages, start=1):
             yield from self._message_rows(n, raw, encoding, paths, keep)
@@ -174,12 +170,8 @@ class HL7v2Reader(Reader):
         ``PID-3``, ``OBX-5``...), plus ``PID-3[<type>].1`` for each identifier type code (CX.5) seen,
         for ``adapter scan``. A message python-hl7 cannot parse is passed over here (ingestion
         reports it as a row issue). Raises ReaderError when the file is missing or has no message."""
-        if not self.path.is_file():
-            raise ReaderError(f"{self.display_name}: no such file")
         encoding = getattr(self.options, "encoding", None) or "utf-8"
-        messages = split_messages(self.path.read_bytes())
-        if not messages:
-            raise ReaderError(f"{self.display_name}: no HL7 v2 message (no MSH segment) in the file")
+        messages = self._messages()
         filled: dict[str, set[int]] = {}
         id_types: set[str] = set()
         for raw in messages:
@@ -208,6 +200,16 @@ class HL7v2Reader(Reader):
                 if sid == "PID" and f == 3:
                     cols += [f"PID-3[{t}].1" for t in sorted(id_types) if re.match(r"^[A-Za-z0-9_-]+$", t)]
         return cols
+
+    def _messages(self) -> list[bytes]:
+        """The file's (or the in-memory ``data``'s) messages. Raises ReaderError when the file is
+        missing or holds no MSH segment."""
+        if self.data is None and not self.path.is_file():
+            raise ReaderError(f"{self.display_name}: no such file")
+        messages = split_messages(self.data if self.data is not None else self.path.read_bytes())
+        if not messages:
+            raise ReaderError(f"{self.display_name}: no HL7 v2 message (no MSH segment) in the file")
+        return messages
 
     def _message_rows(self, n: int, raw: bytes, encoding: str, paths: dict[str, FieldPath],
                       keep: dict[str, int]) -> Iterator[Row]:

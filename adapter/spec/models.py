@@ -153,10 +153,25 @@ class ReaderSpec(_Strict):
         default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
         description="redcap: the project's data dictionary CSV, a file next to the mapping file")
 
+    accept: dict[str, list[str]] | None = Field(
+        default=None,
+        description="hl7v2 received over MLLP (adapter mllp): the messages meant for this site, as HL7 field path -> "
+                    "allowed values, e.g. {'MSH-4.1': ['CDMX-B']} (sending facility); a message whose value at any of "
+                    "these paths is another (or none) is for another site and is rejected with AR")
+
     @model_validator(mode="after")
     def _dictionary_for_redcap(self) -> ReaderSpec:
         if (self.format == "redcap") != (self.data_dictionary is not None):
             raise ValueError("data_dictionary is required for format redcap, and only for it")
+        if self.accept is not None:
+            from adapter.readers.hl7v2 import FieldPath
+
+            if self.format != "hl7v2":
+                raise ValueError("accept is for format hl7v2 only")
+            for path, values in self.accept.items():
+                FieldPath.parse(path)  # ValueError names the bad path
+                if not values:
+                    raise ValueError(f"accept: {path} lists no value")
         return self
 
 

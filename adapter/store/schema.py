@@ -1,6 +1,6 @@
 """Table definitions (SQLAlchemy Core). The schema itself is created by Alembic migrations."""
 
-from sqlalchemy import Boolean, Column, Float, Index, Integer, MetaData, String, Table, Text
+from sqlalchemy import Boolean, Column, Float, Index, Integer, LargeBinary, MetaData, String, Table, Text
 
 metadata = MetaData()
 
@@ -185,4 +185,22 @@ subscription_owners = Table(
     Column("site", String(32)),
     Column("scopes", Text, nullable=False),
     Column("headers", Text, nullable=False),  # JSON list of [name, value]
+)
+
+#: HL7 v2 messages received over MLLP and not stored (adapter/mllp): acknowledged ``AE`` (a row
+#: issue) or ``AR`` (unparseable, or for another site), each with its errors, to list and replay
+#: from the CLI (``adapter dead-letters``). ``replayed``: when a replay stored it.
+mllp_dead_letters = Table(
+    "mllp_dead_letters", metadata,
+    Column("id", String(36), primary_key=True),
+    Column("received", String(40), nullable=False),
+    Column("site", String(32), nullable=False),
+    Column("mapping", String(64), nullable=False),
+    Column("control_id", String(200)),
+    Column("ack_code", String(2), nullable=False),
+    Column("errors", Text, nullable=False),
+    Column("message", LargeBinary, nullable=False),
+    Column("replayed", String(40)),
+    Column("replay_ingestion", String(36)),
+    Index("ix_mllp_dead_letters_site", "site", "received"),
 )
