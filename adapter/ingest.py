@@ -35,6 +35,7 @@ from adapter.mapping.patient import organization
 from adapter.mapping.study import NETWORK, patient_group, research_study, research_subject, site_group_id, study_group_id
 from adapter.readers import reader_for
 from adapter.spec import load_mapping
+from adapter.spec.loader import LoadedMapping
 from adapter.store import Rollback, Store, WriteOutcome
 from adapter.store.db import CORRECTED, content_hash, now_instant
 from adapter.validation import Validator, get_validator
@@ -137,11 +138,13 @@ def _locator(file: str, sheet: str | None, row: int, segment: str | None = None)
 def ingest_file(path: Path, site: str, mapping: str, store: Store, *, strict: bool = False, dry_run: bool = False,
                 settings: Settings | None = None, validator: Validator | None = None,
                 display_name: str | None = None, full_validation: bool = False,
-                progress: Callable[[int], None] | None = None, show: int = 0, data: bytes | None = None) -> IngestReport:
+                progress: Callable[[int], None] | None = None, show: int = 0, data: bytes | None = None,
+                loaded: LoadedMapping | None = None) -> IngestReport:
     """Ingest one file with the site's named mapping. ``show`` keeps the first N mapped resources
     (from rows without issues) in ``report.sample``, for ``adapter ingest --dry-run --show N``.
     ``data``: the file's content, already in memory (an HL7 v2 message received over MLLP;
-    ``path`` then only names it): read instead of ``path`` by the ``hl7v2`` reader.
+    ``path`` then only names it): read instead of ``path`` by the ``hl7v2`` reader. ``loaded``: the
+    mapping, already loaded by the caller (the MLLP listener loads it once at start).
 
     Raises:
         ConfigError / MappingSpecError: unknown site or mapping, invalid mapping file.
@@ -152,7 +155,7 @@ def ingest_file(path: Path, site: str, mapping: str, store: Store, *, strict: bo
     """
     settings = settings or get_settings()
     validator = validator or get_validator()
-    loaded = load_mapping(site, mapping, settings.mappings_dir)
+    loaded = loaded or load_mapping(site, mapping, settings.mappings_dir)
     sc = loaded.site_context(settings.id_key)
     path = Path(path)
     name = display_name or path.name

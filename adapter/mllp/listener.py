@@ -23,6 +23,7 @@ import asyncio
 import ipaddress
 import logging
 import ssl
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -92,7 +93,7 @@ class Metrics:
         self.registry = registry or CollectorRegistry()
         self.messages = Counter("adapter_mllp_messages", "HL7 v2 messages received over MLLP, by ACK code (MSA-1)",
                                 ["site", "ack"], registry=self.registry)
-        self.latency = Histogram("adapter_mllp_ack_seconds", "From a message's last byte received to its ACK written",
+        self.latency = Histogram("adapter_mllp_ack_seconds", "From a message's last byte received to its ACK handed to the socket",
                                  ["site"], buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
                                  registry=self.registry)
         self.connections = Gauge("adapter_mllp_connections", "Open MLLP connections", ["site"], registry=self.registry)
@@ -111,8 +112,18 @@ class Listener:
                  metrics: Metrics | None = None) -> None:
         from adapter.spec import load_mapping
 
-        load_mapping(config.site, config.mapping, settings.mappings_dir)  # a bad site or mapping fails here
         self.config, self.store, self.settings, self.validator = config, store, settings, validator
+        # loaded once (a bad site or mapping fails here); a changed mapping file applies on restart
+        self.loaded = load_mapping(config.site, config.mapping, settings.mappings_dir)
+        # the store writes a site's messages one at a time (the ingestion lock): connections queue
+        # here, in order of arrival, instead of polling the database lock
+        self._serial = threading.Lock()
+        if validator is None:  # compiled before the first message, not during it
+            from adapter.validation import get_validator
+            from adapter.validation.invariants import core_invariants
+
+            self.validator = get_validator()
+            core_invariants()
         self.metrics = metrics or Metrics()
         self.port = config.port
         self._server: asyncio.base_events.Server | None = None
@@ -190,8 +201,7 @@ class Listener:
                 received = time.perf_counter()
                 count += 1
                 try:
-                    receipt = await asyncio.to_thread(receive, block, site, self.config.mapping, self.store,
-                                                      settings=self.settings, validator=self.validator)
+                    receipt = await asyncio.to_thread(self._receive, block)
                 except Exception as exc:  # noqa: BLE001 - a bug must not take the listener down
                     log.exception("mllp message failed", extra={"peer": who})
                     receipt = self._reject(f"application internal error ({exc.__class__.__name__})")
@@ -204,21 +214,27 @@ class Listener:
             log.info("mllp connection closed", extra={"peer": who, "messages": count, "reason": why})
             writer.close()
 
+    def _receive(self, block: bytes) -> Receipt:
+        with self._serial:
+            return receive(block, self.config.site, self.config.mapping, self.store, settings=self.settings,
+                           validator=self.validator, loaded=self.loaded)
+
     def _reject(self, reason: str) -> Receipt:
         err = AckError(None, None, None, None, 207 if "internal" in reason else 100, reason)
         return Receipt("AR", build_ack(None, "AR", [err], "ADAPTER-AR"), None, [err])
 
     async def _send(self, writer: Any, receipt: Receipt, who: str | None, received: float) -> bool:
         site = self.config.site
+        # counted when the ACK is handed to the socket (so a scrape after the sender has its ACK
+        # always includes it)
+        self.metrics.messages.labels(site, receipt.ack_code).inc()
+        self.metrics.latency.labels(site).observe(time.perf_counter() - received)
         try:
             if receipt.ack is not None:
                 writer.writeblock(receipt.ack)
                 await writer.drain()
         except (ConnectionError, OSError):
             return False
-        finally:
-            self.metrics.messages.labels(site, receipt.ack_code).inc()
-            self.metrics.latency.labels(site).observe(time.perf_counter() - received)
         log.info("mllp message", extra={"peer": who, **receipt.log_fields()})
         return True
 

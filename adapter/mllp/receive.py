@@ -37,6 +37,7 @@ from adapter.ingest import IngestReport, ingest_file
 from adapter.mllp.ack import AckError, build_ack, error_from_issue, should_answer
 from adapter.readers.hl7v2 import FieldPath, field_value
 from adapter.spec import load_mapping
+from adapter.spec.loader import LoadedMapping
 from adapter.store import Store, dead_letters
 
 
@@ -78,14 +79,15 @@ def _control_id(msg: hl7.Message) -> str | None:
 
 
 def receive(raw: bytes, site: str, mapping: str, store: Store, *, settings: Settings,
-            validator: Any = None, replay_of: str | None = None) -> Receipt:
+            validator: Any = None, replay_of: str | None = None, loaded: LoadedMapping | None = None) -> Receipt:
     """Store one message (the bytes between the MLLP start block and end block) for ``site`` with
     its HL7 v2 ``mapping``, and build its ACK (see the module docstring for the codes). Never
     raises for a bad message; ``replay_of`` (a dead-letter id) keeps no second dead letter when the
     replay fails again. Raises ConfigError / MappingSpecError only for a bad site or mapping (a
-    start-up error of the listener, checked before it accepts connections)."""
+    start-up error of the listener, checked before it accepts connections). ``loaded``: the
+    mapping loaded once by the caller (else it is loaded from ``settings.mappings_dir`` here)."""
     started = time.perf_counter()
-    loaded = load_mapping(site, mapping, settings.mappings_dir)
+    loaded = loaded or load_mapping(site, mapping, settings.mappings_dir)
     encoding = loaded.spec.reader.encoding or "utf-8"
     ack_id = uuid.uuid4().hex[:20]
     msg: hl7.Message | None = None
@@ -104,7 +106,13 @@ def receive(raw: bytes, site: str, mapping: str, store: Store, *, settings: Sett
 
     try:
         text = raw.decode(encoding)
-        msg = hl7.parse(text.replace("\r\n", "\r").replace("\n", "\r"))
+        # the header, and the first segment of each id the mapping's accept paths read: what the
+        # ACK and the site check need (the reader parses the message itself, pruned to its columns)
+        wanted = {"MSH"} | {p.split("-", 1)[0] for p in (loaded.spec.reader.accept or {})}
+        segments = [seg for seg in text.replace("\r\n", "\r").replace("\n", "\r").split("\r") if seg.strip()]
+        header = [seg for i, seg in enumerate(segments) if seg[:3] in wanted
+                  and all(other[:3] != seg[:3] for other in segments[:i])]
+        msg = hl7.parse("\r".join(header if segments and segments[0].startswith("MSH") else segments))
         if not len(msg) or str(msg[0][0]) != "MSH":
             raise ValueError("the message does not start with an MSH segment")
         control = _control_id(msg)
@@ -130,7 +138,7 @@ def receive(raw: bytes, site: str, mapping: str, store: Store, *, settings: Sett
     name = f"MLLP message {control or '(no MSH-10)'}"
     try:
         report = ingest_file(Path(f"mllp-{ack_id}.hl7"), site, mapping, store, settings=settings, validator=validator,
-                             strict=True, display_name=name, data=raw)
+                             strict=True, display_name=name, data=raw, loaded=loaded)
     except IngestRejected as exc:
         report = exc.report  # type: ignore[attr-defined]
         errors = [error_from_issue(i.column, i.segment, i.code, i.reason, i.value) for i in report.issues if i.severity == "error"]
