@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test ingest-examples lint bench bench-serve bench-export bench-subscriptions bench-security bench-writes bench-views bench-analysis docker-smoke clean
+.PHONY: run test ingest-examples lint bench bench-serve bench-export bench-subscriptions bench-security bench-writes bench-views bench-analysis bench-mllp docker-smoke clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -77,6 +77,9 @@ bench-writes: $(STAMP)
 
 bench-views: $(STAMP)
 	$(BIN)/python bench/views.py
+
+bench-mllp: $(STAMP)
+	$(BIN)/python bench/mllp.py --postgres postgresql+psycopg://postgres@127.0.0.1:5432/postgres
 
 bench-analysis: $(STAMP)
 	$(BIN)/python bench/analysis.py

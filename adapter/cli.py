@@ -597,6 +597,8 @@ def serve(
     from adapter.logs import configure_logging
 
     configure_logging()
+    if settings.mllp_site or settings.mllp_mapping:
+        _serve_mllp_beside(api, settings)
     # our request lines (adapter.access, with request ids) replace uvicorn's access log
     uvicorn.run(api, host=host, port=port or settings.port, log_level="info", log_config=None, access_log=False)
 
@@ -697,6 +699,29 @@ def dead_letters_replay(
                           + "; ".join(f"{e.location}: {e.reason}" for e in receipt.errors), highlight=False)
     if failed:
         raise typer.Exit(9)
+
+
+def _serve_mllp_beside(api: Any, settings: Any) -> None:
+    """``adapter serve`` with ADAPTER_MLLP_SITE and ADAPTER_MLLP_MAPPING: the MLLP listener in a
+    thread of its own (its own event loop), its metrics on the API's ``/metrics``."""
+    import asyncio
+    import threading
+
+    from adapter.mllp.listener import Listener, Metrics, config_from_settings
+
+    if not (settings.mllp_site and settings.mllp_mapping):
+        _fail(ConfigError("ADAPTER_MLLP_SITE and ADAPTER_MLLP_MAPPING go together"))
+    try:
+        config = config_from_settings(settings, settings.mllp_site, settings.mllp_mapping)
+        if settings.env == "development" and config.host not in ("127.0.0.1", "localhost", "::1"):
+            raise ConfigError(f"development mode listens on 127.0.0.1 only, not {config.host}")
+        listener = Listener(config, _store(), settings, metrics=Metrics(api.state.metrics_registry))
+    except AdapterError as exc:
+        _fail(exc)
+    loop = asyncio.new_event_loop()
+    loop.run_until_complete(listener.start())
+    threading.Thread(target=loop.run_forever, name="mllp", daemon=True).start()
+    console.print(f"MLLP listener for {config.site}/{config.mapping} on {config.host}:{listener.port}", highlight=False)
 
 
 clients_app = typer.Typer(no_args_is_help=True, help="Register, list and revoke SMART Backend Services clients.")

@@ -502,3 +502,41 @@ def test_sigkill_while_streaming_loses_and_duplicates_nothing(backend: str, tmp_
             history = conn.execute(select(func.count()).select_from(resource_history).where(
                 resource_history.c.type == "Observation", resource_history.c.id.in_(ids))).scalar()
         assert versions == {1} and history == len(ids) == 1000
+
+
+def test_the_listener_inside_adapter_serve(tmp_path: Path, settings: Settings) -> None:
+    """ADAPTER_MLLP_SITE/MAPPING: ``adapter serve`` also listens for MLLP; a message ACKed AA is
+    readable through the REST API at once, and the listener's metrics are on ``/metrics``."""
+    import httpx
+
+    store = Store(f"sqlite:///{tmp_path / 'store.sqlite3'}")
+    store.migrate()
+    ingest_file(UK / "uk_infant_blinatumomab_registry.csv", "uk-infants", "registry", store, settings=settings)
+    store.engine.dispose()
+    http, mllp = _free_port(), _free_port()
+    env = {**os.environ, "ADAPTER_DATABASE_URL": store.url, "ADAPTER_ID_KEY": settings.id_key,
+           "ADAPTER_AUDIT_SPOOL_DIR": str(tmp_path / "spool"), "ADAPTER_EXPORT_DIR": str(tmp_path / "exports"),
+           "ADAPTER_MLLP_SITE": "uk-infants", "ADAPTER_MLLP_MAPPING": "mrd_lab", "ADAPTER_MLLP_PORT": str(mllp)}
+    proc = subprocess.Popen([sys.executable, "-m", "adapter", "serve", "--port", str(http)], env=env, cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{http}/health/live", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline, "adapter serve did not start"
+            time.sleep(0.3)
+        s = Sender(mllp)
+        assert msa(s.send(UK_FEED[0])) == ("AA", "MRD161127001")
+        s.close()
+        obr3 = str(hl7.parse(UK_FEED[0].decode()).segment("OBR")[3])
+        bundle = httpx.get(f"http://127.0.0.1:{http}/Observation", params={"identifier": obr3}, timeout=30).json()
+        assert bundle["total"] == 1
+        metrics = httpx.get(f"http://127.0.0.1:{http}/metrics", timeout=30).text
+        assert 'adapter_mllp_messages_total{ack="AA",site="uk-infants"} 1.0' in metrics
+    finally:
+        proc.terminate()
+        proc.wait(30)

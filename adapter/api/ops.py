@@ -102,6 +102,7 @@ def add_ops(app: FastAPI, store: Store) -> Histogram:
     """Register health, metrics and the request-id middleware; returns the delivery-latency
     histogram for the subscription worker to observe. Each app has its own metrics registry."""
     registry = CollectorRegistry()
+    app.state.metrics_registry = registry  # the MLLP listener inside `adapter serve` adds its metrics here
     registry.register(_StoreCollector(store))  # type: ignore[arg-type]
     delivery = Histogram("adapter_subscription_delivery_seconds", "From an event's commit to its delivery",
                          buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300), registry=registry)
