@@ -102,8 +102,8 @@ class RedcapReader(CsvReader):
 
     format_name = "redcap"
 
-    def __init__(self, path: Path, options: Any, display_name: str | None = None) -> None:
-        super().__init__(path, options, display_name)
+    def __init__(self, path: Path, options: Any, display_name: str | None = None, data: bytes | None = None) -> None:
+        super().__init__(path, options, display_name, data)
         dd = getattr(options, "data_dictionary", None)
         if not dd:
             raise ReaderError(f"{self.display_name}: a REDCap export needs reader.data_dictionary")
