@@ -29,10 +29,10 @@ from adapter.config import Settings, get_settings
 from adapter.errors import IngestRejected, RowIssue
 from adapter.mapping import fhir
 from adapter.mapping.base import SiteContext
+from adapter.mapping.engine import map_row
 from adapter.mapping.fhir import DECEASED, Contribution, merge_deceased
 from adapter.mapping.patient import organization
 from adapter.mapping.study import NETWORK, patient_group, research_study, research_subject, site_group_id, study_group_id
-from adapter.parallel import mapped_rows
 from adapter.readers import reader_for
 from adapter.spec import load_mapping
 from adapter.spec.loader import LoadedMapping
@@ -139,13 +139,12 @@ def ingest_file(path: Path, site: str, mapping: str, store: Store, *, strict: bo
                 settings: Settings | None = None, validator: Validator | None = None,
                 display_name: str | None = None, full_validation: bool = False,
                 progress: Callable[[int], None] | None = None, show: int = 0, data: bytes | None = None,
-                loaded: LoadedMapping | None = None, workers: int = 1) -> IngestReport:
+                loaded: LoadedMapping | None = None) -> IngestReport:
     """Ingest one file with the site's named mapping. ``show`` keeps the first N mapped resources
     (from rows without issues) in ``report.sample``, for ``adapter ingest --dry-run --show N``.
     ``data``: the file's content, already in memory (an HL7 v2 message received over MLLP;
     ``path`` then only names it): read instead of ``path`` by the ``hl7v2`` reader. ``loaded``: the
-    mapping, already loaded by the caller (the MLLP listener loads it once at start). ``workers``:
-    processes that map and validate the rows of a large file (adapter/parallel.py; 1: all here).
+    mapping, already loaded by the caller (the MLLP listener loads it once at start).
 
     Raises:
         ConfigError / MappingSpecError: unknown site or mapping, invalid mapping file.
@@ -172,7 +171,7 @@ def ingest_file(path: Path, site: str, mapping: str, store: Store, *, strict: bo
         tx.lock_within(f"ingest:{site}", settings.ingest_lock_wait_seconds, f"another ingestion for site {site}")
         report = IngestReport(ingestion_id, site, mapping, name, digest, now_instant(), strict=strict, dry_run=dry_run)
         made.append(report)
-        _ingest_into(tx, report, reader, loaded, sc, settings, validator, full_validation, progress, show, workers)
+        _ingest_into(tx, report, reader, loaded, sc, settings, validator, full_validation, progress, show)
         if dry_run or (strict and report.rows_rejected):
             raise Rollback
         report.stored = True
@@ -192,8 +191,7 @@ def ingest_file(path: Path, site: str, mapping: str, store: Store, *, strict: bo
 
 
 def _ingest_into(tx: Any, report: IngestReport, reader: Any, loaded: Any, sc: SiteContext, settings: Settings,
-                 validator: Validator, full_validation: bool, progress: Callable[[int], None] | None, show: int,
-                 workers: int = 1) -> None:
+                 validator: Validator, full_validation: bool, progress: Callable[[int], None] | None, show: int) -> None:
     """Read, map, validate and store every row of one file in ``tx``, filling ``report`` (see
     :func:`ingest_file`)."""
     site, name = report.site, report.file
@@ -215,65 +213,71 @@ def _ingest_into(tx: Any, report: IngestReport, reader: Any, loaded: Any, sc: Si
     org = organization(sc)
     seen[("Organization", site)] = (content_hash(org), f"{name}!site")
     batch.append((org, site, seen[("Organization", site)][0]))
-    source = (site, report.mapping, settings.mappings_dir, settings.id_key)
-    for sheet, result in mapped_rows(reader, loaded, sc, validator, full_validation, workers, source):
-        row = result.row
-        report.rows_read += 1
-        loc = _locator(row.file, row.sheet, row.row, row.segment)
-        if result.ok:
-            fresh = []
-            row_deaths: list[tuple[tuple[str, str], dict[str, Any]]] = []
-            for res in result.resources:
-                key = (res["resourceType"], res["id"])
-                if isinstance(res, Contribution):  # a death stated by this row: merged into the Patient below
-                    _, conflict = merge_deceased(deaths.get(key, {}), res)
-                    if conflict:
+    for sheet in loaded.sheets:
+        for row in reader.rows(sheet.sheet, set(sheet.columns)):
+            report.rows_read += 1
+            result = map_row(row, sheet, loaded.ctx, sc)
+            loc = _locator(row.file, row.sheet, row.row, row.segment)
+            if result.ok:
+                for res in result.resources:
+                    for vi in validator.validate(res, full=full_validation):
                         result.issues.append(RowIssue(row.file, row.sheet, row.row, None, None,
-                                                      f"Patient: {conflict} (another row of this file gives the other)",
-                                                      code="duplicate", segment=row.segment))
-                    row_deaths.append((key, res))
-                    continue
-                digest = content_hash(res)
-                if key in seen and seen[key][0] != digest and res.get("status") in CORRECTED:
-                    # a later message corrects a result of the same file (HL7 v2 OBX-11 "C"):
-                    # store the original first, so that the correction is its next version
-                    flush()
-                    del seen[key]
-                if key in seen:
-                    if seen[key][0] != digest:
-                        result.issues.append(RowIssue(
-                            row.file, row.sheet, row.row, None, None,
-                            f"{key[0]} conflicts with the one from {seen[key][1]} (same source keys, "
-                            "different content)", code="duplicate", segment=row.segment))
-                    continue
-                fresh.append((key, digest, res))
-            if not result.issues:
-                for key, digest, res in fresh:
-                    pid = _patient_of(res)
-                    if pid is not None and pid not in referenced:
-                        referenced[pid] = (row, sheet.patient_column)
-                    seen[key] = (digest, loc)
-                    if key[0] == "Patient":  # written once, at the end, with every death of the file merged in
-                        patients[key] = res
-                    else:
-                        batch.append((res, site, digest))
-                    if len(report.sample) < show:
-                        report.sample.append(res)
-                for key, res in row_deaths:
-                    deaths[key] = merge_deceased(deaths[key], res)[0] if key in deaths else res
-                    death_rows.setdefault(key, (row, sheet.patient_column))
-        if result.skipped is not None:
-            report.rows_skipped[result.skipped] = report.rows_skipped.get(result.skipped, 0) + 1
-        elif result.issues:
-            report.rows_rejected += 1
-            report.issues.extend(result.issues)
-        else:
-            report.rows_mapped += 1
-            report.issues.extend(result.warnings)  # e.g. an identifier read in its canonical Unicode form
-        if len(batch) >= settings.batch_size:
-            flush()
-        if progress:
-            progress(report.rows_read)
+                                                      f"{res['resourceType']} fails validation: {vi.message}",
+                                                      code="invariant", expression=[vi.expression],
+                                                      segment=row.segment))
+                fresh = []
+                row_deaths: list[tuple[tuple[str, str], dict[str, Any]]] = []
+                for res in result.resources:
+                    key = (res["resourceType"], res["id"])
+                    if isinstance(res, Contribution):  # a death stated by this row: merged into the Patient below
+                        _, conflict = merge_deceased(deaths.get(key, {}), res)
+                        if conflict:
+                            result.issues.append(RowIssue(row.file, row.sheet, row.row, None, None,
+                                                          f"Patient: {conflict} (another row of this file gives the other)",
+                                                          code="duplicate", segment=row.segment))
+                        row_deaths.append((key, res))
+                        continue
+                    digest = content_hash(res)
+                    if key in seen and seen[key][0] != digest and res.get("status") in CORRECTED:
+                        # a later message corrects a result of the same file (HL7 v2 OBX-11 "C"):
+                        # store the original first, so that the correction is its next version
+                        flush()
+                        del seen[key]
+                    if key in seen:
+                        if seen[key][0] != digest:
+                            result.issues.append(RowIssue(
+                                row.file, row.sheet, row.row, None, None,
+                                f"{key[0]} conflicts with the one from {seen[key][1]} (same source keys, "
+                                "different content)", code="duplicate", segment=row.segment))
+                        continue
+                    fresh.append((key, digest, res))
+                if not result.issues:
+                    for key, digest, res in fresh:
+                        pid = _patient_of(res)
+                        if pid is not None and pid not in referenced:
+                            referenced[pid] = (row, sheet.patient_column)
+                        seen[key] = (digest, loc)
+                        if key[0] == "Patient":  # written once, at the end, with every death of the file merged in
+                            patients[key] = res
+                        else:
+                            batch.append((res, site, digest))
+                        if len(report.sample) < show:
+                            report.sample.append(res)
+                    for key, res in row_deaths:
+                        deaths[key] = merge_deceased(deaths[key], res)[0] if key in deaths else res
+                        death_rows.setdefault(key, (row, sheet.patient_column))
+            if result.skipped is not None:
+                report.rows_skipped[result.skipped] = report.rows_skipped.get(result.skipped, 0) + 1
+            elif result.issues:
+                report.rows_rejected += 1
+                report.issues.extend(result.issues)
+            else:
+                report.rows_mapped += 1
+                report.issues.extend(result.warnings)  # e.g. an identifier read in its canonical Unicode form
+            if len(batch) >= settings.batch_size:
+                flush()
+            if progress:
+                progress(report.rows_read)
     flush()
     for merged in _settle_patients(tx, patients, deaths, site):
         key = ("Patient", merged["id"])

@@ -160,39 +160,3 @@ def test_large_ingestions_split_provenance(store: Store, settings: Settings, mon
     expected = {f"{o.type}/{o.id}/_history/{o.version_id}" for o in report.outcomes if o.type != "Provenance"}
     assert len(targets) == 27 and set(targets) == expected
     assert len({store.read("Provenance", pid)["recorded"] for pid in report.provenance_ids}) == 1
-
-
-def test_workers_give_the_same_ingestion_as_one_process(tmp_path: Path, settings: Settings,
-                                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    """adapter/parallel.py: every example export (CSV, XLSX with several sheets, REDCap, HL7 v2),
-    plus a copy of the HITO CSV with bad rows, ingested with 2 worker processes (started after 10
-    rows, chunks of 7 rows, so every file crosses chunk and sheet boundaries) and in one process:
-    the same counts, the same row issues in the same order, and the same stored resources."""
-    from adapter import parallel
-    from tests.conftest import ALL_EXAMPLE_FILES
-
-    bad = tmp_path / "hito_bad.csv"
-    lines = (EXAMPLES / "hito" / "hito_erm_citometria.csv").read_bytes().decode("cp1252").splitlines()
-    lines[5] = lines[5].replace("/20", "/2x", 1)
-    lines[17] = lines[17].replace(";", ";;", 1)
-    bad.write_bytes("\r\n".join(lines).encode("cp1252"))
-    files = [*ALL_EXAMPLE_FILES, ("hito", "erm_citometria", bad)]
-    monkeypatch.setattr(parallel, "PARALLEL_AFTER", 10)
-    monkeypatch.setattr(parallel, "CHUNK", 7)
-
-    def run(workers: int) -> tuple[list[object], dict[tuple[str, str], object]]:
-        store = Store(f"sqlite:///{tmp_path / f'w{workers}.sqlite3'}")
-        store.migrate()
-        reports = []
-        for site, mapping, path in files:
-            r = ingest_file(path, site, mapping, store, settings=settings, workers=workers)
-            reports.append((r.rows_read, r.rows_mapped, r.rows_rejected, r.rows_skipped, r.unlinked_patients,
-                            [i.to_operation_outcome_issue() for i in r.issues], r.counts()))
-        content = {(x["resourceType"], x["id"]): {k: v for k, v in x.items() if k != "meta"}
-                   for x in store.iter_resources() if x["resourceType"] != "Provenance"}
-        store.engine.dispose()
-        return reports, content
-
-    serial, parallel_run = run(1), run(2)
-    assert serial[0][-1][2] > 0  # the bad copy has rejected rows
-    assert parallel_run == serial

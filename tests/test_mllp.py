@@ -477,6 +477,9 @@ def test_sigkill_while_streaming_loses_and_duplicates_nothing(backend: str, tmp_
                             resources.c.resource.like(f'%"value":"{obr3[i]}"%'))).scalar() == 1, i
         finally:
             sender.close()
+            if proc.poll() is None:  # a failed assertion above: never leave the listener running
+                proc.kill()
+                proc.wait(30)
         assert len(acked) == kill_at
         stored = accessions(store)
         assert {obr3[i] for i in acked} <= stored  # nothing ACKed before it was stored

@@ -55,6 +55,10 @@ _COMPARTMENTS = (select(resources.c.patient_id, resources.c.type, resources.c.si
                  .where(resources.c.patient_id.in_(bindparam("ids", expanding=True)), resources.c.deleted.is_(False)))
 
 
+_PATIENTS = (select(resources.c.id).where(resources.c.type == "Patient", resources.c.id.in_(bindparam("ids", expanding=True)),
+                                          resources.c.deleted.is_(False)))
+
+
 def refresh_courses(conn: Connection, patient_ids: Iterable[str], tx: Any = None) -> int:
     """Recompute and store the course of each Patient in ``patient_ids`` from its current
     resources (a deleted or absent Patient loses its row). Runs in the caller's transaction.
@@ -70,7 +74,10 @@ def refresh_courses(conn: Connection, patient_ids: Iterable[str], tx: Any = None
         patients: dict[str, tuple[dict[str, Any], str]] = {}
         res: dict[str, dict[str, list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
         others: list[tuple[str, str, str, dict[str, Any]]] = []
-        for pid, rtype, site, body in conn.execute(_COMPARTMENTS, {"ids": chunk}):
+        # only a stored Patient has a course: the compartments of the others (results a lab export
+        # brings before the site's demographics) are not read
+        present = [p for (p,) in conn.execute(_PATIENTS, {"ids": chunk})]
+        for pid, rtype, site, body in conn.execute(_COMPARTMENTS, {"ids": present}) if present else ():
             r = orjson.loads(body)
             if rtype == "Patient":
                 patients[pid] = (r, site)

@@ -177,7 +177,6 @@ class Validator:
     def __init__(self, schema_path: Path, profiles_dir: Path, core_invariants: bool = True) -> None:
         """``core_invariants=False`` leaves out the R4 core invariants: only for measuring their
         cost (bench/ingest.py, bench/writes.py); the service always checks them."""
-        self.schema_path, self.profiles_dir = schema_path, profiles_dir
         self.schema = R4Schema(schema_path)
         self.profiles = ProfileSet.load(profiles_dir)
         self.shapes = ShapeMemory()
