@@ -543,3 +543,29 @@ def test_the_listener_inside_adapter_serve(tmp_path: Path, settings: Settings) -
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+def test_python_hl7_clients_interoperate(uk_store: Store, settings: Settings) -> None:
+    """python-hl7's blocking MLLPClient and its asyncio streams (what other Python integrations use)
+    get their ACKs like the hand-framed client above."""
+    from hl7.client import MLLPClient
+    from hl7.mllp import open_hl7_connection
+
+    with listening(uk_store, settings, "uk-infants", "mrd_lab") as listener:
+        with MLLPClient("127.0.0.1", listener.port) as client:
+            ack = client.send_message(UK_FEED[0])
+        assert ack.startswith(b"\x0b") and ack.endswith(b"\x1c\r")
+        assert msa(ack[1:-2]) == ("AA", "MRD161127001")
+
+        async def stream() -> list[str]:
+            reader, writer = await open_hl7_connection("127.0.0.1", listener.port, encoding="utf-8")
+            out = []
+            for raw in UK_FEED[1:4]:
+                writer.writemessage(hl7.parse(raw.decode()))
+                await writer.drain()
+                out.append(str((await reader.readmessage()).segment("MSA")[1]))
+            writer.close()
+            await writer.wait_closed()
+            return out
+
+        assert asyncio.run(stream()) == ["AA", "AA", "AA"]
