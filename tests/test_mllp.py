@@ -569,3 +569,28 @@ def test_python_hl7_clients_interoperate(uk_store: Store, settings: Settings) ->
             return out
 
         assert asyncio.run(stream()) == ["AA", "AA", "AA"]
+
+
+def test_concurrent_senders_on_two_listeners_store_each_message_once(uk_store: Store, settings: Settings) -> None:
+    """Two listeners on one store (``adapter serve`` and ``adapter mllp`` side by side), two senders
+    each, all sending the whole uk feed at once: every ACK is AA (no AR from a lost race), and each
+    result is stored once, at version 1."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with listening(uk_store, settings, "uk-infants", "mrd_lab") as one, \
+            listening(uk_store, settings, "uk-infants", "mrd_lab") as two:
+        def stream(port: int) -> set[str]:
+            s = Sender(port, timeout=120)
+            try:
+                return {msa(s.send(raw))[0] for raw in UK_FEED}
+            finally:
+                s.close()
+
+        with ThreadPoolExecutor(4) as pool:
+            codes = set().union(*pool.map(stream, [one.port, two.port, one.port, two.port]))
+    assert codes == {"AA"}
+    obr3 = {str(hl7.parse(r.decode()).segment("OBR")[3]) for r in UK_FEED}
+    results = [o for o in uk_store.iter_resources("Observation") if o.get("identifier")
+               and o["identifier"][0]["value"] in obr3]
+    assert len(results) == len(obr3)
+    assert {o["meta"]["versionId"] for o in results} == {"1"}
