@@ -299,7 +299,7 @@ def summary() -> None:
         c = store.counts(site)
         t.add_row(site, *(str(c.get(ty, 0)) for ty in types))
     console.print(t)
-    for rep in store.ingestion_reports()[-10:]:
+    for rep in reversed(store.ingestion_reports(newest=10)):
         console.print(f"{rep['started'][:19]} {rep['site']}/{rep['mapping']} {rep['file']}: read {rep['rowsRead']}, "
                       f"mapped {rep['rowsMapped']}, rejected {rep['rowsRejected']}", highlight=False)
 

@@ -580,6 +580,10 @@ def test_the_dashboard_follows_the_same_authorization(secure: Secure) -> None:
         assert c.get("/ui/outcomes").status_code == 403
         page = c.get("/ui/ingestions")
         assert page.status_code == 200 and ">huanl<" in page.text and ">hito<" not in page.text
+        own = secure.store.ingestion_reports("huanl", newest=1)[0]["ingestion"]
+        other = secure.store.ingestion_reports("hito", newest=1)[0]["ingestion"]
+        assert c.get(f"/ui/ingestions/{own}").status_code == 200
+        assert c.get(f"/ui/ingestions/{other}").status_code == 404  # another site's report: as if absent
     with secure.http("subscriber") as c:
         assert c.get("/ui/subscriptions").status_code == 200
 

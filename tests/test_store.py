@@ -20,7 +20,7 @@ from tests.conftest import EXAMPLE_FILES
 
 
 def test_migrations_match_table_definitions(store: Store) -> None:
-    assert store.schema_revision() == "0008"
+    assert store.schema_revision() == "0009"
     with store.engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), metadata)
     assert diff == []
@@ -106,7 +106,7 @@ def test_migration_backfills_the_courses(tmp_path: Path, settings: Settings) -> 
         conn.execute(text("DROP TABLE patient_course"))
         conn.execute(text("DROP TABLE export_jobs"))
         conn.execute(text("DROP TABLE subscription_events"))
-        for table in ("auth_clients", "auth_jti", "audit_events", "subscription_owners"):
+        for table in ("auth_clients", "auth_jti", "audit_events", "subscription_owners", "mllp_dead_letters"):
             conn.execute(text(f"DROP TABLE {table}"))
         conn.execute(text("ALTER TABLE resources DROP COLUMN ingested_hash"))
         conn.execute(text("UPDATE alembic_version SET version_num = '0002'"))
@@ -165,8 +165,9 @@ def test_migration_0008_reindexes_dates_written_with_an_offset(store: Store) -> 
     with store.engine.begin() as conn:  # the index as revision 0007 wrote it: the offset ignored
         conn.execute(search_index.update().where(search_index.c.id == "mig-offset", search_index.c.name == "date")
                      .values(lo="2031-03-01T01:00:00.000000", hi="2031-03-01T01:00:00.999999"))
+        conn.execute(text("DROP TABLE mllp_dead_letters"))  # revision 0009's
         conn.execute(text("UPDATE alembic_version SET version_num = '0007'"))
     assert found("2031-02-28") == set() and found("2031-03-01") == {"mig-offset", "mig-date"}
     store.migrate()
-    assert store.schema_revision() == "0008"
+    assert store.schema_revision() == "0009"
     assert found("2031-02-28") == {"mig-offset"} and found("2031-03-01") == {"mig-date"}

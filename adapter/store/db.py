@@ -653,12 +653,29 @@ class Store:
         with self.engine.connect() as conn:
             return [s for (s,) in conn.execute(select(resources.c.site).distinct().order_by(resources.c.site))]
 
-    def ingestion_reports(self, site: str | None = None) -> list[dict[str, Any]]:
-        q = select(ingestions.c.report).order_by(ingestions.c.started)
+    def ingestion_reports(self, site: str | None = None, newest: int | None = None) -> list[dict[str, Any]]:
+        """Ingestion reports (JSON), oldest first; with ``newest``, only that many, newest first
+        (an MLLP listener records one ingestion per message, so a store can hold very many)."""
+        q = select(ingestions.c.report)
+        q = q.order_by(ingestions.c.started) if newest is None else q.order_by(ingestions.c.started.desc()).limit(newest)
         if site:
             q = q.where(ingestions.c.site == site)
         with self.engine.connect() as conn:
             return [orjson.loads(t) for (t,) in conn.execute(q)]
+
+    def ingestion_sites(self) -> list[str]:
+        """The sites that have ingestions."""
+        with self.engine.connect() as conn:
+            return [s for (s,) in conn.execute(select(ingestions.c.site).distinct().order_by(ingestions.c.site))]
+
+    def ingestion_report(self, ingestion_id: str, site: str | None = None) -> dict[str, Any] | None:
+        """One ingestion's report, or ``None`` (also when it is another site's and ``site`` is given)."""
+        q = select(ingestions.c.report).where(ingestions.c.id == ingestion_id)
+        if site:
+            q = q.where(ingestions.c.site == site)
+        with self.engine.connect() as conn:
+            text = conn.execute(q).scalar()
+        return None if text is None else orjson.loads(text)
 
 
 def _in_site(site: str | None) -> list[Any]:

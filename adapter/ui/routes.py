@@ -11,7 +11,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 from urllib.parse import urlencode, urlparse
 
 from fastapi import FastAPI, Query, Request
@@ -126,25 +126,18 @@ def add_ui_routes(app: FastAPI, store: Store, settings: Settings) -> None:
             "timepoints": sorted({*TIMEPOINTS, timepoint}), "suppressed": True, "threshold": settings.small_cell_threshold,
             "csv_url": f"/outcomes.csv?{q}", "json_url": f"/outcomes?{q}", **km})
 
-    def _reports(request: Request) -> list[dict[str, Any]]:
-        site = require(request, "ingest").site_scope
-        return list(reversed(store.ingestion_reports(site)))  # newest first
-
     @app.get("/ui/ingestions", response_class=HTMLResponse, include_in_schema=False)
     def ingestions_page(request: Request) -> Response:
-        shown: dict[str, int] = {}
-        rows = []
-        for r in _reports(request):
-            if shown.get(r["site"], 0) < PER_SITE:
-                shown[r["site"]] = shown.get(r["site"], 0) + 1
-                rows.append(r)
+        scope = require(request, "ingest").site_scope
+        sites = [scope] if scope else store.ingestion_sites()
+        rows = [r for site in sites for r in store.ingestion_reports(site, newest=PER_SITE)]
         rows.sort(key=lambda r: r["started"], reverse=True)
         return TEMPLATES.TemplateResponse(request, "ingestions.html", {"title": "Ingestions", "page": "ingestions",
                                                                        "ingestions": rows})
 
     @app.get("/ui/ingestions/{iid}", response_class=HTMLResponse, include_in_schema=False)
     def ingestion_page(request: Request, iid: str) -> Response:
-        report = next((r for r in _reports(request) if r["ingestion"] == iid), None)
+        report = store.ingestion_report(iid, require(request, "ingest").site_scope)
         if report is None:
             raise FHIRError(404, "not-found", f"no ingestion {iid[:40]}")
         return TEMPLATES.TemplateResponse(request, "ingestion.html", {
