@@ -32,9 +32,11 @@ ENV PATH=/opt/venv/bin:$PATH \
     ADAPTER_FHIR_SCHEMA_PATH=/app/profiles/fhir.r4.schema.json \
     ADAPTER_EXPORT_DIR=/app/data/exports \
     ADAPTER_AUDIT_SPOOL_DIR=/app/data/audit-spool \
-    ADAPTER_PORT=8000
+    ADAPTER_PORT=8000 \
+    ADAPTER_MLLP_HOST=0.0.0.0
 USER 10001:10001
-EXPOSE 8000
+# 2575: HL7 v2 over MLLP, when ADAPTER_MLLP_SITE and ADAPTER_MLLP_MAPPING are set (README)
+EXPOSE 8000 2575
 HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \
   CMD ["python", "-c", "import sys, urllib.request; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8000/health/ready', timeout=4).status == 200 else 1)"]
 CMD ["adapter", "serve", "--host", "0.0.0.0"]

@@ -33,7 +33,7 @@ def test_the_dockerfile_has_what_operators_expect() -> None:
     assert "pip install --no-cache-dir -r requirements.txt" in runs  # the pinned requirements
     user = [i["value"] for i in final if i["instruction"] == "USER"]
     assert user and user[-1].split(":")[0] not in ("root", "0")
-    assert [i["value"] for i in final if i["instruction"] == "EXPOSE"] == ["8000"]
+    assert [i["value"] for i in final if i["instruction"] == "EXPOSE"] == ["8000 2575"]  # REST API, MLLP
     health = [i["value"] for i in final if i["instruction"] == "HEALTHCHECK"]
     assert len(health) == 1 and "/health/ready" in health[0]
     assert json.loads(next(i["value"] for i in final if i["instruction"] == "CMD")) == ["adapter", "serve", "--host", "0.0.0.0"]
