@@ -160,3 +160,46 @@ def test_large_ingestions_split_provenance(store: Store, settings: Settings, mon
     expected = {f"{o.type}/{o.id}/_history/{o.version_id}" for o in report.outcomes if o.type != "Provenance"}
     assert len(targets) == 27 and set(targets) == expected
     assert len({store.read("Provenance", pid)["recorded"] for pid in report.provenance_ids}) == 1
+
+
+def test_an_ingestion_raises_the_gc_threshold_and_restores_it(store: Store, settings: Settings) -> None:
+    """``fewer_gc_collections``: the young-generation threshold is raised while ingestions run (also
+    when they overlap in threads) and restored when the last one ends, even when one fails."""
+    import gc
+    import threading
+
+    from adapter.ingest import INGEST_GC_THRESHOLD, fewer_gc_collections
+
+    before = gc.get_threshold()
+    seen: list[int] = []
+    real = store.run
+
+    def spy(work, *a, **kw):  # noqa: ANN001, ANN002, ANN003, ANN202
+        seen.append(gc.get_threshold()[0])
+        return real(work, *a, **kw)
+
+    store.run = spy  # type: ignore[method-assign]
+    ingest_file(EXAMPLES / "hito" / "hito_erm_citometria.csv", "hito", "erm_citometria", store, settings=settings)
+    assert seen == [INGEST_GC_THRESHOLD] and gc.get_threshold() == before
+
+    inside, release = threading.Barrier(3), threading.Event()
+
+    def hold(fail: bool) -> None:
+        try:
+            with fewer_gc_collections():
+                inside.wait(5)
+                release.wait(5)
+                if fail:
+                    raise RuntimeError("boom")
+        except RuntimeError:
+            pass
+
+    threads = [threading.Thread(target=hold, args=(f,)) for f in (True, False)]
+    for t in threads:
+        t.start()
+    inside.wait(5)
+    assert gc.get_threshold()[0] == INGEST_GC_THRESHOLD
+    release.set()
+    threads[0].join(5)
+    threads[1].join(5)
+    assert gc.get_threshold() == before

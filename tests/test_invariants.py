@@ -88,6 +88,14 @@ def test_every_example_resource_passes(every_example_resource: list[dict[str, An
     ("pedall-mrd-1", lambda r: r.update(specimen={"reference": "#missing"}), "ref-1", "Observation.specimen"),
     ("pedall-patient-1", lambda r: r.update(extension=[{"url": "http://example.org/x"}]), "ext-1",
      "Patient.extension[0]"),
+    # inside a Coding, a type with no invariant of its own: still walked when it carries an extension
+    ("pedall-mrd-1", lambda r: r["code"]["coding"][0].update(extension=[{"url": "http://example.org/x"}]), "ext-1",
+     "Observation.code.coding[0].extension[0]"),
+    ("pedall-mrd-1", lambda r: r["meta"].update(tag=[{"code": "x", "extension": [{"url": "http://e.org/y"}]}]),
+     "ext-1", "Observation.meta.tag[0].extension[0]"),
+    # a contained resource named only by a text that is not a reference
+    ("pedall-mrd-1", lambda r: r.update(specimen={"display": "#specimen"}),
+     "dom-3", "Observation"),
     ("pedall-observation-1", lambda r: r.update(valueRange={"low": {"value": 5}, "high": {"value": 1}}), "rng-2",
      "Observation.valueRange"),
 ])
@@ -126,6 +134,18 @@ def test_the_guards_never_change_a_result(every_example_resource: list[dict[str,
             r = _example(name)
             r[key] = {"reference": "#missing"} if key == "specimen" else {"route": r[key]["route"]}
             samples.append(r)
+        coded = _example("pedall-mrd-1")  # an extension inside a data type with no invariant of its own
+        coded["code"]["coding"][0]["extension"] = [{"url": "http://example.org/x"},
+                                                   {"url": "http://example.org/y", "valueReference": {"reference": "#no"}}]
+        samples.append(coded)
+        for ref in ({"reference": "#specimen"}, {"display": "#specimen"}, {"reference": "#specimen", "display": "x"}):
+            r = _example("pedall-mrd-1")  # dom-3: the contained Specimen referred to, or only named in text
+            r["specimen"] = ref
+            samples.append(r)
+        r = _example("pedall-mrd-1")  # referred to from an extension only
+        r.pop("specimen")
+        r["extension"] = [{"url": "http://example.org/s", "valueReference": {"reference": "#specimen"}}]
+        samples.append(r)
         twice = _example("pedall-mrd-1")
         twice["valueQuantity"].pop("system")
         twice["referenceRange"] = [{"high": dict(twice["valueQuantity"])}, {"low": dict(twice["valueQuantity"])}]

@@ -23,10 +23,13 @@ not handed to fhirpathpy (:data:`GUARDS`).
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
+
+import orjson
 
 FILE = Path(__file__).resolve().parent / "r4_invariants.json"
 
@@ -37,11 +40,34 @@ def _contained_with(key: str) -> Any:
     return lambda n: any(isinstance(c, dict) and key in c for c in n.get("contained") or [])
 
 
+def _contained_unreferenced(n: dict[str, Any]) -> bool:
+    """``dom-3`` can fail: ``n`` has contained resources, and not each one's id is the value of
+    some ``reference`` element in ``n`` (``'#' + id in %resource.descendants().reference``, the
+    expression's first disjunct). Looked up in ``n``'s compact JSON, where ``"reference":"#id"``
+    with unescaped quotes can only be a key and its whole value."""
+    contained = n.get("contained")
+    if not contained:
+        return False
+    if not isinstance(contained, list):
+        return True
+    try:
+        text = orjson.dumps(n)
+    except orjson.JSONEncodeError:  # not JSON (an integer past 64 bits): evaluated as written
+        return True
+    for c in contained:
+        cid = c.get("id") if isinstance(c, dict) else None
+        if not (isinstance(cid, str) and _FHIR_ID.fullmatch(cid) and b'"reference":"#' + cid.encode() + b'"' in text):
+            return True
+    return False
+
+
+_FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
+
 GUARDS: dict[str, Any] = {
     # "contained.contained.empty()"
     "dom-2": _contained_with("contained"),
-    # "contained.where(...).empty()"
-    "dom-3": lambda n: "contained" in n,
+    # "contained.where(('#'+id in %resource.descendants().reference | ...) or ...).not()).empty()"
+    "dom-3": _contained_unreferenced,
     # "contained.meta.versionId.empty() and contained.meta.lastUpdated.empty()", "contained.meta.security.empty()"
     "dom-4": _contained_with("meta"),
     "dom-5": _contained_with("meta"),
@@ -109,8 +135,9 @@ class Violation:
 
 
 class CoreInvariants:
-    """The evaluable R4 core invariants, compiled once per expression (thread-safe after
-    construction: compiled functions hold no state between calls)."""
+    """The evaluable R4 core invariants, each expression compiled once, when first evaluated
+    (thread-safe: compiled functions hold no state between calls, and two threads compiling the
+    same expression at once store equal functions)."""
 
     def __init__(self, path: Path = FILE, memoise: bool = True) -> None:
         """Loads and compiles ``path`` (``r4_invariants.json``). ``memoise=False`` turns off the memos
@@ -121,7 +148,7 @@ class CoreInvariants:
         doc = json.loads(path.read_text(encoding="utf-8"))
         self.model = models["r4"]
         self.skipped: dict[str, str] = {"ele-1": "every element; carried by the R4 JSON Schema and the R4B model"}
-        self.rules: dict[str, list[tuple[Invariant, Any]]] = {}
+        self.rules: dict[str, list[Invariant]] = {}
         # results of dom-3 (by _dom3_key) and ref-1 (by the reference and the root's contained ids):
         # everything either expression reads, so one evaluation per key
         self._dom3: dict[tuple[Any, ...], bool] = {}
@@ -130,10 +157,14 @@ class CoreInvariants:
         self._datatypes: dict[tuple[Any, ...], list[tuple[str, str, str]]] = {}
         self._children: dict[tuple[str, str], tuple[str, str | None] | None] = {}
         self.memoise = memoise
-        compiled: dict[str, Any] = {}
-        entries = [(Invariant(*r), True) for rules in doc["resources"].values() for r in rules]
-        entries += [(Invariant(*r), False) for rules in doc["datatypes"].values() for r in rules]
-        for inv, _ in entries:
+        # each expression is compiled when first evaluated (fhirpathpy's parser takes ~8 ms an
+        # expression, and an ingestion meets a handful of the ~120): expression -> compiled function,
+        # or None when fhirpathpy cannot parse it (then listed in ``skipped``)
+        self._compiled: dict[str, Any] = {}
+        self._fhirpathpy = fhirpathpy
+        entries = [Invariant(*r) for rules in doc["resources"].values() for r in rules]
+        entries += [Invariant(*r) for rules in doc["datatypes"].values() for r in rules]
+        for inv in entries:
             if inv.severity != "error":
                 self.skipped[inv.key] = f"severity {inv.severity} (best practice, not an error)"
                 continue
@@ -143,14 +174,52 @@ class CoreInvariants:
             expression = inv.expression
             for old, new in REWRITES.get(inv.key, ()):
                 expression = expression.replace(old, new)
-            inv = Invariant(inv.path, inv.key, inv.severity, inv.human, expression)
-            if inv.expression not in compiled:
-                try:
-                    compiled[inv.expression] = fhirpathpy.compile(inv.expression, self.model, _OPTIONS)
-                except Exception as exc:  # noqa: BLE001 - any parser failure: listed, not evaluated
-                    self.skipped[inv.key] = f"fhirpathpy cannot parse it: {str(exc)[:80]}"
-                    continue
-            self.rules.setdefault(inv.path, []).append((inv, compiled[inv.expression]))
+            self.rules.setdefault(inv.path, []).append(Invariant(inv.path, inv.key, inv.severity, inv.human, expression))
+        #: data types (and element paths) below which an invariant can apply other than through an
+        #: extension: an instance of any other type, with no extension in it, is not walked
+        self._firing = self._types_with_rules_below()
+
+    def _types_with_rules_below(self) -> frozenset[str]:
+        """Type names and element paths that have invariants, or an element (not ``extension`` /
+        ``modifierExtension``) whose type or backbone path does, to any depth: the least fixed point
+        over fhirpathpy's R4 model (``path2Type``, ``choiceTypePaths``, ``pathsDefinedElsewhere``)."""
+        m = self.model
+        below: dict[str, set[str]] = {}
+        for p, t in m["path2Type"].items():
+            parent, _, name = p.rpartition(".")
+            if parent and name not in ("extension", "modifierExtension") and t[:1].isupper() and "." not in t:
+                below.setdefault(parent, set()).add(t)
+        for p, types in m["choiceTypePaths"].items():
+            parent = p.rpartition(".")[0]
+            below.setdefault(parent, set()).update(t for t in types if t[:1].isupper())
+        for b in _backbones():
+            below.setdefault(b.rpartition(".")[0], set()).add(b)
+        for src, dst in m["pathsDefinedElsewhere"].items():
+            below.setdefault(src.rpartition(".")[0], set()).add(dst)
+        firing = {p for p, rules in self.rules.items() if rules}
+        grew = True
+        while grew:
+            grew = False
+            for parent, children in below.items():
+                if parent not in firing and not children.isdisjoint(firing):
+                    firing.add(parent)
+                    grew = True
+        return frozenset(firing)
+
+    def _function(self, inv: Invariant) -> Any:
+        """The compiled expression of ``inv``, compiled on first use; ``None`` when fhirpathpy cannot
+        parse it (the invariant is then listed by :meth:`not_evaluated`)."""
+        try:
+            return self._compiled[inv.expression]
+        except KeyError:
+            pass
+        try:
+            fn = self._fhirpathpy.compile(inv.expression, self.model, _OPTIONS)
+        except Exception as exc:  # noqa: BLE001 - any parser failure: listed, not evaluated
+            self.skipped[inv.key] = f"fhirpathpy cannot parse it: {str(exc)[:80]}"
+            fn = None
+        self._compiled[inv.expression] = fn
+        return fn
 
     # ------------------------------------------------------------------------------------ walking
 
@@ -196,9 +265,12 @@ class CoreInvariants:
         if rules:
             target = node if path == node.get("resourceType") else ResourceNode.create_node(node, path)
             env = {"resource": root, "rootResource": root}
-            for inv, fn in rules:
+            for inv in rules:
                 guard = GUARDS.get(inv.key)
                 if guard is not None and not guard(node):
+                    continue
+                fn = self._function(inv)
+                if fn is None:
                     continue
                 memo = (_dom3_key(node) if inv.key == "dom-3" else
                         ("ref-1", node.get("reference"), tuple(c.get("id") for c in root.get("contained") or []
@@ -226,28 +298,34 @@ class CoreInvariants:
             if found is None:
                 continue
             child, ctype = found
-            items = value if isinstance(value, list) else [value]
-            for i, item in enumerate(items):
+            listed = isinstance(value, list)
+            for i, item in enumerate(value if listed else (value,)):
                 if not isinstance(item, dict):
                     continue
-                at = f"{where}.{key}" + (f"[{i}]" if isinstance(value, list) else "")
-                if ctype == "Resource" and isinstance(item.get("resourceType"), str):
-                    nested_root = root if key == "contained" else item
-                    self._visit(item, item["resourceType"], at, nested_root, out)
-                elif ctype is None:
-                    self._visit(item, child, at, root, out)
-                elif ctype[:1].isupper() and self.memoise:
-                    self._visit_datatype(item, ctype, at, root, out)
-                elif ctype[:1].isupper():
-                    self._visit(item, ctype, at, root, out)
+                if ctype is None:  # a backbone element
+                    self._visit(item, child, f"{where}.{key}" + (f"[{i}]" if listed else ""), root, out)
+                elif ctype == "Resource":
+                    if isinstance(item.get("resourceType"), str):
+                        self._visit(item, item["resourceType"], f"{where}.{key}" + (f"[{i}]" if listed else ""),
+                                    root if key == "contained" else item, out)
+                elif not ctype[:1].isupper():
+                    continue
+                elif not self.memoise:
+                    self._visit(item, ctype, f"{where}.{key}" + (f"[{i}]" if listed else ""), root, out)
+                else:
+                    text = repr(item)
+                    if ctype in self._firing or "xtension'" in text:
+                        self._visit_datatype(item, text, ctype, f"{where}.{key}" + (f"[{i}]" if listed else ""),
+                                             root, out)
 
-    def _visit_datatype(self, node: dict[str, Any], ctype: str, where: str, root: dict[str, Any],
+    def _visit_datatype(self, node: dict[str, Any], text: str, ctype: str, where: str, root: dict[str, Any],
                         out: list[Violation]) -> None:
-        """:meth:`_visit` of a data type instance, memoised: the same instance (a LOINC code, a
-        UCUM unit, a Meta with the same profile) is walked once per process. The memo holds
-        locations relative to the instance and is emptied when it reaches 8,192 instances."""
+        """:meth:`_visit` of a data type instance (``text``: its ``repr``), memoised: the same
+        instance (a LOINC code, a UCUM unit, a Meta with the same profile) is walked once per
+        process. The memo holds locations relative to the instance and is emptied when it reaches
+        8,192 instances."""
         contained = root.get("contained")
-        key = (ctype, repr(node), tuple(c.get("id") for c in contained if isinstance(c, dict)) if contained else ())
+        key = (ctype, text, tuple(c.get("id") for c in contained if isinstance(c, dict)) if contained else ())
         found = self._datatypes.get(key)
         if found is None:
             inner: list[Violation] = []
@@ -259,7 +337,11 @@ class CoreInvariants:
         out.extend(Violation(where + loc, k, human) for loc, k, human in found)
 
     def not_evaluated(self) -> dict[str, str]:
-        """``key → reason`` of every extracted invariant that is not evaluated."""
+        """``key → reason`` of every extracted invariant that is not evaluated (compiles every
+        expression not compiled yet, to know which fhirpathpy cannot parse)."""
+        for rules in self.rules.values():
+            for inv in rules:
+                self._function(inv)
         return dict(self.skipped)
 
 
