@@ -20,7 +20,7 @@ from tests.conftest import EXAMPLE_FILES
 
 
 def test_migrations_match_table_definitions(store: Store) -> None:
-    assert store.schema_revision() == "0009"
+    assert store.schema_revision() == "0010"
     with store.engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), metadata)
     assert diff == []
@@ -169,5 +169,49 @@ def test_migration_0008_reindexes_dates_written_with_an_offset(store: Store) -> 
         conn.execute(text("UPDATE alembic_version SET version_num = '0007'"))
     assert found("2031-02-28") == set() and found("2031-03-01") == {"mig-offset", "mig-date"}
     store.migrate()
-    assert store.schema_revision() == "0009"
+    assert store.schema_revision() == "0010"
     assert found("2031-02-28") == {"mig-offset"} and found("2031-03-01") == {"mig-date"}
+
+
+def test_date_and_number_searches_can_use_the_partial_indexes(store: Store) -> None:
+    """Revision 0010 keeps only rows with a date range (``lo``) in ``ix_search_date`` and rows with a
+    number in ``ix_search_num``. A database uses a partial index only when the query implies its
+    WHERE clause, so each date or number condition names it: the planner of both backends can pick
+    them (PostgreSQL with sequential scans off, as the store's own write transactions run), for
+    several prefixes, several values of one parameter, and a quantity with its unit."""
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    from adapter.search.query import parse
+    from adapter.store.schema import resources
+    from adapter.store.search import query_condition
+
+    dialect = postgresql.dialect() if store.engine.dialect.name == "postgresql" else sqlite.dialect()
+    for params, index in (([("date", "lt2020-01-01")], "ix_search_date"), ([("date", "ge2019")], "ix_search_date"),
+                          ([("date", "2019-04"), ("date", "le2020")], "ix_search_date"),
+                          ([("value-quantity", "gt1")], "ix_search_num"),
+                          ([("value-quantity", "0.01||%")], "ix_search_num")):
+        q = select(resources.c.id).where(query_condition(parse("Observation", params)))
+        sql = str(q.compile(dialect=dialect, compile_kwargs={"literal_binds": True}))
+        with store.engine.connect() as conn:
+            if dialect.name == "postgresql":
+                conn.exec_driver_sql("SET enable_seqscan = off")
+                conn.exec_driver_sql("SET enable_bitmapscan = on")
+                plan = "\n".join(r[0] for r in conn.exec_driver_sql("EXPLAIN " + sql))
+            else:
+                plan = "\n".join(str(r) for r in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + sql))
+        assert index in plan, (params, plan)
+
+
+def test_a_new_sqlite_database_has_8_kib_pages(tmp_path: Path) -> None:
+    """A stored resource is ~2 KB of JSON: with SQLite's default 4 KiB pages one ``resources`` row
+    took a page of its own. A new database gets 8 KiB pages; an existing one keeps its own."""
+    import sqlite3
+
+    Store(f"sqlite:///{tmp_path}/new.sqlite3").migrate()
+    old = sqlite3.connect(tmp_path / "old.sqlite3")
+    old.execute("CREATE TABLE t (x)")
+    old.commit()
+    old.close()
+    Store(f"sqlite:///{tmp_path}/old.sqlite3").migrate()
+    sizes = {n: sqlite3.connect(tmp_path / f"{n}.sqlite3").execute("PRAGMA page_size").fetchone()[0] for n in ("new", "old")}
+    assert sizes == {"new": 8192, "old": 4096}

@@ -702,6 +702,11 @@ def _sqlite_begin(conn: Connection) -> None:
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     dbapi_conn.isolation_level = None  # SQLAlchemy emits BEGIN itself (see _sqlite_begin)
     cur = dbapi_conn.cursor()
+    # 8 KiB pages for a new database (SQLite "PRAGMA page_size": set before the first table, and
+    # before WAL mode; a no-op on an existing one). A stored resource is ~2 KB of JSON, and with 4 KiB
+    # pages one row of ``resources`` took a page of its own: 20,000 MRD results were 82 MB in that
+    # table, now 55 MB, and an ingestion writes that much less (``make bench``).
+    cur.execute("PRAGMA page_size=8192")
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA synchronous=NORMAL")
     cur.execute("PRAGMA foreign_keys=ON")

@@ -1,6 +1,6 @@
 """Table definitions (SQLAlchemy Core). The schema itself is created by Alembic migrations."""
 
-from sqlalchemy import Boolean, Column, Float, Index, Integer, LargeBinary, MetaData, String, Table, Text
+from sqlalchemy import Boolean, Column, Float, Index, Integer, LargeBinary, MetaData, String, Table, Text, text
 
 metadata = MetaData()
 
@@ -42,8 +42,11 @@ search_index = Table(
     Column("lo", String(32)),  # date range start (sortable text)
     Column("hi", String(32)),  # date range end
     Index("ix_search_value", "type", "name", "value"),
-    Index("ix_search_date", "type", "name", "lo", "hi"),
-    Index("ix_search_num", "type", "name", "num"),
+    # only the rows that carry a date range / a number (revision 0010)
+    Index("ix_search_date", "type", "name", "lo", "hi", sqlite_where=text("lo IS NOT NULL"),
+          postgresql_where=text("lo IS NOT NULL")),
+    Index("ix_search_num", "type", "name", "num", sqlite_where=text("num IS NOT NULL"),
+          postgresql_where=text("num IS NOT NULL")),
     Index("ix_search_resource", "type", "id"),
 )
 

@@ -85,10 +85,10 @@ def _value_cond(value: Any) -> ColumnElement[bool]:
         if value.key.startswith("*/"):
             return si.c.value.like("%/" + value.key[2:].replace("%", "").replace("_", "\\_"), escape="\\")
         return si.c.value == value.key
-    if isinstance(value, DateRange):
-        return _date_cond(si.c.lo, si.c.hi, value)
-    if isinstance(value, Number):
-        return _number_cond(value)
+    if isinstance(value, DateRange):  # named, so that the partial index ix_search_date is used
+        return and_(si.c.lo.is_not(None), _date_cond(si.c.lo, si.c.hi, value))
+    if isinstance(value, Number):  # likewise ix_search_num
+        return and_(si.c.num.is_not(None), _number_cond(value))
     if isinstance(value, Text):
         return si.c.value.like(value.value.replace("%", "").replace("_", "\\_") + "%", escape="\\")
     raise TypeError(value)
