@@ -91,10 +91,13 @@ def refresh_courses(conn: Connection, patient_ids: Iterable[str], tx: Any = None
         gone = [p for p in chunk if p not in patients]
         if gone:
             conn.execute(patient_course.delete().where(patient_course.c.patient_id.in_(gone)))
+        if tx is not None:
+            writes = [w for pid, (pat, site) in patients.items()
+                      if (w := _settle_derived_response(tx, pat, res[pid], site)) is not None]
+            if writes:  # one write for the chunk: a file that touches thousands of patients
+                tx.upsert(writes)
         rows = []
         for pid, (pat, site) in patients.items():
-            if tx is not None:
-                _settle_derived_response(tx, pat, res[pid], site)
             course = course_of(pat, res.get(pid, {}), site)  # the site whose compartment holds the Patient
             rows.append({"patient_id": pid, "site": course.site, "course_version": COURSE_VERSION,
                          "course": course.to_json_bytes().decode()})
@@ -104,9 +107,13 @@ def refresh_courses(conn: Connection, patient_ids: Iterable[str], tx: Any = None
     return written
 
 
-def _settle_derived_response(tx: Any, patient: dict[str, Any], res: dict[str, list[dict[str, Any]]], site: str) -> None:
-    """Write, update or delete the Patient's derived response Observation in ``tx`` so that it is
-    what :func:`adapter.outcomes.derive.derived_response` gives, and leave ``res`` as stored."""
+def _settle_derived_response(tx: Any, patient: dict[str, Any], res: dict[str, list[dict[str, Any]]],
+                             site: str) -> tuple[dict[str, Any], str, None] | None:
+    """Bring the Patient's derived response Observation in line with what
+    :func:`adapter.outcomes.derive.derived_response` gives: deleted in ``tx`` when the results no
+    longer imply one; returned as an upsert entry ``(resource, site, None)`` for the caller to write
+    (with the other patients' of its chunk) when it is new or changed; ``None`` when there is
+    nothing to write. ``res`` is left as it will be stored."""
     from adapter.store.db import content_hash
 
     observations = res.get("Observation", [])
@@ -116,11 +123,11 @@ def _settle_derived_response(tx: Any, patient: dict[str, Any], res: dict[str, li
         if current is not None:
             tx.delete("Observation", current["id"])
             res["Observation"] = [o for o in observations if o is not current]
-        return
+        return None
     if current is not None and content_hash(current) == content_hash(want):
-        return
-    tx.upsert([(want, site, None)])
+        return None
     res["Observation"] = [o for o in observations if o is not current] + [want]
+    return (want, site, None)
 
 
 def stale_patients(conn: Connection) -> list[str]:
