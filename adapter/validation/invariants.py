@@ -155,7 +155,8 @@ class CoreInvariants:
         # violations below a data type instance, by (type, repr of the instance, the root's contained
         # ids): a data type's invariants read only the instance, %ucum and (ref-1) those ids
         self._datatypes: dict[tuple[Any, ...], list[tuple[str, str, str]]] = {}
-        self._children: dict[tuple[str, str], tuple[str, str | None] | None] = {}
+        # element path -> JSON property -> (element path, type) of the child, or None (see _lookup_child)
+        self._kids: dict[str, dict[str, tuple[str, str | None] | None]] = {}
         self.memoise = memoise
         # each expression is compiled when first evaluated (fhirpathpy's parser takes ~8 ms an
         # expression, and an ingestion meets a handful of the ~120): expression -> compiled function,
@@ -223,16 +224,9 @@ class CoreInvariants:
 
     # ------------------------------------------------------------------------------------ walking
 
-    def _child(self, path: str, key: str) -> tuple[str, str | None] | None:
+    def _lookup_child(self, path: str, key: str) -> tuple[str, str | None] | None:
         """``(element path, type)`` of JSON property ``key`` below ``path``; type ``None`` for a
         backbone element; ``None`` when the model does not know the element."""
-        try:
-            return self._children[path, key]
-        except KeyError:
-            found = self._children[path, key] = self._lookup_child(path, key)
-            return found
-
-    def _lookup_child(self, path: str, key: str) -> tuple[str, str | None] | None:
         m = self.model
         child = f"{path}.{key}"
         child = m["pathsDefinedElsewhere"].get(child, child)
@@ -255,16 +249,16 @@ class CoreInvariants:
         out: list[Violation] = []
         rtype = resource.get("resourceType")
         if isinstance(rtype, str):
-            self._visit(resource, rtype, rtype, resource, out)
+            self._visit(resource, rtype, rtype, resource, _contained_ids(resource), out)
         return out
 
-    def _visit(self, node: dict[str, Any], path: str, where: str, root: dict[str, Any], out: list[Violation]) -> None:
-        from fhirpathpy.engine.nodes import ResourceNode
-
+    def _visit(self, node: dict[str, Any], path: str, where: str, root: dict[str, Any], cids: tuple[Any, ...],
+               out: list[Violation]) -> None:
+        """Check ``node`` (at element ``path``; ``where``: its location) and everything below it.
+        ``root``: the resource it is in (``%resource``); ``cids``: that resource's contained ids."""
         rules = self.rules.get(path)
         if rules:
-            target = node if path == node.get("resourceType") else ResourceNode.create_node(node, path)
-            env = {"resource": root, "rootResource": root}
+            target: Any = None
             for inv in rules:
                 guard = GUARDS.get(inv.key)
                 if guard is not None and not guard(node):
@@ -273,16 +267,19 @@ class CoreInvariants:
                 if fn is None:
                     continue
                 memo = (_dom3_key(node) if inv.key == "dom-3" else
-                        ("ref-1", node.get("reference"), tuple(c.get("id") for c in root.get("contained") or []
-                                                                if isinstance(c, dict))) if inv.key == "ref-1" else None)
+                        ("ref-1", node.get("reference"), cids) if inv.key == "ref-1" else None)
                 if memo is not None and not self.memoise:
                     memo = None
                 if memo is not None and memo in self._dom3:
                     if not self._dom3[memo]:
                         out.append(Violation(where, inv.key, inv.human))
                     continue
+                if target is None:
+                    from fhirpathpy.engine.nodes import ResourceNode
+
+                    target = node if path == node.get("resourceType") else ResourceNode.create_node(node, path)
                 try:
-                    result = fn(target, env)
+                    result = fn(target, {"resource": root, "rootResource": root})
                 except Exception as exc:  # noqa: BLE001 - reported, never a crash of a write
                     out.append(Violation(where, inv.key, f"{inv.human} (could not be evaluated: {str(exc)[:80]})"))
                     continue
@@ -291,10 +288,17 @@ class CoreInvariants:
                     self._dom3[memo] = not broken
                 if broken:
                     out.append(Violation(where, inv.key, inv.human))
+        kids = self._kids.get(path)
+        if kids is None:
+            kids = self._kids[path] = {}
         for key, value in node.items():
-            if key.startswith("_") or key == "resourceType" or not isinstance(value, dict | list):
+            if not isinstance(value, dict | list):
                 continue
-            found = self._child(path, key)
+            try:
+                found = kids[key]
+            except KeyError:
+                found = kids[key] = (None if key.startswith("_") or key == "resourceType"
+                                     else self._lookup_child(path, key))
             if found is None:
                 continue
             child, ctype = found
@@ -303,33 +307,33 @@ class CoreInvariants:
                 if not isinstance(item, dict):
                     continue
                 if ctype is None:  # a backbone element
-                    self._visit(item, child, f"{where}.{key}" + (f"[{i}]" if listed else ""), root, out)
+                    self._visit(item, child, f"{where}.{key}" + (f"[{i}]" if listed else ""), root, cids, out)
                 elif ctype == "Resource":
                     if isinstance(item.get("resourceType"), str):
+                        inner_root = key == "contained"
                         self._visit(item, item["resourceType"], f"{where}.{key}" + (f"[{i}]" if listed else ""),
-                                    root if key == "contained" else item, out)
+                                    root if inner_root else item, cids if inner_root else _contained_ids(item), out)
                 elif not ctype[:1].isupper():
                     continue
                 elif not self.memoise:
-                    self._visit(item, ctype, f"{where}.{key}" + (f"[{i}]" if listed else ""), root, out)
+                    self._visit(item, ctype, f"{where}.{key}" + (f"[{i}]" if listed else ""), root, cids, out)
                 else:
                     text = repr(item)
                     if ctype in self._firing or "xtension'" in text:
                         self._visit_datatype(item, text, ctype, f"{where}.{key}" + (f"[{i}]" if listed else ""),
-                                             root, out)
+                                             root, cids, out)
 
     def _visit_datatype(self, node: dict[str, Any], text: str, ctype: str, where: str, root: dict[str, Any],
-                        out: list[Violation]) -> None:
+                        cids: tuple[Any, ...], out: list[Violation]) -> None:
         """:meth:`_visit` of a data type instance (``text``: its ``repr``), memoised: the same
         instance (a LOINC code, a UCUM unit, a Meta with the same profile) is walked once per
         process. The memo holds locations relative to the instance and is emptied when it reaches
         8,192 instances."""
-        contained = root.get("contained")
-        key = (ctype, text, tuple(c.get("id") for c in contained if isinstance(c, dict)) if contained else ())
+        key = (ctype, text, cids)
         found = self._datatypes.get(key)
         if found is None:
             inner: list[Violation] = []
-            self._visit(node, ctype, "", root, inner)
+            self._visit(node, ctype, "", root, cids, inner)
             found = [(v.location, v.key, v.human) for v in inner]
             if len(self._datatypes) >= 8192:
                 self._datatypes.clear()
@@ -343,6 +347,12 @@ class CoreInvariants:
             for inv in rules:
                 self._function(inv)
         return dict(self.skipped)
+
+
+def _contained_ids(resource: dict[str, Any]) -> tuple[Any, ...]:
+    """The ids of ``resource``'s contained resources, in order (what ``ref-1`` reads of them)."""
+    contained = resource.get("contained")
+    return tuple(c.get("id") for c in contained if isinstance(c, dict)) if isinstance(contained, list) else ()
 
 
 def _dom3_key(resource: dict[str, Any]) -> tuple[Any, ...]:
