@@ -24,6 +24,7 @@ import unicodedata
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import cached_property
 from typing import Any
 
 Entry = tuple[str, str | None, str | None, float | None, str | None, str | None]
@@ -50,6 +51,8 @@ def normalize_identifier(value: str) -> str:
     conditional create): Unicode NFKC (composes accents the NFC way and folds compatibility forms,
     e.g. full-width digits ``０１４２４０`` to ``014240``), without format characters (category Cf,
     e.g. a zero-width space), without surrounding whitespace. Unicode Standard Annex #15."""
+    if value.isascii():  # NFKC leaves ASCII as it is, and no format character is ASCII
+        return value.strip()
     folded = unicodedata.normalize("NFKC", value)
     return "".join(ch for ch in folded if unicodedata.category(ch) != "Cf").strip()
 
@@ -141,6 +144,11 @@ class SearchParam:
     paths: tuple[str, ...]
     target: str | None = None
     description: str = ""
+
+    @cached_property
+    def split_paths(self) -> tuple[tuple[str, ...], ...]:
+        """``paths``, each split at its dots."""
+        return tuple(tuple(p.split(".")) for p in self.paths)
 
 
 def _p(name: str, type_: str, *paths: str, target: str | None = None, description: str = "") -> SearchParam:
@@ -250,18 +258,30 @@ PARAMS: dict[str, dict[str, SearchParam]] = {t: {p.name: p for p in ps} for t, p
 COMMON = ("_id", "_lastUpdated", "_site")  # _site: ours, the site (compartment owner) a resource belongs to
 
 
-def _values(node: Any, parts: list[str]) -> Iterator[Any]:
-    if node is None:
+def _values(node: Any, parts: tuple[str, ...]) -> list[Any]:
+    """The values at the dotted element path ``parts`` below ``node`` (a resource as JSON): every
+    list on the way is flattened (FHIR JSON repeats an element as a list), absent elements give
+    nothing; the leaves in document order."""
+    current = [node]
+    for part in parts:
+        found: list[Any] = []
+        for n in current:
+            if isinstance(n, dict):
+                _flatten(n.get(part), found)
+        current = found
+        if not current:
+            break
+    return current
+
+
+def _flatten(value: Any, out: list[Any]) -> None:
+    if value is None:
         return
-    if isinstance(node, list):
-        for item in node:
-            yield from _values(item, parts)
-        return
-    if not parts:
-        yield node
-        return
-    if isinstance(node, dict):
-        yield from _values(node.get(parts[0]), parts[1:])
+    if isinstance(value, list):
+        for item in value:
+            _flatten(item, out)
+    else:
+        out.append(value)
 
 
 def _tokens(v: Any) -> Iterator[tuple[str | None, str]]:
@@ -353,8 +373,8 @@ def index_entries(resource: dict[str, Any]) -> list[Entry]:
     out: list[Entry] = []
     for p in PARAMS.get(resource.get("resourceType", ""), {}).values():
         fn = _EXTRACT[p.type]
-        for path in p.paths:
-            for v in _values(resource, path.split(".")):
+        for parts in p.split_paths:
+            for v in _values(resource, parts):
                 try:
                     out.extend(fn(p, v))
                 except (ValueError, OverflowError):  # a value no index column can hold (1e400): not indexed
