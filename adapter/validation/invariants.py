@@ -178,12 +178,17 @@ class CoreInvariants:
             self.rules.setdefault(inv.path, []).append(Invariant(inv.path, inv.key, inv.severity, inv.human, expression))
         #: data types (and element paths) below which an invariant can apply other than through an
         #: extension: an instance of any other type, with no extension in it, is not walked
-        self._firing = self._types_with_rules_below()
+        self._firing = self._types_with_rules_below(lambda inv: True)
+        #: ... and those below which an invariant without a guard can apply (one fhirpathpy runs on
+        #: whatever the instance holds): only their instances are memoised; the others' are walked,
+        #: which costs no more than a memo lookup
+        self._memoised = self._types_with_rules_below(lambda inv: inv.key not in GUARDS)
 
-    def _types_with_rules_below(self) -> frozenset[str]:
-        """Type names and element paths that have invariants, or an element (not ``extension`` /
-        ``modifierExtension``) whose type or backbone path does, to any depth: the least fixed point
-        over fhirpathpy's R4 model (``path2Type``, ``choiceTypePaths``, ``pathsDefinedElsewhere``)."""
+    def _types_with_rules_below(self, counts: Any) -> frozenset[str]:
+        """Type names and element paths that have invariants (those for which ``counts(inv)`` is
+        true), or an element (not ``extension`` / ``modifierExtension``) whose type or backbone path
+        does, to any depth: the least fixed point over fhirpathpy's R4 model (``path2Type``,
+        ``choiceTypePaths``, ``pathsDefinedElsewhere``)."""
         m = self.model
         below: dict[str, set[str]] = {}
         for p, t in m["path2Type"].items():
@@ -197,7 +202,7 @@ class CoreInvariants:
             below.setdefault(b.rpartition(".")[0], set()).add(b)
         for src, dst in m["pathsDefinedElsewhere"].items():
             below.setdefault(src.rpartition(".")[0], set()).add(dst)
-        firing = {p for p, rules in self.rules.items() if rules}
+        firing = {p for p, rules in self.rules.items() if any(counts(inv) for inv in rules)}
         grew = True
         while grew:
             grew = False
@@ -317,11 +322,11 @@ class CoreInvariants:
                     continue
                 elif not self.memoise:
                     self._visit(item, ctype, f"{where}.{key}" + (f"[{i}]" if listed else ""), root, cids, out)
-                else:
-                    text = repr(item)
-                    if ctype in self._firing or "xtension'" in text:
-                        self._visit_datatype(item, text, ctype, f"{where}.{key}" + (f"[{i}]" if listed else ""),
-                                             root, cids, out)
+                elif ctype in self._memoised:
+                    self._visit_datatype(item, repr(item), ctype, f"{where}.{key}" + (f"[{i}]" if listed else ""),
+                                         root, cids, out)
+                elif ctype in self._firing or "xtension'" in repr(item):
+                    self._visit(item, ctype, f"{where}.{key}" + (f"[{i}]" if listed else ""), root, cids, out)
 
     def _visit_datatype(self, node: dict[str, Any], text: str, ctype: str, where: str, root: dict[str, Any],
                         cids: tuple[Any, ...], out: list[Violation]) -> None:
