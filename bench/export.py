@@ -53,7 +53,7 @@ def fill(store: Store, tmpl: list[list[dict[str, Any]]], total: int) -> None:
                 c["meta"] = {"versionId": "1", "lastUpdated": now}
                 rows.append({"type": c["resourceType"], "id": c["id"], "version_id": 1, "last_updated": now, "site": site,
                              "content_hash": content_hash(c), "deleted": False, "resource": orjson.dumps(c).decode(),
-                             "created": now, **_search_columns(c)})
+                             "created": now, "rid": n + 1, **_search_columns(c)})
                 n += 1
             k += 1
             if len(rows) >= 5000:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import csv as csvlib
 import io
+import itertools
 import statistics
 import sys
 import tempfile
@@ -190,14 +191,14 @@ def run_naive(csv: Path, url: str, settings: Settings, rows: int,
     sc = m.site_context(settings.id_key)
     reader = reader_for(fmt)(csv, m.spec.reader)
     t = time.perf_counter()
-    n = 0
+    n, number = 0, itertools.count(1)  # resources.rid (revision 0011), as the store numbers them
     with store.engine.begin() as conn:
         for row in reader.rows(None, set(m.sheets[0].columns)):
             for res in map_row(row, m.sheets[0], m.ctx, sc).resources:
                 body = json.dumps(Observation.model_validate(res).model_dump(mode="json"))
                 conn.execute(text("INSERT INTO resources (type, id, version_id, last_updated, site, content_hash,"
-                                  " deleted, resource) VALUES (:t, :i, 1, '', :s, '', false, :r)"),
-                             {"t": "Observation", "i": res["id"], "s": site, "r": body})
+                                  " deleted, resource, rid) VALUES (:t, :i, 1, '', :s, '', false, :r, :n)"),
+                             {"t": "Observation", "i": res["id"], "s": site, "r": body, "n": next(number)})
             n += 1
             if n >= rows:
                 break

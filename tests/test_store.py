@@ -20,7 +20,7 @@ from tests.conftest import EXAMPLE_FILES
 
 
 def test_migrations_match_table_definitions(store: Store) -> None:
-    assert store.schema_revision() == "0010"
+    assert store.schema_revision() == "0011"
     with store.engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), metadata)
     assert diff == []
@@ -102,14 +102,7 @@ def test_migration_backfills_the_courses(tmp_path: Path, settings: Settings) -> 
     s.migrate()
     _ingest_examples(s, settings)
     expected = _as_json(s.cohort())
-    with s.engine.begin() as conn:  # back to 0002: drop the table and the revision mark
-        conn.execute(text("DROP TABLE patient_course"))
-        conn.execute(text("DROP TABLE export_jobs"))
-        conn.execute(text("DROP TABLE subscription_events"))
-        for table in ("auth_clients", "auth_jti", "audit_events", "subscription_owners", "mllp_dead_letters"):
-            conn.execute(text(f"DROP TABLE {table}"))
-        conn.execute(text("ALTER TABLE resources DROP COLUMN ingested_hash"))
-        conn.execute(text("UPDATE alembic_version SET version_num = '0002'"))
+    _downgrade(s, "0002")  # every later revision's downgrade, with the data in place
     assert s.schema_revision() == "0002"
     s.migrate()
     with s.engine.connect() as conn:
@@ -151,7 +144,6 @@ def test_migration_0008_reindexes_dates_written_with_an_offset(store: Store) -> 
     import json
 
     from adapter.search.query import parse
-    from adapter.store.schema import search_index
 
     obs = json.loads((Path(__file__).resolve().parent.parent / "profiles" / "examples" / "pedall-mrd-1.json").read_text())
     with store.transaction() as tx:
@@ -162,15 +154,73 @@ def test_migration_0008_reindexes_dates_written_with_an_offset(store: Store) -> 
         return {r["id"] for r in store.search(parse("Observation", [("date", day)])).matches}
 
     assert found("2031-02-28") == {"mig-offset"}
+    _downgrade(store, "0007")  # the later revisions' downgrades, with the data in place
     with store.engine.begin() as conn:  # the index as revision 0007 wrote it: the offset ignored
-        conn.execute(search_index.update().where(search_index.c.id == "mig-offset", search_index.c.name == "date")
-                     .values(lo="2031-03-01T01:00:00.000000", hi="2031-03-01T01:00:00.999999"))
-        conn.execute(text("DROP TABLE mllp_dead_letters"))  # revision 0009's
-        conn.execute(text("UPDATE alembic_version SET version_num = '0007'"))
-    assert found("2031-02-28") == set() and found("2031-03-01") == {"mig-offset", "mig-date"}
+        conn.execute(text("UPDATE search_index SET lo = '2031-03-01T01:00:00.000000', hi = '2031-03-01T01:00:00.999999'"
+                          " WHERE id = 'mig-offset' AND name = 'date'"))
     store.migrate()
-    assert store.schema_revision() == "0010"
+    assert store.schema_revision() == "0011"
     assert found("2031-02-28") == {"mig-offset"} and found("2031-03-01") == {"mig-date"}
+
+
+def _downgrade(store: Store, revision: str) -> None:
+    from alembic import command
+    from alembic.config import Config
+
+    from adapter.store.db import MIGRATIONS
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    with store.engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, revision)
+    assert store.schema_revision() == revision
+
+
+def test_migration_0011_numbers_resources_and_keeps_their_index(store: Store, settings: Settings) -> None:
+    """Revision 0011 names each search index row's resource by its number (``resources.rid``)
+    instead of its type and id. Upgrading a store that holds data keeps every index entry (the
+    same entries as before, per resource), numbers every resource once, and searches find what
+    they found; downgrading copies the index back."""
+    from adapter.search.query import parse
+
+    for site, mapping, path in EXAMPLE_FILES[:2]:  # HITO's two exports
+        ingest_file(path, site, mapping, store, settings=settings)
+    queries = [("Observation", [("code", "mrd"), ("date", "ge2019-06")]), ("Observation", [("value-quantity", "le0.01")]),
+               ("Patient", [("_revinclude", "Observation:subject")]), ("Observation", [("_include", "Observation:subject")]),
+               ("Observation", [("_sort", "-date"), ("_count", "7")])]
+
+    def answers() -> list[list[str]]:
+        out = []
+        for rtype, params in queries:
+            r = store.search(parse(rtype, params))
+            out.append([f"{m['resourceType']}/{m['id']}" for m in r.matches]
+                       + sorted(f"{m['resourceType']}/{m['id']}" for m in r.included))
+        return out
+
+    def entries(key: str) -> list[tuple]:
+        with store.engine.connect() as conn:
+            return sorted(tuple("" if v is None else v for v in r) for r in conn.execute(text(
+                f"SELECT r.type, r.id, s.name, s.system, s.value, s.num, s.lo, s.hi FROM search_index s "  # noqa: S608
+                f"JOIN resources r ON {key}")))
+
+    before, index = answers(), entries("r.rid = s.rid")
+    assert len(index) > 1000 and all(a for a in before)
+    _downgrade(store, "0010")
+    assert entries("r.type = s.type AND r.id = s.id") == index
+    store.migrate()
+    assert store.schema_revision() == "0011"
+    assert entries("r.rid = s.rid") == index
+    with store.engine.connect() as conn:
+        total, numbered = conn.execute(text("SELECT count(*), count(DISTINCT rid) FROM resources")).one()
+    assert total == numbered > 0
+    assert answers() == before
+    # a resource created after the upgrade gets a number no stored resource has
+    site, mapping, path = EXAMPLE_FILES[2]  # HUANL's
+    ingest_file(path, site, mapping, store, settings=settings)
+    with store.engine.connect() as conn:
+        total2, numbered2 = conn.execute(text("SELECT count(*), count(DISTINCT rid) FROM resources")).one()
+    assert total2 == numbered2 > total
 
 
 def test_date_and_number_searches_can_use_the_partial_indexes(store: Store) -> None:

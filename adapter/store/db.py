@@ -79,7 +79,8 @@ def _fits(value: Any, width: int | None = None) -> str | None:
 CORRECTED = ("corrected", "amended")
 
 _EXISTING = (select(resources.c.id, resources.c.version_id, resources.c.content_hash, resources.c.deleted,
-                    resources.c.patient_id, resources.c.status, resources.c.site, resources.c.ingested_hash)
+                    resources.c.patient_id, resources.c.status, resources.c.site, resources.c.ingested_hash,
+                    resources.c.rid)
              .where(resources.c.type == bindparam("type"), resources.c.id.in_(bindparam("ids", expanding=True))))
 #: The same probe taking row locks (PostgreSQL ``FOR UPDATE``): concurrent writers of one resource
 #: queue on its row, and each reads the version the one before it committed (READ COMMITTED
@@ -160,7 +161,7 @@ class Transaction:
         happens when a write aims at another site's resource)."""
         if not batch:
             return []
-        existing: dict[tuple[str, str], tuple[int, str, bool, str | None, str | None, str, str | None]] = {}
+        existing: dict[tuple[str, str], tuple[int, str, bool, str | None, str | None, str, str | None, int]] = {}
         ids_by_type: dict[str, list[str]] = {}
         for r, _, _ in batch:
             ids_by_type.setdefault(r["resourceType"], []).append(r["id"])
@@ -168,11 +169,11 @@ class Transaction:
         for rtype, ids in ids_by_type.items():
             for i in range(0, len(ids), 500):  # type = ? AND id IN (...): a primary-key probe per id
                 rows = self.conn.execute(probe, {"type": rtype, "ids": sorted(ids[i:i + 500])})
-                for rid, v, h, deleted, pid, status, site, ingested_hash in rows:
-                    existing[(rtype, rid)] = (v, h, bool(deleted), pid, status, site, ingested_hash)
+                for rid, v, h, deleted, pid, status, site, ingested_hash, number in rows:
+                    existing[(rtype, rid)] = (v, h, bool(deleted), pid, status, site, ingested_hash, number)
         stamp = now_instant()
         inserts, updates, history, out = [], [], [], []
-        index: list[tuple[Any, ...]] = []
+        entries: list[tuple[dict[str, Any], list[tuple[Any, ...]]]] = []  # (row, its search index entries)
         rebaselined: list[dict[str, Any]] = []
         for r, site, known_hash in batch:
             key = (r["resourceType"], r["id"])
@@ -204,12 +205,14 @@ class Transaction:
                    "content_hash": h, "deleted": False, "resource": text, "created": stamp, **_search_columns(r)}
             if ingested:
                 row["ingested_hash"] = h
+            if prev is not None:
+                row["rid"] = prev[7]
             (inserts if prev is None else updates).append(row)
             if row["patient_id"]:
                 self.touched_patients.add(row["patient_id"])
             if prev is not None and prev[3]:  # a resource moved to another patient leaves the old one
                 self.touched_patients.add(prev[3])
-            index.extend((key[0], key[1], *e) for e in index_entries(r))
+            entries.append((row, index_entries(r)))
             history.append({"type": key[0], "id": key[1], "version_id": version, "last_updated": stamp,
                             "method": "POST" if prev is None else "PUT", "resource": text})
             out.append(WriteOutcome(key[0], key[1], version, "created" if prev is None else "updated", note))
@@ -218,16 +221,19 @@ class Transaction:
                                                        resources.c.id == bindparam("b_id"))
                               .values(ingested_hash=bindparam("ingested_hash")), rebaselined)
         if inserts:
+            for row, number in zip(inserts, self._new_numbers(len(inserts)), strict=True):
+                row["rid"] = number
             self._insert_many(resources, inserts)
         if updates:
-            self._drop_index([(u["type"], u["id"]) for u in updates])
-            cols = [c for c in updates[0] if c not in ("type", "id", "created")]
+            self._drop_index([u["rid"] for u in updates])
+            cols = [c for c in updates[0] if c not in ("type", "id", "created", "rid")]
             stmt = (resources.update()
                     .where(resources.c.type == bindparam("b_type"), resources.c.id == bindparam("b_id"))
                     .values({c: bindparam(c) for c in cols}))
             self.conn.execute(stmt, [{**{c: u[c] for c in cols}, "b_type": u["type"], "b_id": u["id"]} for u in updates])
         if history:
             self._insert_many(resource_history, history)
+        index = [(row["type"], row["rid"], *e) for row, es in entries for e in es]
         if index:
             self._insert_tuples(search_index, index)
         pids = {(r["type"], r["id"]): r["patient_id"] for r in (*inserts, *updates)}
@@ -238,9 +244,23 @@ class Transaction:
             record_events(self.conn, changed, stamp)
         return out
 
-    def _drop_index(self, keys: list[tuple[str, str]]) -> None:
-        self.conn.execute(search_index.delete().where(search_index.c.type == bindparam("t"), search_index.c.id == bindparam("i")),
-                          [{"t": t, "i": i} for t, i in keys])
+    def _drop_index(self, numbers: list[int]) -> None:
+        """Delete the search index rows of the resources numbered ``numbers`` (``resources.rid``)."""
+        self.conn.execute(search_index.delete().where(search_index.c.rid == bindparam("r")), [{"r": n} for n in numbers])
+
+    def _new_numbers(self, n: int) -> list[int]:
+        """``n`` resource numbers (``resources.rid``, revision 0011) that no resource has, each larger
+        than every number given before: from the sequence ``resources_rid_seq`` on PostgreSQL (one
+        round trip; numbers of a rolled-back transaction are skipped, never reused), and on SQLite
+        the largest stored number plus one onwards, which is safe because a write transaction holds
+        SQLite's write lock from its start (:func:`_sqlite_begin`, ``BEGIN IMMEDIATE``) and sees
+        its own inserts."""
+        if self.conn.dialect.name == "postgresql":
+            rows = self.conn.exec_driver_sql(
+                "SELECT nextval('resources_rid_seq') FROM generate_series(1, %(n)s)", {"n": n})
+            return sorted(int(r[0]) for r in rows)
+        top = int(self.conn.execute(select(func.coalesce(func.max(resources.c.rid), 0))).scalar_one())
+        return list(range(top + 1, top + 1 + n))
 
     def _insert_many(self, table: Table, rows: list[dict[str, Any]]) -> None:
         """One ``executemany`` INSERT of plain parameter tuples (the hot path of ingestion: it skips
@@ -261,7 +281,7 @@ class Transaction:
         found: set[str] = set()
         for i in range(0, len(ids), 500):
             rows = self.conn.execute(_EXISTING, {"type": rtype, "ids": ids[i:i + 500]})
-            found.update(rid for rid, _v, _h, deleted, _p, _s, _site, _i in rows if not deleted)
+            found.update(rid for rid, _v, _h, deleted, *_ in rows if not deleted)
         return set(ids) - found
 
     def current_resources(self, rtype: str, ids: list[str], site: str) -> dict[str, dict[str, Any]]:
@@ -348,7 +368,7 @@ class Transaction:
         if cur is None or cur[1]:
             return None
         version, stamp = cur[0] + 1, now_instant()
-        body, pid = self.conn.execute(select(resources.c.resource, resources.c.patient_id).where(
+        body, pid, number = self.conn.execute(select(resources.c.resource, resources.c.patient_id, resources.c.rid).where(
             resources.c.type == rtype, resources.c.id == rid)).one()
         if pid:
             self.touched_patients.add(pid)
@@ -360,7 +380,7 @@ class Transaction:
             version_id=version, last_updated=stamp, deleted=True))
         self.conn.execute(resource_history.insert().values(type=rtype, id=rid, version_id=version, last_updated=stamp,
                                                            method="DELETE", resource=body))
-        self._drop_index([(rtype, rid)])
+        self._drop_index([number])
         return version
 
     def lock(self, key: str) -> None:

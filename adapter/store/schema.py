@@ -1,6 +1,6 @@
 """Table definitions (SQLAlchemy Core). The schema itself is created by Alembic migrations."""
 
-from sqlalchemy import Boolean, Column, Float, Index, Integer, LargeBinary, MetaData, String, Table, Text, text
+from sqlalchemy import BigInteger, Boolean, Column, Float, Index, Integer, LargeBinary, MetaData, String, Table, Text, text
 
 metadata = MetaData()
 
@@ -24,17 +24,23 @@ resources = Table(
     # content_hash of the version an ingestion last wrote (NULL: none did): a later ingestion of an
     # unchanged row keeps a correction made since through the REST API (adapter/store/db.py upsert)
     Column("ingested_hash", String(64)),
+    # a number for the resource, given when it is created and never changed (revision 0011): the
+    # search index names a resource by it. New numbers only grow, so an ingestion appends to
+    # ``ix_search_resource`` instead of inserting at random places of a (type, id) index
+    Column("rid", BigInteger, nullable=False),
     Index("ix_resources_site_type", "site", "type"),
+    Index("ix_resources_rid", "rid", unique=True),
     Index("ix_resources_patient", "patient_id"),
     Index("ix_resources_code", "type", "code"),
     Index("ix_resources_last_updated", "last_updated"),
 )
 
-#: Search index: one row per indexed value of a current resource (see adapter/search/params.py).
+#: Search index: one row per indexed value of a current resource (see adapter/search/params.py),
+#: which ``rid`` names (``resources.rid``; ``type`` is its type).
 search_index = Table(
     "search_index", metadata,
     Column("type", String(64), nullable=False),
-    Column("id", String(64), nullable=False),
+    Column("rid", BigInteger, nullable=False),
     Column("name", String(64), nullable=False),  # search parameter name
     Column("system", String(255)),  # token system / quantity unit system
     Column("value", String(255)),  # token code, "Type/id" reference, quantity unit, lower-cased string
@@ -47,7 +53,7 @@ search_index = Table(
           postgresql_where=text("lo IS NOT NULL")),
     Index("ix_search_num", "type", "name", "num", sqlite_where=text("num IS NOT NULL"),
           postgresql_where=text("num IS NOT NULL")),
-    Index("ix_search_resource", "type", "id"),
+    Index("ix_search_resource", "rid"),
 )
 
 #: Every version ever stored (including the current one).

@@ -102,8 +102,8 @@ def _clause(rtype: str, c: Clause) -> ColumnElement[bool]:
     if c.kind == "lastUpdated":
         stamp = func.substr(resources.c.last_updated, 1, 26)
         return or_(*[_date_cond(stamp, stamp, v) for v in c.values if isinstance(v, DateRange)])
-    sub = select(si.c.id).where(si.c.type == rtype, si.c.name == c.name, or_(*[_value_cond(v) for v in c.values]))
-    return resources.c.id.in_(sub)
+    sub = select(si.c.rid).where(si.c.type == rtype, si.c.name == c.name, or_(*[_value_cond(v) for v in c.values]))
+    return resources.c.rid.in_(sub)
 
 
 def query_condition(q: Query) -> ColumnElement[bool]:
@@ -131,8 +131,7 @@ def _order(q: Query) -> list[Any]:
         elif name == "_lastUpdated":
             col = resources.c.last_updated
         else:
-            col = (select(func.min(si.c.lo)).where(si.c.type == resources.c.type, si.c.id == resources.c.id, si.c.name == name)
-                   .scalar_subquery())
+            col = select(func.min(si.c.lo)).where(si.c.rid == resources.c.rid, si.c.name == name).scalar_subquery()
         out.append(col.desc() if desc else col.asc())
     out.append(resources.c.id.asc())
     return out
@@ -145,9 +144,10 @@ def run_search(conn: Connection, q: Query, snapshot: str, site: str | None = Non
     total = int(conn.execute(select(func.count()).select_from(resources).where(*where)).scalar() or 0)
     if q.summary_count or q.count == 0:
         return SearchResult(total)
-    rows = conn.execute(select(resources.c.resource).where(*where).order_by(*_order(q)).offset(q.offset).limit(q.count))
-    matches = [orjson.loads(t) for (t,) in rows]
-    return SearchResult(total, matches, _includes(conn, q, matches, site))
+    rows = conn.execute(select(resources.c.rid, resources.c.resource).where(*where).order_by(*_order(q))
+                        .offset(q.offset).limit(q.count)).all()
+    matches = [orjson.loads(t) for _, t in rows]
+    return SearchResult(total, matches, _includes(conn, q, matches, [n for n, _ in rows], site))
 
 
 def _fetch(conn: Connection, keys: set[tuple[str, str]], site: str | None = None) -> list[dict[str, Any]]:
@@ -165,14 +165,17 @@ def _fetch(conn: Connection, keys: set[tuple[str, str]], site: str | None = None
     return out
 
 
-def _includes(conn: Connection, q: Query, matches: list[dict[str, Any]], site: str | None = None) -> list[dict[str, Any]]:
+def _includes(conn: Connection, q: Query, matches: list[dict[str, Any]], numbers: list[int],
+              site: str | None = None) -> list[dict[str, Any]]:
+    """The resources ``q``'s ``_include``/``_revinclude`` pull in for ``matches`` (numbered
+    ``numbers``, ``resources.rid``), without the matches themselves."""
     if not matches or not (q.include or q.revinclude):
         return []
     ids = [m["id"] for m in matches]
     seen = {(m["resourceType"], m["id"]) for m in matches}
     wanted: set[tuple[str, str]] = set()
     for inc in q.include:
-        rows = conn.execute(select(si.c.value).where(si.c.type == inc.source, si.c.name == inc.param, si.c.id.in_(ids)))
+        rows = conn.execute(select(si.c.value).where(si.c.type == inc.source, si.c.name == inc.param, si.c.rid.in_(numbers)))
         for (ref,) in rows:
             t, _, i = ref.partition("/")
             if inc.target is None or inc.target == t:
@@ -181,6 +184,7 @@ def _includes(conn: Connection, q: Query, matches: list[dict[str, Any]], site: s
     for rev in q.revinclude:
         if rev.target is not None and rev.target != q.type:
             continue
-        rows = conn.execute(select(si.c.id).where(si.c.type == rev.source, si.c.name == rev.param, si.c.value.in_(keys)))
+        rows = conn.execute(select(resources.c.id).join(si, si.c.rid == resources.c.rid).where(
+            si.c.type == rev.source, si.c.name == rev.param, si.c.value.in_(keys)))
         wanted.update((rev.source, i) for (i,) in rows)
     return _fetch(conn, wanted - seen, site)
