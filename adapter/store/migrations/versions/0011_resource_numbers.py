@@ -6,8 +6,9 @@ Every row of ``search_index`` (11.6 per MRD Observation) used to carry the resou
 so each entry went to a random place of a large B-tree. A resource now gets a number when it is
 created, from a counter that only grows (a PostgreSQL sequence; the largest number plus one on
 SQLite, whose writers are serialised by ``BEGIN IMMEDIATE``). Its index rows name that number, and
-``ix_search_resource (rid)`` only grows at its end. Measured on SQLite, 100,000 MRD Observations'
-index rows: 105 -> 78 µs per resource, and the table with its indexes 273 -> 167 MB.
+``ix_search_resource (rid)`` only grows at its end. Measured on SQLite in isolation (inserting the
+index rows of 100,000 MRD Observations): 105 -> 78 µs per resource, and the table with its indexes
+273 -> 167 MB; in a whole ingestion (20,000 rows), 7.4 -> 4.6 µs per index row.
 
 The upgrade numbers the stored resources and copies the index over (no entry is recomputed); the
 downgrade copies it back.
